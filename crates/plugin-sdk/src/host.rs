@@ -1,0 +1,95 @@
+//! The gateway's host functions, grouped by purpose.
+
+use crate::bindings::wsgate::plugin::host as raw;
+
+/// Logging to the gateway's log, tagged with the plugin and connection.
+pub mod log {
+    use super::raw;
+    use crate::LogLevel;
+
+    /// Log at `trace` level.
+    pub fn trace(message: &str) {
+        raw::log(LogLevel::Trace, message);
+    }
+    /// Log at `debug` level.
+    pub fn debug(message: &str) {
+        raw::log(LogLevel::Debug, message);
+    }
+    /// Log at `info` level.
+    pub fn info(message: &str) {
+        raw::log(LogLevel::Info, message);
+    }
+    /// Log at `warn` level.
+    pub fn warn(message: &str) {
+        raw::log(LogLevel::Warn, message);
+    }
+    /// Log at `error` level.
+    pub fn error(message: &str) {
+        raw::log(LogLevel::Error, message);
+    }
+}
+
+/// Per-connection state, private to this plugin and this connection.
+pub mod state {
+    use super::raw;
+
+    /// Read a value stored for the current connection.
+    pub fn get(key: &str) -> Option<Vec<u8>> {
+        raw::state_get(key)
+    }
+    /// Store a value for the current connection.
+    pub fn set(key: &str, value: &[u8]) {
+        raw::state_set(key, value);
+    }
+    /// Delete a value stored for the current connection.
+    pub fn delete(key: &str) {
+        raw::state_delete(key);
+    }
+    /// Read a value stored as UTF-8 text.
+    pub fn get_string(key: &str) -> Option<String> {
+        get(key).and_then(|bytes| String::from_utf8(bytes).ok())
+    }
+}
+
+/// The read-only connection context and clocks.
+pub mod context {
+    use super::raw;
+    use crate::Header;
+
+    /// Id of the current connection.
+    pub fn connection_id() -> u64 {
+        raw::connection_id()
+    }
+    /// The endpoint path the connection matched.
+    pub fn endpoint_path() -> String {
+        raw::endpoint_path()
+    }
+    /// The endpoint's default MIME type for message bodies.
+    pub fn content_type() -> String {
+        raw::content_type()
+    }
+    /// The client's upgrade request headers.
+    pub fn request_headers() -> Vec<Header> {
+        raw::request_headers()
+    }
+    /// One upgrade request header by case-insensitive name.
+    pub fn request_header(name: &str) -> Option<String> {
+        raw::request_header(name)
+    }
+    /// The upstream URL the connection was routed to.
+    pub fn route_url() -> Option<String> {
+        raw::route_url()
+    }
+    /// The plugin's configuration as JSON text.
+    pub fn config_json() -> String {
+        raw::config()
+    }
+    /// Wall-clock milliseconds since the Unix epoch.
+    pub fn now_ms() -> u64 {
+        raw::now_ms()
+    }
+    /// Monotonic nanoseconds, for intervals.
+    pub fn monotonic_ns() -> u64 {
+        raw::monotonic_ns()
+    }
+}
