@@ -1,0 +1,61 @@
+//! `host-config.toml`: the gateway's configuration.
+//!
+//! [`load`] reads and validates a configuration file; every error names the
+//! file, the line and column, and the field (as a dotted path such as
+//! `endpoint[0].upgrade[1].plugin`). Unknown keys are errors, so a misspelt
+//! key never silently falls back to a default.
+
+mod error;
+mod model;
+mod units;
+mod validate;
+
+use std::path::{Path, PathBuf};
+
+pub use error::{ConfigError, ConfigErrors, SourceMap};
+pub use model::{
+    ChainEntry, Config, EchoServer, Endpoint, FailPolicy, Gateway, PathMatch, PluginDecl,
+    PluginRef, RemoteHost,
+};
+pub use units::{ByteSize, HumanDuration, parse_duration, parse_size};
+
+/// Read, parse and validate the configuration at `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|error| {
+        ConfigErrors::from(ConfigError::whole_file(
+            path,
+            format!("cannot read configuration: {error}"),
+        ))
+    })?;
+    parse(&text, path)
+}
+
+/// Parse and validate configuration `text` that was read from `path`.
+///
+/// Relative plugin paths are resolved against the directory of `path`.
+pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
+    let source = SourceMap::new(path, text);
+    let mut config: Config = {
+        let deserializer = toml::Deserializer::parse(text)
+            .map_err(|error| ConfigErrors::from(source.toml_error(&error, "")))?;
+        serde_path_to_error::deserialize(deserializer).map_err(|error| {
+            let field = error.path().to_string();
+            ConfigErrors::from(source.toml_error(error.inner(), &field))
+        })?
+    };
+    let base_dir = path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    for plugin in &mut config.plugins {
+        if plugin.path.is_relative() {
+            plugin.path = base_dir.join(&plugin.path);
+        }
+    }
+    config.source = source;
+    validate::validate(&config)?;
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,254 @@
+//! The configuration's types, as written in `host-config.toml`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::error::SourceMap;
+use crate::units::{ByteSize, HumanDuration};
+
+/// A whole gateway configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Config {
+    /// The listener and gateway-wide settings.
+    pub gateway: Gateway,
+    /// Echo WebSocket servers the gateway runs in-process (for demos and tests).
+    #[serde(default, rename = "echo-server")]
+    pub echo_servers: Vec<EchoServer>,
+    /// The plugin components the endpoints may use.
+    #[serde(default, rename = "plugin")]
+    pub plugins: Vec<PluginDecl>,
+    /// Per-upstream limits and timeouts.
+    #[serde(default, rename = "remote-host")]
+    pub remote_hosts: Vec<RemoteHost>,
+    /// The WebSocket endpoints, matched by path.
+    #[serde(default, rename = "endpoint")]
+    pub endpoints: Vec<Endpoint>,
+    /// Where the configuration came from, for error positions.
+    #[serde(skip)]
+    pub source: SourceMap,
+}
+
+/// Gateway-wide settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Gateway {
+    /// Address of the client-facing HTTP/WebSocket listener.
+    pub listen: SocketAddr,
+    /// Time a client has to send a complete upgrade request.
+    #[serde(default = "default_handshake_timeout")]
+    pub handshake_timeout: HumanDuration,
+    /// Time open connections get to finish their close handshake at shutdown.
+    #[serde(default = "default_shutdown_timeout")]
+    pub shutdown_timeout: HumanDuration,
+    /// Read buffer per WebSocket stream (tungstenite's default, 128 KiB, costs
+    /// too much memory per idle connection).
+    #[serde(default = "default_read_buffer")]
+    pub read_buffer_size: ByteSize,
+}
+
+/// An echo WebSocket server run inside the gateway process.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct EchoServer {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+}
+
+/// A plugin component and its sandbox budget.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct PluginDecl {
+    /// Plugin name, referenced by chain entries as `name@version`.
+    pub name: Spanned<String>,
+    /// Plugin version, referenced by chain entries as `name@version`.
+    pub version: Spanned<String>,
+    /// Path of the component (`.wasm`), relative to the configuration file.
+    pub path: PathBuf,
+    /// Expected content digest, `sha256:<64 hex digits>`; loading fails on mismatch.
+    #[serde(default)]
+    pub digest: Option<Spanned<String>>,
+    /// Longest time one call into the plugin may take.
+    #[serde(default = "default_deadline")]
+    pub deadline: HumanDuration,
+    /// Largest linear memory an instance may grow to.
+    #[serde(default = "default_memory_limit")]
+    pub memory_limit: ByteSize,
+}
+
+impl PluginDecl {
+    /// `name@version`, as chain entries and errors write it.
+    pub fn id(&self) -> String {
+        format!("{}@{}", self.name.get_ref(), self.version.get_ref())
+    }
+}
+
+/// Limits and timeouts for connections to one upstream `host:port`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RemoteHost {
+    /// `host:port` of the upstream, as in the route URL (default ports 80/443 spelled out).
+    pub address: Spanned<String>,
+    /// Most connections open to it at once; -1 means unlimited.
+    #[serde(default = "unlimited")]
+    pub max_connections: i64,
+    /// Longest time to establish the connection and its WebSocket handshake.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: HumanDuration,
+}
+
+impl RemoteHost {
+    /// The connection limit, or `None` when unlimited.
+    pub fn connection_limit(&self) -> Option<usize> {
+        usize::try_from(self.max_connections).ok()
+    }
+}
+
+/// How an endpoint's path matches request paths.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PathMatch {
+    /// The request path equals the endpoint path.
+    #[default]
+    Exact,
+    /// The request path starts with the endpoint path at a segment boundary.
+    Prefix,
+}
+
+/// A WebSocket endpoint: a path and its three plugin chains.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Endpoint {
+    /// The path, starting with `/`.
+    pub path: Spanned<String>,
+    /// Exact or prefix match.
+    #[serde(default, rename = "match")]
+    pub path_match: PathMatch,
+    /// Disabled endpoints answer 404, as if absent.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// The default MIME type of message bodies, handed to plugins.
+    #[serde(default = "default_content_type")]
+    pub content_type: String,
+    /// Absolute lifetime of a connection; `0` means unlimited.
+    #[serde(default)]
+    pub expire: HumanDuration,
+    /// Largest message (after reassembly) accepted from either side; larger ones close with 1009.
+    #[serde(default = "default_max_message")]
+    pub max_message_size: ByteSize,
+    /// URL prefixes routes may point at (`ws://host:port` or longer); routes elsewhere are refused.
+    #[serde(default)]
+    pub allowed_upstreams: Vec<Spanned<String>>,
+    /// Plugins run on the upgrade request, in order; the chain must route.
+    #[serde(default)]
+    pub upgrade: Vec<ChainEntry>,
+    /// Plugins run on messages from the client, in order.
+    #[serde(default)]
+    pub client_messages: Vec<ChainEntry>,
+    /// Plugins run on messages from the upstream server, in order.
+    #[serde(default)]
+    pub server_messages: Vec<ChainEntry>,
+}
+
+impl Endpoint {
+    /// The connection lifetime, or `None` when unlimited.
+    pub fn lifetime(&self) -> Option<Duration> {
+        (!self.expire.0.is_zero()).then_some(self.expire.0)
+    }
+
+    /// Whether `request_path` belongs to this endpoint.
+    pub fn matches(&self, request_path: &str) -> bool {
+        let path = self.path.get_ref().as_str();
+        match self.path_match {
+            PathMatch::Exact => request_path == path,
+            PathMatch::Prefix => {
+                path.ends_with('/') && request_path.starts_with(path)
+                    || request_path.strip_prefix(path).is_some_and(|rest| {
+                        rest.is_empty() || rest.starts_with('/')
+                    })
+            }
+        }
+    }
+}
+
+/// What a chain does when a plugin call fails (trap, deadline, memory limit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailPolicy {
+    /// Refuse: the upgrade gets 500, a message closes the connection with 1011.
+    #[default]
+    Closed,
+    /// Skip the failing plugin and go on as if it had said "continue"/"forward".
+    Open,
+}
+
+/// One plugin in a chain, with its configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ChainEntry {
+    /// The plugin, as `name@version`.
+    pub plugin: Spanned<String>,
+    /// What happens when the plugin fails.
+    #[serde(default)]
+    pub fail: FailPolicy,
+    /// The plugin's own configuration, passed to it as JSON.
+    #[serde(default)]
+    pub config: toml::Table,
+}
+
+impl ChainEntry {
+    /// The plugin reference, split into name and version.
+    pub fn plugin_ref(&self) -> Option<PluginRef<'_>> {
+        let (name, version) = self.plugin.get_ref().split_once('@')?;
+        (!name.is_empty() && !version.is_empty()).then_some(PluginRef { name, version })
+    }
+
+    /// The plugin's configuration as JSON text.
+    pub fn config_json(&self) -> String {
+        serde_json::to_string(&self.config).unwrap_or_else(|_| "{}".to_string())
+    }
+}
+
+/// A `name@version` reference to a declared plugin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PluginRef<'a> {
+    /// The plugin's name.
+    pub name: &'a str,
+    /// The plugin's version.
+    pub version: &'a str,
+}
+
+fn yes() -> bool {
+    true
+}
+fn unlimited() -> i64 {
+    -1
+}
+fn default_handshake_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(10))
+}
+fn default_shutdown_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(10))
+}
+fn default_connect_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(5))
+}
+fn default_deadline() -> HumanDuration {
+    HumanDuration(Duration::from_millis(100))
+}
+fn default_read_buffer() -> ByteSize {
+    ByteSize(4096)
+}
+fn default_memory_limit() -> ByteSize {
+    ByteSize(16 << 20)
+}
+fn default_max_message() -> ByteSize {
+    ByteSize(1 << 20)
+}
+fn default_content_type() -> String {
+    "application/json".to_string()
+}

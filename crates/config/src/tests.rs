@@ -1,0 +1,135 @@
+use std::path::Path;
+
+use super::*;
+
+const GOOD: &str = r#"
+[gateway]
+listen = "127.0.0.1:8080"
+
+[[plugin]]
+name = "static-router"
+version = "1.0.0"
+path = "plugins/static_router.wasm"
+
+[[endpoint]]
+path = "/echo"
+expire = "1h"
+allowed-upstreams = ["ws://127.0.0.1:9001"]
+upgrade = [{ plugin = "static-router@1.0.0", config = { url = "ws://127.0.0.1:9001/" } }]
+
+[[endpoint]]
+path = "/chat"
+match = "prefix"
+upgrade = [{ plugin = "static-router@1.0.0", fail = "open" }]
+"#;
+
+fn parse_at(text: &str) -> Result<Config, ConfigErrors> {
+    parse(text, Path::new("conf/host-config.toml"))
+}
+
+fn single_error(text: &str) -> ConfigError {
+    let errors = parse_at(text).err().unwrap().0;
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    errors.into_iter().next().unwrap()
+}
+
+#[test]
+fn a_good_config_parses_with_defaults() {
+    let config = parse_at(GOOD).unwrap();
+    assert_eq!(config.endpoints.len(), 2);
+    let echo = &config.endpoints[0];
+    assert_eq!(echo.lifetime(), Some(std::time::Duration::from_secs(3600)));
+    assert_eq!(echo.content_type, "application/json");
+    assert_eq!(echo.max_message_size.0, 1 << 20);
+    assert_eq!(
+        echo.upgrade[0].config_json(),
+        r#"{"url":"ws://127.0.0.1:9001/"}"#
+    );
+    assert_eq!(config.endpoints[1].upgrade[0].fail, FailPolicy::Open);
+    assert_eq!(
+        config.plugins[0].path,
+        Path::new("conf/plugins/static_router.wasm")
+    );
+    assert_eq!(config.gateway.read_buffer_size.0, 4096);
+}
+
+#[test]
+fn endpoints_match_exact_then_longest_prefix() {
+    let config = parse_at(GOOD).unwrap();
+    assert_eq!(config.endpoint_for("/echo").map(|(i, _)| i), Some(0));
+    assert_eq!(config.endpoint_for("/echo/x").map(|(i, _)| i), None);
+    assert_eq!(config.endpoint_for("/chat").map(|(i, _)| i), Some(1));
+    assert_eq!(config.endpoint_for("/chat/room").map(|(i, _)| i), Some(1));
+    assert_eq!(config.endpoint_for("/chatter").map(|(i, _)| i), None);
+}
+
+#[test]
+fn a_misspelt_key_names_file_line_and_field() {
+    let text = GOOD.replace("expire = \"1h\"", "expires = \"1h\"");
+    let error = single_error(&text);
+    assert_eq!(error.file, "conf/host-config.toml");
+    assert_eq!(error.line, 12);
+    assert_eq!(error.field, "endpoint[0].expires");
+    assert!(error.message.contains("unknown field `expires`"), "{error}");
+    assert!(
+        error.to_string().starts_with("conf/host-config.toml:12:"),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_bad_value_names_its_field() {
+    let text = GOOD.replace("expire = \"1h\"", "expire = \"1 fortnight\"");
+    let error = single_error(&text);
+    assert_eq!(error.line, 12);
+    assert_eq!(error.field, "endpoint[0].expire");
+    assert!(error.message.contains("fortnight"), "{error}");
+}
+
+#[test]
+fn an_unknown_plugin_reference_is_reported_at_its_line() {
+    let text = GOOD.replace(
+        "{ plugin = \"static-router@1.0.0\", fail",
+        "{ plugin = \"static-router@2.0.0\", fail",
+    );
+    let error = single_error(&text);
+    assert_eq!(error.line, 19);
+    assert_eq!(error.field, "endpoint[1].upgrade[0].plugin");
+    assert!(error.message.contains("static-router@1.0.0"), "{error}");
+}
+
+#[test]
+fn several_problems_are_all_reported_in_file_order() {
+    let text = GOOD
+        .replace("path = \"/chat\"", "path = \"chat\"")
+        .replace("[\"ws://127.0.0.1:9001\"]", "[\"http://x\"]");
+    let errors = parse_at(&text).err().unwrap().0;
+    let fields: Vec<_> = errors.iter().map(|e| e.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        ["endpoint[0].allowed-upstreams[0]", "endpoint[1].path"]
+    );
+}
+
+#[test]
+fn an_enabled_endpoint_without_upgrade_chain_is_refused() {
+    let text = GOOD.replace(
+        "upgrade = [{ plugin = \"static-router@1.0.0\", fail = \"open\" }]",
+        "",
+    );
+    let error = single_error(&text);
+    assert_eq!(error.field, "endpoint[1].upgrade");
+}
+
+#[test]
+fn a_toml_syntax_error_has_a_position() {
+    let error = single_error("[gateway\nlisten = 1");
+    assert_eq!(error.line, 1);
+    assert!(error.column > 0);
+}
+
+#[test]
+fn an_unreadable_file_is_a_whole_file_error() {
+    let errors = load(Path::new("/nonexistent/wsgate.toml")).err().unwrap();
+    assert!(errors.to_string().contains("cannot read configuration"));
+}

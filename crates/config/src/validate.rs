@@ -1,0 +1,233 @@
+//! Checks across fields that the types alone cannot express.
+
+use std::collections::HashSet;
+
+use toml::Spanned;
+
+use crate::error::{ConfigError, ConfigErrors};
+use crate::model::{ChainEntry, Config};
+
+/// Collect every cross-field problem in `config`, in file order.
+pub(crate) fn validate(config: &Config) -> Result<(), ConfigErrors> {
+    let mut errors = Vec::new();
+    let source = &config.source;
+    let mut at = |span: std::ops::Range<usize>, field: String, message: String| {
+        errors.push(source.error(span, field, message));
+    };
+
+    let mut plugin_ids = HashSet::new();
+    for (i, plugin) in config.plugins.iter().enumerate() {
+        let name = plugin.name.get_ref();
+        if name.is_empty() || name.contains(['@', ' ', '/']) {
+            at(
+                plugin.name.span(),
+                format!("plugin[{i}].name"),
+                format!("`{name}` is not a plugin name (letters, digits, `-` and `_`)"),
+            );
+        }
+        if plugin.version.get_ref().is_empty() || plugin.version.get_ref().contains([' ', '@']) {
+            at(
+                plugin.version.span(),
+                format!("plugin[{i}].version"),
+                format!("`{}` is not a version", plugin.version.get_ref()),
+            );
+        }
+        if !plugin_ids.insert(plugin.id()) {
+            at(
+                plugin.name.span(),
+                format!("plugin[{i}].name"),
+                format!("plugin {} is declared twice", plugin.id()),
+            );
+        }
+        if let Some(digest) = &plugin.digest {
+            let valid = digest.get_ref().strip_prefix("sha256:").is_some_and(|hex| {
+                hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())
+            });
+            if !valid {
+                at(
+                    digest.span(),
+                    format!("plugin[{i}].digest"),
+                    "a digest is written `sha256:` followed by 64 hex digits".to_string(),
+                );
+            }
+        }
+        if plugin.deadline.0.is_zero() {
+            at(
+                plugin.name.span(),
+                format!("plugin[{i}].deadline"),
+                "the call deadline must be greater than zero".to_string(),
+            );
+        }
+    }
+
+    let mut remote_hosts = HashSet::new();
+    for (i, host) in config.remote_hosts.iter().enumerate() {
+        let address = host.address.get_ref();
+        let valid = address
+            .rsplit_once(':')
+            .is_some_and(|(name, port)| !name.is_empty() && port.parse::<u16>().is_ok());
+        if !valid {
+            at(
+                host.address.span(),
+                format!("remote-host[{i}].address"),
+                format!("`{address}` is not `host:port`"),
+            );
+        }
+        if !remote_hosts.insert(address.to_ascii_lowercase()) {
+            at(
+                host.address.span(),
+                format!("remote-host[{i}].address"),
+                format!("remote host `{address}` is listed twice"),
+            );
+        }
+        if host.max_connections < -1 {
+            at(
+                host.address.span(),
+                format!("remote-host[{i}].max-connections"),
+                "max-connections is -1 (unlimited) or a count".to_string(),
+            );
+        }
+    }
+
+    let mut endpoint_paths = HashSet::new();
+    for (i, endpoint) in config.endpoints.iter().enumerate() {
+        let path = endpoint.path.get_ref();
+        if !path.starts_with('/') {
+            at(
+                endpoint.path.span(),
+                format!("endpoint[{i}].path"),
+                format!("`{path}` must start with `/`"),
+            );
+        }
+        if !endpoint_paths.insert((path.clone(), endpoint.path_match)) {
+            at(
+                endpoint.path.span(),
+                format!("endpoint[{i}].path"),
+                format!("endpoint `{path}` is declared twice"),
+            );
+        }
+        if endpoint.enabled && endpoint.upgrade.is_empty() {
+            at(
+                endpoint.path.span(),
+                format!("endpoint[{i}].upgrade"),
+                "an enabled endpoint needs an upgrade chain that routes (for example static-router)"
+                    .to_string(),
+            );
+        }
+        if endpoint.max_message_size.0 == 0 {
+            at(
+                endpoint.path.span(),
+                format!("endpoint[{i}].max-message-size"),
+                "max-message-size must be greater than zero".to_string(),
+            );
+        }
+        for (j, upstream) in endpoint.allowed_upstreams.iter().enumerate() {
+            if !is_ws_url(upstream) {
+                at(
+                    upstream.span(),
+                    format!("endpoint[{i}].allowed-upstreams[{j}]"),
+                    format!("`{}` is not a ws:// or wss:// URL", upstream.get_ref()),
+                );
+            }
+        }
+        let chains: [(&str, &[ChainEntry]); 3] = [
+            ("upgrade", &endpoint.upgrade),
+            ("client-messages", &endpoint.client_messages),
+            ("server-messages", &endpoint.server_messages),
+        ];
+        for (chain, entries) in chains {
+            for (j, entry) in entries.iter().enumerate() {
+                let field = format!("endpoint[{i}].{chain}[{j}].plugin");
+                match entry.plugin_ref() {
+                    None => at(
+                        entry.plugin.span(),
+                        field,
+                        format!(
+                            "`{}` is not a plugin reference `name@version`",
+                            entry.plugin.get_ref()
+                        ),
+                    ),
+                    Some(_) if !plugin_ids.contains(entry.plugin.get_ref()) => at(
+                        entry.plugin.span(),
+                        field,
+                        format!(
+                            "no [[plugin]] is declared as {} (declared: {})",
+                            entry.plugin.get_ref(),
+                            declared(config)
+                        ),
+                    ),
+                    Some(_) => {}
+                }
+            }
+        }
+    }
+
+    errors.extend(config.gateway_errors());
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        errors.sort_by_key(|e| (e.line, e.column));
+        Err(ConfigErrors(errors))
+    }
+}
+
+fn is_ws_url(url: &Spanned<String>) -> bool {
+    let url = url.get_ref();
+    ["ws://", "wss://"]
+        .iter()
+        .any(|scheme| url.strip_prefix(scheme).is_some_and(|rest| !rest.is_empty()))
+}
+
+fn declared(config: &Config) -> String {
+    if config.plugins.is_empty() {
+        return "none".to_string();
+    }
+    config
+        .plugins
+        .iter()
+        .map(|p| p.id())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl Config {
+    fn gateway_errors(&self) -> Vec<ConfigError> {
+        let mut errors = Vec::new();
+        if self.gateway.read_buffer_size.0 < 256 {
+            errors.push(ConfigError {
+                file: self.source.file().to_string(),
+                line: 0,
+                column: 0,
+                field: "gateway.read-buffer-size".to_string(),
+                message: "read-buffer-size must be at least 256 bytes".to_string(),
+            });
+        }
+        errors
+    }
+
+    /// The declared plugin `name@version`.
+    pub fn plugin(&self, id: &str) -> Option<&crate::PluginDecl> {
+        self.plugins.iter().find(|p| p.id() == id)
+    }
+
+    /// The remote-host entry for `host:port`, if any.
+    pub fn remote_host(&self, address: &str) -> Option<&crate::RemoteHost> {
+        self.remote_hosts
+            .iter()
+            .find(|h| h.address.get_ref().eq_ignore_ascii_case(address))
+    }
+
+    /// The enabled endpoint serving `request_path`: exact matches first, then the longest prefix.
+    pub fn endpoint_for(&self, request_path: &str) -> Option<(usize, &crate::Endpoint)> {
+        let enabled = || self.endpoints.iter().enumerate().filter(|(_, e)| e.enabled);
+        enabled()
+            .find(|(_, e)| e.path_match == crate::PathMatch::Exact && e.matches(request_path))
+            .or_else(|| {
+                enabled()
+                    .filter(|(_, e)| {
+                        e.path_match == crate::PathMatch::Prefix && e.matches(request_path)
+                    })
+                    .max_by_key(|(_, e)| e.path.get_ref().len())
+            })
+    }
+}

@@ -1,0 +1,2 @@
+//! wsgate.
+fn main() {}
