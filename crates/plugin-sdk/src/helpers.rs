@@ -33,8 +33,10 @@ impl UpgradeRequest {
     pub fn host(&self) -> Option<&str> {
         let host = self.header("host")?;
         Some(match host.rsplit_once(':') {
-            Some((name, port)) if !name.ends_with(']') || port.is_empty() => {
-                if port.chars().all(|c| c.is_ascii_digit()) { name } else { host }
+            Some((name, port))
+                if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) =>
+            {
+                name
             }
             _ => host,
         })
@@ -103,5 +105,86 @@ impl MessageVerdict {
             code,
             reason: reason.to_owned(),
         })
+    }
+}
+
+/// Expand `${name}` placeholders in `template` with `lookup`.
+///
+/// `$$` writes a literal `$`. Returns the first name `lookup` has no value
+/// for as the error.
+pub fn render_template(
+    template: &str,
+    mut lookup: impl FnMut(&str) -> Option<String>,
+) -> Result<String, String> {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            out.push('$');
+            rest = tail;
+        } else if let Some(tail) = after.strip_prefix('{') {
+            let Some(end) = tail.find('}') else {
+                return Err(format!("unclosed placeholder in `{template}`"));
+            };
+            let name = &tail[..end];
+            out.push_str(&lookup(name).ok_or_else(|| name.to_string())?);
+            rest = &tail[end + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// The placeholders in `template`, for validating configuration.
+pub fn template_names(template: &str) -> Vec<&str> {
+    let mut names = Vec::new();
+    let mut rest = template;
+    while let Some(at) = rest.find("${") {
+        let tail = &rest[at + 2..];
+        match tail.find('}') {
+            Some(end) => {
+                names.push(&tail[..end]);
+                rest = &tail[end + 1..];
+            }
+            None => break,
+        }
+    }
+    names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_expand_and_report_missing_names() {
+        let lookup = |name: &str| (name == "a").then(|| "1".to_string());
+        assert_eq!(render_template("x${a}y$$z$", lookup), Ok("x1y$z$".to_string()));
+        assert_eq!(render_template("${b}", lookup), Err("b".to_string()));
+        assert_eq!(template_names("ws://${host}/${segment.1}"), ["host", "segment.1"]);
+    }
+
+    #[test]
+    fn query_parameters_are_decoded() {
+        let request = UpgradeRequest {
+            connection_id: 1,
+            method: "GET".into(),
+            path: "/chat/eu/room-1".into(),
+            query: "user=ann%20b&x=1+2&flag".into(),
+            headers: vec![Header::new("Host", "Example.com:8080")],
+            client_addr: "127.0.0.1:1".into(),
+            tls: false,
+        };
+        assert_eq!(request.query_param("user").as_deref(), Some("ann b"));
+        assert_eq!(request.query_param("x").as_deref(), Some("1 2"));
+        assert_eq!(request.query_param("flag").as_deref(), Some(""));
+        assert_eq!(request.host(), Some("Example.com"));
+        assert_eq!(request.path_segment(1), Some("eu"));
+        assert_eq!(request.header("HOST"), Some("Example.com:8080"));
     }
 }

@@ -62,6 +62,7 @@ pub use bindings::wsgate::plugin::types::{
 };
 
 mod helpers;
+pub use helpers::{percent_decode, render_template, template_names};
 pub mod host;
 pub use host::{context, log, state};
 

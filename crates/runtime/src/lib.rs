@@ -1,1 +1,260 @@
-//! The plugin runtime.
+//! The plugin runtime: hosts wsgate plugins (WebAssembly components) with wasmtime.
+//!
+//! * [`Runtime`] owns the engine (epoch interruption, trimmed features), the
+//!   linker (the `wsgate:plugin/host` interface and WASI with an empty
+//!   context) and the epoch ticker thread.
+//! * [`Runtime::load`] compiles one declared plugin, checks its digest and
+//!   tells its role from its exports.
+//! * [`PluginPool`] keeps fungible instances of one plugin with one
+//!   configuration; any instance serves any connection, one call at a time.
+//!   Per-connection state lives in the host ([`CallContext`]), not in guests.
+//! * A call that traps, overruns its deadline or its memory cap returns a
+//!   [`PluginFault`]; the instance that failed is discarded, never reused.
+
+mod bindings;
+mod host;
+mod pool;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sha2::Digest;
+use wasmtime::component::{Component, InstancePre, Linker};
+use wasmtime::{Config as EngineConfig, Engine};
+
+pub use bindings::types::{
+    CloseFrame, Direction, Header, HeaderOp, LogLevel, Message, MessageVerdict, Rejection, Route,
+    UpgradeRequest, UpgradeVerdict,
+};
+pub use host::{CallContext, ConnectionInfo, StateMap};
+pub use pool::{FaultKind, PluginFault, PluginPool, PluginStats};
+
+use host::HostState;
+
+/// How often the epoch advances; call deadlines are counted in these ticks.
+pub const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// Export names that tell a plugin's role.
+const LIFECYCLE_EXPORT: &str = "wsgate:plugin/lifecycle@0.1.0";
+const UPGRADE_EXPORT: &str = "wsgate:plugin/upgrade@0.1.0";
+const MESSAGE_EXPORT: &str = "wsgate:plugin/message@0.1.0";
+
+/// Why the runtime could not start or a plugin could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The wasmtime engine or linker could not be set up.
+    #[error("cannot start the plugin runtime: {0}")]
+    Engine(String),
+    /// The plugin's file could not be read.
+    #[error("plugin {plugin}: cannot read {path}: {message}")]
+    Read {
+        /// The plugin as `name@version`.
+        plugin: String,
+        /// The file.
+        path: String,
+        /// The I/O error.
+        message: String,
+    },
+    /// The file's digest differs from the pinned one.
+    #[error("plugin {plugin}: digest mismatch: the configuration pins {expected} but {path} is {actual}")]
+    Digest {
+        /// The plugin as `name@version`.
+        plugin: String,
+        /// The file.
+        path: String,
+        /// The pinned digest.
+        expected: String,
+        /// The file's digest.
+        actual: String,
+    },
+    /// The file is not a valid component, or it does not fit the contract.
+    #[error("plugin {plugin}: {message}")]
+    Invalid {
+        /// The plugin as `name@version`.
+        plugin: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The plugin refused its configuration.
+    #[error("plugin {plugin} rejects its config at `{field}`: {message}")]
+    Config {
+        /// The plugin as `name@version`.
+        plugin: String,
+        /// The offending field, as a JSON Pointer (empty: the whole config).
+        field: String,
+        /// The plugin's explanation.
+        message: String,
+    },
+    /// Creating or configuring an instance failed (trap, limit).
+    #[error("plugin {plugin}: cannot create an instance: {message}")]
+    Instantiate {
+        /// The plugin as `name@version`.
+        plugin: String,
+        /// What failed.
+        message: String,
+    },
+}
+
+/// The hooks a plugin implements, told from its component's exports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Roles {
+    /// Exports `wsgate:plugin/upgrade`: may sit in an upgrade chain.
+    pub upgrade: bool,
+    /// Exports `wsgate:plugin/message`: may sit in a message chain.
+    pub message: bool,
+}
+
+/// Sandbox budget of one plugin.
+#[derive(Debug, Clone, Copy)]
+pub struct Budget {
+    /// Longest time one call may run.
+    pub deadline: Duration,
+    /// Largest linear memory, in bytes.
+    pub memory_limit: usize,
+}
+
+/// The engine, linker and epoch ticker shared by every plugin.
+#[derive(Clone)]
+pub struct Runtime {
+    engine: Engine,
+    linker: Arc<Linker<HostState>>,
+}
+
+impl Runtime {
+    /// Start an engine with epoch interruption and a ticker thread.
+    pub fn new() -> Result<Self, RuntimeError> {
+        let mut config = EngineConfig::new();
+        config.epoch_interruption(true);
+        config.wasm_component_model(true);
+        let engine = Engine::new(&config).map_err(|e| RuntimeError::Engine(e.to_string()))?;
+        let linker = host::linker(&engine).map_err(|e| RuntimeError::Engine(e.to_string()))?;
+        spawn_epoch_ticker(&engine)?;
+        Ok(Self {
+            engine,
+            linker: Arc::new(linker),
+        })
+    }
+
+    /// Compile the plugin `decl`, check its pinned digest and tell its role.
+    pub fn load(&self, decl: &wsgate_config::PluginDecl) -> Result<Arc<Plugin>, RuntimeError> {
+        let id = decl.id();
+        let path = decl.path.display().to_string();
+        let bytes = std::fs::read(&decl.path).map_err(|e| RuntimeError::Read {
+            plugin: id.clone(),
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        let digest = format!("sha256:{:x}", sha2::Sha256::digest(&bytes));
+        if let Some(expected) = &decl.digest
+            && !expected.get_ref().eq_ignore_ascii_case(&digest)
+        {
+            return Err(RuntimeError::Digest {
+                plugin: id,
+                path,
+                expected: expected.get_ref().clone(),
+                actual: digest,
+            });
+        }
+        let invalid = |message: String| RuntimeError::Invalid {
+            plugin: id.clone(),
+            message,
+        };
+        let component = Component::new(&self.engine, &bytes)
+            .map_err(|e| invalid(format!("{path} is not a loadable component: {e:#}")))?;
+        let exports: Vec<String> = component
+            .component_type()
+            .exports(&self.engine)
+            .map(|(name, _)| name.to_string())
+            .collect();
+        let has = |name: &str| exports.iter().any(|e| e == name);
+        if !has(LIFECYCLE_EXPORT) {
+            return Err(invalid(format!(
+                "does not export {LIFECYCLE_EXPORT}; build it against a wsgate:plugin world (exports: {})",
+                exports.join(", ")
+            )));
+        }
+        let roles = Roles {
+            upgrade: has(UPGRADE_EXPORT),
+            message: has(MESSAGE_EXPORT),
+        };
+        if !roles.upgrade && !roles.message {
+            return Err(invalid(format!(
+                "exports neither {UPGRADE_EXPORT} nor {MESSAGE_EXPORT}"
+            )));
+        }
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| invalid(format!("imports something the gateway does not offer: {e:#}")))?;
+        let exports = bindings::Exports::new(&pre, roles)
+            .map_err(|e| invalid(format!("exports do not match the contract: {e:#}")))?;
+        Ok(Arc::new(Plugin {
+            id: id.as_str().into(),
+            digest,
+            roles,
+            budget: Budget {
+                deadline: decl.deadline.0,
+                memory_limit: usize::try_from(decl.memory_limit.0).unwrap_or(usize::MAX),
+            },
+            engine: self.engine.clone(),
+            pre,
+            exports,
+        }))
+    }
+}
+
+/// A compiled plugin, ready to be instantiated into pools.
+pub struct Plugin {
+    id: Arc<str>,
+    digest: String,
+    roles: Roles,
+    budget: Budget,
+    engine: Engine,
+    pre: InstancePre<HostState>,
+    exports: bindings::Exports,
+}
+
+impl Plugin {
+    /// `name@version`.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+    /// The component's content digest, `sha256:…`.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+    /// The hooks it implements.
+    pub fn roles(&self) -> Roles {
+        self.roles
+    }
+    /// Its sandbox budget.
+    pub fn budget(&self) -> Budget {
+        self.budget
+    }
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin")
+            .field("id", &self.id)
+            .field("digest", &self.digest)
+            .field("roles", &self.roles)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Advance the engine's epoch every [`EPOCH_TICK`] until the engine is dropped.
+fn spawn_epoch_ticker(engine: &Engine) -> Result<(), RuntimeError> {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("wsgate-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })
+        .map(drop)
+        .map_err(|e| RuntimeError::Engine(format!("cannot start the epoch ticker: {e}")))
+}

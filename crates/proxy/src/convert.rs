@@ -1,0 +1,82 @@
+//! Between tungstenite's messages and the plugin contract's messages.
+
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame as WsCloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use wsgate_runtime::{CloseFrame, Message};
+
+/// The contract's view of a wire message; `None` for raw frames, which the
+/// reading side never yields.
+pub fn to_plugin(message: &WsMessage) -> Option<Message> {
+    Some(match message {
+        WsMessage::Text(text) => Message::Text(text.as_str().to_owned()),
+        WsMessage::Binary(data) => Message::Binary(data.to_vec()),
+        WsMessage::Ping(data) => Message::Ping(data.to_vec()),
+        WsMessage::Pong(data) => Message::Pong(data.to_vec()),
+        WsMessage::Close(frame) => Message::Close(frame.as_ref().map(|f| CloseFrame {
+            code: u16::from(f.code),
+            reason: f.reason.as_str().to_owned(),
+        })),
+        WsMessage::Frame(_) => return None,
+    })
+}
+
+/// A plugin's message, ready for the wire. Control frames are truncated to
+/// the 125 bytes RFC 6455 allows, and close codes made sendable.
+pub fn from_plugin(message: Message) -> WsMessage {
+    match message {
+        Message::Text(text) => WsMessage::text(text),
+        Message::Binary(data) => WsMessage::binary(data),
+        Message::Ping(mut data) => {
+            data.truncate(125);
+            WsMessage::Ping(data.into())
+        }
+        Message::Pong(mut data) => {
+            data.truncate(125);
+            WsMessage::Pong(data.into())
+        }
+        Message::Close(frame) => WsMessage::Close(frame.map(|f| close_frame(f.code, &f.reason))),
+    }
+}
+
+/// A close frame with a code that may be sent on the wire (RFC 6455 7.4):
+/// reserved or unassigned codes become 1011, and the reason is cut to fit.
+pub fn close_frame(code: u16, reason: &str) -> WsCloseFrame {
+    let sendable = matches!(code, 1000..=1003 | 1007..=1011 | 3000..=4999);
+    let code = if sendable { code } else { 1011 };
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    WsCloseFrame {
+        code: CloseCode::from(code),
+        reason: reason[..end].to_owned().into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unsendable_close_codes_become_1011() {
+        assert_eq!(u16::from(close_frame(1005, "").code), 1011);
+        assert_eq!(u16::from(close_frame(4000, "").code), 4000);
+        assert_eq!(u16::from(close_frame(1008, "").code), 1008);
+    }
+
+    #[test]
+    fn long_reasons_are_cut_at_a_char_boundary() {
+        let reason = "é".repeat(100);
+        let frame = close_frame(1000, &reason);
+        assert!(frame.reason.len() <= 123);
+        assert!(frame.reason.as_str().chars().all(|c| c == 'é'));
+    }
+
+    #[test]
+    fn text_round_trips() {
+        let wire = WsMessage::text("hi");
+        let plugin = to_plugin(&wire).unwrap();
+        assert_eq!(from_plugin(plugin), wire);
+    }
+}

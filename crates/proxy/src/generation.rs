@@ -1,0 +1,240 @@
+//! A configuration made live: every plugin compiled, every chain entry backed
+//! by a configured instance pool, every remote host's connection limit.
+//!
+//! Building a generation is the whole validation `wsgate check` performs, and
+//! its errors point at the configuration's file, line and field.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use wsgate_config::{ChainEntry, Config, ConfigError, ConfigErrors, Endpoint, FailPolicy};
+use wsgate_runtime::{Plugin, PluginPool, Runtime, RuntimeError};
+
+/// Connect timeout for upstreams without a `[[remote-host]]` entry.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One plugin in a live chain.
+#[derive(Debug)]
+pub struct ChainStep {
+    /// The configured instances.
+    pub pool: Arc<PluginPool>,
+    /// What to do when the plugin fails.
+    pub fail: FailPolicy,
+    /// Index of this plugin's per-connection state among the endpoint's plugins.
+    pub slot: usize,
+}
+
+/// An endpoint with its live chains.
+#[derive(Debug)]
+pub struct LiveEndpoint {
+    /// The endpoint's configuration.
+    pub config: Endpoint,
+    /// The upgrade chain.
+    pub upgrade: Vec<ChainStep>,
+    /// The chain for messages from the client.
+    pub client_messages: Vec<ChainStep>,
+    /// The chain for messages from the upstream.
+    pub server_messages: Vec<ChainStep>,
+    /// How many distinct plugins the endpoint uses (per-connection state slots).
+    pub slots: usize,
+    /// Connections open on this endpoint.
+    pub active: AtomicU64,
+}
+
+/// Connection limit and timeout of one upstream `host:port`.
+#[derive(Debug)]
+pub struct RemoteLimit {
+    /// Permits for open connections; `None` when unlimited.
+    pub permits: Option<Arc<Semaphore>>,
+    /// Longest time to connect and finish the upstream handshake.
+    pub connect_timeout: Duration,
+}
+
+/// A validated configuration with its plugins loaded.
+#[derive(Debug)]
+pub struct Generation {
+    /// The configuration it was built from.
+    pub config: Config,
+    /// Endpoints, in configuration order.
+    pub endpoints: Vec<Arc<LiveEndpoint>>,
+    /// Remote-host limits by lower-case `host:port`.
+    pub remote_hosts: HashMap<String, Arc<RemoteLimit>>,
+    /// Every plugin pool, for statistics.
+    pub pools: Vec<Arc<PluginPool>>,
+}
+
+impl Generation {
+    /// Load every plugin of `config`, configure a pool per chain entry and
+    /// check each entry's plugin has the hook its chain needs. All problems
+    /// are reported, each with its position in the configuration file.
+    pub fn build(config: Config, runtime: &Runtime) -> Result<Self, ConfigErrors> {
+        let mut errors = Vec::new();
+        let source = config.source.clone();
+
+        let mut plugins: HashMap<String, Arc<Plugin>> = HashMap::new();
+        for (i, decl) in config.plugins.iter().enumerate() {
+            match runtime.load(decl) {
+                Ok(plugin) => {
+                    plugins.insert(decl.id(), plugin);
+                }
+                Err(error) => {
+                    let field = match error {
+                        RuntimeError::Digest { .. } => format!("plugin[{i}].digest"),
+                        _ => format!("plugin[{i}].path"),
+                    };
+                    errors.push(source.error(decl.name.span(), field, error.to_string()));
+                }
+            }
+        }
+
+        let mut pools: HashMap<(String, String), Arc<PluginPool>> = HashMap::new();
+        let mut endpoints = Vec::new();
+        for (i, endpoint) in config.endpoints.iter().enumerate() {
+            let mut slots: Vec<String> = Vec::new();
+            let mut build_chain = |chain: &str, entries: &[ChainEntry], errors: &mut Vec<ConfigError>| {
+                let mut steps = Vec::new();
+                for (j, entry) in entries.iter().enumerate() {
+                    let id = entry.plugin.get_ref();
+                    let field = format!("endpoint[{i}].{chain}[{j}]");
+                    let at = |field: String, message: String| {
+                        source.error(entry.plugin.span(), field, message)
+                    };
+                    let Some(plugin) = plugins.get(id) else {
+                        // Not loaded: its load error is reported above.
+                        continue;
+                    };
+                    let roles = plugin.roles();
+                    let fits = if chain == "upgrade" { roles.upgrade } else { roles.message };
+                    if !fits {
+                        let hook = if chain == "upgrade" { "upgrade" } else { "message" };
+                        errors.push(at(
+                            format!("{field}.plugin"),
+                            format!(
+                                "{id} has no {hook} hook, so it cannot sit in the {chain} chain (it implements: {})",
+                                describe_roles(plugin)
+                            ),
+                        ));
+                        continue;
+                    }
+                    let config_json = entry.config_json();
+                    let key = (id.to_string(), config_json.clone());
+                    let pool = match pools.get(&key) {
+                        Some(pool) => pool.clone(),
+                        None => match PluginPool::new(plugin.clone(), &config_json) {
+                            Ok(pool) => {
+                                let pool = Arc::new(pool);
+                                pools.insert(key, pool.clone());
+                                pool
+                            }
+                            Err(RuntimeError::Config { plugin, field: pointer, message }) => {
+                                errors.push(at(
+                                    format!("{field}.config{}", pointer_to_path(&pointer)),
+                                    format!("plugin {plugin} rejects its config: {message}"),
+                                ));
+                                continue;
+                            }
+                            Err(error) => {
+                                errors.push(at(format!("{field}.plugin"), error.to_string()));
+                                continue;
+                            }
+                        },
+                    };
+                    let slot = match slots.iter().position(|s| s == id) {
+                        Some(slot) => slot,
+                        None => {
+                            slots.push(id.to_string());
+                            slots.len() - 1
+                        }
+                    };
+                    steps.push(ChainStep {
+                        pool,
+                        fail: entry.fail,
+                        slot,
+                    });
+                }
+                steps
+            };
+            let upgrade = build_chain("upgrade", &endpoint.upgrade, &mut errors);
+            let client_messages = build_chain("client-messages", &endpoint.client_messages, &mut errors);
+            let server_messages = build_chain("server-messages", &endpoint.server_messages, &mut errors);
+            endpoints.push(Arc::new(LiveEndpoint {
+                config: endpoint.clone(),
+                upgrade,
+                client_messages,
+                server_messages,
+                slots: slots.len(),
+                active: AtomicU64::new(0),
+            }));
+        }
+
+        if !errors.is_empty() {
+            errors.sort_by_key(|e| (e.line, e.column));
+            return Err(ConfigErrors(errors));
+        }
+
+        let remote_hosts = config
+            .remote_hosts
+            .iter()
+            .map(|host| {
+                let limit = RemoteLimit {
+                    permits: host
+                        .connection_limit()
+                        .map(|n| Arc::new(Semaphore::new(n))),
+                    connect_timeout: host.connect_timeout.0,
+                };
+                (host.address.get_ref().to_ascii_lowercase(), Arc::new(limit))
+            })
+            .collect();
+        let mut pools: Vec<_> = pools.into_values().collect();
+        pools.sort_by(|a, b| a.plugin().id().cmp(b.plugin().id()));
+        Ok(Self {
+            config,
+            endpoints,
+            remote_hosts,
+            pools,
+        })
+    }
+
+    /// The enabled endpoint serving `path`.
+    pub fn endpoint_for(&self, path: &str) -> Option<&Arc<LiveEndpoint>> {
+        let (index, _) = self.config.endpoint_for(path)?;
+        self.endpoints.get(index)
+    }
+}
+
+fn describe_roles(plugin: &Plugin) -> &'static str {
+    match (plugin.roles().upgrade, plugin.roles().message) {
+        (true, true) => "upgrade and message hooks",
+        (true, false) => "the upgrade hook only",
+        _ => "the message hook only",
+    }
+}
+
+/// `/rules/0/url` -> `.rules[0].url`
+fn pointer_to_path(pointer: &str) -> String {
+    pointer
+        .split('/')
+        .skip(1)
+        .map(|part| {
+            let part = part.replace("~1", "/").replace("~0", "~");
+            if !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()) {
+                format!("[{part}]")
+            } else {
+                format!(".{part}")
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn json_pointers_become_dotted_paths() {
+        assert_eq!(super::pointer_to_path("/rules/0/url"), ".rules[0].url");
+        assert_eq!(super::pointer_to_path(""), "");
+        assert_eq!(super::pointer_to_path("/a~1b"), ".a/b");
+    }
+}

@@ -1,0 +1,379 @@
+//! The message pumps: one task per connection moves messages both ways,
+//! each through its direction's chain, and carries the close handshake.
+//!
+//! Closes, by cause (client side / upstream side):
+//! * a peer's close frame: forwarded to the other side with its code and reason;
+//! * a peer that vanishes without a close: 1001 to the other side;
+//! * a message over the endpoint's max size: 1009 to its sender, 1001 to the other;
+//! * a protocol error: 1002 (1007 for invalid UTF-8) to its sender, 1001 to the other;
+//! * a plugin's `close` verdict: its code and reason to both sides;
+//! * a plugin fault under fail-closed: 1011 to both sides;
+//! * the endpoint's expire time: 1001 to both sides;
+//! * gateway shutdown: 1001 to the client, 1000 to the upstream.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
+use wsgate_config::FailPolicy;
+use wsgate_runtime::{CallContext, Direction, Message, MessageVerdict};
+
+use crate::Shared;
+use crate::convert::{close_frame, from_plugin, to_plugin};
+use crate::generation::{ChainStep, LiveEndpoint};
+use crate::upstream::WsStream;
+
+/// How long the close handshake may take once a close has started.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One proxied connection's state, owned by its relay task.
+pub struct Session {
+    id: u64,
+    endpoint: Arc<LiveEndpoint>,
+    contexts: Vec<CallContext>,
+    shared: Arc<Shared>,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Session {
+    /// A session for connection `id`; counts it as active until dropped.
+    pub fn new(
+        id: u64,
+        endpoint: Arc<LiveEndpoint>,
+        contexts: Vec<CallContext>,
+        shared: Arc<Shared>,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> Self {
+        endpoint.active.fetch_add(1, Ordering::Relaxed);
+        shared.active.fetch_add(1, Ordering::Relaxed);
+        Self {
+            id,
+            endpoint,
+            contexts,
+            shared,
+            _permit: permit,
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.endpoint.active.fetch_sub(1, Ordering::Relaxed);
+        self.shared.active.fetch_sub(1, Ordering::Relaxed);
+        self.shared.connection_closed.notify_waiters();
+    }
+}
+
+/// Which peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Peer {
+    Client,
+    Upstream,
+}
+
+impl Peer {
+    fn direction_from(self) -> Direction {
+        match self {
+            Peer::Client => Direction::ClientToServer,
+            Peer::Upstream => Direction::ServerToClient,
+        }
+    }
+    fn name(self) -> &'static str {
+        match self {
+            Peer::Client => "client",
+            Peer::Upstream => "upstream",
+        }
+    }
+}
+
+/// One side of the relay.
+struct Side {
+    stream: WsStream,
+    peer: Peer,
+    /// Still worth reading from.
+    readable: bool,
+    /// We sent this side a close frame.
+    close_sent: bool,
+    /// This side sent us a close frame (tungstenite has answered it).
+    close_received: bool,
+}
+
+impl Side {
+    fn new(stream: WsStream, peer: Peer) -> Self {
+        Self {
+            stream,
+            peer,
+            readable: true,
+            close_sent: false,
+            close_received: false,
+        }
+    }
+
+    /// Send messages; a failed write means this side is gone.
+    async fn send_all(&mut self, messages: Vec<WsMessage>) {
+        if messages.is_empty() || !self.readable && self.close_sent {
+            return;
+        }
+        for message in messages {
+            if matches!(message, WsMessage::Close(_)) {
+                if self.close_sent || self.close_received {
+                    continue;
+                }
+                self.close_sent = true;
+            }
+            if let Err(error) = self.stream.feed(message).await {
+                tracing::debug!(peer = self.peer.name(), %error, "write failed");
+                self.readable = false;
+                return;
+            }
+        }
+        if let Err(error) = self.stream.flush().await {
+            tracing::debug!(peer = self.peer.name(), %error, "flush failed");
+            self.readable = false;
+        }
+    }
+
+    /// Start the close handshake with this side, unless one is under way.
+    async fn close(&mut self, code: u16, reason: &str) {
+        if !self.close_sent && !self.close_received {
+            self.send_all(vec![WsMessage::Close(Some(close_frame(code, reason)))])
+                .await;
+        }
+    }
+}
+
+/// What the chain decided for one message.
+#[derive(Default)]
+struct ChainResult {
+    /// Messages for the other side.
+    forward: Vec<WsMessage>,
+    /// Messages back to the sender.
+    replies: Vec<WsMessage>,
+    /// Close both sides with this code and reason.
+    close: Option<(u16, String)>,
+}
+
+/// Relay between `client` and `upstream` until both are closed.
+pub async fn run(mut session: Session, client: WsStream, upstream: WsStream) {
+    let mut client = Side::new(client, Peer::Client);
+    let mut upstream = Side::new(upstream, Peer::Upstream);
+    let shutdown = session.shared.shutdown.clone();
+    let expiry = session.endpoint.config.lifetime();
+    let expires_at = tokio::time::sleep(expiry.unwrap_or(Duration::ZERO));
+    tokio::pin!(expires_at);
+    let mut closing_deadline: Option<Instant> = None;
+    let close_timeout = tokio::time::sleep(CLOSE_TIMEOUT);
+    tokio::pin!(close_timeout);
+
+    tracing::debug!(connection = session.id, "relay started");
+    loop {
+        let closing = closing_deadline.is_some();
+        tokio::select! {
+            () = shutdown.cancelled(), if !closing => {
+                client.close(1001, "gateway shutting down").await;
+                upstream.close(1000, "gateway shutting down").await;
+            }
+            () = &mut expires_at, if expiry.is_some() && !closing => {
+                tracing::info!(connection = session.id, "connection expired");
+                client.close(1001, "connection expired").await;
+                upstream.close(1001, "connection expired").await;
+            }
+            () = &mut close_timeout, if closing => {
+                tracing::debug!(connection = session.id, "close handshake timed out");
+                break;
+            }
+            read = client.stream.next(), if client.readable => {
+                on_read(&mut session, read, &mut client, &mut upstream).await;
+            }
+            read = upstream.stream.next(), if upstream.readable => {
+                on_read(&mut session, read, &mut upstream, &mut client).await;
+            }
+        }
+        if !client.readable && !upstream.readable {
+            break;
+        }
+        let started_closing = client.close_sent
+            || client.close_received
+            || upstream.close_sent
+            || upstream.close_received
+            || !client.readable
+            || !upstream.readable;
+        if started_closing && closing_deadline.is_none() {
+            let deadline = Instant::now() + CLOSE_TIMEOUT;
+            closing_deadline = Some(deadline);
+            close_timeout.as_mut().reset(deadline);
+        }
+    }
+    tracing::info!(connection = session.id, "connection closed");
+}
+
+/// The client's upgrade failed after the upstream connected: close the upstream.
+pub async fn abandon(session: Session, upstream: WsStream) {
+    let mut upstream = Side::new(upstream, Peer::Upstream);
+    upstream.close(1001, "client went away").await;
+    drop(session);
+}
+
+/// Handle one read from `from`; `to` is the other side.
+async fn on_read(
+    session: &mut Session,
+    read: Option<Result<WsMessage, WsError>>,
+    from: &mut Side,
+    to: &mut Side,
+) {
+    let message = match read {
+        Some(Ok(message)) => message,
+        None | Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed)) => {
+            from.readable = false;
+            if !from.close_received && !from.close_sent {
+                tracing::info!(connection = session.id, peer = from.peer.name(), "peer vanished without a close frame");
+            }
+            if !from.close_received {
+                let reason = format!("{} went away", from.peer.name());
+                to.close(1001, &reason).await;
+            }
+            return;
+        }
+        Some(Err(error)) => {
+            from.readable = false;
+            let (code, reason) = match &error {
+                WsError::Capacity(_) => (1009, "message too big"),
+                WsError::Utf8(_) => (1007, "invalid utf-8 in a text message"),
+                WsError::Protocol(_) => (1002, "websocket protocol error"),
+                _ => (0, ""),
+            };
+            tracing::info!(connection = session.id, peer = from.peer.name(), %error, code, "read failed");
+            if code != 0 {
+                from.close(code, reason).await;
+            }
+            let reason = format!("{} connection failed", from.peer.name());
+            to.close(1001, &reason).await;
+            return;
+        }
+    };
+
+    let is_close = matches!(message, WsMessage::Close(_));
+    if is_close {
+        from.close_received = true;
+    }
+    let endpoint = session.endpoint.clone();
+    let chain = match from.peer {
+        Peer::Client => &endpoint.client_messages,
+        Peer::Upstream => &endpoint.server_messages,
+    };
+    let mut result = if chain.is_empty() {
+        ChainResult {
+            forward: vec![message],
+            ..ChainResult::default()
+        }
+    } else {
+        run_chain(chain, &mut session.contexts, from.peer.direction_from(), message)
+    };
+    // A plugin that turns a data message into a close closes both sides.
+    if !is_close
+        && result.close.is_none()
+        && let Some(at) = result.forward.iter().position(|m| matches!(m, WsMessage::Close(_)))
+    {
+        if let Some(WsMessage::Close(frame)) = result.forward.drain(at..).next() {
+            result.close = Some(frame.map_or((1000, String::new()), |f| {
+                (u16::from(f.code), f.reason.as_str().to_owned())
+            }));
+        }
+        to.send_all(std::mem::take(&mut result.forward)).await;
+    }
+
+    if let Some((code, reason)) = result.close {
+        tracing::info!(connection = session.id, code, %reason, "closing both sides");
+        from.close(code, &reason).await;
+        to.close(code, &reason).await;
+        return;
+    }
+    from.send_all(result.replies).await;
+    to.send_all(result.forward).await;
+}
+
+/// A message on its way through a chain: still in wire form, or already
+/// converted for plugins (converted once, then passed along).
+enum Item {
+    Wire(WsMessage),
+    Plugin(Message),
+}
+
+/// Run `message` through `chain`. Close frames always go through: plugins
+/// see them and may only change their code and reason.
+fn run_chain(
+    chain: &[ChainStep],
+    contexts: &mut [CallContext],
+    direction: Direction,
+    message: WsMessage,
+) -> ChainResult {
+    let mut result = ChainResult::default();
+    let mut items = vec![Item::Wire(message)];
+    for step in chain {
+        let Some(context) = contexts.get_mut(step.slot) else {
+            continue;
+        };
+        let mut next = Vec::with_capacity(items.len());
+        for item in items {
+            let message = match item {
+                Item::Plugin(message) => message,
+                Item::Wire(wire) => match to_plugin(&wire) {
+                    Some(message) => message,
+                    None => {
+                        next.push(Item::Wire(wire));
+                        continue;
+                    }
+                },
+            };
+            let is_close = matches!(message, Message::Close(_));
+            let verdict = match step.pool.on_message(context, direction, &message) {
+                Ok(verdict) => verdict,
+                Err(fault) => {
+                    tracing::error!(plugin = %fault.plugin, kind = fault.kind.as_str(), error = %fault.message, fail = ?step.fail, "message plugin failed");
+                    match step.fail {
+                        FailPolicy::Open => MessageVerdict::Forward,
+                        FailPolicy::Closed => {
+                            result.close = Some((1011, format!("filter {} failed", fault.plugin)));
+                            return result;
+                        }
+                    }
+                }
+            };
+            match verdict {
+                MessageVerdict::Close(frame) if is_close => {
+                    next.push(Item::Plugin(Message::Close(Some(frame))));
+                }
+                _ if is_close => next.push(Item::Plugin(message)),
+                MessageVerdict::Forward => next.push(Item::Plugin(message)),
+                MessageVerdict::Replace(messages) => {
+                    next.extend(messages.into_iter().map(Item::Plugin));
+                }
+                MessageVerdict::Drop => {
+                    tracing::debug!(plugin = step.pool.plugin().id(), "message dropped by plugin");
+                }
+                MessageVerdict::Close(frame) => {
+                    result.close = Some((frame.code, frame.reason));
+                    return result;
+                }
+                MessageVerdict::Reply(messages) => {
+                    result
+                        .replies
+                        .extend(messages.into_iter().map(from_plugin));
+                }
+            }
+        }
+        items = next;
+    }
+    result.forward = items
+        .into_iter()
+        .map(|item| match item {
+            Item::Wire(wire) => wire,
+            Item::Plugin(message) => from_plugin(message),
+        })
+        .collect();
+    result
+}

@@ -1,0 +1,279 @@
+//! Connecting to the upstream WebSocket server the upgrade chain chose.
+
+use std::sync::{Arc, OnceLock};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, StatusCode, Uri};
+use http_body_util::Empty;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+
+/// A WebSocket stream over an upgraded HTTP/1.1 connection (either side).
+pub type WsStream = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
+/// Why the upstream connection failed; each maps to the client's status.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// The route's URL is unusable.
+    #[error("invalid upstream url `{url}`: {reason}")]
+    BadUrl {
+        /// The URL.
+        url: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// TCP or TLS connection failed.
+    #[error("cannot connect to {address}: {reason}")]
+    Connect {
+        /// `host:port`.
+        address: String,
+        /// The I/O or TLS error.
+        reason: String,
+    },
+    /// The upstream did not accept the WebSocket handshake.
+    #[error("upstream {address} refused the websocket handshake: {reason}")]
+    Handshake {
+        /// `host:port`.
+        address: String,
+        /// What it answered.
+        reason: String,
+    },
+    /// Connecting took longer than the remote host's connect timeout.
+    #[error("upstream {address} did not complete the handshake within {timeout:?}")]
+    Timeout {
+        /// `host:port`.
+        address: String,
+        /// The timeout.
+        timeout: std::time::Duration,
+    },
+}
+
+impl UpstreamError {
+    /// The status the client gets: 504 for a timeout, 502 otherwise.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            _ => StatusCode::BAD_GATEWAY,
+        }
+    }
+}
+
+/// A parsed upstream URL.
+#[derive(Debug, Clone)]
+pub struct UpstreamUrl {
+    /// True for `wss://`.
+    pub tls: bool,
+    /// Host name or IP literal (without brackets).
+    pub host: String,
+    /// Port, defaulted from the scheme.
+    pub port: u16,
+    /// Path and query for the request line.
+    pub path_and_query: String,
+}
+
+impl UpstreamUrl {
+    /// Parse a `ws://` or `wss://` URL.
+    pub fn parse(url: &str) -> Result<Self, UpstreamError> {
+        let bad = |reason: &str| UpstreamError::BadUrl {
+            url: url.to_string(),
+            reason: reason.to_string(),
+        };
+        let uri: Uri = url.parse().map_err(|_| bad("not a URL"))?;
+        let tls = match uri.scheme_str() {
+            Some("ws") => false,
+            Some("wss") => true,
+            _ => return Err(bad("the scheme must be ws or wss")),
+        };
+        let host = uri
+            .host()
+            .ok_or_else(|| bad("no host"))?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+        let path_and_query = uri
+            .path_and_query()
+            .map_or_else(|| "/".to_string(), |p| p.as_str().to_string());
+        Ok(Self {
+            tls,
+            host,
+            port,
+            path_and_query,
+        })
+    }
+
+    /// `host:port`, lower-case, IPv6 in brackets: the key of `[[remote-host]]`.
+    pub fn address(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port).to_ascii_lowercase()
+        } else {
+            format!("{}:{}", self.host, self.port).to_ascii_lowercase()
+        }
+    }
+}
+
+/// An open upstream WebSocket and what it chose in its handshake.
+pub struct Upstream {
+    /// The WebSocket stream.
+    pub stream: WsStream,
+    /// The subprotocol the upstream selected.
+    pub protocol: Option<HeaderValue>,
+}
+
+/// Connect to `url`, send the upgrade request with `headers` (which must not
+/// include the handshake's own headers), and finish the WebSocket handshake.
+pub async fn connect(
+    url: &UpstreamUrl,
+    headers: HeaderMap,
+    ws_config: WebSocketConfig,
+) -> Result<Upstream, UpstreamError> {
+    let address = url.address();
+    let connect_error = |reason: String| UpstreamError::Connect {
+        address: address.clone(),
+        reason,
+    };
+    let tcp = TcpStream::connect((url.host.as_str(), url.port))
+        .await
+        .map_err(|e| connect_error(e.to_string()))?;
+    // Latency matters more than packet count for interactive traffic.
+    let _ = tcp.set_nodelay(true);
+    let (sender, connection) = if url.tls {
+        let name = rustls::pki_types::ServerName::try_from(url.host.clone())
+            .map_err(|e| connect_error(format!("invalid TLS server name: {e}")))?;
+        let tls = tokio_rustls::TlsConnector::from(tls_config())
+            .connect(name, tcp)
+            .await
+            .map_err(|e| connect_error(format!("TLS handshake failed: {e}")))?;
+        handshake(TokioIo::new(tls), &address).await?
+    } else {
+        handshake(TokioIo::new(tcp), &address).await?
+    };
+    let result = upgrade(sender, url, headers, &address, ws_config).await;
+    drop(connection);
+    result
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
+
+async fn handshake<IO>(
+    io: IO,
+    address: &str,
+) -> Result<(Sender, tokio::task::JoinHandle<()>), UpstreamError>
+where
+    IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (sender, connection) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|e| UpstreamError::Connect {
+            address: address.to_string(),
+            reason: e.to_string(),
+        })?;
+    let task = tokio::spawn(async move {
+        if let Err(error) = connection.with_upgrades().await {
+            tracing::debug!(%error, "upstream http connection ended");
+        }
+    });
+    Ok((sender, task))
+}
+
+async fn upgrade(
+    mut sender: Sender,
+    url: &UpstreamUrl,
+    headers: HeaderMap,
+    address: &str,
+    ws_config: WebSocketConfig,
+) -> Result<Upstream, UpstreamError> {
+    let refused = |reason: String| UpstreamError::Handshake {
+        address: address.to_string(),
+        reason,
+    };
+    let key = tokio_tungstenite::tungstenite::handshake::client::generate_key();
+    let default_port = if url.tls { 443 } else { 80 };
+    let host = if url.port == default_port {
+        url.host.clone()
+    } else if url.host.contains(':') {
+        format!("[{}]:{}", url.host, url.port)
+    } else {
+        format!("{}:{}", url.host, url.port)
+    };
+    let mut request = Request::get(url.path_and_query.as_str())
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| refused(format!("cannot build the request: {e}")))?;
+    let request_headers = request.headers_mut();
+    *request_headers = headers;
+    let fixed: [(HeaderName, &str); 5] = [
+        (header::HOST, &host),
+        (header::UPGRADE, "websocket"),
+        (header::CONNECTION, "Upgrade"),
+        (header::SEC_WEBSOCKET_KEY, &key),
+        (header::SEC_WEBSOCKET_VERSION, "13"),
+    ];
+    for (name, value) in fixed {
+        let value = HeaderValue::from_str(value)
+            .map_err(|e| refused(format!("invalid {name} header: {e}")))?;
+        request_headers.insert(name, value);
+    }
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| refused(e.to_string()))?;
+    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        return Err(refused(format!("it answered {}", response.status())));
+    }
+    let accept = response.headers().get(header::SEC_WEBSOCKET_ACCEPT);
+    if accept.map(HeaderValue::as_bytes) != Some(derive_accept_key(key.as_bytes()).as_bytes()) {
+        return Err(refused("wrong or missing Sec-WebSocket-Accept".to_string()));
+    }
+    let protocol = response.headers().get(header::SEC_WEBSOCKET_PROTOCOL).cloned();
+    let upgraded = hyper::upgrade::on(response)
+        .await
+        .map_err(|e| refused(format!("upgrade failed: {e}")))?;
+    let stream =
+        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Client, Some(ws_config))
+            .await;
+    Ok(Upstream { stream, protocol })
+}
+
+/// TLS client settings: the Mozilla root store via webpki-roots, HTTP/1.1 ALPN.
+fn tls_config() -> Arc<rustls::ClientConfig> {
+    static CONFIG: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            let roots = rustls::RootCertStore {
+                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+            };
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let mut config = match rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+            {
+                Ok(builder) => builder.with_root_certificates(roots).with_no_client_auth(),
+                // ring supports the default versions; fall back to the
+                // process default provider if that ever changes.
+                Err(_) => rustls::ClientConfig::builder()
+                    .with_root_certificates(rustls::RootCertStore::empty())
+                    .with_no_client_auth(),
+            };
+            config.alpn_protocols = vec![b"http/1.1".to_vec()];
+            Arc::new(config)
+        })
+        .clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_default_ports_by_scheme() {
+        let url = UpstreamUrl::parse("ws://Example.com/chat?x=1").unwrap();
+        assert_eq!(url.address(), "example.com:80");
+        assert_eq!(url.path_and_query, "/chat?x=1");
+        let url = UpstreamUrl::parse("wss://[::1]/").unwrap();
+        assert_eq!(url.address(), "[::1]:443");
+        assert!(UpstreamUrl::parse("http://x/").is_err());
+    }
+}

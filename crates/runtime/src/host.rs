@@ -1,0 +1,183 @@
+//! What the gateway offers plugins: the `host` interface, and WASI with an
+//! empty context (no files, no environment, no sockets, no arguments).
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use wasmtime::component::{HasSelf, Linker, ResourceTable};
+use wasmtime::{Engine, StoreLimits};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use crate::bindings::types::{Header, LogLevel};
+use crate::bindings::{Filter, wsgate};
+
+/// Per-connection, per-plugin key-value state (the `state-*` host functions).
+pub type StateMap = HashMap<String, Vec<u8>>;
+
+/// Read-only facts about one connection, shared by every plugin call on it.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectionInfo {
+    /// Gateway-unique connection id.
+    pub id: u64,
+    /// The endpoint path the connection matched.
+    pub endpoint_path: String,
+    /// The endpoint's default MIME type.
+    pub content_type: String,
+    /// The client's upgrade request headers.
+    pub request_headers: Vec<Header>,
+    /// The upstream URL, once routed.
+    pub route_url: Option<String>,
+}
+
+/// The context of calls into one plugin on behalf of one connection: the
+/// connection's facts and this plugin's state for the connection.
+#[derive(Debug, Default)]
+pub struct CallContext {
+    /// The connection.
+    pub connection: Arc<ConnectionInfo>,
+    /// This plugin's state on this connection.
+    pub state: StateMap,
+}
+
+impl CallContext {
+    /// A context for `connection` with empty state.
+    pub fn new(connection: Arc<ConnectionInfo>) -> Self {
+        Self {
+            connection,
+            state: StateMap::new(),
+        }
+    }
+}
+
+/// The data of one instance's store.
+pub struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub(crate) limits: StoreLimits,
+    pub(crate) plugin_id: Arc<str>,
+    pub(crate) config_json: Arc<str>,
+    /// The call in progress; `None` during `configure`.
+    pub(crate) call: Option<CallContext>,
+}
+
+impl HostState {
+    pub(crate) fn new(plugin_id: Arc<str>, config_json: Arc<str>, limits: StoreLimits) -> Self {
+        Self {
+            // Nothing ambient: no preopens, env, args, sockets or stdin.
+            wasi: WasiCtxBuilder::new().build(),
+            table: ResourceTable::new(),
+            limits,
+            plugin_id,
+            config_json,
+            call: None,
+        }
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// The linker every plugin is instantiated with.
+pub(crate) fn linker(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+    Filter::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |state| state)?;
+    Ok(linker)
+}
+
+fn monotonic_origin() -> Instant {
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    *ORIGIN.get_or_init(Instant::now)
+}
+
+impl wsgate::plugin::types::Host for HostState {}
+
+impl wsgate::plugin::host::Host for HostState {
+    fn log(&mut self, level: LogLevel, message: String) {
+        let plugin = &*self.plugin_id;
+        let connection = self.call.as_ref().map_or(0, |c| c.connection.id);
+        match level {
+            LogLevel::Trace => tracing::trace!(plugin, connection, "{message}"),
+            LogLevel::Debug => tracing::debug!(plugin, connection, "{message}"),
+            LogLevel::Info => tracing::info!(plugin, connection, "{message}"),
+            LogLevel::Warn => tracing::warn!(plugin, connection, "{message}"),
+            LogLevel::Error => tracing::error!(plugin, connection, "{message}"),
+        }
+    }
+
+    fn config(&mut self) -> String {
+        self.config_json.to_string()
+    }
+
+    fn state_get(&mut self, key: String) -> Option<Vec<u8>> {
+        self.call.as_ref()?.state.get(&key).cloned()
+    }
+
+    fn state_set(&mut self, key: String, value: Vec<u8>) {
+        if let Some(call) = self.call.as_mut() {
+            call.state.insert(key, value);
+        }
+    }
+
+    fn state_delete(&mut self, key: String) {
+        if let Some(call) = self.call.as_mut() {
+            call.state.remove(&key);
+        }
+    }
+
+    fn now_ms(&mut self) -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    fn monotonic_ns(&mut self) -> u64 {
+        u64::try_from(monotonic_origin().elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    fn connection_id(&mut self) -> u64 {
+        self.call.as_ref().map_or(0, |c| c.connection.id)
+    }
+
+    fn endpoint_path(&mut self) -> String {
+        self.call
+            .as_ref()
+            .map(|c| c.connection.endpoint_path.clone())
+            .unwrap_or_default()
+    }
+
+    fn content_type(&mut self) -> String {
+        self.call
+            .as_ref()
+            .map(|c| c.connection.content_type.clone())
+            .unwrap_or_default()
+    }
+
+    fn request_headers(&mut self) -> Vec<Header> {
+        self.call
+            .as_ref()
+            .map(|c| c.connection.request_headers.clone())
+            .unwrap_or_default()
+    }
+
+    fn request_header(&mut self, name: String) -> Option<String> {
+        self.call
+            .as_ref()?
+            .connection
+            .request_headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(&name))
+            .map(|h| h.value.clone())
+    }
+
+    fn route_url(&mut self) -> Option<String> {
+        self.call.as_ref()?.connection.route_url.clone()
+    }
+}
