@@ -1,1 +1,321 @@
-//! End-to-end test support.
+//! End-to-end test support: plugins built from source, a gateway on port 0,
+//! upstream servers the tests control, and WebSocket clients.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
+use wsgate_proxy::Gateway;
+use wsgate_runtime::Runtime;
+
+/// A client-side WebSocket.
+pub type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
+/// A server-side WebSocket held by a test upstream.
+pub type ServerWs = WebSocketStream<TcpStream>;
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// Build every plugin in `plugins/` (once per process) and return the
+/// directory holding the `.wasm` files.
+pub fn plugin_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let root = repo_root();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+        let output = Command::new(cargo)
+            .args(["build", "--release", "--target", "wasm32-wasip2", "--manifest-path"])
+            .arg(root.join("plugins/Cargo.toml"))
+            .env_remove("CARGO_TARGET_DIR")
+            .env_remove("RUSTFLAGS")
+            .env_remove("CARGO_ENCODED_RUSTFLAGS")
+            .env_remove("CARGO_BUILD_TARGET")
+            .output()
+            .expect("run cargo to build the plugins");
+        assert!(
+            output.status.success(),
+            "building plugins failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        root.join("plugins/target/wasm32-wasip2/release")
+    })
+}
+
+/// The `.wasm` path of plugin crate `name` (e.g. `static-router`).
+pub fn plugin_path(name: &str) -> PathBuf {
+    plugin_dir().join(format!("{}.wasm", name.replace('-', "_")))
+}
+
+/// A `[[plugin]]` block for plugin crate `name` at `version`.
+pub fn plugin_block(name: &str, version: &str) -> String {
+    format!(
+        "[[plugin]]\nname = \"{name}\"\nversion = \"{version}\"\npath = \"{}\"\n\n",
+        plugin_path(name).display()
+    )
+}
+
+/// `[[plugin]]` blocks for every plugin in the repository.
+pub fn all_plugins() -> String {
+    [
+        ("static-router", "1.0.0"),
+        ("dynamic-router", "1.0.0"),
+        ("connect-to-url", "1.0.0"),
+        ("json-transform", "1.0.0"),
+        ("test-verdicts", "0.1.0"),
+        ("test-faults", "0.1.0"),
+    ]
+    .iter()
+    .map(|(name, version)| plugin_block(name, version))
+    .collect()
+}
+
+/// Log to the test's output when `RUST_LOG` is set.
+pub fn init_logging() {
+    static INIT: OnceLock<()> = OnceLock::new();
+    INIT.get_or_init(|| {
+        if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_default_env() {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_test_writer()
+                .try_init();
+        }
+    });
+}
+
+/// A shared plugin runtime for a test process.
+pub fn runtime() -> &'static Runtime {
+    static RUNTIME: OnceLock<Runtime> = OnceLock::new();
+    RUNTIME.get_or_init(|| Runtime::new().expect("start the plugin runtime"))
+}
+
+/// Start a gateway on `127.0.0.1:0` whose configuration is `body` (the
+/// `[gateway]` table is added) with every plugin declared.
+pub async fn start_gateway(body: &str) -> Gateway {
+    init_logging();
+    let text = format!(
+        "[gateway]\nlisten = \"127.0.0.1:0\"\n\n{}{body}",
+        all_plugins()
+    );
+    let config = wsgate_config::parse(&text, Path::new("test-config.toml"))
+        .unwrap_or_else(|e| panic!("test config invalid:\n{e}\n---\n{text}"));
+    Gateway::start(config, runtime())
+        .await
+        .unwrap_or_else(|e| panic!("gateway failed to start: {e}"))
+}
+
+/// An endpoint at `path` routed by static-router to `upstream`, with extra
+/// TOML lines (chains, limits) appended to the endpoint table.
+pub fn endpoint(path: &str, upstream: SocketAddr, extra: &str) -> String {
+    format!(
+        "[[endpoint]]\npath = \"{path}\"\nallowed-upstreams = [\"ws://{upstream}\"]\n{extra}\n\
+         [[endpoint.upgrade]]\nplugin = \"static-router@1.0.0\"\nconfig = {{ url = \"ws://{upstream}/\" }}\n\n"
+    )
+}
+
+/// Start the product's echo server on port 0.
+pub async fn start_echo() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    // Lives until the test process ends.
+    tokio::spawn(wsgate_proxy::echo::serve(listener, CancellationToken::new()));
+    address
+}
+
+/// One connection accepted by a [`TestUpstream`].
+pub struct UpstreamConnection {
+    /// The upgrade request's headers, as the upstream saw them.
+    pub headers: Vec<(String, String)>,
+    /// The request path and query.
+    pub uri: String,
+    /// The WebSocket, for the test to drive.
+    pub ws: ServerWs,
+}
+
+/// An upstream WebSocket server whose connections are handed to the test.
+pub struct TestUpstream {
+    pub address: SocketAddr,
+    connections: mpsc::UnboundedReceiver<UpstreamConnection>,
+}
+
+impl TestUpstream {
+    /// Listen on port 0; accepts the first offered subprotocol, if any.
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (sender, connections) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let sender = sender.clone();
+                tokio::spawn(async move {
+                    let mut seen = (Vec::new(), String::new());
+                    let callback = |request: &Request, response: Response| {
+                        seen.0 = request
+                            .headers()
+                            .iter()
+                            .map(|(k, v)| {
+                                (k.as_str().to_string(), v.to_str().unwrap_or("").to_string())
+                            })
+                            .collect();
+                        seen.1 = request.uri().to_string();
+                        Ok(response)
+                    };
+                    if let Ok(ws) = tokio_tungstenite::accept_hdr_async(stream, callback).await {
+                        let _ = sender.send(UpstreamConnection {
+                            headers: seen.0,
+                            uri: seen.1,
+                            ws,
+                        });
+                    }
+                });
+            }
+        });
+        Self {
+            address,
+            connections,
+        }
+    }
+
+    /// The next connection the gateway opens.
+    pub async fn accept(&mut self) -> UpstreamConnection {
+        self.connections.recv().await.expect("upstream listener alive")
+    }
+}
+
+impl UpstreamConnection {
+    /// The first value of a request header.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A TCP listener that accepts connections and never answers.
+pub async fn start_silent_upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    address
+}
+
+/// An address nothing listens on.
+pub async fn closed_port() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    drop(listener);
+    address
+}
+
+/// Connect a client to `path` on `gateway`.
+pub async fn connect(gateway: &Gateway, path: &str) -> Client {
+    let url = format!("ws://{}{path}", gateway.local_addr());
+    tokio_tungstenite::connect_async(url)
+        .await
+        .unwrap_or_else(|e| panic!("connect to {path}: {e}"))
+        .0
+}
+
+/// Try an upgrade with extra headers; the HTTP status and body when refused.
+pub async fn try_upgrade(
+    gateway: &Gateway,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<(Client, tokio_tungstenite::tungstenite::handshake::client::Response), (u16, String)>
+{
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let url = format!("ws://{}{path}", gateway.local_addr());
+    let mut request = url.into_client_request().unwrap();
+    for (name, value) in headers {
+        request.headers_mut().insert(
+            tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            value.parse().unwrap(),
+        );
+    }
+    match tokio_tungstenite::connect_async(request).await {
+        Ok(ok) => Ok(ok),
+        Err(WsError::Http(response)) => {
+            let body = response
+                .body()
+                .as_ref()
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .unwrap_or_default();
+            Err((response.status().as_u16(), body))
+        }
+        Err(other) => panic!("unexpected upgrade error: {other}"),
+    }
+}
+
+/// The next data message (text or binary), skipping pings and pongs.
+pub async fn next_data<S>(ws: &mut WebSocketStream<S>) -> Message
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            Some(Ok(message)) => return message,
+            other => panic!("expected a message, got {other:?}"),
+        }
+    }
+}
+
+/// The next text message.
+pub async fn next_text<S>(ws: &mut WebSocketStream<S>) -> String
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    match next_data(ws).await {
+        Message::Text(text) => text.as_str().to_string(),
+        other => panic!("expected text, got {other:?}"),
+    }
+}
+
+/// Read until the peer's close frame, then finish the close handshake
+/// (our reply is flushed while draining); the peer's code and reason.
+pub async fn expect_close<S>(ws: &mut WebSocketStream<S>) -> (u16, String)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Close(frame))) => {
+                while let Some(Ok(_)) = ws.next().await {}
+                return frame.map_or((1005, String::new()), |f: CloseFrame| {
+                    (u16::from(f.code), f.reason.as_str().to_string())
+                });
+            }
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    }
+}
+
+/// Send a text message.
+pub async fn send_text<S>(ws: &mut WebSocketStream<S>, text: &str)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    ws.send(Message::text(text)).await.unwrap();
+}

@@ -100,6 +100,8 @@ struct Side {
     close_sent: bool,
     /// This side sent us a close frame (tungstenite has answered it).
     close_received: bool,
+    /// A write failed: the connection is gone.
+    broken: bool,
 }
 
 impl Side {
@@ -110,31 +112,43 @@ impl Side {
             readable: true,
             close_sent: false,
             close_received: false,
+            broken: false,
         }
     }
 
-    /// Send messages; a failed write means this side is gone.
+    /// Send messages; nothing goes out after a close either way, and a
+    /// failed write means this side is gone.
     async fn send_all(&mut self, messages: Vec<WsMessage>) {
-        if messages.is_empty() || !self.readable && self.close_sent {
+        if messages.is_empty() {
             return;
         }
         for message in messages {
+            if self.close_sent || self.close_received || self.broken {
+                break;
+            }
             if matches!(message, WsMessage::Close(_)) {
-                if self.close_sent || self.close_received {
-                    continue;
-                }
                 self.close_sent = true;
             }
             if let Err(error) = self.stream.feed(message).await {
                 tracing::debug!(peer = self.peer.name(), %error, "write failed");
+                self.broken = true;
                 self.readable = false;
                 return;
             }
         }
         if let Err(error) = self.stream.flush().await {
             tracing::debug!(peer = self.peer.name(), %error, "flush failed");
+            self.broken = true;
             self.readable = false;
         }
+    }
+
+    /// This side's close handshake is over (it answered ours, or we answered
+    /// its): flush our answer and stop reading. Dropping the stream then
+    /// closes the TCP connection, as RFC 6455 7.1.1 asks of a server.
+    async fn finish(&mut self) {
+        let _ = self.stream.flush().await;
+        self.readable = false;
     }
 
     /// Start the close handshake with this side, unless one is under way.
@@ -290,10 +304,16 @@ async fn on_read(
         tracing::info!(connection = session.id, code, %reason, "closing both sides");
         from.close(code, &reason).await;
         to.close(code, &reason).await;
+        if is_close {
+            from.finish().await;
+        }
         return;
     }
     from.send_all(result.replies).await;
     to.send_all(result.forward).await;
+    if is_close {
+        from.finish().await;
+    }
 }
 
 /// A message on its way through a chain: still in wire form, or already
