@@ -1,0 +1,86 @@
+//! The `wsgate` binary: `check` and `echo`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+
+fn wsgate() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_wsgate"))
+}
+
+fn write_config(name: &str, text: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("wsgate-cli-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("host-config.toml");
+    std::fs::File::create(&path)
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    path
+}
+
+#[test]
+fn check_names_file_line_and_misspelt_key_and_exits_non_zero() {
+    let path = write_config(
+        "misspelt",
+        "[gateway]\nlisten = \"127.0.0.1:0\"\n\n[[endpoint]]\npath = \"/x\"\nexpires = \"1h\"\n",
+    );
+    let output = wsgate()
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let expected = format!("{}:6:1: field `endpoint[0].expires`: unknown field `expires`", path.display());
+    assert!(stderr.contains(&expected), "{stderr}");
+}
+
+#[test]
+fn check_reports_every_problem_and_accepts_a_good_config() {
+    let path = write_config(
+        "several",
+        "[gateway]\nlisten = \"127.0.0.1:0\"\n\n[[endpoint]]\npath = \"x\"\nupgrade = [{ plugin = \"nope@1\" }]\n",
+    );
+    let output = wsgate().args(["check", "--config"]).arg(&path).output().unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(":5:8: field `endpoint[0].path`"), "{stderr}");
+    assert!(stderr.contains("field `endpoint[0].upgrade[0].plugin`: no [[plugin]] is declared as nope@1"), "{stderr}");
+
+    let path = write_config("good", "[gateway]\nlisten = \"127.0.0.1:0\"\n");
+    let output = wsgate().args(["check", "--config"]).arg(&path).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(String::from_utf8_lossy(&output.stdout).contains(": ok"));
+}
+
+#[test]
+fn echo_serves_and_stops_on_sigterm() {
+    let mut child = wsgate()
+        .args(["echo", "--listen", "127.0.0.1:0"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "echo exited early");
+        if line.contains("echo server listening on") {
+            break;
+        }
+    }
+    let address = line.trim().rsplit(' ').next().unwrap().to_string();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        use futures_util::{SinkExt, StreamExt};
+        let (mut ws, _) = tokio_tungstenite::connect_async(address).await.unwrap();
+        ws.send(tokio_tungstenite::tungstenite::Message::text("ping?")).await.unwrap();
+        let reply = ws.next().await.unwrap().unwrap();
+        assert_eq!(reply.into_text().unwrap().as_str(), "ping?");
+    });
+    let status = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
+    assert!(status.success());
+    assert!(child.wait().unwrap().success());
+}
