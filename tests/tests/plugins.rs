@@ -178,7 +178,8 @@ async fn plugins_see_the_read_only_connection_context() {
     let gateway = start_gateway(&format!(
         "[[endpoint]]\npath = \"/v\"\ncontent-type = \"text/plain\"\nallowed-upstreams = [\"ws://{0}\"]\n\
          upgrade = [{{ plugin = \"test-verdicts@0.1.0\" }}, {{ plugin = \"static-router@1.0.0\", config = {{ url = \"ws://{0}/\" }} }}]\n\
-         client-messages = [{{ plugin = \"test-verdicts@0.1.0\" }}]\n",
+         client-messages = [{{ plugin = \"test-verdicts@0.1.0\" }}]\n\
+         server-messages = [{{ plugin = \"json-transform@1.0.0\", config = {{ set = {{ \"/marker\" = \"${{attribute.marker}}\" }} }} }}]\n",
         upstream.address
     ))
     .await;
@@ -204,6 +205,9 @@ async fn plugins_see_the_read_only_connection_context() {
     assert!(context["connection-id"].as_u64().unwrap() > 0);
     // State set by the upgrade hook is visible to the message hook of the same plugin.
     assert_eq!(context["seen"], "marked");
+    // An attribute published by one plugin is visible to another (json-transform).
+    send_text(&mut server.ws, "{}").await;
+    assert_eq!(next_text(&mut client).await, r#"{"marker":"marked"}"#);
 }
 
 #[tokio::test]

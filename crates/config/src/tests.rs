@@ -20,6 +20,7 @@ upgrade = [{ plugin = "static-router@1.0.0", config = { url = "ws://127.0.0.1:90
 [[endpoint]]
 path = "/chat"
 match = "prefix"
+allowed-upstreams = ["wss://"]
 upgrade = [{ plugin = "static-router@1.0.0", fail = "open" }]
 "#;
 
@@ -93,7 +94,7 @@ fn an_unknown_plugin_reference_is_reported_at_its_line() {
         "{ plugin = \"static-router@2.0.0\", fail",
     );
     let error = single_error(&text);
-    assert_eq!(error.line, 19);
+    assert_eq!(error.line, 20);
     assert_eq!(error.field, "endpoint[1].upgrade[0].plugin");
     assert!(error.message.contains("static-router@1.0.0"), "{error}");
 }
@@ -119,6 +120,13 @@ fn an_enabled_endpoint_without_upgrade_chain_is_refused() {
     );
     let error = single_error(&text);
     assert_eq!(error.field, "endpoint[1].upgrade");
+}
+
+#[test]
+fn an_enabled_endpoint_must_list_its_allowed_upstreams() {
+    let text = GOOD.replace("allowed-upstreams = [\"wss://\"]\n", "");
+    let error = single_error(&text);
+    assert_eq!(error.field, "endpoint[1].allowed-upstreams");
 }
 
 #[test]

@@ -114,6 +114,15 @@ pub(crate) fn validate(config: &Config) -> Result<(), ConfigErrors> {
                     .to_string(),
             );
         }
+        if endpoint.enabled && endpoint.allowed_upstreams.is_empty() {
+            at(
+                endpoint.path.span(),
+                format!("endpoint[{i}].allowed-upstreams"),
+                "an enabled endpoint must list the upstreams its routes may use \
+                 (for example [\"ws://127.0.0.1:9001\"], or [\"wss://\"] for any wss host)"
+                    .to_string(),
+            );
+        }
         if endpoint.max_message_size.0 == 0 {
             at(
                 endpoint.path.span(),
@@ -171,11 +180,10 @@ pub(crate) fn validate(config: &Config) -> Result<(), ConfigErrors> {
     }
 }
 
+/// A `ws://` or `wss://` URL, or the bare scheme (any host).
 fn is_ws_url(url: &Spanned<String>) -> bool {
     let url = url.get_ref();
-    ["ws://", "wss://"]
-        .iter()
-        .any(|scheme| url.strip_prefix(scheme).is_some_and(|rest| !rest.is_empty()))
+    url.starts_with("ws://") || url.starts_with("wss://")
 }
 
 fn declared(config: &Config) -> String {

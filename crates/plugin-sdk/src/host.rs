@@ -1,6 +1,6 @@
-//! The gateway's host functions, grouped by purpose.
+//! The gateway's host interfaces, wrapped for Rust.
 
-use crate::bindings::wsgate::plugin::host as raw;
+use crate::bindings::wsgate::plugin as raw;
 
 /// Logging to the gateway's log, tagged with the plugin and connection.
 pub mod log {
@@ -9,87 +9,96 @@ pub mod log {
 
     /// Log at `trace` level.
     pub fn trace(message: &str) {
-        raw::log(LogLevel::Trace, message);
+        raw::log::write(LogLevel::Trace, message);
     }
     /// Log at `debug` level.
     pub fn debug(message: &str) {
-        raw::log(LogLevel::Debug, message);
+        raw::log::write(LogLevel::Debug, message);
     }
     /// Log at `info` level.
     pub fn info(message: &str) {
-        raw::log(LogLevel::Info, message);
+        raw::log::write(LogLevel::Info, message);
     }
     /// Log at `warn` level.
     pub fn warn(message: &str) {
-        raw::log(LogLevel::Warn, message);
+        raw::log::write(LogLevel::Warn, message);
     }
     /// Log at `error` level.
     pub fn error(message: &str) {
-        raw::log(LogLevel::Error, message);
+        raw::log::write(LogLevel::Error, message);
     }
 }
 
-/// Per-connection state, private to this plugin and this connection.
+/// Per-connection state: private values, and attributes shared with the
+/// connection's other plugins.
 pub mod state {
     use super::raw;
 
-    /// Read a value stored for the current connection.
+    /// Read a value this plugin stored for the current connection.
     pub fn get(key: &str) -> Option<Vec<u8>> {
-        raw::state_get(key)
+        raw::state::get(key)
     }
     /// Store a value for the current connection.
     pub fn set(key: &str, value: &[u8]) {
-        raw::state_set(key, value);
+        raw::state::set(key, value);
     }
     /// Delete a value stored for the current connection.
     pub fn delete(key: &str) {
-        raw::state_delete(key);
+        raw::state::delete(key);
     }
     /// Read a value stored as UTF-8 text.
     pub fn get_string(key: &str) -> Option<String> {
         get(key).and_then(|bytes| String::from_utf8(bytes).ok())
     }
+    /// Read a connection attribute any plugin on this connection published.
+    pub fn attribute(name: &str) -> Option<String> {
+        raw::state::attribute(name)
+    }
+    /// Publish a connection attribute for later plugin calls on this connection.
+    pub fn set_attribute(name: &str, value: &str) {
+        raw::state::set_attribute(name, value);
+    }
 }
 
-/// The read-only connection context and clocks.
+/// The read-only connection context, the plugin's configuration, and clocks.
 pub mod context {
     use super::raw;
     use crate::Header;
 
     /// Id of the current connection.
     pub fn connection_id() -> u64 {
-        raw::connection_id()
+        raw::context::connection_id()
     }
     /// The endpoint path the connection matched.
     pub fn endpoint_path() -> String {
-        raw::endpoint_path()
+        raw::context::endpoint_path()
     }
     /// The endpoint's default MIME type for message bodies.
     pub fn content_type() -> String {
-        raw::content_type()
+        raw::context::content_type()
     }
     /// The client's upgrade request headers.
     pub fn request_headers() -> Vec<Header> {
-        raw::request_headers()
+        raw::context::request_headers()
     }
     /// One upgrade request header by case-insensitive name.
     pub fn request_header(name: &str) -> Option<String> {
-        raw::request_header(name)
+        raw::context::request_header(name)
     }
     /// The upstream URL the connection was routed to.
     pub fn route_url() -> Option<String> {
-        raw::route_url()
+        raw::context::route_url()
     }
     /// The plugin's configuration as JSON text.
     pub fn config_json() -> String {
-        raw::config()
+        raw::context::config()
     }
     /// Wall-clock milliseconds since the Unix epoch.
     pub fn now_ms() -> u64 {
-        raw::now_ms()
+        raw::clocks::now_ms()
     }
     /// Monotonic nanoseconds, for intervals.
     pub fn monotonic_ns() -> u64 {
-        raw::monotonic_ns()
+        raw::clocks::monotonic_ns()
     }
 }

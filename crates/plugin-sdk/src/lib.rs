@@ -196,7 +196,10 @@ macro_rules! __export_world {
                 runtime_path: "::wsgate_plugin_sdk::__wit_bindgen::rt",
                 with: {
                     "wsgate:plugin/types@0.1.0": ::wsgate_plugin_sdk::bindings::wsgate::plugin::types,
-                    "wsgate:plugin/host@0.1.0": ::wsgate_plugin_sdk::bindings::wsgate::plugin::host,
+                    "wsgate:plugin/log@0.1.0": ::wsgate_plugin_sdk::bindings::wsgate::plugin::log,
+                    "wsgate:plugin/state@0.1.0": ::wsgate_plugin_sdk::bindings::wsgate::plugin::state,
+                    "wsgate:plugin/clocks@0.1.0": ::wsgate_plugin_sdk::bindings::wsgate::plugin::clocks,
+                    "wsgate:plugin/context@0.1.0": ::wsgate_plugin_sdk::bindings::wsgate::plugin::context,
                 },
             );
         }

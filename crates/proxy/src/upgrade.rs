@@ -81,15 +81,15 @@ async fn upgrade(
     mut request: Request<Incoming>,
 ) -> HttpResponse {
     let upgrade_request = describe(&request, id, client);
-    let mut info = ConnectionInfo {
+    let info = Arc::new(ConnectionInfo {
         id,
         endpoint_path: endpoint.config.path.get_ref().clone(),
         content_type: endpoint.config.content_type.clone(),
         request_headers: upgrade_request.headers.clone(),
-        route_url: None,
-    };
+        ..ConnectionInfo::default()
+    });
     let mut contexts: Vec<CallContext> = (0..endpoint.slots)
-        .map(|_| CallContext::new(Arc::new(info.clone())))
+        .map(|_| CallContext::new(info.clone()))
         .collect();
 
     let (route, header_ops) = match run_upgrade_chain(&endpoint, &upgrade_request, &mut contexts) {
@@ -163,11 +163,7 @@ async fn upgrade(
         response_headers.insert(header::SEC_WEBSOCKET_PROTOCOL, protocol);
     }
 
-    info.route_url = Some(route.url.clone());
-    let info = Arc::new(info);
-    for context in &mut contexts {
-        context.connection = info.clone();
-    }
+    let _ = info.route_url.set(route.url.clone());
     let on_upgrade = hyper::upgrade::on(&mut request);
     let client_config = shared.ws_config(&endpoint);
     let session = Session::new(id, endpoint, contexts, shared.clone(), permit);

@@ -2,7 +2,7 @@
 //! empty context (no files, no environment, no sockets, no arguments).
 
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
@@ -15,8 +15,8 @@ use crate::bindings::{Filter, wsgate};
 /// Per-connection, per-plugin key-value state (the `state-*` host functions).
 pub type StateMap = HashMap<String, Vec<u8>>;
 
-/// Read-only facts about one connection, shared by every plugin call on it.
-#[derive(Debug, Clone, Default)]
+/// Facts about one connection, shared by every plugin call on it.
+#[derive(Debug, Default)]
 pub struct ConnectionInfo {
     /// Gateway-unique connection id.
     pub id: u64,
@@ -26,8 +26,10 @@ pub struct ConnectionInfo {
     pub content_type: String,
     /// The client's upgrade request headers.
     pub request_headers: Vec<Header>,
-    /// The upstream URL, once routed.
-    pub route_url: Option<String>,
+    /// The upstream URL, set once the upgrade chain has routed.
+    pub route_url: OnceLock<String>,
+    /// Attributes any plugin on the connection may publish (`state.set-attribute`).
+    pub attributes: Mutex<HashMap<String, String>>,
 }
 
 /// The context of calls into one plugin on behalf of one connection: the
@@ -97,12 +99,18 @@ fn monotonic_origin() -> Instant {
     *ORIGIN.get_or_init(Instant::now)
 }
 
+impl HostState {
+    fn connection(&self) -> Option<&ConnectionInfo> {
+        self.call.as_ref().map(|call| &*call.connection)
+    }
+}
+
 impl wsgate::plugin::types::Host for HostState {}
 
-impl wsgate::plugin::host::Host for HostState {
-    fn log(&mut self, level: LogLevel, message: String) {
+impl wsgate::plugin::log::Host for HostState {
+    fn write(&mut self, level: LogLevel, message: String) {
         let plugin = &*self.plugin_id;
-        let connection = self.call.as_ref().map_or(0, |c| c.connection.id);
+        let connection = self.connection().map_or(0, |c| c.id);
         match level {
             LogLevel::Trace => tracing::trace!(plugin, connection, "{message}"),
             LogLevel::Debug => tracing::debug!(plugin, connection, "{message}"),
@@ -111,27 +119,38 @@ impl wsgate::plugin::host::Host for HostState {
             LogLevel::Error => tracing::error!(plugin, connection, "{message}"),
         }
     }
+}
 
-    fn config(&mut self) -> String {
-        self.config_json.to_string()
-    }
-
-    fn state_get(&mut self, key: String) -> Option<Vec<u8>> {
+impl wsgate::plugin::state::Host for HostState {
+    fn get(&mut self, key: String) -> Option<Vec<u8>> {
         self.call.as_ref()?.state.get(&key).cloned()
     }
 
-    fn state_set(&mut self, key: String, value: Vec<u8>) {
+    fn set(&mut self, key: String, value: Vec<u8>) {
         if let Some(call) = self.call.as_mut() {
             call.state.insert(key, value);
         }
     }
 
-    fn state_delete(&mut self, key: String) {
+    fn delete(&mut self, key: String) {
         if let Some(call) = self.call.as_mut() {
             call.state.remove(&key);
         }
     }
 
+    fn attribute(&mut self, name: String) -> Option<String> {
+        let attributes = self.connection()?.attributes.lock().ok()?;
+        attributes.get(&name).cloned()
+    }
+
+    fn set_attribute(&mut self, name: String, value: String) {
+        if let Some(mut attributes) = self.connection().and_then(|c| c.attributes.lock().ok()) {
+            attributes.insert(name, value);
+        }
+    }
+}
+
+impl wsgate::plugin::clocks::Host for HostState {
     fn now_ms(&mut self) -> u64 {
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -141,36 +160,33 @@ impl wsgate::plugin::host::Host for HostState {
     fn monotonic_ns(&mut self) -> u64 {
         u64::try_from(monotonic_origin().elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
+}
 
+impl wsgate::plugin::context::Host for HostState {
     fn connection_id(&mut self) -> u64 {
-        self.call.as_ref().map_or(0, |c| c.connection.id)
+        self.connection().map_or(0, |c| c.id)
     }
 
     fn endpoint_path(&mut self) -> String {
-        self.call
-            .as_ref()
-            .map(|c| c.connection.endpoint_path.clone())
+        self.connection()
+            .map(|c| c.endpoint_path.clone())
             .unwrap_or_default()
     }
 
     fn content_type(&mut self) -> String {
-        self.call
-            .as_ref()
-            .map(|c| c.connection.content_type.clone())
+        self.connection()
+            .map(|c| c.content_type.clone())
             .unwrap_or_default()
     }
 
     fn request_headers(&mut self) -> Vec<Header> {
-        self.call
-            .as_ref()
-            .map(|c| c.connection.request_headers.clone())
+        self.connection()
+            .map(|c| c.request_headers.clone())
             .unwrap_or_default()
     }
 
     fn request_header(&mut self, name: String) -> Option<String> {
-        self.call
-            .as_ref()?
-            .connection
+        self.connection()?
             .request_headers
             .iter()
             .find(|h| h.name.eq_ignore_ascii_case(&name))
@@ -178,6 +194,10 @@ impl wsgate::plugin::host::Host for HostState {
     }
 
     fn route_url(&mut self) -> Option<String> {
-        self.call.as_ref()?.connection.route_url.clone()
+        self.connection()?.route_url.get().cloned()
+    }
+
+    fn config(&mut self) -> String {
+        self.config_json.to_string()
     }
 }

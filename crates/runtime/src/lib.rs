@@ -15,7 +15,8 @@ mod bindings;
 mod host;
 mod pool;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sha2::Digest;
@@ -118,6 +119,9 @@ pub struct Budget {
 pub struct Runtime {
     engine: Engine,
     linker: Arc<Linker<HostState>>,
+    /// Compiled components by content digest: reloading an unchanged plugin
+    /// (another endpoint, a new configuration) skips compilation.
+    compiled: Arc<Mutex<HashMap<String, Component>>>,
 }
 
 impl Runtime {
@@ -132,6 +136,7 @@ impl Runtime {
         Ok(Self {
             engine,
             linker: Arc::new(linker),
+            compiled: Arc::default(),
         })
     }
 
@@ -159,8 +164,9 @@ impl Runtime {
             plugin: id.clone(),
             message,
         };
-        let component = Component::new(&self.engine, &bytes)
-            .map_err(|e| invalid(format!("{path} is not a loadable component: {e:#}")))?;
+        let component = self.compile(&digest, &bytes).map_err(|e| {
+            invalid(format!("{path} is not a loadable component: {e:#}"))
+        })?;
         let exports: Vec<String> = component
             .component_type()
             .exports(&self.engine)
@@ -200,6 +206,25 @@ impl Runtime {
             pre,
             exports,
         }))
+    }
+}
+
+impl Runtime {
+    /// Compile `bytes`, or reuse the component compiled for `digest`.
+    fn compile(&self, digest: &str, bytes: &[u8]) -> wasmtime::Result<Component> {
+        let cached = self
+            .compiled
+            .lock()
+            .ok()
+            .and_then(|compiled| compiled.get(digest).cloned());
+        if let Some(component) = cached {
+            return Ok(component);
+        }
+        let component = Component::new(&self.engine, bytes)?;
+        if let Ok(mut compiled) = self.compiled.lock() {
+            compiled.insert(digest.to_string(), component.clone());
+        }
+        Ok(component)
     }
 }
 
@@ -257,4 +282,23 @@ fn spawn_epoch_ticker(engine: &Engine) -> Result<(), RuntimeError> {
         })
         .map(drop)
         .map_err(|e| RuntimeError::Engine(format!("cannot start the epoch ticker: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use sha2::Digest;
+
+    /// Released contract versions never change: plugins built against
+    /// `wsgate:plugin@0.1.0` must keep loading. Changing the WIT means a new
+    /// package version (and a new entry here), never an edit of this one.
+    #[test]
+    fn the_released_wit_contract_is_unchanged() {
+        let text = include_str!("../../../wit/plugin.wit");
+        assert!(text.contains("package wsgate:plugin@0.1.0;"));
+        let digest = format!("{:x}", sha2::Sha256::digest(text.as_bytes()));
+        assert_eq!(
+            digest, "6a0a48eaf9c92e3c4581c2e613732f197cf89816a243bfe384e52d3e4a66917b",
+            "wit/plugin.wit changed: released contract text is frozen; add a new package version instead"
+        );
+    }
 }

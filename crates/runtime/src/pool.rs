@@ -62,6 +62,9 @@ pub struct PluginStats {
     pub trap_faults: AtomicU64,
     /// Instances that could not be created.
     pub instantiate_faults: AtomicU64,
+    /// Instances created (the first at load, then to replace faulted ones
+    /// or to serve concurrent calls).
+    pub instances_created: AtomicU64,
 }
 
 impl PluginStats {
@@ -262,6 +265,7 @@ impl PluginPool {
                 field: error.field,
                 message: error.message,
             })?;
+        self.stats.instances_created.fetch_add(1, Ordering::Relaxed);
         Ok(PluginInstance { store, hooks })
     }
 }

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use signals::wait_for_signal;
+use signals::ShutdownSignals;
 use wsgate_proxy::{Gateway, Generation};
 use wsgate_runtime::Runtime;
 
@@ -73,6 +73,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(path: &Path) -> anyhow::Result<()> {
+    let signals = ShutdownSignals::install().context("cannot listen for signals")?;
     let config = wsgate_config::load(path).map_err(anyhow::Error::msg)?;
     let runtime = Runtime::new()?;
     let gateway = Gateway::start(config, &runtime).await?;
@@ -90,7 +91,7 @@ async fn run(path: &Path) -> anyhow::Result<()> {
     for address in gateway.echo_addrs() {
         eprintln!("  embedded echo server ws://{address}/");
     }
-    wait_for_signal().await;
+    signals.wait().await;
     gateway.shutdown().await;
     Ok(())
 }
@@ -118,13 +119,14 @@ fn check(path: &Path) -> anyhow::Result<()> {
 }
 
 async fn echo(listen: SocketAddr) -> anyhow::Result<()> {
+    let signals = ShutdownSignals::install().context("cannot listen for signals")?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     eprintln!("echo server listening on ws://{}/", listener.local_addr()?);
     let shutdown = tokio_util::sync::CancellationToken::new();
     let server = tokio::spawn(wsgate_proxy::echo::serve(listener, shutdown.clone()));
-    wait_for_signal().await;
+    signals.wait().await;
     shutdown.cancel();
     server.await.context("echo server task failed")?;
     Ok(())
@@ -133,22 +135,30 @@ async fn echo(listen: SocketAddr) -> anyhow::Result<()> {
 mod signals {
     //! Waiting for Ctrl-C or SIGTERM.
 
-    /// Resolve on Ctrl-C (SIGINT) or SIGTERM.
-    pub async fn wait_for_signal() {
-        let terminate = async {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(mut signal) => {
-                    signal.recv().await;
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "cannot listen for SIGTERM");
-                    std::future::pending::<()>().await;
-                }
+    use tokio::signal::unix::{Signal, SignalKind, signal};
+
+    /// Handlers for SIGINT and SIGTERM, installed before the process
+    /// announces it is ready so no early signal is missed.
+    pub struct ShutdownSignals {
+        interrupt: Signal,
+        terminate: Signal,
+    }
+
+    impl ShutdownSignals {
+        /// Install the handlers.
+        pub fn install() -> std::io::Result<Self> {
+            Ok(Self {
+                interrupt: signal(SignalKind::interrupt())?,
+                terminate: signal(SignalKind::terminate())?,
+            })
+        }
+
+        /// Resolve on the first SIGINT or SIGTERM.
+        pub async fn wait(mut self) {
+            tokio::select! {
+                _ = self.interrupt.recv() => tracing::info!("interrupted"),
+                _ = self.terminate.recv() => tracing::info!("terminated"),
             }
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => tracing::info!("interrupted"),
-            () = terminate => tracing::info!("terminated"),
         }
     }
 }

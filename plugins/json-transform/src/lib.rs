@@ -2,6 +2,7 @@
 //! addressed by JSON Pointer. String values may hold placeholders filled from
 //! the connection context: `${connection-id}`, `${endpoint}`,
 //! `${content-type}`, `${header.NAME}` (upgrade request header),
+//! `${attribute.NAME}` (a connection attribute another plugin published),
 //! `${route}` (upstream URL), `${direction}`.
 
 use std::collections::BTreeMap;
@@ -44,6 +45,7 @@ struct Config {
 fn known(name: &str) -> bool {
     matches!(name, "connection-id" | "endpoint" | "content-type" | "route" | "direction")
         || name.strip_prefix("header.").is_some_and(|n| !n.is_empty())
+        || name.strip_prefix("attribute.").is_some_and(|n| !n.is_empty())
 }
 
 fn lookup(name: &str, direction: Direction) -> Option<String> {
@@ -59,7 +61,10 @@ fn lookup(name: &str, direction: Direction) -> Option<String> {
             }
             .to_string(),
         ),
-        _ => context::request_header(name.strip_prefix("header.")?),
+        _ => match name.strip_prefix("attribute.") {
+            Some(attribute) => state::attribute(attribute),
+            None => context::request_header(name.strip_prefix("header.")?),
+        },
     }
 }
 
@@ -138,7 +143,7 @@ fn check_templates(value: &Value, field: &str) -> Result<(), ConfigError> {
         Value::String(template) => match template_names(template).into_iter().find(|n| !known(n)) {
             Some(bad) => Err(ConfigError {
                 field: field.to_string(),
-                message: format!("unknown placeholder `${{{bad}}}` (use connection-id, endpoint, content-type, route, direction, header.NAME)"),
+                message: format!("unknown placeholder `${{{bad}}}` (use connection-id, endpoint, content-type, route, direction, header.NAME, attribute.NAME)"),
             }),
             None => Ok(()),
         },

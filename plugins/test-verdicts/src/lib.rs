@@ -6,7 +6,8 @@
 //! state), `context` (the connection context as JSON); anything else is
 //! forwarded with the configured `tag` appended.
 //! Upgrades: header `x-test-reject: STATUS` rejects; `x-test-header: VALUE`
-//! sets `x-test-seen` upstream; otherwise continues.
+//! sets `x-test-seen` upstream and publishes the connection attribute
+//! `marker`; otherwise continues.
 
 use wsgate_plugin_sdk::prelude::*;
 
@@ -37,6 +38,7 @@ impl UpgradeFilter for TestVerdicts {
         }
         if let Some(value) = request.header("x-test-header") {
             state::set("seen", value.as_bytes());
+            state::set_attribute("marker", value);
             return UpgradeVerdict::Modify(vec![
                 HeaderOp::Set(Header::new("x-test-seen", value)),
                 HeaderOp::Remove("x-test-header".into()),
