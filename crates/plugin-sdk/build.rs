@@ -14,6 +14,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let source = format!(
         "#[doc(hidden)]\n#[macro_export]\nmacro_rules! __wsgate_generate {{\n    ($($options:tt)*) => {{\n        $crate::__wit_bindgen::generate!({{\n            inline: r###\"{wit}\"###,\n            $($options)*\n        }});\n    }};\n}}\n"
     );
-    fs::write(PathBuf::from(env::var("OUT_DIR")?).join("generate_macro.rs"), source)?;
+    fs::write(
+        PathBuf::from(env::var("OUT_DIR")?).join("generate_macro.rs"),
+        source,
+    )?;
     Ok(())
 }

@@ -1,7 +1,13 @@
 //! End-to-end test support: plugins built from source, a gateway on port 0,
 //! upstream servers the tests control, and WebSocket clients.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::result_large_err,
+    missing_docs
+)]
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -40,7 +46,13 @@ pub fn plugin_dir() -> &'static Path {
         let root = repo_root();
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
         let output = Command::new(cargo)
-            .args(["build", "--release", "--target", "wasm32-wasip2", "--manifest-path"])
+            .args([
+                "build",
+                "--release",
+                "--target",
+                "wasm32-wasip2",
+                "--manifest-path",
+            ])
             .arg(root.join("plugins/Cargo.toml"))
             .env_remove("CARGO_TARGET_DIR")
             .env_remove("RUSTFLAGS")
@@ -133,7 +145,10 @@ pub async fn start_echo() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     // Lives until the test process ends.
-    tokio::spawn(wsgate_proxy::echo::serve(listener, CancellationToken::new()));
+    tokio::spawn(wsgate_proxy::echo::serve(
+        listener,
+        CancellationToken::new(),
+    ));
     address
 }
 
@@ -193,7 +208,10 @@ impl TestUpstream {
 
     /// The next connection the gateway opens.
     pub async fn accept(&mut self) -> UpstreamConnection {
-        self.connections.recv().await.expect("upstream listener alive")
+        self.connections
+            .recv()
+            .await
+            .expect("upstream listener alive")
     }
 }
 
@@ -242,8 +260,13 @@ pub async fn try_upgrade(
     gateway: &Gateway,
     path: &str,
     headers: &[(&str, &str)],
-) -> Result<(Client, tokio_tungstenite::tungstenite::handshake::client::Response), (u16, String)>
-{
+) -> Result<
+    (
+        Client,
+        tokio_tungstenite::tungstenite::handshake::client::Response,
+    ),
+    (u16, String),
+> {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let url = format!("ws://{}{path}", gateway.local_addr());
     let mut request = url.into_client_request().unwrap();

@@ -35,13 +35,25 @@ async fn raw_request(gateway: &wsgate_proxy::Gateway, request: &str) -> String {
 #[tokio::test]
 async fn unknown_and_disabled_paths_get_404() {
     let echo = start_echo().await;
-    let gateway = start_gateway(
-        &(endpoint("/echo", echo, "") + &endpoint("/off", echo, "enabled = false")),
-    )
-    .await;
-    assert_eq!(try_upgrade(&gateway, "/nope", &[]).await.err().unwrap().0, 404);
-    assert_eq!(try_upgrade(&gateway, "/off", &[]).await.err().unwrap().0, 404);
-    assert_eq!(try_upgrade(&gateway, "/echo/sub", &[]).await.err().unwrap().0, 404);
+    let gateway =
+        start_gateway(&(endpoint("/echo", echo, "") + &endpoint("/off", echo, "enabled = false")))
+            .await;
+    assert_eq!(
+        try_upgrade(&gateway, "/nope", &[]).await.err().unwrap().0,
+        404
+    );
+    assert_eq!(
+        try_upgrade(&gateway, "/off", &[]).await.err().unwrap().0,
+        404
+    );
+    assert_eq!(
+        try_upgrade(&gateway, "/echo/sub", &[])
+            .await
+            .err()
+            .unwrap()
+            .0,
+        404
+    );
 }
 
 #[tokio::test]
@@ -50,7 +62,10 @@ async fn a_plain_http_request_gets_426_with_upgrade_websocket() {
     let gateway = start_gateway(&endpoint("/echo", echo, "")).await;
     let response = raw_request(&gateway, "GET /echo HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert!(response.starts_with("HTTP/1.1 426"), "{response}");
-    assert!(response.to_ascii_lowercase().contains("upgrade: websocket"), "{response}");
+    assert!(
+        response.to_ascii_lowercase().contains("upgrade: websocket"),
+        "{response}"
+    );
 }
 
 #[tokio::test]
@@ -65,7 +80,9 @@ async fn an_unsupported_websocket_version_gets_426_naming_13() {
     .await;
     assert!(response.starts_with("HTTP/1.1 426"), "{response}");
     assert!(
-        response.to_ascii_lowercase().contains("sec-websocket-version: 13"),
+        response
+            .to_ascii_lowercase()
+            .contains("sec-websocket-version: 13"),
         "{response}"
     );
     let response = raw_request(
@@ -104,7 +121,10 @@ async fn a_route_outside_allowed_upstreams_gets_403() {
          upgrade = [{{ plugin = \"static-router@1.0.0\", config = {{ url = \"ws://{other}/\" }} }}]\n"
     ))
     .await;
-    assert_eq!(try_upgrade(&gateway, "/ws", &[]).await.err().unwrap().0, 403);
+    assert_eq!(
+        try_upgrade(&gateway, "/ws", &[]).await.err().unwrap().0,
+        403
+    );
 }
 
 #[tokio::test]
@@ -116,7 +136,10 @@ async fn a_remote_host_at_max_connections_gets_503() {
     )
     .await;
     let first = connect(&gateway, "/echo").await;
-    assert_eq!(try_upgrade(&gateway, "/echo", &[]).await.err().unwrap().0, 503);
+    assert_eq!(
+        try_upgrade(&gateway, "/echo", &[]).await.err().unwrap().0,
+        503
+    );
     drop(first);
     gateway.wait_for_connections(0).await;
     // The permit comes back when the connection ends.
@@ -127,7 +150,10 @@ async fn a_remote_host_at_max_connections_gets_503() {
 async fn a_refused_upstream_gets_502() {
     let nothing = closed_port().await;
     let gateway = start_gateway(&endpoint("/ws", nothing, "")).await;
-    assert_eq!(try_upgrade(&gateway, "/ws", &[]).await.err().unwrap().0, 502);
+    assert_eq!(
+        try_upgrade(&gateway, "/ws", &[]).await.err().unwrap().0,
+        502
+    );
 }
 
 #[tokio::test]
@@ -138,7 +164,10 @@ async fn a_silent_upstream_gets_504_after_the_connect_timeout() {
             + &endpoint("/ws", silent, "")),
     )
     .await;
-    assert_eq!(try_upgrade(&gateway, "/ws", &[]).await.err().unwrap().0, 504);
+    assert_eq!(
+        try_upgrade(&gateway, "/ws", &[]).await.err().unwrap().0,
+        504
+    );
 }
 
 #[tokio::test]
@@ -158,7 +187,10 @@ async fn an_upstream_that_is_not_websocket_gets_502() {
         }
     });
     let gateway = start_gateway(&endpoint("/ws", address, "")).await;
-    assert_eq!(try_upgrade(&gateway, "/ws", &[]).await.err().unwrap().0, 502);
+    assert_eq!(
+        try_upgrade(&gateway, "/ws", &[]).await.err().unwrap().0,
+        502
+    );
 }
 
 fn faulty_upgrade_endpoint(path: &str, echo: std::net::SocketAddr, fail: &str) -> String {
@@ -208,7 +240,10 @@ async fn a_chain_that_never_routes_gets_500() {
          upgrade = [{{ plugin = \"test-verdicts@0.1.0\" }}]\n"
     ))
     .await;
-    assert_eq!(try_upgrade(&gateway, "/ws", &[]).await.err().unwrap().0, 500);
+    assert_eq!(
+        try_upgrade(&gateway, "/ws", &[]).await.err().unwrap().0,
+        500
+    );
 }
 
 #[tokio::test]
@@ -234,9 +269,14 @@ async fn a_message_plugin_fault_closes_1011_fail_closed_and_forwards_fail_open()
     let mut closed = connect(&gateway, "/closed").await;
     let mut closed_server = upstream.accept().await;
     send_text(&mut closed, "trap").await;
-    let (client_close, server_close) =
-        tokio::join!(expect_close(&mut closed), expect_close(&mut closed_server.ws));
+    let (client_close, server_close) = tokio::join!(
+        expect_close(&mut closed),
+        expect_close(&mut closed_server.ws)
+    );
     assert_eq!(client_close.0, 1011);
     assert_eq!(server_close.0, 1011);
-    assert!(client_close.1.contains("test-faults@0.1.0"), "{client_close:?}");
+    assert!(
+        client_close.1.contains("test-faults@0.1.0"),
+        "{client_close:?}"
+    );
 }

@@ -12,7 +12,10 @@ use wsgate_tests::*;
 async fn dynamic_router_routes_by_host_segment_header_and_query() {
     let mut a = TestUpstream::start().await;
     let mut b = TestUpstream::start().await;
-    let (a_url, b_url) = (format!("ws://{}/a", a.address), format!("ws://{}/b", b.address));
+    let (a_url, b_url) = (
+        format!("ws://{}/a", a.address),
+        format!("ws://{}/b", b.address),
+    );
     let gateway = start_gateway(&format!(
         "[[endpoint]]\npath = \"/route\"\nmatch = \"prefix\"\n\
          allowed-upstreams = [\"ws://{}\", \"ws://{}\"]\n\
@@ -39,8 +42,14 @@ async fn dynamic_router_routes_by_host_segment_header_and_query() {
     }
     let _client = try_upgrade(&gateway, "/route/ay", &[]).await.unwrap();
     assert_eq!(a.accept().await.uri, "/a");
-    let (status, body) = try_upgrade(&gateway, "/route/none", &[]).await.err().unwrap();
-    assert_eq!((status, body.as_str()), (404, "no route matches this request\n"));
+    let (status, body) = try_upgrade(&gateway, "/route/none", &[])
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(
+        (status, body.as_str()),
+        (404, "no route matches this request\n")
+    );
 }
 
 #[tokio::test]
@@ -69,7 +78,12 @@ async fn connect_to_url_builds_the_upstream_from_the_request() {
         .unwrap();
     assert_eq!(status, 400);
     assert!(body.contains("query.user"), "{body}");
-    let refused = try_upgrade(&gateway, "/rooms/lobby?user=a%2F..%2Fadmin", &[("x-tenant", "t")]).await;
+    let refused = try_upgrade(
+        &gateway,
+        "/rooms/lobby?user=a%2F..%2Fadmin",
+        &[("x-tenant", "t")],
+    )
+    .await;
     assert_eq!(refused.err().unwrap().0, 400);
 }
 
@@ -83,7 +97,10 @@ async fn connect_to_url_can_route_by_host_within_allowed_upstreams() {
     ))
     .await;
     // Host names the upstream: allowed, and proxied.
-    let mut client = try_upgrade(&gateway, "/h", &[("host", "localhost")]).await.unwrap().0;
+    let mut client = try_upgrade(&gateway, "/h", &[("host", "localhost")])
+        .await
+        .unwrap()
+        .0;
     send_text(&mut client, "via host").await;
     assert_eq!(next_text(&mut client).await, "via host");
     // A host outside allowed-upstreams is refused, not connected.
@@ -100,7 +117,9 @@ async fn json_transform_sets_removes_renames_and_handles_non_json() {
         "client-messages = [{ plugin = \"json-transform@1.0.0\", config = { set = { \"/meta/user\" = \"${header.x-user}\", \"/n\" = 1 }, remove = [\"/password\"], rename = { \"/msg\" = \"/text\" }, non-json = \"drop\" } }]",
     ))
     .await;
-    let (mut client, _) = try_upgrade(&gateway, "/ws", &[("x-user", "ann")]).await.unwrap();
+    let (mut client, _) = try_upgrade(&gateway, "/ws", &[("x-user", "ann")])
+        .await
+        .unwrap();
     let mut server = upstream.accept().await;
     send_text(&mut client, r#"{"msg":"hi","password":"x"}"#).await;
     let seen: serde_json::Value = serde_json::from_str(&next_text(&mut server.ws).await).unwrap();
@@ -225,12 +244,17 @@ async fn a_trapping_plugin_hurts_only_its_own_connection() {
         let mut victim = connect(&gateway, "/f").await;
         let mut victim_server = upstream.accept().await;
         send_text(&mut victim, fault).await;
-        let (client_close, _) =
-            tokio::join!(expect_close(&mut victim), expect_close(&mut victim_server.ws));
+        let (client_close, _) = tokio::join!(
+            expect_close(&mut victim),
+            expect_close(&mut victim_server.ws)
+        );
         assert_eq!(client_close.0, 1011, "{fault}");
         // The other connection keeps full service through fresh instances.
         send_text(&mut healthy, &format!("after {fault}")).await;
-        assert_eq!(next_text(&mut healthy_server.ws).await, format!("after {fault}"));
+        assert_eq!(
+            next_text(&mut healthy_server.ws).await,
+            format!("after {fault}")
+        );
     }
     gateway.wait_for_connections(1).await;
     assert_eq!(gateway.active_connections(), 1);
@@ -247,19 +271,39 @@ async fn bad_plugin_configs_and_roles_are_reported_with_line_and_field() {
         all_plugins()
     );
     let config = wsgate_config::parse(&text, Path::new("bad.toml")).unwrap();
-    let errors = wsgate_proxy::Generation::build(config, runtime()).err().unwrap().0;
+    let errors = wsgate_proxy::Generation::build(config, runtime())
+        .err()
+        .unwrap()
+        .0;
     let line_of = |needle: &str| text.lines().position(|l| l.contains(needle)).unwrap() + 1;
     let fields: Vec<_> = errors.iter().map(|e| (e.field.as_str(), e.line)).collect();
     assert_eq!(
         fields,
         [
-            ("endpoint[0].upgrade[0].config.rules[0].url", line_of("upgrade = [")),
-            ("endpoint[0].client-messages[0].plugin", line_of("client-messages")),
-            ("endpoint[0].server-messages[0].config.sett", line_of("server-messages")),
+            (
+                "endpoint[0].upgrade[0].config.rules[0].url",
+                line_of("upgrade = [")
+            ),
+            (
+                "endpoint[0].client-messages[0].plugin",
+                line_of("client-messages")
+            ),
+            (
+                "endpoint[0].server-messages[0].config.sett",
+                line_of("server-messages")
+            ),
         ]
     );
-    assert!(errors[0].message.contains("dynamic-router@1.0.0"), "{}", errors[0]);
-    assert!(errors[1].message.contains("no message hook"), "{}", errors[1]);
+    assert!(
+        errors[0].message.contains("dynamic-router@1.0.0"),
+        "{}",
+        errors[0]
+    );
+    assert!(
+        errors[1].message.contains("no message hook"),
+        "{}",
+        errors[1]
+    );
 }
 
 #[tokio::test]
@@ -271,8 +315,19 @@ async fn a_digest_mismatch_refuses_to_load() {
         "0".repeat(64)
     );
     let config = wsgate_config::parse(&text, Path::new("pinned.toml")).unwrap();
-    let errors = wsgate_proxy::Generation::build(config, runtime()).err().unwrap().0;
+    let errors = wsgate_proxy::Generation::build(config, runtime())
+        .err()
+        .unwrap()
+        .0;
     assert_eq!(errors[0].field, "plugin[0].digest");
-    assert!(errors[0].message.contains("digest mismatch"), "{}", errors[0]);
-    assert!(errors[0].message.contains("static-router@1.0.0"), "{}", errors[0]);
+    assert!(
+        errors[0].message.contains("digest mismatch"),
+        "{}",
+        errors[0]
+    );
+    assert!(
+        errors[0].message.contains("static-router@1.0.0"),
+        "{}",
+        errors[0]
+    );
 }

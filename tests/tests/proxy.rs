@@ -23,8 +23,14 @@ async fn the_seed_scenario_client_gateway_echo_and_back_transformed() {
         serde_json::json!({"hello": "world", "via": "wsgate", "endpoint": "/echo"})
     );
     // Binary passes untouched (non-json = pass by default).
-    client.send(Message::binary(vec![0u8, 1, 2, 255])).await.unwrap();
-    assert_eq!(next_data(&mut client).await, Message::binary(vec![0u8, 1, 2, 255]));
+    client
+        .send(Message::binary(vec![0u8, 1, 2, 255]))
+        .await
+        .unwrap();
+    assert_eq!(
+        next_data(&mut client).await,
+        Message::binary(vec![0u8, 1, 2, 255])
+    );
     client.close(None).await.unwrap();
     gateway.wait_for_connections(0).await;
 }
@@ -61,7 +67,10 @@ async fn close_codes_travel_both_ways() {
         }))
         .await
         .unwrap();
-    assert_eq!(expect_close(&mut server.ws).await, (4000, "client done".into()));
+    assert_eq!(
+        expect_close(&mut server.ws).await,
+        (4000, "client done".into())
+    );
     gateway.wait_for_connections(0).await;
 
     // Upstream closes: the client sees the upstream's code and reason.
@@ -75,7 +84,10 @@ async fn close_codes_travel_both_ways() {
         }))
         .await
         .unwrap();
-    assert_eq!(expect_close(&mut client).await, (4001, "server done".into()));
+    assert_eq!(
+        expect_close(&mut client).await,
+        (4001, "server done".into())
+    );
     gateway.wait_for_connections(0).await;
 }
 
@@ -114,16 +126,14 @@ async fn messages_flow_both_ways_with_pings() {
     assert_eq!(next_text(&mut server.ws).await, "to server");
     send_text(&mut server.ws, "to client").await;
     assert_eq!(next_text(&mut client).await, "to client");
-    client.send(Message::Ping(b"p1".to_vec().into())).await.unwrap();
+    client
+        .send(Message::Ping(b"p1".to_vec().into()))
+        .await
+        .unwrap();
     // The upstream sees the client's ping.
-    loop {
-        match server.ws.next().await.unwrap().unwrap() {
-            Message::Ping(data) => {
-                assert_eq!(&data[..], b"p1");
-                break;
-            }
-            other => panic!("unexpected {other:?}"),
-        }
+    match server.ws.next().await.unwrap().unwrap() {
+        Message::Ping(data) => assert_eq!(&data[..], b"p1"),
+        other => panic!("unexpected {other:?}"),
     }
     // And the client gets a pong.
     loop {
@@ -141,7 +151,10 @@ async fn upgrade_headers_reach_the_upstream_and_handshake_headers_do_not() {
     let (_client, _) = try_upgrade(
         &gateway,
         "/ws?room=1",
-        &[("authorization", "Bearer abc"), ("user-agent", "test-client/1")],
+        &[
+            ("authorization", "Bearer abc"),
+            ("user-agent", "test-client/1"),
+        ],
     )
     .await
     .unwrap();
@@ -172,8 +185,12 @@ async fn connections_expire_with_a_proper_close_on_both_sides() {
 #[tokio::test]
 async fn a_message_over_the_endpoint_limit_closes_with_1009() {
     let mut upstream = TestUpstream::start().await;
-    let gateway =
-        start_gateway(&endpoint("/ws", upstream.address, "max-message-size = \"1KiB\"")).await;
+    let gateway = start_gateway(&endpoint(
+        "/ws",
+        upstream.address,
+        "max-message-size = \"1KiB\"",
+    ))
+    .await;
     let mut client = connect(&gateway, "/ws").await;
     let mut server = upstream.accept().await;
     send_text(&mut client, &"a".repeat(1000)).await;
@@ -195,24 +212,40 @@ async fn fragmented_messages_are_reassembled_before_plugins_see_them() {
     )
     .await;
     let mut client = connect(&gateway, "/echo").await;
-    let mut first = FrameHeader::default();
-    first.is_final = false;
-    first.opcode = OpCode::Data(Data::Text);
-    let mut last = FrameHeader::default();
-    last.is_final = true;
-    last.opcode = OpCode::Data(Data::Continue);
-    let mut middle = last.clone();
-    middle.is_final = false;
+    let first = FrameHeader {
+        is_final: false,
+        opcode: OpCode::Data(Data::Text),
+        ..FrameHeader::default()
+    };
+    let middle = FrameHeader {
+        is_final: false,
+        opcode: OpCode::Data(Data::Continue),
+        ..FrameHeader::default()
+    };
+    let last = FrameHeader {
+        is_final: true,
+        opcode: OpCode::Data(Data::Continue),
+        ..FrameHeader::default()
+    };
     client
-        .send(Message::Frame(Frame::from_payload(first, b"hel".to_vec().into())))
+        .send(Message::Frame(Frame::from_payload(
+            first,
+            b"hel".to_vec().into(),
+        )))
         .await
         .unwrap();
     client
-        .send(Message::Frame(Frame::from_payload(middle, b"lo wo".to_vec().into())))
+        .send(Message::Frame(Frame::from_payload(
+            middle,
+            b"lo wo".to_vec().into(),
+        )))
         .await
         .unwrap();
     client
-        .send(Message::Frame(Frame::from_payload(last, b"rld".to_vec().into())))
+        .send(Message::Frame(Frame::from_payload(
+            last,
+            b"rld".to_vec().into(),
+        )))
         .await
         .unwrap();
     assert_eq!(next_text(&mut client).await, "hello world+seen");
@@ -224,10 +257,15 @@ async fn invalid_utf8_from_the_client_closes_it_with_1007() {
     let gateway = start_gateway(&endpoint("/ws", upstream.address, "")).await;
     let mut client = connect(&gateway, "/ws").await;
     let mut server = upstream.accept().await;
-    let mut header = FrameHeader::default();
-    header.opcode = OpCode::Data(Data::Text);
+    let header = FrameHeader {
+        opcode: OpCode::Data(Data::Text),
+        ..FrameHeader::default()
+    };
     client
-        .send(Message::Frame(Frame::from_payload(header, vec![0xff, 0xfe].into())))
+        .send(Message::Frame(Frame::from_payload(
+            header,
+            vec![0xff, 0xfe].into(),
+        )))
         .await
         .unwrap();
     let (client_close, server_close) =

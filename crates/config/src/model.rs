@@ -167,9 +167,9 @@ impl Endpoint {
             PathMatch::Exact => request_path == path,
             PathMatch::Prefix => {
                 path.ends_with('/') && request_path.starts_with(path)
-                    || request_path.strip_prefix(path).is_some_and(|rest| {
-                        rest.is_empty() || rest.starts_with('/')
-                    })
+                    || request_path
+                        .strip_prefix(path)
+                        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
             }
         }
     }

@@ -40,9 +40,10 @@ pub(crate) fn validate(config: &Config) -> Result<(), ConfigErrors> {
             );
         }
         if let Some(digest) = &plugin.digest {
-            let valid = digest.get_ref().strip_prefix("sha256:").is_some_and(|hex| {
-                hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())
-            });
+            let valid = digest
+                .get_ref()
+                .strip_prefix("sha256:")
+                .is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()));
             if !valid {
                 at(
                     digest.span(),

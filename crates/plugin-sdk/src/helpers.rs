@@ -1,6 +1,8 @@
 //! Conveniences on the contract's types.
 
-use crate::{CloseFrame, Header, Message, MessageVerdict, Rejection, Route, UpgradeRequest, UpgradeVerdict};
+use crate::{
+    CloseFrame, Header, Message, MessageVerdict, Rejection, Route, UpgradeRequest, UpgradeVerdict,
+};
 
 impl Header {
     /// A header with a lower-cased name.
@@ -33,9 +35,7 @@ impl UpgradeRequest {
     pub fn host(&self) -> Option<&str> {
         let host = self.header("host")?;
         Some(match host.rsplit_once(':') {
-            Some((name, port))
-                if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) =>
-            {
+            Some((name, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => {
                 name
             }
             _ => host,
@@ -164,9 +164,15 @@ mod tests {
     #[test]
     fn templates_expand_and_report_missing_names() {
         let lookup = |name: &str| (name == "a").then(|| "1".to_string());
-        assert_eq!(render_template("x${a}y$$z$", lookup), Ok("x1y$z$".to_string()));
+        assert_eq!(
+            render_template("x${a}y$$z$", lookup),
+            Ok("x1y$z$".to_string())
+        );
         assert_eq!(render_template("${b}", lookup), Err("b".to_string()));
-        assert_eq!(template_names("ws://${host}/${segment.1}"), ["host", "segment.1"]);
+        assert_eq!(
+            template_names("ws://${host}/${segment.1}"),
+            ["host", "segment.1"]
+        );
     }
 
     #[test]

@@ -98,8 +98,7 @@ pub trait UpgradeFilter: Plugin {
 /// A plugin that acts on messages.
 pub trait MessageFilter: Plugin {
     /// Decide what to do with one message travelling in `direction`.
-    fn on_message(config: &Self::Config, direction: Direction, message: Message)
-    -> MessageVerdict;
+    fn on_message(config: &Self::Config, direction: Direction, message: Message) -> MessageVerdict;
 }
 
 /// Holds a plugin instance's parsed configuration between calls.
@@ -216,9 +215,8 @@ macro_rules! __impl_hook {
     (lifecycle, $plugin:ty) => {
         impl __wsgate_bindings::exports::wsgate::plugin::lifecycle::Guest for __WsgateExport {
             fn configure(config: String) -> Result<(), $crate::ConfigError> {
-                __WSGATE_CONFIG.with(|slot| {
-                    slot.configure(&config, <$plugin as $crate::Plugin>::validate)
-                })
+                __WSGATE_CONFIG
+                    .with(|slot| slot.configure(&config, <$plugin as $crate::Plugin>::validate))
             }
         }
     };

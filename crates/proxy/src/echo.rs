@@ -39,6 +39,8 @@ pub async fn serve(listener: TcpListener, shutdown: CancellationToken) {
     tracker.wait().await;
 }
 
+// tungstenite's handshake callback returns its large error type by value.
+#[allow(clippy::result_large_err)]
 async fn echo_connection(stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
     let choose_protocol = |request: &Request, mut response: Response| {

@@ -94,72 +94,87 @@ impl Generation {
         let mut endpoints = Vec::new();
         for (i, endpoint) in config.endpoints.iter().enumerate() {
             let mut slots: Vec<String> = Vec::new();
-            let mut build_chain = |chain: &str, entries: &[ChainEntry], errors: &mut Vec<ConfigError>| {
-                let mut steps = Vec::new();
-                for (j, entry) in entries.iter().enumerate() {
-                    let id = entry.plugin.get_ref();
-                    let field = format!("endpoint[{i}].{chain}[{j}]");
-                    let at = |field: String, message: String| {
-                        source.error(entry.plugin.span(), field, message)
-                    };
-                    let Some(plugin) = plugins.get(id) else {
-                        // Not loaded: its load error is reported above.
-                        continue;
-                    };
-                    let roles = plugin.roles();
-                    let fits = if chain == "upgrade" { roles.upgrade } else { roles.message };
-                    if !fits {
-                        let hook = if chain == "upgrade" { "upgrade" } else { "message" };
-                        errors.push(at(
+            let mut build_chain =
+                |chain: &str, entries: &[ChainEntry], errors: &mut Vec<ConfigError>| {
+                    let mut steps = Vec::new();
+                    for (j, entry) in entries.iter().enumerate() {
+                        let id = entry.plugin.get_ref();
+                        let field = format!("endpoint[{i}].{chain}[{j}]");
+                        let at = |field: String, message: String| {
+                            source.error(entry.plugin.span(), field, message)
+                        };
+                        let Some(plugin) = plugins.get(id) else {
+                            // Not loaded: its load error is reported above.
+                            continue;
+                        };
+                        let roles = plugin.roles();
+                        let fits = if chain == "upgrade" {
+                            roles.upgrade
+                        } else {
+                            roles.message
+                        };
+                        if !fits {
+                            let hook = if chain == "upgrade" {
+                                "upgrade"
+                            } else {
+                                "message"
+                            };
+                            errors.push(at(
                             format!("{field}.plugin"),
                             format!(
                                 "{id} has no {hook} hook, so it cannot sit in the {chain} chain (it implements: {})",
                                 describe_roles(plugin)
                             ),
                         ));
-                        continue;
-                    }
-                    let config_json = entry.config_json();
-                    let key = (id.to_string(), config_json.clone());
-                    let pool = match pools.get(&key) {
-                        Some(pool) => pool.clone(),
-                        None => match PluginPool::new(plugin.clone(), &config_json) {
-                            Ok(pool) => {
-                                let pool = Arc::new(pool);
-                                pools.insert(key, pool.clone());
-                                pool
-                            }
-                            Err(RuntimeError::Config { plugin, field: pointer, message }) => {
-                                errors.push(at(
-                                    format!("{field}.config{}", pointer_to_path(&pointer)),
-                                    format!("plugin {plugin} rejects its config: {message}"),
-                                ));
-                                continue;
-                            }
-                            Err(error) => {
-                                errors.push(at(format!("{field}.plugin"), error.to_string()));
-                                continue;
-                            }
-                        },
-                    };
-                    let slot = match slots.iter().position(|s| s == id) {
-                        Some(slot) => slot,
-                        None => {
-                            slots.push(id.to_string());
-                            slots.len() - 1
+                            continue;
                         }
-                    };
-                    steps.push(ChainStep {
-                        pool,
-                        fail: entry.fail,
-                        slot,
-                    });
-                }
-                steps
-            };
+                        let config_json = entry.config_json();
+                        let key = (id.to_string(), config_json.clone());
+                        let pool = match pools.get(&key) {
+                            Some(pool) => pool.clone(),
+                            None => match PluginPool::new(plugin.clone(), &config_json) {
+                                Ok(pool) => {
+                                    let pool = Arc::new(pool);
+                                    pools.insert(key, pool.clone());
+                                    pool
+                                }
+                                Err(RuntimeError::Config {
+                                    plugin,
+                                    field: pointer,
+                                    message,
+                                }) => {
+                                    errors.push(at(
+                                        format!("{field}.config{}", pointer_to_path(&pointer)),
+                                        format!("plugin {plugin} rejects its config: {message}"),
+                                    ));
+                                    continue;
+                                }
+                                Err(error) => {
+                                    errors.push(at(format!("{field}.plugin"), error.to_string()));
+                                    continue;
+                                }
+                            },
+                        };
+                        let slot = match slots.iter().position(|s| s == id) {
+                            Some(slot) => slot,
+                            None => {
+                                slots.push(id.to_string());
+                                slots.len() - 1
+                            }
+                        };
+                        steps.push(ChainStep {
+                            pool,
+                            fail: entry.fail,
+                            slot,
+                        });
+                    }
+                    steps
+                };
             let upgrade = build_chain("upgrade", &endpoint.upgrade, &mut errors);
-            let client_messages = build_chain("client-messages", &endpoint.client_messages, &mut errors);
-            let server_messages = build_chain("server-messages", &endpoint.server_messages, &mut errors);
+            let client_messages =
+                build_chain("client-messages", &endpoint.client_messages, &mut errors);
+            let server_messages =
+                build_chain("server-messages", &endpoint.server_messages, &mut errors);
             endpoints.push(Arc::new(LiveEndpoint {
                 config: endpoint.clone(),
                 upgrade,
@@ -180,9 +195,7 @@ impl Generation {
             .iter()
             .map(|host| {
                 let limit = RemoteLimit {
-                    permits: host
-                        .connection_limit()
-                        .map(|n| Arc::new(Semaphore::new(n))),
+                    permits: host.connection_limit().map(|n| Arc::new(Semaphore::new(n))),
                     connect_timeout: host.connect_timeout.0,
                 };
                 (host.address.get_ref().to_ascii_lowercase(), Arc::new(limit))

@@ -8,7 +8,7 @@
 //!    reject with a status, or route.
 //! 4. The gateway connects upstream (allowed-upstreams, remote-host limits,
 //!    connect timeout) and only then answers the client 101.
-//! 5. [`relay::run`] moves messages both ways through the message chains and
+//! 5. `relay::run` moves messages both ways through the message chains and
 //!    carries the close handshake, expiry and shutdown.
 
 mod convert;
@@ -78,8 +78,8 @@ impl Shared {
     /// WebSocket settings for either side of a connection on `endpoint`.
     fn ws_config(&self, endpoint: &LiveEndpoint) -> WebSocketConfig {
         let generation = self.generation();
-        let read_buffer = usize::try_from(generation.config.gateway.read_buffer_size.0)
-            .unwrap_or(4096);
+        let read_buffer =
+            usize::try_from(generation.config.gateway.read_buffer_size.0).unwrap_or(4096);
         let max_message = usize::try_from(endpoint.config.max_message_size.0).ok();
         WebSocketConfig::default()
             .read_buffer_size(read_buffer)
@@ -128,12 +128,13 @@ impl Gateway {
 
         let mut echo_addrs = Vec::new();
         for echo in echo_configs {
-            let listener = TcpListener::bind(echo.listen)
-                .await
-                .map_err(|source| StartError::Bind {
-                    address: echo.listen,
-                    source,
-                })?;
+            let listener =
+                TcpListener::bind(echo.listen)
+                    .await
+                    .map_err(|source| StartError::Bind {
+                        address: echo.listen,
+                        source,
+                    })?;
             let address = listener.local_addr().map_err(|source| StartError::Bind {
                 address: echo.listen,
                 source,
@@ -231,7 +232,9 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, header_timeout:
             let service = service_fn(move |request| {
                 let shared = task_shared.clone();
                 async move {
-                    Ok::<_, std::convert::Infallible>(upgrade::handle(shared, client, request).await)
+                    Ok::<_, std::convert::Infallible>(
+                        upgrade::handle(shared, client, request).await,
+                    )
                 }
             });
             let connection = http1::Builder::new()

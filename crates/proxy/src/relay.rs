@@ -244,7 +244,11 @@ async fn on_read(
         None | Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed)) => {
             from.readable = false;
             if !from.close_received && !from.close_sent {
-                tracing::info!(connection = session.id, peer = from.peer.name(), "peer vanished without a close frame");
+                tracing::info!(
+                    connection = session.id,
+                    peer = from.peer.name(),
+                    "peer vanished without a close frame"
+                );
             }
             if !from.close_received {
                 let reason = format!("{} went away", from.peer.name());
@@ -285,12 +289,20 @@ async fn on_read(
             ..ChainResult::default()
         }
     } else {
-        run_chain(chain, &mut session.contexts, from.peer.direction_from(), message)
+        run_chain(
+            chain,
+            &mut session.contexts,
+            from.peer.direction_from(),
+            message,
+        )
     };
     // A plugin that turns a data message into a close closes both sides.
     if !is_close
         && result.close.is_none()
-        && let Some(at) = result.forward.iter().position(|m| matches!(m, WsMessage::Close(_)))
+        && let Some(at) = result
+            .forward
+            .iter()
+            .position(|m| matches!(m, WsMessage::Close(_)))
     {
         if let Some(WsMessage::Close(frame)) = result.forward.drain(at..).next() {
             result.close = Some(frame.map_or((1000, String::new()), |f| {
@@ -373,16 +385,17 @@ fn run_chain(
                     next.extend(messages.into_iter().map(Item::Plugin));
                 }
                 MessageVerdict::Drop => {
-                    tracing::debug!(plugin = step.pool.plugin().id(), "message dropped by plugin");
+                    tracing::debug!(
+                        plugin = step.pool.plugin().id(),
+                        "message dropped by plugin"
+                    );
                 }
                 MessageVerdict::Close(frame) => {
                     result.close = Some((frame.code, frame.reason));
                     return result;
                 }
                 MessageVerdict::Reply(messages) => {
-                    result
-                        .replies
-                        .extend(messages.into_iter().map(from_plugin));
+                    result.replies.extend(messages.into_iter().map(from_plugin));
                 }
             }
         }

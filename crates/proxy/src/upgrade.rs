@@ -12,9 +12,9 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio_tungstenite::WebSocketStream;
-use tracing::Instrument;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
+use tracing::Instrument;
 use wsgate_config::FailPolicy;
 use wsgate_runtime::{
     CallContext, ConnectionInfo, Header, HeaderOp, Route, UpgradeRequest, UpgradeVerdict,
@@ -55,13 +55,17 @@ pub async fn handle(
     let generation = shared.generation();
     let path = request.uri().path().to_string();
     let Some(endpoint) = generation.endpoint_for(&path).cloned() else {
-        return plain(StatusCode::NOT_FOUND, "no websocket endpoint at this path\n");
+        return plain(
+            StatusCode::NOT_FOUND,
+            "no websocket endpoint at this path\n",
+        );
     };
-    if let Err(response) = check_websocket_request(&request) {
-        return response;
+    if let Some(refusal) = refuse_non_websocket(&request) {
+        return refusal;
     }
     let id = shared.next_connection_id();
-    let span = tracing::info_span!("connection", id, endpoint = %endpoint.config.path.get_ref(), %client);
+    let span =
+        tracing::info_span!("connection", id, endpoint = %endpoint.config.path.get_ref(), %client);
     async move {
         let response = upgrade(&shared, &generation, endpoint, id, client, request).await;
         tracing::info!(status = response.status().as_u16(), "upgrade answered");
@@ -100,7 +104,10 @@ async fn upgrade(
         Ok(url) => url,
         Err(error) => {
             tracing::error!(%error, "the upgrade chain routed to an unusable url");
-            return plain(StatusCode::BAD_GATEWAY, "the route's upstream url is invalid\n");
+            return plain(
+                StatusCode::BAD_GATEWAY,
+                "the route's upstream url is invalid\n",
+            );
         }
     };
     if !endpoint
@@ -110,7 +117,10 @@ async fn upgrade(
         .any(|allowed| upstream_allowed(allowed.get_ref(), &url))
     {
         tracing::warn!(route = %route.url, "route refused: not in the endpoint's allowed-upstreams");
-        return plain(StatusCode::FORBIDDEN, "the requested upstream is not allowed\n");
+        return plain(
+            StatusCode::FORBIDDEN,
+            "the requested upstream is not allowed\n",
+        );
     }
 
     let address = url.address();
@@ -131,16 +141,23 @@ async fn upgrade(
     let timeout = remote.map_or(DEFAULT_CONNECT_TIMEOUT, |r| r.connect_timeout);
     let headers = upstream_headers(&request, &upgrade_request, header_ops, &route, client);
     let ws_config = shared.ws_config(&endpoint);
-    let connected = tokio::time::timeout(timeout, upstream::connect(&url, headers, ws_config)).await;
+    let connected =
+        tokio::time::timeout(timeout, upstream::connect(&url, headers, ws_config)).await;
     let upstream = match connected {
         Ok(Ok(upstream)) => upstream,
         Ok(Err(error)) => {
             tracing::warn!(%error, "upstream connection failed");
-            return plain(error.status(), "the upstream websocket server is unavailable\n");
+            return plain(
+                error.status(),
+                "the upstream websocket server is unavailable\n",
+            );
         }
         Err(_) => {
             tracing::warn!(%address, ?timeout, "upstream connection timed out");
-            return plain(StatusCode::GATEWAY_TIMEOUT, "the upstream websocket server did not answer in time\n");
+            return plain(
+                StatusCode::GATEWAY_TIMEOUT,
+                "the upstream websocket server did not answer in time\n",
+            );
         }
     };
 
@@ -184,7 +201,9 @@ async fn upgrade(
             }
         }
     };
-    shared.tracker.spawn(relay.instrument(tracing::Span::current()));
+    shared
+        .tracker
+        .spawn(relay.instrument(tracing::Span::current()));
     response
 }
 
@@ -208,7 +227,11 @@ fn run_upgrade_chain(
             Ok(UpgradeVerdict::Continue) => {}
             Ok(UpgradeVerdict::Modify(ops)) => header_ops.extend(ops),
             Ok(UpgradeVerdict::Reject(rejection)) => {
-                tracing::info!(plugin = step.pool.plugin().id(), status = rejection.status, "upgrade rejected by plugin");
+                tracing::info!(
+                    plugin = step.pool.plugin().id(),
+                    status = rejection.status,
+                    "upgrade rejected by plugin"
+                );
                 return ChainOutcome::Respond(rejection_response(rejection));
             }
             Ok(UpgradeVerdict::Route(route)) => {
@@ -233,8 +256,8 @@ fn run_upgrade_chain(
     ))
 }
 
-/// Is this a WebSocket upgrade request the gateway can accept?
-fn check_websocket_request(request: &Request<Incoming>) -> Result<(), HttpResponse> {
+/// The refusal for a request that is not a WebSocket upgrade the gateway can accept.
+fn refuse_non_websocket(request: &Request<Incoming>) -> Option<HttpResponse> {
     let headers = request.headers();
     let has_token = |name: HeaderName, token: &str| {
         headers.get_all(name).iter().any(|value| {
@@ -257,28 +280,33 @@ fn check_websocket_request(request: &Request<Incoming>) -> Result<(), HttpRespon
         response
             .headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-        return Err(response);
+        return Some(response);
     }
-    if headers.get(header::SEC_WEBSOCKET_VERSION).map(HeaderValue::as_bytes) != Some(b"13") {
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .map(HeaderValue::as_bytes)
+        != Some(b"13")
+    {
         let mut response = plain(
             StatusCode::UPGRADE_REQUIRED,
             "unsupported websocket version; use 13\n",
         );
-        response
-            .headers_mut()
-            .insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
-        return Err(response);
+        response.headers_mut().insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
+        return Some(response);
     }
     let key_ok = headers
         .get(header::SEC_WEBSOCKET_KEY)
         .is_some_and(|key| key.len() == 24 && key.as_bytes().ends_with(b"=="));
     if !key_ok {
-        return Err(plain(
+        return Some(plain(
             StatusCode::BAD_REQUEST,
             "missing or malformed Sec-WebSocket-Key\n",
         ));
     }
-    Ok(())
+    None
 }
 
 /// The plugin contract's view of the upgrade request.
@@ -321,8 +349,16 @@ fn upstream_headers(
         None => client.ip().to_string(),
     };
     set(&mut headers, "x-forwarded-for", &forwarded_for);
-    set(&mut headers, "x-forwarded-proto", if upgrade.tls { "wss" } else { "ws" });
-    if let Some(host) = request.headers().get(header::HOST).and_then(|h| h.to_str().ok()) {
+    set(
+        &mut headers,
+        "x-forwarded-proto",
+        if upgrade.tls { "wss" } else { "ws" },
+    );
+    if let Some(host) = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+    {
         set(&mut headers, "x-forwarded-host", host);
     }
     for op in ops {
@@ -345,7 +381,11 @@ fn upstream_headers(
         set(&mut headers, &h.name, &h.value);
     }
     if !route.subprotocols.is_empty() {
-        set(&mut headers, "sec-websocket-protocol", &route.subprotocols.join(", "));
+        set(
+            &mut headers,
+            "sec-websocket-protocol",
+            &route.subprotocols.join(", "),
+        );
     }
     // The gateway negotiates extensions with each side itself.
     for name in NOT_FORWARDED {
@@ -407,8 +447,14 @@ fn rejection_response(rejection: wsgate_runtime::Rejection) -> HttpResponse {
         .ok()
         .filter(|s| s.is_client_error() || s.is_server_error());
     let Some(status) = status else {
-        tracing::error!(status = rejection.status, "a plugin rejected with a status outside 400-599");
-        return plain(StatusCode::INTERNAL_SERVER_ERROR, "an upgrade filter failed\n");
+        tracing::error!(
+            status = rejection.status,
+            "a plugin rejected with a status outside 400-599"
+        );
+        return plain(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "an upgrade filter failed\n",
+        );
     };
     let mut response = plain(status, &rejection.body);
     for h in &rejection.headers {
@@ -450,9 +496,18 @@ mod tests {
 
     #[test]
     fn allowed_upstreams_match_host_port_and_path_prefix() {
-        assert!(upstream_allowed("ws://127.0.0.1:9001", &url("ws://127.0.0.1:9001/x")));
-        assert!(!upstream_allowed("ws://127.0.0.1:9001", &url("ws://127.0.0.1:9002/")));
-        assert!(!upstream_allowed("ws://127.0.0.1:9001", &url("wss://127.0.0.1:9001/")));
+        assert!(upstream_allowed(
+            "ws://127.0.0.1:9001",
+            &url("ws://127.0.0.1:9001/x")
+        ));
+        assert!(!upstream_allowed(
+            "ws://127.0.0.1:9001",
+            &url("ws://127.0.0.1:9002/")
+        ));
+        assert!(!upstream_allowed(
+            "ws://127.0.0.1:9001",
+            &url("wss://127.0.0.1:9001/")
+        ));
         assert!(upstream_allowed("ws://a:80/api", &url("ws://A/api/v1")));
         assert!(upstream_allowed("ws://a/api", &url("ws://a/api?x=1")));
         assert!(!upstream_allowed("ws://a/api", &url("ws://a/apix")));

@@ -228,7 +228,10 @@ async fn upgrade(
     if accept.map(HeaderValue::as_bytes) != Some(derive_accept_key(key.as_bytes()).as_bytes()) {
         return Err(refused("wrong or missing Sec-WebSocket-Accept".to_string()));
     }
-    let protocol = response.headers().get(header::SEC_WEBSOCKET_PROTOCOL).cloned();
+    let protocol = response
+        .headers()
+        .get(header::SEC_WEBSOCKET_PROTOCOL)
+        .cloned();
     let upgraded = hyper::upgrade::on(response)
         .await
         .map_err(|e| refused(format!("upgrade failed: {e}")))?;

@@ -57,7 +57,9 @@ pub enum RuntimeError {
         message: String,
     },
     /// The file's digest differs from the pinned one.
-    #[error("plugin {plugin}: digest mismatch: the configuration pins {expected} but {path} is {actual}")]
+    #[error(
+        "plugin {plugin}: digest mismatch: the configuration pins {expected} but {path} is {actual}"
+    )]
     Digest {
         /// The plugin as `name@version`.
         plugin: String,
@@ -164,9 +166,9 @@ impl Runtime {
             plugin: id.clone(),
             message,
         };
-        let component = self.compile(&digest, &bytes).map_err(|e| {
-            invalid(format!("{path} is not a loadable component: {e:#}"))
-        })?;
+        let component = self
+            .compile(&digest, &bytes)
+            .map_err(|e| invalid(format!("{path} is not a loadable component: {e:#}")))?;
         let exports: Vec<String> = component
             .component_type()
             .exports(&self.engine)
@@ -188,10 +190,11 @@ impl Runtime {
                 "exports neither {UPGRADE_EXPORT} nor {MESSAGE_EXPORT}"
             )));
         }
-        let pre = self
-            .linker
-            .instantiate_pre(&component)
-            .map_err(|e| invalid(format!("imports something the gateway does not offer: {e:#}")))?;
+        let pre = self.linker.instantiate_pre(&component).map_err(|e| {
+            invalid(format!(
+                "imports something the gateway does not offer: {e:#}"
+            ))
+        })?;
         let exports = bindings::Exports::new(&pre, roles)
             .map_err(|e| invalid(format!("exports do not match the contract: {e:#}")))?;
         Ok(Arc::new(Plugin {

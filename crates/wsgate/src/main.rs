@@ -49,7 +49,10 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: cannot start the async runtime: {error}");
@@ -96,6 +99,8 @@ async fn run(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `wsgate check`: its report is the command's output, on stdout.
+#[allow(clippy::print_stdout)]
 fn check(path: &Path) -> anyhow::Result<()> {
     let config = wsgate_config::load(path).map_err(anyhow::Error::msg)?;
     let runtime = Runtime::new()?;

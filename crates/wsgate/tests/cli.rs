@@ -33,7 +33,10 @@ fn check_names_file_line_and_misspelt_key_and_exits_non_zero() {
         .unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    let expected = format!("{}:6:1: field `endpoint[0].expires`: unknown field `expires`", path.display());
+    let expected = format!(
+        "{}:6:1: field `endpoint[0].expires`: unknown field `expires`",
+        path.display()
+    );
     assert!(stderr.contains(&expected), "{stderr}");
 }
 
@@ -43,15 +46,34 @@ fn check_reports_every_problem_and_accepts_a_good_config() {
         "several",
         "[gateway]\nlisten = \"127.0.0.1:0\"\n\n[[endpoint]]\npath = \"x\"\nupgrade = [{ plugin = \"nope@1\" }]\n",
     );
-    let output = wsgate().args(["check", "--config"]).arg(&path).output().unwrap();
+    let output = wsgate()
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains(":5:8: field `endpoint[0].path`"), "{stderr}");
-    assert!(stderr.contains("field `endpoint[0].upgrade[0].plugin`: no [[plugin]] is declared as nope@1"), "{stderr}");
+    assert!(
+        stderr.contains(":5:8: field `endpoint[0].path`"),
+        "{stderr}"
+    );
+    assert!(
+        stderr
+            .contains("field `endpoint[0].upgrade[0].plugin`: no [[plugin]] is declared as nope@1"),
+        "{stderr}"
+    );
 
     let path = write_config("good", "[gateway]\nlisten = \"127.0.0.1:0\"\n");
-    let output = wsgate().args(["check", "--config"]).arg(&path).output().unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let output = wsgate()
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert!(String::from_utf8_lossy(&output.stdout).contains(": ok"));
 }
 
@@ -66,7 +88,10 @@ fn echo_serves_and_stops_on_sigterm() {
     let mut line = String::new();
     loop {
         line.clear();
-        assert!(stderr.read_line(&mut line).unwrap() > 0, "echo exited early");
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "echo exited early"
+        );
         if line.contains("echo server listening on") {
             break;
         }
@@ -76,11 +101,17 @@ fn echo_serves_and_stops_on_sigterm() {
     runtime.block_on(async {
         use futures_util::{SinkExt, StreamExt};
         let (mut ws, _) = tokio_tungstenite::connect_async(address).await.unwrap();
-        ws.send(tokio_tungstenite::tungstenite::Message::text("ping?")).await.unwrap();
+        ws.send(tokio_tungstenite::tungstenite::Message::text("ping?"))
+            .await
+            .unwrap();
         let reply = ws.next().await.unwrap().unwrap();
         assert_eq!(reply.into_text().unwrap().as_str(), "ping?");
     });
-    let status = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
     assert!(status.success());
     assert!(child.wait().unwrap().success());
 }

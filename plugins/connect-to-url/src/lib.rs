@@ -24,7 +24,9 @@ struct Config {
 
 fn known(name: &str) -> bool {
     matches!(name, "host" | "path")
-        || name.strip_prefix("segment.").is_some_and(|n| n.parse::<usize>().is_ok())
+        || name
+            .strip_prefix("segment.")
+            .is_some_and(|n| n.parse::<usize>().is_ok())
         || name.strip_prefix("query.").is_some_and(|n| !n.is_empty())
         || name.strip_prefix("header.").is_some_and(|n| !n.is_empty())
 }
@@ -51,7 +53,9 @@ fn lookup(request: &UpgradeRequest, name: &str) -> Option<String> {
 fn url_safe(name: &str, value: &str) -> bool {
     !value.is_empty()
         && value.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') || (b == b'/' && name == "path")
+            b.is_ascii_alphanumeric()
+                || matches!(b, b'-' | b'.' | b'_' | b'~')
+                || (b == b'/' && name == "path")
         })
 }
 
@@ -67,13 +71,19 @@ impl Plugin for ConnectToUrl {
                 message: "the template must start with ws:// or wss://".into(),
             });
         }
-        let templates = std::iter::once(("/url".to_string(), &config.url))
-            .chain(config.headers.iter().map(|(k, v)| (format!("/headers/{k}"), v)));
+        let templates = std::iter::once(("/url".to_string(), &config.url)).chain(
+            config
+                .headers
+                .iter()
+                .map(|(k, v)| (format!("/headers/{k}"), v)),
+        );
         for (field, template) in templates {
             if let Some(bad) = template_names(template).into_iter().find(|n| !known(n)) {
                 return Err(ConfigError {
                     field,
-                    message: format!("unknown placeholder `${{{bad}}}` (use host, path, segment.N, query.NAME, header.NAME)"),
+                    message: format!(
+                        "unknown placeholder `${{{bad}}}` (use host, path, segment.N, query.NAME, header.NAME)"
+                    ),
                 });
             }
         }
@@ -94,10 +104,16 @@ impl UpgradeFilter for ConnectToUrl {
         let url = match (url, unsafe_value) {
             (Ok(url), None) => url,
             (_, Some(name)) => {
-                return UpgradeVerdict::reject(400, &format!("`{name}` holds characters not allowed in an upstream url\n"));
+                return UpgradeVerdict::reject(
+                    400,
+                    &format!("`{name}` holds characters not allowed in an upstream url\n"),
+                );
             }
             (Err(missing), None) => {
-                return UpgradeVerdict::reject(400, &format!("the request has no `{missing}` to route by\n"));
+                return UpgradeVerdict::reject(
+                    400,
+                    &format!("the request has no `{missing}` to route by\n"),
+                );
             }
         };
         let mut headers = Vec::new();
@@ -105,7 +121,10 @@ impl UpgradeFilter for ConnectToUrl {
             match render_template(template, |n| lookup(&request, n)) {
                 Ok(value) => headers.push(Header::new(name, value)),
                 Err(missing) => {
-                    return UpgradeVerdict::reject(400, &format!("the request has no `{missing}` to route by\n"));
+                    return UpgradeVerdict::reject(
+                        400,
+                        &format!("the request has no `{missing}` to route by\n"),
+                    );
                 }
             }
         }

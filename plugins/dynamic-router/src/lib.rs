@@ -98,7 +98,10 @@ impl Plugin for DynamicRouter {
                 ));
             }
             if !is_ws_url(&rule.url) {
-                return Err(error(format!("/rules/{i}/url"), "not a ws:// or wss:// URL"));
+                return Err(error(
+                    format!("/rules/{i}/url"),
+                    "not a ws:// or wss:// URL",
+                ));
             }
         }
         if config.default.as_deref().is_some_and(|url| !is_ws_url(url)) {
@@ -121,10 +124,9 @@ impl UpgradeFilter for DynamicRouter {
             .or(config.default.as_deref());
         match chosen {
             Some(url) => UpgradeVerdict::route_to(url),
-            None => UpgradeVerdict::reject(
-                config.no_match_status,
-                "no route matches this request\n",
-            ),
+            None => {
+                UpgradeVerdict::reject(config.no_match_status, "no route matches this request\n")
+            }
         }
     }
 }

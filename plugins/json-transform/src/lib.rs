@@ -43,9 +43,13 @@ struct Config {
 }
 
 fn known(name: &str) -> bool {
-    matches!(name, "connection-id" | "endpoint" | "content-type" | "route" | "direction")
-        || name.strip_prefix("header.").is_some_and(|n| !n.is_empty())
-        || name.strip_prefix("attribute.").is_some_and(|n| !n.is_empty())
+    matches!(
+        name,
+        "connection-id" | "endpoint" | "content-type" | "route" | "direction"
+    ) || name.strip_prefix("header.").is_some_and(|n| !n.is_empty())
+        || name
+            .strip_prefix("attribute.")
+            .is_some_and(|n| !n.is_empty())
 }
 
 fn lookup(name: &str, direction: Direction) -> Option<String> {
@@ -71,7 +75,11 @@ fn lookup(name: &str, direction: Direction) -> Option<String> {
 /// Split a JSON Pointer into unescaped tokens; `None` if it is not one.
 fn tokens(pointer: &str) -> Option<Vec<String>> {
     let rest = pointer.strip_prefix('/')?;
-    Some(rest.split('/').map(|t| t.replace("~1", "/").replace("~0", "~")).collect())
+    Some(
+        rest.split('/')
+            .map(|t| t.replace("~1", "/").replace("~0", "~"))
+            .collect(),
+    )
 }
 
 /// Set `value` at `pointer`, creating objects on the way. Returns false if
@@ -88,7 +96,9 @@ fn set_at(root: &mut Value, pointer: &str, value: Value) -> bool {
         let Value::Object(map) = node else {
             return false;
         };
-        node = map.entry(token.clone()).or_insert_with(|| Value::Object(Default::default()));
+        node = map
+            .entry(token.clone())
+            .or_insert_with(|| Value::Object(Default::default()));
     }
     match node {
         Value::Object(map) => {
@@ -127,12 +137,14 @@ fn take_at(root: &mut Value, pointer: &str) -> Option<Value> {
 /// Fill templates in every string of `value`.
 fn render(value: &Value, direction: Direction) -> Value {
     match value {
-        Value::String(template) => Value::String(
-            render_template(template, |n| lookup(n, direction)).unwrap_or_default(),
-        ),
+        Value::String(template) => {
+            Value::String(render_template(template, |n| lookup(n, direction)).unwrap_or_default())
+        }
         Value::Array(items) => Value::Array(items.iter().map(|v| render(v, direction)).collect()),
         Value::Object(map) => Value::Object(
-            map.iter().map(|(k, v)| (k.clone(), render(v, direction))).collect(),
+            map.iter()
+                .map(|(k, v)| (k.clone(), render(v, direction)))
+                .collect(),
         ),
         other => other.clone(),
     }
@@ -143,7 +155,9 @@ fn check_templates(value: &Value, field: &str) -> Result<(), ConfigError> {
         Value::String(template) => match template_names(template).into_iter().find(|n| !known(n)) {
             Some(bad) => Err(ConfigError {
                 field: field.to_string(),
-                message: format!("unknown placeholder `${{{bad}}}` (use connection-id, endpoint, content-type, route, direction, header.NAME, attribute.NAME)"),
+                message: format!(
+                    "unknown placeholder `${{{bad}}}` (use connection-id, endpoint, content-type, route, direction, header.NAME, attribute.NAME)"
+                ),
             }),
             None => Ok(()),
         },

@@ -67,11 +67,16 @@ impl MessageFilter for TestVerdicts {
             let (count, body) = rest.split_once(':').unwrap_or((rest, ""));
             let count = count.parse().unwrap_or(1);
             return MessageVerdict::Replace(
-                (0..count).map(|i| Message::Text(format!("{body}#{i}"))).collect(),
+                (0..count)
+                    .map(|i| Message::Text(format!("{body}#{i}")))
+                    .collect(),
             );
         }
         if text == "count" {
-            let n = state::get_string("count").and_then(|s| s.parse::<u64>().ok()).unwrap_or(0) + 1;
+            let n = state::get_string("count")
+                .and_then(|s| s.parse::<u64>().ok())
+                .unwrap_or(0)
+                + 1;
             state::set("count", n.to_string().as_bytes());
             return MessageVerdict::modify(Message::Text(format!("count={n}")));
         }
