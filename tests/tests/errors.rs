@@ -280,3 +280,30 @@ async fn a_message_plugin_fault_closes_1011_fail_closed_and_forwards_fail_open()
         "{client_close:?}"
     );
 }
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_request_is_cut_off() {
+    let echo = start_echo().await;
+    let text = format!(
+        "[gateway]\nlisten = \"127.0.0.1:0\"\nhandshake-timeout = \"200ms\"\n\n{}{}",
+        all_plugins(),
+        endpoint("/echo", echo, "")
+    );
+    let config = wsgate_config::parse(&text, std::path::Path::new("slow.toml")).unwrap();
+    let gateway = wsgate_proxy::Gateway::start(config, runtime())
+        .await
+        .unwrap();
+    let mut stream = TcpStream::connect(gateway.local_addr()).await.unwrap();
+    stream
+        .write_all(b"GET /echo HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    // The gateway answers 408 or just closes; either way the read ends.
+    let mut rest = Vec::new();
+    stream.read_to_end(&mut rest).await.unwrap();
+    let answer = String::from_utf8_lossy(&rest);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+        "{answer}"
+    );
+}

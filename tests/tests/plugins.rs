@@ -331,3 +331,31 @@ async fn a_digest_mismatch_refuses_to_load() {
         errors[0]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_are_pooled_not_created_per_connection() {
+    let echo = start_echo().await;
+    let gateway = start_gateway(&endpoint(
+        "/pooled",
+        echo,
+        "client-messages = [{ plugin = \"json-transform@1.0.0\", config = { set = { \"/n\" = 1 } } }]",
+    ))
+    .await;
+    let mut clients = Vec::new();
+    for _ in 0..100 {
+        clients.push(connect(&gateway, "/pooled").await);
+    }
+    let exchanges = clients.iter_mut().map(|client| async move {
+        send_text(client, "{}").await;
+        assert_eq!(next_text(client).await, r#"{"n":1}"#);
+    });
+    futures_util::future::join_all(exchanges).await;
+    let generation = gateway.generation();
+    let stats = generation.pools[0].stats();
+    use std::sync::atomic::Ordering::Relaxed;
+    assert_eq!(stats.calls.load(Relaxed), 100);
+    // Calls are synchronous on the runtime's two worker threads, so at most
+    // two instances are ever busy at once, whatever the connection count.
+    let created = stats.instances_created.load(Relaxed);
+    assert!(created <= 3, "{created} instances for 100 connections");
+}
