@@ -91,6 +91,7 @@ pub fn all_plugins() -> String {
         ("json-transform", "1.0.0"),
         ("test-verdicts", "0.1.0"),
         ("test-faults", "0.1.0"),
+        ("passthrough", "1.0.0"),
     ]
     .iter()
     .map(|(name, version)| plugin_block(name, version))
