@@ -118,10 +118,8 @@ impl Side {
 
     /// Send messages; nothing goes out after a close either way, and a
     /// failed write means this side is gone.
-    async fn send_all(&mut self, messages: Vec<WsMessage>) {
-        if messages.is_empty() {
-            return;
-        }
+    async fn send_all(&mut self, messages: impl IntoIterator<Item = WsMessage>) {
+        let mut fed = false;
         for message in messages {
             if self.close_sent || self.close_received || self.broken {
                 break;
@@ -129,6 +127,7 @@ impl Side {
             if matches!(message, WsMessage::Close(_)) {
                 self.close_sent = true;
             }
+            fed = true;
             if let Err(error) = self.stream.feed(message).await {
                 tracing::debug!(peer = self.peer.name(), %error, "write failed");
                 self.broken = true;
@@ -136,7 +135,7 @@ impl Side {
                 return;
             }
         }
-        if let Err(error) = self.stream.flush().await {
+        if fed && let Err(error) = self.stream.flush().await {
             tracing::debug!(peer = self.peer.name(), %error, "flush failed");
             self.broken = true;
             self.readable = false;
@@ -154,7 +153,7 @@ impl Side {
     /// Start the close handshake with this side, unless one is under way.
     async fn close(&mut self, code: u16, reason: &str) {
         if !self.close_sent && !self.close_received {
-            self.send_all(vec![WsMessage::Close(Some(close_frame(code, reason)))])
+            self.send_all([WsMessage::Close(Some(close_frame(code, reason)))])
                 .await;
         }
     }
@@ -177,15 +176,16 @@ pub async fn run(mut session: Session, client: WsStream, upstream: WsStream) {
     let mut upstream = Side::new(upstream, Peer::Upstream);
     let shutdown = session.shared.shutdown.clone();
     let expiry = session.endpoint.config.lifetime();
+    let endpoint = session.endpoint.clone();
     let expires_at = tokio::time::sleep(expiry.unwrap_or(Duration::ZERO));
     tokio::pin!(expires_at);
-    let mut closing_deadline: Option<Instant> = None;
+    // Armed once either side starts closing, goes away, or breaks.
+    let mut closing = false;
     let close_timeout = tokio::time::sleep(CLOSE_TIMEOUT);
     tokio::pin!(close_timeout);
 
     tracing::debug!(connection = session.id, "relay started");
     loop {
-        let closing = closing_deadline.is_some();
         tokio::select! {
             () = shutdown.cancelled(), if !closing => {
                 client.close(1001, "gateway shutting down").await;
@@ -201,10 +201,10 @@ pub async fn run(mut session: Session, client: WsStream, upstream: WsStream) {
                 break;
             }
             read = client.stream.next(), if client.readable => {
-                on_read(&mut session, read, &mut client, &mut upstream).await;
+                on_read(&endpoint, &mut session, read, &mut client, &mut upstream).await;
             }
             read = upstream.stream.next(), if upstream.readable => {
-                on_read(&mut session, read, &mut upstream, &mut client).await;
+                on_read(&endpoint, &mut session, read, &mut upstream, &mut client).await;
             }
         }
         if !client.readable && !upstream.readable {
@@ -216,10 +216,9 @@ pub async fn run(mut session: Session, client: WsStream, upstream: WsStream) {
             || upstream.close_received
             || !client.readable
             || !upstream.readable;
-        if started_closing && closing_deadline.is_none() {
-            let deadline = Instant::now() + CLOSE_TIMEOUT;
-            closing_deadline = Some(deadline);
-            close_timeout.as_mut().reset(deadline);
+        if started_closing && !closing {
+            closing = true;
+            close_timeout.as_mut().reset(Instant::now() + CLOSE_TIMEOUT);
         }
     }
     tracing::info!(connection = session.id, "connection closed");
@@ -234,6 +233,7 @@ pub async fn abandon(session: Session, upstream: WsStream) {
 
 /// Handle one read from `from`; `to` is the other side.
 async fn on_read(
+    endpoint: &LiveEndpoint,
     session: &mut Session,
     read: Option<Result<WsMessage, WsError>>,
     from: &mut Side,
@@ -278,24 +278,24 @@ async fn on_read(
     if is_close {
         from.close_received = true;
     }
-    let endpoint = session.endpoint.clone();
     let chain = match from.peer {
         Peer::Client => &endpoint.client_messages,
         Peer::Upstream => &endpoint.server_messages,
     };
-    let mut result = if chain.is_empty() {
-        ChainResult {
-            forward: vec![message],
-            ..ChainResult::default()
+    if chain.is_empty() {
+        // The fast path: nothing to run, nothing to convert.
+        to.send_all([message]).await;
+        if is_close {
+            from.finish().await;
         }
-    } else {
-        run_chain(
-            chain,
-            &mut session.contexts,
-            from.peer.direction_from(),
-            message,
-        )
-    };
+        return;
+    }
+    let mut result = run_chain(
+        chain,
+        &mut session.contexts,
+        from.peer.direction_from(),
+        message,
+    );
     // A plugin that turns a data message into a close closes both sides.
     if !is_close
         && result.close.is_none()

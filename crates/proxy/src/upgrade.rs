@@ -182,7 +182,6 @@ async fn upgrade(
 
     let _ = info.route_url.set(route.url.clone());
     let on_upgrade = hyper::upgrade::on(&mut request);
-    let client_config = shared.ws_config(&endpoint);
     let session = Session::new(id, endpoint, contexts, shared.clone(), permit);
     let relay = async move {
         match on_upgrade.await {
@@ -190,7 +189,7 @@ async fn upgrade(
                 let client = WebSocketStream::from_raw_socket(
                     TokioIo::new(upgraded),
                     Role::Server,
-                    Some(client_config),
+                    Some(ws_config),
                 )
                 .await;
                 relay::run(session, client, upstream.stream).await;

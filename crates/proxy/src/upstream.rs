@@ -141,7 +141,7 @@ pub async fn connect(
         .map_err(|e| connect_error(e.to_string()))?;
     // Latency matters more than packet count for interactive traffic.
     let _ = tcp.set_nodelay(true);
-    let (sender, connection) = if url.tls {
+    let sender = if url.tls {
         let name = rustls::pki_types::ServerName::try_from(url.host.clone())
             .map_err(|e| connect_error(format!("invalid TLS server name: {e}")))?;
         let tls = tokio_rustls::TlsConnector::from(tls_config())
@@ -152,17 +152,14 @@ pub async fn connect(
     } else {
         handshake(TokioIo::new(tcp), &address).await?
     };
-    let result = upgrade(sender, url, headers, &address, ws_config).await;
-    drop(connection);
-    result
+    upgrade(sender, url, headers, &address, ws_config).await
 }
 
 type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
 
-async fn handshake<IO>(
-    io: IO,
-    address: &str,
-) -> Result<(Sender, tokio::task::JoinHandle<()>), UpstreamError>
+/// Start an HTTP/1.1 client connection; its driver task lives until the
+/// connection is upgraded (or fails).
+async fn handshake<IO>(io: IO, address: &str) -> Result<Sender, UpstreamError>
 where
     IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
@@ -172,12 +169,12 @@ where
             address: address.to_string(),
             reason: e.to_string(),
         })?;
-    let task = tokio::spawn(async move {
+    tokio::spawn(async move {
         if let Err(error) = connection.with_upgrades().await {
             tracing::debug!(%error, "upstream http connection ended");
         }
     });
-    Ok((sender, task))
+    Ok(sender)
 }
 
 async fn upgrade(
