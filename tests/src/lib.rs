@@ -82,7 +82,16 @@ pub fn plugin_block(name: &str, version: &str) -> String {
     )
 }
 
-/// `[[plugin]]` blocks for every plugin in the repository.
+/// A `[[plugin]]` block declaring plugin crate `crate_name` as `name@version`.
+pub fn named_plugin_block(name: &str, version: &str, crate_name: &str) -> String {
+    format!(
+        "[[plugin]]\nname = \"{name}\"\nversion = \"{version}\"\npath = \"{}\"\n\n",
+        plugin_path(crate_name).display()
+    )
+}
+
+/// `[[plugin]]` blocks for every plugin in the repository; the two test
+/// taggers are declared as `tagger@1.0.0` and `tagger@2.0.0`.
 pub fn all_plugins() -> String {
     [
         ("static-router", "1.0.0"),
@@ -95,7 +104,25 @@ pub fn all_plugins() -> String {
     ]
     .iter()
     .map(|(name, version)| plugin_block(name, version))
+    .chain([
+        named_plugin_block("tagger", "1.0.0", "test-tagger-1"),
+        named_plugin_block("tagger", "2.0.0", "test-tagger-2"),
+    ])
     .collect()
+}
+
+/// A whole configuration: the gateway on port 0, every plugin, and `body`.
+pub fn config_text(body: &str) -> String {
+    format!(
+        "[gateway]\nlisten = \"127.0.0.1:0\"\n\n{}{body}",
+        all_plugins()
+    )
+}
+
+/// Parse a whole configuration text.
+pub fn parse_config(text: &str) -> wsgate_config::Config {
+    wsgate_config::parse(text, Path::new("test-config.toml"))
+        .unwrap_or_else(|e| panic!("test config invalid:\n{e}\n---\n{text}"))
 }
 
 /// Log to the test's output when `RUST_LOG` is set.
@@ -121,13 +148,7 @@ pub fn runtime() -> &'static Runtime {
 /// `[gateway]` table is added) with every plugin declared.
 pub async fn start_gateway(body: &str) -> Gateway {
     init_logging();
-    let text = format!(
-        "[gateway]\nlisten = \"127.0.0.1:0\"\n\n{}{body}",
-        all_plugins()
-    );
-    let config = wsgate_config::parse(&text, Path::new("test-config.toml"))
-        .unwrap_or_else(|e| panic!("test config invalid:\n{e}\n---\n{text}"));
-    Gateway::start(config, runtime())
+    Gateway::start(parse_config(&config_text(body)), runtime())
         .await
         .unwrap_or_else(|e| panic!("gateway failed to start: {e}"))
 }

@@ -271,7 +271,7 @@ async fn bad_plugin_configs_and_roles_are_reported_with_line_and_field() {
         all_plugins()
     );
     let config = wsgate_config::parse(&text, Path::new("bad.toml")).unwrap();
-    let errors = wsgate_proxy::Generation::build(config, runtime())
+    let errors = wsgate_proxy::Generation::build(0, config, runtime())
         .err()
         .unwrap()
         .0;
@@ -315,7 +315,7 @@ async fn a_digest_mismatch_refuses_to_load() {
         "0".repeat(64)
     );
     let config = wsgate_config::parse(&text, Path::new("pinned.toml")).unwrap();
-    let errors = wsgate_proxy::Generation::build(config, runtime())
+    let errors = wsgate_proxy::Generation::build(0, config, runtime())
         .err()
         .unwrap()
         .0;

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 pub use error::{ConfigError, ConfigErrors, SourceMap};
 pub use model::{
-    ChainEntry, Config, EchoServer, Endpoint, FailPolicy, Gateway, PathMatch, PluginDecl,
+    Admin, ChainEntry, Config, EchoServer, Endpoint, FailPolicy, Gateway, PathMatch, PluginDecl,
     PluginRef, RemoteHost,
 };
 pub use units::{ByteSize, HumanDuration, parse_duration, parse_size};

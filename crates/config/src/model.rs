@@ -16,6 +16,9 @@ use crate::units::{ByteSize, HumanDuration};
 pub struct Config {
     /// The listener and gateway-wide settings.
     pub gateway: Gateway,
+    /// The admin listener (deploys, generations, health); none when absent.
+    #[serde(default)]
+    pub admin: Option<Admin>,
     /// Echo WebSocket servers the gateway runs in-process (for demos and tests).
     #[serde(default, rename = "echo-server")]
     pub echo_servers: Vec<EchoServer>,
@@ -49,6 +52,18 @@ pub struct Gateway {
     /// too much memory per idle connection).
     #[serde(default = "default_read_buffer")]
     pub read_buffer_size: ByteSize,
+}
+
+/// The admin listener: deploys, generations, health, metrics.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Admin {
+    /// Address to listen on; loopback unless a `token` is set. Applied at
+    /// start; a deploy cannot move it.
+    pub listen: Spanned<SocketAddr>,
+    /// Bearer token required on every admin request except `/healthz` and `/readyz`.
+    #[serde(default)]
+    pub token: Option<String>,
 }
 
 /// An echo WebSocket server run inside the gateway process.

@@ -141,3 +141,14 @@ fn an_unreadable_file_is_a_whole_file_error() {
     let errors = load(Path::new("/nonexistent/wsgate.toml")).err().unwrap();
     assert!(errors.to_string().contains("cannot read configuration"));
 }
+
+#[test]
+fn a_non_loopback_admin_listener_needs_a_token() {
+    let text = format!("{GOOD}\n[admin]\nlisten = \"0.0.0.0:9900\"\n");
+    let error = single_error(&text);
+    assert_eq!(error.field, "admin.token");
+    let text = format!("{GOOD}\n[admin]\nlisten = \"0.0.0.0:9900\"\ntoken = \"t\"\n");
+    assert!(parse_at(&text).is_ok());
+    let text = format!("{GOOD}\n[admin]\nlisten = \"127.0.0.1:9900\"\n");
+    assert!(parse_at(&text).is_ok());
+}

@@ -172,6 +172,17 @@ pub(crate) fn validate(config: &Config) -> Result<(), ConfigErrors> {
         }
     }
 
+    if let Some(admin) = &config.admin
+        && !admin.listen.get_ref().ip().is_loopback()
+        && admin.token.as_deref().is_none_or(str::is_empty)
+    {
+        at(
+            admin.listen.span(),
+            "admin.token".to_string(),
+            "an admin listener on a non-loopback address needs a token".to_string(),
+        );
+    }
+
     errors.extend(config.gateway_errors());
     if errors.is_empty() {
         Ok(())

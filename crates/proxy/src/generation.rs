@@ -54,8 +54,18 @@ pub struct RemoteLimit {
 }
 
 /// A validated configuration with its plugins loaded.
+///
+/// New connections use the newest generation; each connection keeps the
+/// generation it started with (plugin versions, configurations, limits) until
+/// it ends, and a generation is freed when its last connection ends.
 #[derive(Debug)]
 pub struct Generation {
+    /// Deploy number: 1 at start, then one more per successful deploy (0 for `wsgate check`).
+    pub id: u64,
+    /// When it was built.
+    pub created: std::time::SystemTime,
+    /// Connections open on it.
+    pub active: AtomicU64,
     /// The configuration it was built from.
     pub config: Config,
     /// Endpoints, in configuration order.
@@ -70,7 +80,7 @@ impl Generation {
     /// Load every plugin of `config`, configure a pool per chain entry and
     /// check each entry's plugin has the hook its chain needs. All problems
     /// are reported, each with its position in the configuration file.
-    pub fn build(config: Config, runtime: &Runtime) -> Result<Self, ConfigErrors> {
+    pub fn build(id: u64, config: Config, runtime: &Runtime) -> Result<Self, ConfigErrors> {
         let mut errors = Vec::new();
         let source = config.source.clone();
 
@@ -204,6 +214,9 @@ impl Generation {
         let mut pools: Vec<_> = pools.into_values().collect();
         pools.sort_by(|a, b| a.plugin().id().cmp(b.plugin().id()));
         Ok(Self {
+            id,
+            created: std::time::SystemTime::now(),
+            active: AtomicU64::new(0),
             config,
             endpoints,
             remote_hosts,

@@ -19,9 +19,10 @@ pub mod upgrade;
 pub mod upstream;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, SystemTime};
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -52,11 +53,30 @@ pub enum StartError {
     },
 }
 
+/// A bound listener and the token that stops its accept loop.
+struct Listener {
+    /// The address as configured (may have port 0).
+    configured: SocketAddr,
+    /// The address actually bound.
+    local: SocketAddr,
+    stop: CancellationToken,
+}
+
 /// State shared by the listener, every request and every relay task.
 pub struct Shared {
     generation: RwLock<Arc<Generation>>,
+    /// Every generation ever installed, to list the ones still alive.
+    generations: Mutex<Vec<Weak<Generation>>>,
+    next_generation: AtomicU64,
+    deploys: Mutex<Vec<DeployRecord>>,
+    /// Serialises deploys.
+    deploying: tokio::sync::Mutex<()>,
+    runtime: Runtime,
+    listener: Mutex<Option<Listener>>,
+    echo_servers: Mutex<Vec<Listener>>,
     next_id: AtomicU64,
     active: AtomicU64,
+    ready: AtomicBool,
     connection_closed: Notify,
     shutdown: CancellationToken,
     tracker: TaskTracker,
@@ -76,8 +96,7 @@ impl Shared {
     }
 
     /// WebSocket settings for either side of a connection on `endpoint`.
-    fn ws_config(&self, endpoint: &LiveEndpoint) -> WebSocketConfig {
-        let generation = self.generation();
+    fn ws_config(generation: &Generation, endpoint: &LiveEndpoint) -> WebSocketConfig {
         let read_buffer =
             usize::try_from(generation.config.gateway.read_buffer_size.0).unwrap_or(4096);
         let max_message = usize::try_from(endpoint.config.max_message_size.0).ok();
@@ -89,83 +108,241 @@ impl Shared {
     }
 }
 
-/// A running gateway.
+/// One deploy attempt, for the deploy history.
+#[derive(Debug, Clone)]
+pub struct DeployRecord {
+    /// When it was attempted.
+    pub at: SystemTime,
+    /// The generation it installed, if it succeeded.
+    pub generation: Option<u64>,
+    /// Where the configuration came from (a path, `SIGHUP`, the admin API).
+    pub source: String,
+    /// The problems that refused it, one per line.
+    pub errors: Vec<String>,
+}
+
+/// A live generation and its open connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GenerationStatus {
+    /// The generation's id.
+    pub id: u64,
+    /// Connections open on it.
+    pub connections: u64,
+    /// Whether new connections use it.
+    pub current: bool,
+}
+
+/// A running gateway. Clones share it.
+#[derive(Clone)]
 pub struct Gateway {
     shared: Arc<Shared>,
-    local_addr: SocketAddr,
-    echo_addrs: Vec<SocketAddr>,
-    shutdown_timeout: Duration,
 }
 
 impl Gateway {
     /// Load `config` (every plugin compiled and configured), bind the listener
     /// and the configured echo servers, and start serving.
     pub async fn start(config: Config, runtime: &Runtime) -> Result<Self, StartError> {
-        let generation = Generation::build(config, runtime)?;
-        let gateway = &generation.config.gateway;
-        let listen = gateway.listen;
-        let header_timeout = gateway.handshake_timeout.0;
-        let shutdown_timeout = gateway.shutdown_timeout.0;
-        let echo_configs = generation.config.echo_servers.clone();
-        let listener = TcpListener::bind(listen)
-            .await
-            .map_err(|source| StartError::Bind {
-                address: listen,
-                source,
-            })?;
-        let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
-            address: listen,
-            source,
-        })?;
+        let generation = Arc::new(Generation::build(1, config, runtime)?);
         let shared = Arc::new(Shared {
-            generation: RwLock::new(Arc::new(generation)),
+            generation: RwLock::new(generation.clone()),
+            generations: Mutex::new(vec![Arc::downgrade(&generation)]),
+            next_generation: AtomicU64::new(2),
+            deploys: Mutex::new(Vec::new()),
+            deploying: tokio::sync::Mutex::new(()),
+            runtime: runtime.clone(),
+            listener: Mutex::new(None),
+            echo_servers: Mutex::new(Vec::new()),
             next_id: AtomicU64::new(1),
             active: AtomicU64::new(0),
+            ready: AtomicBool::new(true),
             connection_closed: Notify::new(),
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
         });
+        let gateway = Self { shared };
+        gateway.apply_listeners(&generation.config).await?;
+        Ok(gateway)
+    }
 
-        let mut echo_addrs = Vec::new();
-        for echo in echo_configs {
-            let listener =
-                TcpListener::bind(echo.listen)
-                    .await
-                    .map_err(|source| StartError::Bind {
-                        address: echo.listen,
-                        source,
-                    })?;
-            let address = listener.local_addr().map_err(|source| StartError::Bind {
-                address: echo.listen,
-                source,
-            })?;
-            tracing::info!(%address, "embedded echo server listening");
-            echo_addrs.push(address);
-            shared
-                .tracker
-                .spawn(echo::serve(listener, shared.shutdown.clone()));
+    /// Validate `config`, compile and configure every plugin, and only then
+    /// make it the generation new connections use. Open connections keep the
+    /// generation they started with. On any problem nothing changes and every
+    /// problem is returned.
+    pub async fn deploy(&self, config: Config, source: &str) -> Result<u64, ConfigErrors> {
+        self.deploy_parsed(Ok(config), source).await
+    }
+
+    /// [`Gateway::deploy`] the configuration `text`, read from `path`
+    /// (relative plugin paths resolve against its directory).
+    pub async fn deploy_text(&self, text: &str, path: &Path) -> Result<u64, ConfigErrors> {
+        let source = path.display().to_string();
+        self.deploy_parsed(wsgate_config::parse(text, path), &source)
+            .await
+    }
+
+    /// [`Gateway::deploy`] the configuration file at `path`.
+    pub async fn deploy_file(&self, path: &Path, source: &str) -> Result<u64, ConfigErrors> {
+        self.deploy_parsed(wsgate_config::load(path), source).await
+    }
+
+    /// Deploy, and record the attempt (refused ones too) in the history.
+    async fn deploy_parsed(
+        &self,
+        config: Result<Config, ConfigErrors>,
+        source: &str,
+    ) -> Result<u64, ConfigErrors> {
+        let _deploying = self.shared.deploying.lock().await;
+        let id = self.shared.next_generation.load(Ordering::Relaxed);
+        let built = config.and_then(|config| Generation::build(id, config, &self.shared.runtime));
+        let result = match built {
+            Ok(generation) => {
+                let generation = Arc::new(generation);
+                match self.apply_listeners(&generation.config).await {
+                    Ok(()) => {
+                        self.install(generation);
+                        Ok(id)
+                    }
+                    Err(StartError::Config(errors)) => Err(errors),
+                    Err(StartError::Bind { address, source }) => {
+                        Err(ConfigErrors::from(generation.config.source.error(
+                            0..0,
+                            "gateway.listen",
+                            format!("cannot listen on {address}: {source}"),
+                        )))
+                    }
+                }
+            }
+            Err(errors) => Err(errors),
+        };
+        let record = DeployRecord {
+            at: SystemTime::now(),
+            generation: result.as_ref().ok().copied(),
+            source: source.to_string(),
+            errors: result
+                .as_ref()
+                .err()
+                .map(|e| e.0.iter().map(ToString::to_string).collect())
+                .unwrap_or_default(),
+        };
+        match &result {
+            Ok(id) => tracing::info!(generation = id, source, "deployed"),
+            Err(errors) => {
+                tracing::warn!(
+                    source,
+                    problems = errors.0.len(),
+                    "deploy refused; the running configuration keeps serving"
+                );
+            }
+        }
+        if let Ok(mut deploys) = self.shared.deploys.lock() {
+            deploys.push(record);
+        }
+        result
+    }
+
+    fn install(&self, generation: Arc<Generation>) {
+        self.shared
+            .next_generation
+            .store(generation.id + 1, Ordering::Relaxed);
+        if let Ok(mut generations) = self.shared.generations.lock() {
+            generations.retain(|g| g.strong_count() > 0);
+            generations.push(Arc::downgrade(&generation));
+        }
+        match self.shared.generation.write() {
+            Ok(mut current) => *current = generation,
+            Err(poisoned) => *poisoned.into_inner() = generation,
+        }
+    }
+
+    /// Bind what `config` adds (the gateway listener if it moved, new echo
+    /// servers) before stopping what it removes; connections already
+    /// accepted are never touched.
+    async fn apply_listeners(&self, config: &Config) -> Result<(), StartError> {
+        let shared = &self.shared;
+        let gateway = &config.gateway;
+        let moved = shared.listener.lock().map_or(true, |l| {
+            l.as_ref().is_none_or(|l| l.configured != gateway.listen)
+        });
+        let new_listener = if moved {
+            let listener = bind(gateway.listen).await?;
+            Some(listener)
+        } else {
+            None
+        };
+
+        let running: Vec<SocketAddr> = shared
+            .echo_servers
+            .lock()
+            .map(|echo| echo.iter().map(|e| e.configured).collect())
+            .unwrap_or_default();
+        let mut new_echo = Vec::new();
+        for echo in &config.echo_servers {
+            if !running.contains(&echo.listen) {
+                new_echo.push((echo.listen, bind(echo.listen).await?));
+            }
         }
 
-        tracing::info!(address = %local_addr, "gateway listening");
-        shared
-            .tracker
-            .spawn(accept_loop(shared.clone(), listener, header_timeout));
-        Ok(Self {
-            shared,
-            local_addr,
-            echo_addrs,
-            shutdown_timeout,
-        })
+        // Everything bound: start the new, stop the old.
+        if let Some((listener, local)) = new_listener {
+            let stop = shared.shutdown.child_token();
+            tracing::info!(address = %local, "gateway listening");
+            shared
+                .tracker
+                .spawn(accept_loop(shared.clone(), listener, stop.clone()));
+            let replaced = shared.listener.lock().ok().and_then(|mut current| {
+                current.replace(Listener {
+                    configured: gateway.listen,
+                    local,
+                    stop,
+                })
+            });
+            if let Some(old) = replaced {
+                tracing::info!(address = %old.local, "listener moved; the old address stops accepting");
+                old.stop.cancel();
+            }
+        }
+        if let Ok(mut echo_servers) = shared.echo_servers.lock() {
+            for (configured, (listener, local)) in new_echo {
+                let stop = shared.shutdown.child_token();
+                tracing::info!(address = %local, "embedded echo server listening");
+                shared.tracker.spawn(echo::serve(listener, stop.clone()));
+                echo_servers.push(Listener {
+                    configured,
+                    local,
+                    stop,
+                });
+            }
+            echo_servers.retain(|echo| {
+                let keep = config
+                    .echo_servers
+                    .iter()
+                    .any(|e| e.listen == echo.configured);
+                if !keep {
+                    echo.stop.cancel();
+                }
+                keep
+            });
+        }
+        Ok(())
     }
 
     /// The client-facing listener's address.
     pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+        self.shared
+            .listener
+            .lock()
+            .ok()
+            .and_then(|l| l.as_ref().map(|l| l.local))
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))
     }
 
     /// Addresses of the embedded echo servers, in configuration order.
-    pub fn echo_addrs(&self) -> &[SocketAddr] {
-        &self.echo_addrs
+    pub fn echo_addrs(&self) -> Vec<SocketAddr> {
+        self.shared
+            .echo_servers
+            .lock()
+            .map(|echo| echo.iter().map(|e| e.local).collect())
+            .unwrap_or_default()
     }
 
     /// Proxied connections open right now.
@@ -184,21 +361,56 @@ impl Gateway {
         }
     }
 
-    /// The live configuration generation.
+    /// The generation new connections use.
     pub fn generation(&self) -> Arc<Generation> {
         self.shared.generation()
+    }
+
+    /// Every generation still alive (the current one, and older ones with
+    /// open connections), oldest first.
+    pub fn generations(&self) -> Vec<GenerationStatus> {
+        let current = self.generation().id;
+        let Ok(mut generations) = self.shared.generations.lock() else {
+            return Vec::new();
+        };
+        generations.retain(|g| g.strong_count() > 0);
+        generations
+            .iter()
+            .filter_map(Weak::upgrade)
+            .map(|g| GenerationStatus {
+                id: g.id,
+                connections: g.active.load(Ordering::Relaxed),
+                current: g.id == current,
+            })
+            .collect()
+    }
+
+    /// Every deploy attempt since start, oldest first.
+    pub fn deploys(&self) -> Vec<DeployRecord> {
+        self.shared
+            .deploys
+            .lock()
+            .map(|d| d.clone())
+            .unwrap_or_default()
+    }
+
+    /// False once shutdown has begun.
+    pub fn is_ready(&self) -> bool {
+        self.shared.ready.load(Ordering::Relaxed)
     }
 
     /// Stop accepting, close every connection (1001 to clients, 1000 to
     /// upstreams) and wait for them up to the shutdown timeout.
     pub async fn shutdown(self) {
+        self.shared.ready.store(false, Ordering::Relaxed);
+        let drain = self.generation().config.gateway.shutdown_timeout.0;
         tracing::info!(
             connections = self.active_connections(),
             "shutting down: closing connections"
         );
         self.shared.shutdown.cancel();
         self.shared.tracker.close();
-        if tokio::time::timeout(self.shutdown_timeout, self.shared.tracker.wait())
+        if tokio::time::timeout(drain, self.shared.tracker.wait())
             .await
             .is_err()
         {
@@ -210,10 +422,17 @@ impl Gateway {
     }
 }
 
-async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, header_timeout: Duration) {
+async fn bind(address: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
+    let failed = |source| StartError::Bind { address, source };
+    let listener = TcpListener::bind(address).await.map_err(failed)?;
+    let local = listener.local_addr().map_err(failed)?;
+    Ok((listener, local))
+}
+
+async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, stop: CancellationToken) {
     loop {
         let accepted = tokio::select! {
-            () = shared.shutdown.cancelled() => return,
+            () = stop.cancelled() => return,
             accepted = listener.accept() => accepted,
         };
         let (stream, client) = match accepted {
@@ -226,7 +445,7 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, header_timeout:
             }
         };
         let _ = stream.set_nodelay(true);
-        let shared = shared.clone();
+        let header_timeout = shared.generation().config.gateway.handshake_timeout.0;
         let task_shared = shared.clone();
         shared.tracker.spawn(async move {
             let service = service_fn(move |request| {

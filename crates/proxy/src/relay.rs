@@ -24,7 +24,7 @@ use wsgate_runtime::{CallContext, Direction, Message, MessageVerdict};
 
 use crate::Shared;
 use crate::convert::{close_frame, from_plugin, to_plugin};
-use crate::generation::{ChainStep, LiveEndpoint};
+use crate::generation::{ChainStep, Generation, LiveEndpoint};
 use crate::upstream::WsStream;
 
 /// How long the close handshake may take once a close has started.
@@ -33,6 +33,8 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// One proxied connection's state, owned by its relay task.
 pub struct Session {
     id: u64,
+    /// Keeps the connection's generation (and its plugin pools) alive.
+    generation: Arc<Generation>,
     endpoint: Arc<LiveEndpoint>,
     contexts: Vec<CallContext>,
     shared: Arc<Shared>,
@@ -43,15 +45,18 @@ impl Session {
     /// A session for connection `id`; counts it as active until dropped.
     pub fn new(
         id: u64,
+        generation: Arc<Generation>,
         endpoint: Arc<LiveEndpoint>,
         contexts: Vec<CallContext>,
         shared: Arc<Shared>,
         permit: Option<OwnedSemaphorePermit>,
     ) -> Self {
         endpoint.active.fetch_add(1, Ordering::Relaxed);
+        generation.active.fetch_add(1, Ordering::Relaxed);
         shared.active.fetch_add(1, Ordering::Relaxed);
         Self {
             id,
+            generation,
             endpoint,
             contexts,
             shared,
@@ -63,6 +68,7 @@ impl Session {
 impl Drop for Session {
     fn drop(&mut self) {
         self.endpoint.active.fetch_sub(1, Ordering::Relaxed);
+        self.generation.active.fetch_sub(1, Ordering::Relaxed);
         self.shared.active.fetch_sub(1, Ordering::Relaxed);
         self.shared.connection_closed.notify_waiters();
     }

@@ -67,7 +67,7 @@ pub async fn handle(
     let span =
         tracing::info_span!("connection", id, endpoint = %endpoint.config.path.get_ref(), %client);
     async move {
-        let response = upgrade(&shared, &generation, endpoint, id, client, request).await;
+        let response = upgrade(&shared, generation, endpoint, id, client, request).await;
         tracing::info!(status = response.status().as_u16(), "upgrade answered");
         response
     }
@@ -78,7 +78,7 @@ pub async fn handle(
 /// Everything before the relay starts: on success, the 101 for the client.
 async fn upgrade(
     shared: &Arc<Shared>,
-    generation: &Generation,
+    generation: Arc<Generation>,
     endpoint: Arc<LiveEndpoint>,
     id: u64,
     client: SocketAddr,
@@ -140,7 +140,7 @@ async fn upgrade(
     };
     let timeout = remote.map_or(DEFAULT_CONNECT_TIMEOUT, |r| r.connect_timeout);
     let headers = upstream_headers(&request, &upgrade_request, header_ops, &route, client);
-    let ws_config = shared.ws_config(&endpoint);
+    let ws_config = Shared::ws_config(&generation, &endpoint);
     let connected =
         tokio::time::timeout(timeout, upstream::connect(&url, headers, ws_config)).await;
     let upstream = match connected {
@@ -182,7 +182,7 @@ async fn upgrade(
 
     let _ = info.route_url.set(route.url.clone());
     let on_upgrade = hyper::upgrade::on(&mut request);
-    let session = Session::new(id, endpoint, contexts, shared.clone(), permit);
+    let session = Session::new(id, generation, endpoint, contexts, shared.clone(), permit);
     let relay = async move {
         match on_upgrade.await {
             Ok(upgraded) => {

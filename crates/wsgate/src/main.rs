@@ -4,9 +4,11 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+mod deploy;
+
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use signals::ShutdownSignals;
+use signals::{ShutdownSignals, Signal};
 use wsgate_proxy::{Gateway, Generation};
 use wsgate_runtime::Runtime;
 
@@ -25,6 +27,20 @@ enum Command {
         /// The configuration file.
         #[arg(long, default_value = "host-config.toml")]
         config: PathBuf,
+    },
+    /// Deploy a configuration to a running gateway through its admin API:
+    /// everything is validated and loaded first; on any problem the running
+    /// configuration keeps serving and every problem is printed.
+    Deploy {
+        /// The configuration file to deploy.
+        #[arg(long, default_value = "host-config.toml")]
+        config: PathBuf,
+        /// The admin listener (default: `[admin] listen` of the deployed file).
+        #[arg(long)]
+        admin: Option<SocketAddr>,
+        /// Admin bearer token (default: `WSGATE_ADMIN_TOKEN`, then `[admin] token`).
+        #[arg(long)]
+        token: Option<String>,
     },
     /// Validate a configuration and load every plugin, without serving.
     Check {
@@ -63,6 +79,11 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run { config } => run(&config).await,
             Command::Check { config } => check(&config),
+            Command::Deploy {
+                config,
+                admin,
+                token,
+            } => deploy::run(&config, admin, token).await,
             Command::Echo { listen } => echo(listen).await,
         }
     });
@@ -76,7 +97,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(path: &Path) -> anyhow::Result<()> {
-    let signals = ShutdownSignals::install().context("cannot listen for signals")?;
+    let mut signals = ShutdownSignals::install().context("cannot listen for signals")?;
     let config = wsgate_config::load(path).map_err(anyhow::Error::msg)?;
     let runtime = Runtime::new()?;
     let gateway = Gateway::start(config, &runtime).await?;
@@ -94,9 +115,38 @@ async fn run(path: &Path) -> anyhow::Result<()> {
     for address in gateway.echo_addrs() {
         eprintln!("  embedded echo server ws://{address}/");
     }
-    signals.wait().await;
+    let admin_stop = tokio_util::sync::CancellationToken::new();
+    if let Some(admin) = &generation.config.admin {
+        let listen = *admin.listen.get_ref();
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen} (admin)"))?;
+        eprintln!("admin listening on http://{}", listener.local_addr()?);
+        tokio::spawn(wsgate_admin::serve(
+            listener,
+            gateway.clone(),
+            admin.token.clone(),
+            admin_stop.clone(),
+        ));
+    }
+    drop(generation);
+    while signals.next().await == Signal::Reload {
+        reload(&gateway, path).await;
+    }
     gateway.shutdown().await;
+    admin_stop.cancel();
     Ok(())
+}
+
+/// SIGHUP: deploy the configuration file the gateway was started with.
+async fn reload(gateway: &Gateway, path: &Path) {
+    let source = format!("SIGHUP {}", path.display());
+    match gateway.deploy_file(path, &source).await {
+        Ok(generation) => eprintln!("deployed {} as generation {generation}", path.display()),
+        Err(errors) => {
+            eprintln!("deploy refused; still serving the previous configuration:\n{errors}")
+        }
+    }
 }
 
 /// `wsgate check`: its report is the command's output, on stdout.
@@ -104,7 +154,7 @@ async fn run(path: &Path) -> anyhow::Result<()> {
 fn check(path: &Path) -> anyhow::Result<()> {
     let config = wsgate_config::load(path).map_err(anyhow::Error::msg)?;
     let runtime = Runtime::new()?;
-    let generation = Generation::build(config, &runtime).map_err(anyhow::Error::msg)?;
+    let generation = Generation::build(0, config, &runtime).map_err(anyhow::Error::msg)?;
     println!(
         "{}: ok ({} endpoints, {} plugins, {} configured plugin pools)",
         path.display(),
@@ -124,29 +174,39 @@ fn check(path: &Path) -> anyhow::Result<()> {
 }
 
 async fn echo(listen: SocketAddr) -> anyhow::Result<()> {
-    let signals = ShutdownSignals::install().context("cannot listen for signals")?;
+    let mut signals = ShutdownSignals::install().context("cannot listen for signals")?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     eprintln!("echo server listening on ws://{}/", listener.local_addr()?);
     let shutdown = tokio_util::sync::CancellationToken::new();
     let server = tokio::spawn(wsgate_proxy::echo::serve(listener, shutdown.clone()));
-    signals.wait().await;
+    while signals.next().await == Signal::Reload {}
     shutdown.cancel();
     server.await.context("echo server task failed")?;
     Ok(())
 }
 
 mod signals {
-    //! Waiting for Ctrl-C or SIGTERM.
+    //! SIGINT and SIGTERM stop; SIGHUP reloads.
 
-    use tokio::signal::unix::{Signal, SignalKind, signal};
+    use tokio::signal::unix::{SignalKind, signal};
 
-    /// Handlers for SIGINT and SIGTERM, installed before the process
+    /// What a signal asks for.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Signal {
+        /// SIGINT or SIGTERM: drain and exit.
+        Stop,
+        /// SIGHUP: deploy the configuration file again.
+        Reload,
+    }
+
+    /// Handlers for SIGINT, SIGTERM and SIGHUP, installed before the process
     /// announces it is ready so no early signal is missed.
     pub struct ShutdownSignals {
-        interrupt: Signal,
-        terminate: Signal,
+        interrupt: tokio::signal::unix::Signal,
+        terminate: tokio::signal::unix::Signal,
+        hangup: tokio::signal::unix::Signal,
     }
 
     impl ShutdownSignals {
@@ -155,14 +215,25 @@ mod signals {
             Ok(Self {
                 interrupt: signal(SignalKind::interrupt())?,
                 terminate: signal(SignalKind::terminate())?,
+                hangup: signal(SignalKind::hangup())?,
             })
         }
 
-        /// Resolve on the first SIGINT or SIGTERM.
-        pub async fn wait(mut self) {
+        /// The next signal.
+        pub async fn next(&mut self) -> Signal {
             tokio::select! {
-                _ = self.interrupt.recv() => tracing::info!("interrupted"),
-                _ = self.terminate.recv() => tracing::info!("terminated"),
+                _ = self.interrupt.recv() => {
+                    tracing::info!("interrupted");
+                    Signal::Stop
+                }
+                _ = self.terminate.recv() => {
+                    tracing::info!("terminated");
+                    Signal::Stop
+                }
+                _ = self.hangup.recv() => {
+                    tracing::info!("hangup: reloading the configuration");
+                    Signal::Reload
+                }
             }
         }
     }

@@ -1,0 +1,78 @@
+//! `wsgate deploy`: post a configuration to a running gateway's admin API.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+
+/// Deploy the file at `path` to the gateway whose admin listener is `admin`
+/// (default: the file's own `[admin] listen`).
+pub async fn run(
+    path: &Path,
+    admin: Option<SocketAddr>,
+    token: Option<String>,
+) -> anyhow::Result<()> {
+    let path = std::path::absolute(path).with_context(|| format!("bad path {}", path.display()))?;
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    // Parse locally first: a file that does not parse never leaves this machine.
+    let config = wsgate_config::parse(&text, &path).map_err(anyhow::Error::msg)?;
+    let admin = admin
+        .or_else(|| config.admin.as_ref().map(|a| *a.listen.get_ref()))
+        .context("no admin address: pass --admin or set [admin] listen in the file")?;
+    let token = token
+        .or_else(|| std::env::var("WSGATE_ADMIN_TOKEN").ok())
+        .or_else(|| config.admin.as_ref().and_then(|a| a.token.clone()));
+
+    let stream = tokio::net::TcpStream::connect(admin)
+        .await
+        .with_context(|| format!("cannot reach the admin listener at {admin}"))?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .context("admin handshake failed")?;
+    tokio::spawn(connection);
+    let mut request = http::Request::post("/api/deploy")
+        .header(http::header::HOST, admin.to_string())
+        .header(http::header::CONTENT_TYPE, "application/toml")
+        .header("x-wsgate-config-path", path.display().to_string());
+    if let Some(token) = token {
+        request = request.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let request = request
+        .body(Full::new(Bytes::from(text)))
+        .context("cannot build the deploy request")?;
+    let response = sender
+        .send_request(request)
+        .await
+        .context("deploy request failed")?;
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .context("cannot read the admin response")?
+        .to_bytes();
+    let reply: serde_json::Value = serde_json::from_slice(&body)
+        .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&body).into_owned()));
+    if status.is_success() {
+        eprintln!(
+            "deployed {} as generation {}",
+            path.display(),
+            reply["generation"]
+        );
+        return Ok(());
+    }
+    if let Some(errors) = reply["errors"].as_array() {
+        for error in errors {
+            eprintln!("{}", error["text"].as_str().unwrap_or_default());
+        }
+        bail!(
+            "deploy refused ({} problems); the gateway keeps serving its current configuration",
+            errors.len()
+        );
+    }
+    bail!("deploy failed: {status}: {reply}")
+}

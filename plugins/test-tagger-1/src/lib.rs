@@ -1,0 +1,3 @@
+//! Test guest: appends `+v1.0.0` to text messages.
+
+include!("tagger.rs");
