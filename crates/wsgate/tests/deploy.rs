@@ -1,0 +1,159 @@
+//! The real binary: `wsgate deploy`, SIGHUP and SIGTERM against `wsgate run`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+
+use wsgate_tests::*;
+
+fn wsgate() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_wsgate"))
+}
+
+/// A running `wsgate run` and its log lines.
+struct Running {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Running {
+    fn start(config: &Path) -> Self {
+        let mut child = wsgate()
+            .args(["run", "--config"])
+            .arg(config)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = BufReader::new(child.stderr.take().unwrap());
+        let (sender, lines) = mpsc::channel();
+        // Keep draining stderr so the gateway never blocks on a full pipe.
+        std::thread::spawn(move || {
+            for line in stderr.lines().map_while(Result::ok) {
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self { child, lines }
+    }
+
+    /// The first log line containing `needle`.
+    fn wait_for(&self, needle: &str) -> String {
+        loop {
+            let line = self.lines.recv().expect("wsgate exited");
+            if line.contains(needle) {
+                return line;
+            }
+        }
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn tagged(echo: std::net::SocketAddr, version: &str) -> String {
+    config_text(&endpoint(
+        "/load",
+        echo,
+        &format!("client-messages = [{{ plugin = \"tagger@{version}\" }}]"),
+    )) + "[admin]\nlisten = \"127.0.0.1:0\"\n"
+}
+
+#[test]
+fn deploy_and_sighup_switch_versions_side_by_side_and_sigterm_drains() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let echo = runtime.block_on(start_echo());
+    let dir = std::env::temp_dir().join(format!("wsgate-deploy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let v1 = write(&dir, "v1.toml", &tagged(echo, "1.0.0"));
+    let v2 = write(&dir, "v2.toml", &tagged(echo, "2.0.0"));
+    let broken = write(
+        &dir,
+        "broken.toml",
+        &tagged(echo, "2.0.0").replace("path = \"/load\"", "path = \"/load\"\nexpires = \"1h\""),
+    );
+
+    let gateway = Running::start(&v1);
+    let listen = gateway.wait_for("wsgate listening on");
+    let listen = listen.rsplit(' ').next().unwrap().to_string();
+    let admin = gateway.wait_for("admin listening on http://");
+    let admin = admin.rsplit("http://").next().unwrap().to_string();
+    let url = format!("ws://{listen}/load");
+
+    let exchange = |client: &mut Client, text: &str| -> String {
+        runtime.block_on(async {
+            send_text(client, text).await;
+            next_text(client).await
+        })
+    };
+    let connect = |url: &str| {
+        runtime
+            .block_on(tokio_tungstenite::connect_async(url))
+            .unwrap()
+            .0
+    };
+
+    let mut old = connect(&url);
+    assert_eq!(exchange(&mut old, "a"), "a+v1.0.0");
+
+    // `wsgate deploy`: the new version for new connections, the old one kept.
+    let output = wsgate()
+        .args(["deploy", "--admin", &admin, "--config"])
+        .arg(&v2)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stderr).contains("as generation 2"));
+    let mut new = connect(&url);
+    assert_eq!(exchange(&mut new, "b"), "b+v2.0.0");
+    assert_eq!(exchange(&mut old, "a"), "a+v1.0.0");
+
+    // A broken file is refused locally, naming file, line and field.
+    let output = wsgate()
+        .args(["deploy", "--admin", &admin, "--config"])
+        .arg(&broken)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!("{}:", broken.display()))
+            && stderr.contains("endpoint[0].expires"),
+        "{stderr}"
+    );
+    assert_eq!(exchange(&mut new, "b"), "b+v2.0.0");
+
+    // SIGHUP deploys the file the gateway was started with again.
+    gateway.signal("HUP");
+    gateway.wait_for("as generation 3");
+    let mut third = connect(&url);
+    assert_eq!(exchange(&mut third, "c"), "c+v1.0.0");
+    assert_eq!(exchange(&mut new, "b"), "b+v2.0.0");
+
+    // SIGTERM: every client gets 1001, the process exits cleanly.
+    gateway.signal("TERM");
+    for client in [&mut old, &mut new, &mut third] {
+        assert_eq!(runtime.block_on(expect_close(client)).0, 1001);
+    }
+    let mut child = gateway.child;
+    assert!(child.wait().unwrap().success());
+}
