@@ -62,6 +62,7 @@ pub use bindings::wsgate::plugin::types::{
 };
 
 mod helpers;
+pub mod policy;
 pub use helpers::{percent_decode, render_template, template_names};
 pub mod host;
 pub use host::{context, log, state};
@@ -71,7 +72,7 @@ pub mod prelude {
     pub use crate::{
         CloseFrame, ConfigError, Direction, Header, HeaderOp, LogLevel, Message, MessageFilter,
         MessageVerdict, Plugin, Rejection, Route, UpgradeFilter, UpgradeRequest, UpgradeVerdict,
-        context, log, state,
+        context, log, policy, state,
     };
 }
 

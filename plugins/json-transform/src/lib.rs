@@ -8,21 +8,9 @@
 use std::collections::BTreeMap;
 
 use serde_json::Value;
+use wsgate_plugin_sdk::policy::NonJson;
 use wsgate_plugin_sdk::prelude::*;
 use wsgate_plugin_sdk::{render_template, template_names};
-
-/// What to do with a message that is not a JSON text message.
-#[derive(serde::Deserialize, Default, Clone, Copy, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
-enum NonJson {
-    /// Forward it unchanged.
-    #[default]
-    Pass,
-    /// Drop it.
-    Drop,
-    /// Close the connection with 1007 (invalid payload).
-    Close,
-}
 
 /// Configuration of `json-transform`.
 #[derive(serde::Deserialize)]
@@ -204,11 +192,7 @@ impl Plugin for JsonTransform {
 
 impl MessageFilter for JsonTransform {
     fn on_message(config: &Config, direction: Direction, message: Message) -> MessageVerdict {
-        let not_json = || match config.non_json {
-            NonJson::Pass => MessageVerdict::Forward,
-            NonJson::Drop => MessageVerdict::Drop,
-            NonJson::Close => MessageVerdict::close(1007, "expected a JSON text message"),
-        };
+        let not_json = || config.non_json.verdict();
         let text = match &message {
             Message::Text(text) => text,
             Message::Binary(_) => return not_json(),

@@ -1,0 +1,49 @@
+//! `size-limit`: messages larger than `max-bytes` close the connection with
+//! 1009 (message too big), or are dropped. Put it on the client-messages
+//! and/or server-messages chain for a per-direction limit.
+
+use wsgate_plugin_sdk::policy::{Action, data_len};
+use wsgate_plugin_sdk::prelude::*;
+
+/// Configuration of `size-limit`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct Config {
+    /// Largest text or binary payload allowed, in bytes.
+    max_bytes: usize,
+    /// `close` (1009), `drop`, or `reply` with an error to the sender.
+    #[serde(default)]
+    action: Action,
+}
+
+struct SizeLimit;
+
+impl Plugin for SizeLimit {
+    type Config = Config;
+
+    fn validate(config: &Config) -> Result<(), ConfigError> {
+        if config.max_bytes == 0 {
+            return Err(ConfigError {
+                field: "/max-bytes".into(),
+                message: "must be greater than zero".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl MessageFilter for SizeLimit {
+    fn on_message(config: &Config, _direction: Direction, message: Message) -> MessageVerdict {
+        let len = data_len(&message);
+        if len > config.max_bytes {
+            log::debug(&format!(
+                "message of {len} bytes over the {} byte limit",
+                config.max_bytes
+            ));
+            return config.action.verdict(1009, "message too big");
+        }
+        MessageVerdict::Forward
+    }
+}
+
+wsgate_plugin_sdk::export_message_filter!(SizeLimit);
