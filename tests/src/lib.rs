@@ -74,14 +74,6 @@ pub fn plugin_path(name: &str) -> PathBuf {
     plugin_dir().join(format!("{}.wasm", name.replace('-', "_")))
 }
 
-/// A `[[plugin]]` block for plugin crate `name` at `version`.
-pub fn plugin_block(name: &str, version: &str) -> String {
-    format!(
-        "[[plugin]]\nname = \"{name}\"\nversion = \"{version}\"\npath = \"{}\"\n\n",
-        plugin_path(name).display()
-    )
-}
-
 /// A `[[plugin]]` block declaring plugin crate `crate_name` as `name@version`.
 pub fn named_plugin_block(name: &str, version: &str, crate_name: &str) -> String {
     format!(
@@ -90,33 +82,50 @@ pub fn named_plugin_block(name: &str, version: &str, crate_name: &str) -> String
     )
 }
 
-/// `[[plugin]]` blocks for every plugin in the repository; the two test
-/// taggers are declared as `tagger@1.0.0` and `tagger@2.0.0`.
+/// Every plugin in the repository as (name, version, crate); the two test
+/// taggers are one plugin, `tagger`, at two versions.
+const PLUGINS: [(&str, &str, &str); 21] = [
+    ("static-router", "1.0.0", "static-router"),
+    ("dynamic-router", "1.0.0", "dynamic-router"),
+    ("connect-to-url", "1.0.0", "connect-to-url"),
+    ("json-transform", "1.0.0", "json-transform"),
+    ("test-verdicts", "0.1.0", "test-verdicts"),
+    ("test-faults", "0.1.0", "test-faults"),
+    ("passthrough", "1.0.0", "passthrough"),
+    ("api-key", "1.0.0", "api-key"),
+    ("basic-auth", "1.0.0", "basic-auth"),
+    ("ip-filter", "1.0.0", "ip-filter"),
+    ("header-rewrite", "1.0.0", "header-rewrite"),
+    ("jwt", "1.0.0", "jwt"),
+    ("size-limit", "1.0.0", "size-limit"),
+    ("rate-limit", "1.0.0", "rate-limit"),
+    ("message-filter", "1.0.0", "message-filter"),
+    ("envelope", "1.0.0", "envelope"),
+    ("redact", "1.0.0", "redact"),
+    ("text-replace", "1.0.0", "text-replace"),
+    ("json-schema", "1.0.0", "json-schema"),
+    ("tagger", "1.0.0", "test-tagger-1"),
+    ("tagger", "2.0.0", "test-tagger-2"),
+];
+
+/// `[[plugin]]` blocks for every plugin in the repository.
 pub fn all_plugins() -> String {
-    [
-        ("static-router", "1.0.0"),
-        ("dynamic-router", "1.0.0"),
-        ("connect-to-url", "1.0.0"),
-        ("json-transform", "1.0.0"),
-        ("test-verdicts", "0.1.0"),
-        ("test-faults", "0.1.0"),
-        ("passthrough", "1.0.0"),
-    ]
-    .iter()
-    .map(|(name, version)| plugin_block(name, version))
-    .chain([
-        named_plugin_block("tagger", "1.0.0", "test-tagger-1"),
-        named_plugin_block("tagger", "2.0.0", "test-tagger-2"),
-    ])
-    .collect()
+    PLUGINS
+        .iter()
+        .map(|(name, version, krate)| named_plugin_block(name, version, krate))
+        .collect()
 }
 
-/// A whole configuration: the gateway on port 0, every plugin, and `body`.
+/// A whole configuration: the gateway on port 0, `body`, and a `[[plugin]]`
+/// block for each plugin `body` references (so each test compiles only
+/// the plugins it uses).
 pub fn config_text(body: &str) -> String {
-    format!(
-        "[gateway]\nlisten = \"127.0.0.1:0\"\n\n{}{body}",
-        all_plugins()
-    )
+    let plugins: String = PLUGINS
+        .iter()
+        .filter(|(name, version, _)| body.contains(&format!("\"{name}@{version}\"")))
+        .map(|(name, version, krate)| named_plugin_block(name, version, krate))
+        .collect();
+    format!("[gateway]\nlisten = \"127.0.0.1:0\"\n\n{plugins}{body}")
 }
 
 /// Parse a whole configuration text.

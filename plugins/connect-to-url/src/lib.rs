@@ -2,7 +2,8 @@
 //! request, e.g. `ws://${host}:9001/rooms/${segment.1}?user=${query.user}`.
 //!
 //! Placeholders: `${host}` (Host header without port), `${path}`,
-//! `${segment.N}` (0-based), `${query.NAME}`, `${header.NAME}`. A value the
+//! `${segment.N}` (0-based), `${query.NAME}`, `${header.NAME}`, `${claim.NAME}`
+//! (a JWT claim `jwt` published). A value the
 //! request lacks refuses the upgrade with 400; values may only hold URL-safe
 //! characters. The endpoint's `allowed-upstreams` bounds where this can go.
 
@@ -29,6 +30,7 @@ fn known(name: &str) -> bool {
             .is_some_and(|n| n.parse::<usize>().is_ok())
         || name.strip_prefix("query.").is_some_and(|n| !n.is_empty())
         || name.strip_prefix("header.").is_some_and(|n| !n.is_empty())
+        || name.strip_prefix("claim.").is_some_and(|n| !n.is_empty())
 }
 
 fn lookup(request: &UpgradeRequest, name: &str) -> Option<String> {
@@ -40,6 +42,8 @@ fn lookup(request: &UpgradeRequest, name: &str) -> Option<String> {
                 request.path_segment(n.parse().ok()?).map(str::to_string)
             } else if let Some(q) = name.strip_prefix("query.") {
                 request.query_param(q)
+            } else if name.starts_with("claim.") {
+                state::attribute(name)
             } else {
                 request
                     .header(name.strip_prefix("header.")?)
@@ -82,7 +86,7 @@ impl Plugin for ConnectToUrl {
                 return Err(ConfigError {
                     field,
                     message: format!(
-                        "unknown placeholder `${{{bad}}}` (use host, path, segment.N, query.NAME, header.NAME)"
+                        "unknown placeholder `${{{bad}}}` (use host, path, segment.N, query.NAME, header.NAME, claim.NAME)"
                     ),
                 });
             }

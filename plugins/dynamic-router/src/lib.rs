@@ -1,5 +1,5 @@
 //! `dynamic-router`: chooses among configured upstreams by the request's
-//! host, a path segment, a header or a query parameter. Never open-ended:
+//! host, a path segment, a header, a query parameter or a JWT claim. Never open-ended:
 //! every possible upstream is written in the configuration.
 
 use wsgate_plugin_sdk::prelude::*;
@@ -20,6 +20,9 @@ struct Rule {
     /// Match this query parameter's value.
     #[serde(default)]
     query: Option<String>,
+    /// Match this JWT claim, as published by `jwt` (`publish-claims`).
+    #[serde(default)]
+    claim: Option<String>,
     /// The value a `segment`, `header` or `query` selector must equal.
     #[serde(default)]
     equals: Option<String>,
@@ -64,6 +67,9 @@ impl Rule {
         if let Some(name) = &self.query {
             return equals(request.query_param(name).as_deref());
         }
+        if let Some(name) = &self.claim {
+            return equals(state::attribute(&format!("claim.{name}")).as_deref());
+        }
         false
     }
 }
@@ -84,17 +90,18 @@ impl Plugin for DynamicRouter {
                 rule.segment.is_some(),
                 rule.header.is_some(),
                 rule.query.is_some(),
+                rule.claim.is_some(),
             ];
             if selectors.iter().filter(|s| **s).count() != 1 {
                 return Err(error(
                     format!("/rules/{i}"),
-                    "a rule needs exactly one of host, segment, header or query",
+                    "a rule needs exactly one of host, segment, header, query or claim",
                 ));
             }
             if rule.host.is_none() && rule.equals.is_none() {
                 return Err(error(
                     format!("/rules/{i}/equals"),
-                    "segment, header and query rules need `equals`",
+                    "segment, header, query and claim rules need `equals`",
                 ));
             }
             if !is_ws_url(&rule.url) {
