@@ -154,7 +154,6 @@ impl Signers {
 
     /// A JWKS with the RSA and EC public keys, as JSON text.
     fn jwks(&self) -> String {
-        use p256::elliptic_curve::sec1::ToEncodedPoint;
         use rsa::traits::PublicKeyParts;
         let public = self.rsa.to_public_key();
         let point = self.ec.verifying_key().to_encoded_point(false);
