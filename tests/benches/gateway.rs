@@ -14,27 +14,74 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use wsgate_runtime::{CallContext, ConnectionInfo, Direction, Message};
 use wsgate_tests::*;
 
+/// Each message plugin with a representative configuration.
+const MESSAGE_PLUGINS: [(&str, &str); 9] = [
+    ("passthrough", "{}"),
+    (
+        "json-transform",
+        r#"{ set = { "/via" = "wsgate" }, remove = ["/secret"] }"#,
+    ),
+    ("size-limit", "{ max-bytes = 1048576 }"),
+    (
+        "rate-limit",
+        "{ messages-per-second = 1e12, bytes-per-second = 1e15 }",
+    ),
+    ("message-filter", r#"{ field = "/type", allow = ["chat"] }"#),
+    (
+        "envelope",
+        r#"{ mode = "wrap", metadata = { kind = "chat" } }"#,
+    ),
+    ("redact", "{}"),
+    (
+        "text-replace",
+        r#"{ rules = [{ pattern = "secret-\\w+", replacement = "[gone]" }] }"#,
+    ),
+    (
+        "json-schema",
+        r#"{ schema = { type = "object", required = ["type"], properties = { type = { enum = ["chat"] } } } }"#,
+    ),
+];
+
+/// A JSON chat message of about `size` bytes.
+fn chat_message(size: usize) -> Message {
+    let text = "x".repeat(size.saturating_sub(30));
+    Message::Text(format!(r#"{{"type":"chat","text":"{text}"}}"#))
+}
+
 fn plugin_call(c: &mut Criterion) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let echo = runtime.block_on(start_echo());
-    let gateway = runtime.block_on(start_gateway(&endpoint(
-        "/p",
-        echo,
-        "client-messages = [{ plugin = \"passthrough@1.0.0\" }]",
-    )));
-    let generation = gateway.generation();
-    let pool = generation.pools[0].clone();
-    let mut context = CallContext::new(Arc::new(ConnectionInfo::default()));
-    let mut group = c.benchmark_group("plugin_call/passthrough");
-    for size in [32usize, 64 * 1024] {
-        let message = Message::Binary(vec![7u8; size]);
-        group.throughput(Throughput::Bytes(size as u64));
-        group.bench_with_input(BenchmarkId::from_parameter(size), &message, |b, message| {
-            b.iter(|| {
-                pool.on_message(&mut context, Direction::ClientToServer, message)
-                    .unwrap()
+    let body: String = MESSAGE_PLUGINS
+        .iter()
+        .map(|(name, config)| {
+            format!(
+                "[[endpoint]]\npath = \"/{name}\"\nallowed-upstreams = [\"ws://127.0.0.1:1\"]\n\
+                 upgrade = [{{ plugin = \"static-router@1.0.0\", config = {{ url = \"ws://127.0.0.1:1/\" }} }}]\n\
+                 client-messages = [{{ plugin = \"{name}@1.0.0\", config = {config} }}]\n\n"
+            )
+        })
+        .collect();
+    let generation = runtime.block_on(async {
+        wsgate_proxy::Generation::build(
+            0,
+            parse_config(&config_text(&body)),
+            wsgate_tests::runtime(),
+        )
+        .unwrap()
+    });
+    let mut group = c.benchmark_group("plugin_call");
+    for (endpoint, (name, _)) in generation.endpoints.iter().zip(MESSAGE_PLUGINS) {
+        let pool = endpoint.client_messages[0].pool.clone();
+        let mut context = CallContext::new(Arc::new(ConnectionInfo::default()));
+        for size in [32usize, 64 * 1024] {
+            let message = chat_message(size);
+            group.throughput(Throughput::Bytes(size as u64));
+            group.bench_with_input(BenchmarkId::new(name, size), &message, |b, message| {
+                b.iter(|| {
+                    pool.on_message(&mut context, Direction::ClientToServer, message)
+                        .unwrap()
+                });
             });
-        });
+        }
     }
     group.finish();
 }
