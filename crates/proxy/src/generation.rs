@@ -155,7 +155,10 @@ impl Generation {
                                 }) => {
                                     errors.push(at(
                                         format!("{field}.config{}", pointer_to_path(&pointer)),
-                                        format!("plugin {plugin} rejects its config: {message}"),
+                                        format!(
+                                            "plugin {plugin} on endpoint {} rejects its config: {message}",
+                                            endpoint.path.get_ref()
+                                        ),
                                     ));
                                     continue;
                                 }

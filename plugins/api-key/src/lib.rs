@@ -98,3 +98,24 @@ impl UpgradeFilter for ApiKey {
 }
 
 wsgate_plugin_sdk::export_upgrade_filter!(ApiKey);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_must_be_sha256_hex() {
+        let good: Config = serde_json::from_str(&format!(
+            r#"{{"keys": [{{"name": "a", "sha256": "{}"}}]}}"#,
+            hex(&Sha256::digest(b"k"))
+        ))
+        .unwrap();
+        assert!(ApiKey::validate(&good).is_ok());
+        let bad: Config =
+            serde_json::from_str(r#"{"keys": [{"name": "a", "sha256": "k"}]}"#).unwrap();
+        assert_eq!(
+            ApiKey::validate(&bad).err().unwrap().field,
+            "/keys/0/sha256"
+        );
+    }
+}

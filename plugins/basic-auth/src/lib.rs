@@ -109,3 +109,27 @@ impl UpgradeFilter for BasicAuth {
 }
 
 wsgate_plugin_sdk::export_upgrade_filter!(BasicAuth);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basic_credentials_are_decoded() {
+        let request = |value: &str| UpgradeRequest {
+            connection_id: 1,
+            method: "GET".into(),
+            path: "/".into(),
+            query: String::new(),
+            headers: vec![Header::new("authorization", value)],
+            client_addr: "127.0.0.1:1".into(),
+            tls: false,
+        };
+        assert_eq!(
+            credentials(&request("Basic YW5uOnA6dw==")),
+            Some(("ann".into(), "p:w".into()))
+        );
+        assert_eq!(credentials(&request("Bearer abc")), None);
+        assert_eq!(credentials(&request("Basic !!!")), None);
+    }
+}

@@ -141,3 +141,43 @@ impl UpgradeFilter for ConnectToUrl {
 }
 
 wsgate_plugin_sdk::export_upgrade_filter!(ConnectToUrl);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_resolve_from_the_request() {
+        let request = UpgradeRequest {
+            connection_id: 1,
+            method: "GET".into(),
+            path: "/rooms/lobby".into(),
+            query: "user=ann".into(),
+            headers: vec![
+                Header::new("host", "chat.example:8080"),
+                Header::new("x-t", "acme"),
+            ],
+            client_addr: "127.0.0.1:1".into(),
+            tls: false,
+        };
+        assert_eq!(lookup(&request, "host").as_deref(), Some("chat.example"));
+        assert_eq!(lookup(&request, "segment.1").as_deref(), Some("lobby"));
+        assert_eq!(lookup(&request, "query.user").as_deref(), Some("ann"));
+        assert_eq!(lookup(&request, "header.x-t").as_deref(), Some("acme"));
+        assert_eq!(lookup(&request, "segment.5"), None);
+    }
+
+    #[test]
+    fn only_url_safe_values_and_known_placeholders_pass() {
+        assert!(url_safe("query.user", "ann-1.b_c~"));
+        assert!(!url_safe("query.user", "a/../admin"));
+        assert!(url_safe("path", "/a/b"));
+        assert!(!url_safe("host", ""));
+        assert!(
+            known("claim.tenant")
+                && known("segment.0")
+                && !known("segment.x")
+                && !known("env.HOME")
+        );
+    }
+}

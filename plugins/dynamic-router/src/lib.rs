@@ -139,3 +139,64 @@ impl UpgradeFilter for DynamicRouter {
 }
 
 wsgate_plugin_sdk::export_upgrade_filter!(DynamicRouter);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(path: &str, query: &str, headers: &[(&str, &str)]) -> UpgradeRequest {
+        UpgradeRequest {
+            connection_id: 1,
+            method: "GET".into(),
+            path: path.into(),
+            query: query.into(),
+            headers: headers.iter().map(|(n, v)| Header::new(n, *v)).collect(),
+            client_addr: "127.0.0.1:1".into(),
+            tls: false,
+        }
+    }
+
+    fn rules(json: &str) -> Config {
+        let config: Config = serde_json::from_str(json).unwrap();
+        DynamicRouter::validate(&config).unwrap();
+        config
+    }
+
+    #[test]
+    fn the_first_matching_rule_routes() {
+        let config = rules(
+            r#"{"rules": [
+                {"host": "a.example", "url": "ws://a/"},
+                {"segment": 0, "equals": "b", "url": "ws://b/"},
+                {"header": "x-r", "equals": "c", "url": "ws://c/"},
+                {"query": "q", "equals": "d", "url": "ws://d/"}
+            ]}"#,
+        );
+        let route = |r: UpgradeRequest| match DynamicRouter::on_upgrade(&config, r) {
+            UpgradeVerdict::Route(route) => route.url,
+            UpgradeVerdict::Reject(rejection) => rejection.status.to_string(),
+            _ => "other".into(),
+        };
+        assert_eq!(
+            route(request("/", "", &[("host", "A.example:80")])),
+            "ws://a/"
+        );
+        assert_eq!(route(request("/b/x", "", &[])), "ws://b/");
+        assert_eq!(route(request("/", "", &[("x-r", "c")])), "ws://c/");
+        assert_eq!(route(request("/", "q=d", &[])), "ws://d/");
+        assert_eq!(route(request("/z", "", &[])), "404");
+    }
+
+    #[test]
+    fn rules_need_exactly_one_selector_and_a_ws_url() {
+        for bad in [
+            r#"{"rules": [{"url": "ws://a/"}]}"#,
+            r#"{"rules": [{"host": "a", "query": "q", "equals": "1", "url": "ws://a/"}]}"#,
+            r#"{"rules": [{"header": "h", "url": "ws://a/"}]}"#,
+            r#"{"rules": [{"host": "a", "url": "http://a/"}]}"#,
+        ] {
+            let config: Config = serde_json::from_str(bad).unwrap();
+            assert!(DynamicRouter::validate(&config).is_err(), "{bad}");
+        }
+    }
+}

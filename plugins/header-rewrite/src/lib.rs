@@ -138,3 +138,20 @@ impl UpgradeFilter for HeaderRewrite {
 }
 
 wsgate_plugin_sdk::export_upgrade_filter!(HeaderRewrite);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_placeholders_are_refused_at_load() {
+        let good: Config =
+            serde_json::from_str(r#"{"set": {"x": "${claim.sub}-${client-ip}"}}"#).unwrap();
+        assert!(HeaderRewrite::validate(&good).is_ok());
+        let bad: Config = serde_json::from_str(r#"{"append": {"x": "${env.HOME}"}}"#).unwrap();
+        assert_eq!(
+            HeaderRewrite::validate(&bad).err().unwrap().field,
+            "/append/x"
+        );
+    }
+}

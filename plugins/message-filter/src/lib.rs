@@ -79,3 +79,36 @@ impl MessageFilter for MessageFilterPlugin {
 }
 
 wsgate_plugin_sdk::export_message_filter!(MessageFilterPlugin);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allow_and_deny_lists_judge_the_field() {
+        let allow: Config =
+            serde_json::from_str(r#"{"field": "/type", "allow": ["chat", 7]}"#).unwrap();
+        let judge = |config: &Config, text: &str| {
+            MessageFilterPlugin::on_message(
+                config,
+                Direction::ClientToServer,
+                Message::Text(text.into()),
+            )
+        };
+        assert_eq!(judge(&allow, r#"{"type":"chat"}"#), MessageVerdict::Forward);
+        assert_eq!(judge(&allow, r#"{"type":7}"#), MessageVerdict::Forward);
+        assert_eq!(judge(&allow, r#"{"type":"spam"}"#), MessageVerdict::Drop);
+        assert_eq!(judge(&allow, r#"{}"#), MessageVerdict::Drop);
+        assert_eq!(judge(&allow, "not json"), MessageVerdict::Forward);
+        let deny: Config =
+            serde_json::from_str(r#"{"field": "/type", "deny": ["spam"], "action": "close"}"#)
+                .unwrap();
+        assert_eq!(
+            judge(&deny, r#"{"type":"spam"}"#),
+            MessageVerdict::close(1008, "message not allowed")
+        );
+        let both: Config =
+            serde_json::from_str(r#"{"field": "/t", "allow": [], "deny": []}"#).unwrap();
+        assert!(MessageFilterPlugin::validate(&both).is_err());
+    }
+}

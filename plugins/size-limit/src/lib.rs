@@ -47,3 +47,21 @@ impl MessageFilter for SizeLimit {
 }
 
 wsgate_plugin_sdk::export_message_filter!(SizeLimit);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_within_the_limit_pass_and_zero_is_refused() {
+        let config: Config = serde_json::from_str(r#"{"max-bytes": 4}"#).unwrap();
+        let verdict = SizeLimit::on_message(
+            &config,
+            Direction::ClientToServer,
+            Message::Text("1234".into()),
+        );
+        assert_eq!(verdict, MessageVerdict::Forward);
+        let zero: Config = serde_json::from_str(r#"{"max-bytes": 0}"#).unwrap();
+        assert!(SizeLimit::validate(&zero).is_err());
+    }
+}

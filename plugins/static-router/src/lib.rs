@@ -48,3 +48,25 @@ impl UpgradeFilter for StaticRouter {
 }
 
 wsgate_plugin_sdk::export_upgrade_filter!(StaticRouter);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_websocket_urls_are_accepted() {
+        let config = |url: &str| Config {
+            url: url.into(),
+            headers: Default::default(),
+            subprotocols: Vec::new(),
+        };
+        assert!(StaticRouter::validate(&config("wss://a/")).is_ok());
+        assert_eq!(
+            StaticRouter::validate(&config("http://a/"))
+                .err()
+                .unwrap()
+                .field,
+            "/url"
+        );
+    }
+}
