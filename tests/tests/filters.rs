@@ -442,7 +442,10 @@ async fn bad_filter_configs_name_plugin_endpoint_and_field() {
         found[1].0,
         "endpoint[0].client-messages[0].config.messages-per-second"
     );
-    assert!(found[1].1.contains("rate-limit@1.0.0 on endpoint /bad"), "{found:?}");
+    assert!(
+        found[1].1.contains("rate-limit@1.0.0 on endpoint /bad"),
+        "{found:?}"
+    );
     assert_eq!(
         found[2].0,
         "endpoint[0].client-messages[1].config.patterns[0].regex"
