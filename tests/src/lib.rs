@@ -104,8 +104,8 @@ const PLUGINS: [(&str, &str, &str); 21] = [
     ("redact", "1.0.0", "redact"),
     ("text-replace", "1.0.0", "text-replace"),
     ("json-schema", "1.0.0", "json-schema"),
-    ("tagger", "1.0.0", "test-tagger-1"),
-    ("tagger", "2.0.0", "test-tagger-2"),
+    ("tagger", "1.0.0", "tagger-v1"),
+    ("tagger", "2.0.0", "tagger-v2"),
 ];
 
 /// `[[plugin]]` blocks for every plugin in the repository.

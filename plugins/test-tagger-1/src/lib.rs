@@ -1,3 +1,0 @@
-//! Test guest: appends `+v1.0.0` to text messages.
-
-include!("tagger.rs");
