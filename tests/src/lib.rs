@@ -74,10 +74,12 @@ pub fn plugin_path(name: &str) -> PathBuf {
     plugin_dir().join(format!("{}.wasm", name.replace('-', "_")))
 }
 
-/// A `[[plugin]]` block declaring plugin crate `crate_name` as `name@version`.
+/// A `[[plugin]]` block declaring plugin crate `crate_name` as `name@version`,
+/// granted every capability (tests of grants write their own blocks).
 pub fn named_plugin_block(name: &str, version: &str, crate_name: &str) -> String {
     format!(
-        "[[plugin]]\nname = \"{name}\"\nversion = \"{version}\"\npath = \"{}\"\n\n",
+        "[[plugin]]\nname = \"{name}\"\nversion = \"{version}\"\npath = \"{}\"\n\
+         grants = [\"log\", \"state\", \"clocks\", \"context\", \"random\"]\n\n",
         plugin_path(crate_name).display()
     )
 }

@@ -247,6 +247,7 @@ fn metrics(gateway: &Gateway) -> AdminResponse {
             ("memory", &stats.memory_faults),
             ("trap", &stats.trap_faults),
             ("instantiate", &stats.instantiate_faults),
+            ("output", &stats.output_faults),
         ] {
             let _ = writeln!(
                 out,
@@ -254,6 +255,19 @@ fn metrics(gateway: &Gateway) -> AdminResponse {
                 counter.load(Ordering::Relaxed)
             );
         }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP wsgate_plugin_log_lines_dropped_total Plugin log lines over the log rate (current generation)."
+    );
+    let _ = writeln!(out, "# TYPE wsgate_plugin_log_lines_dropped_total counter");
+    for (i, pool) in generation.pools.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "wsgate_plugin_log_lines_dropped_total{{plugin=\"{}\",pool=\"{i}\"}} {}",
+            escape(pool.plugin().id()),
+            pool.stats().log_lines_dropped.load(Ordering::Relaxed)
+        );
     }
     let deploys = gateway.deploys();
     let ok = deploys.iter().filter(|d| d.generation.is_some()).count();

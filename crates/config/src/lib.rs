@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 
 pub use error::{ConfigError, ConfigErrors, SourceMap};
 pub use model::{
-    Admin, ChainEntry, Config, EchoServer, Endpoint, FailPolicy, Gateway, PathMatch, PluginDecl,
-    PluginRef, RemoteHost,
+    Admin, Capability, ChainEntry, Config, EchoServer, Endpoint, FailPolicy, Gateway, PathMatch,
+    PluginDecl, PluginRef, RemoteHost,
 };
 pub use units::{ByteSize, HumanDuration, parse_duration, parse_size};
 

@@ -93,6 +93,60 @@ pub struct PluginDecl {
     /// Largest linear memory an instance may grow to.
     #[serde(default = "default_memory_limit")]
     pub memory_limit: ByteSize,
+    /// Host capabilities the plugin may import; nothing is granted by default.
+    #[serde(default)]
+    pub grants: Vec<Capability>,
+    /// Largest output of one call (the messages, headers and body of its verdict).
+    #[serde(default = "default_max_output")]
+    pub max_output: ByteSize,
+    /// Log lines per second the plugin may write (all its instances together);
+    /// lines over the rate are dropped and counted.
+    #[serde(default = "default_log_rate")]
+    pub log_rate: u32,
+}
+
+/// A host capability a plugin must be granted before it may import it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Capability {
+    /// `wsgate:plugin/log`: write to the gateway's log.
+    Log,
+    /// `wsgate:plugin/state`: per-connection state and connection attributes.
+    State,
+    /// `wsgate:plugin/clocks` and `wasi:clocks`: wall-clock and monotonic time.
+    Clocks,
+    /// `wsgate:plugin/context`: the connection context and the plugin's config.
+    Context,
+    /// `wasi:random/random`: cryptographic randomness.
+    Random,
+}
+
+impl Capability {
+    /// The name written in `grants`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Log => "log",
+            Self::State => "state",
+            Self::Clocks => "clocks",
+            Self::Context => "context",
+            Self::Random => "random",
+        }
+    }
+
+    /// The capability an import needs, if any. Imports that reach nothing
+    /// (WASI streams and CLI functions with an empty context, hash seeds) need none.
+    pub fn of_import(name: &str) -> Option<Self> {
+        let interface = name.split('@').next().unwrap_or(name);
+        match interface {
+            "wsgate:plugin/log" => Some(Self::Log),
+            "wsgate:plugin/state" => Some(Self::State),
+            "wsgate:plugin/clocks" => Some(Self::Clocks),
+            "wsgate:plugin/context" => Some(Self::Context),
+            "wasi:random/random" => Some(Self::Random),
+            _ if interface.starts_with("wasi:clocks/") => Some(Self::Clocks),
+            _ => None,
+        }
+    }
 }
 
 impl PluginDecl {
@@ -260,6 +314,12 @@ fn default_read_buffer() -> ByteSize {
 }
 fn default_memory_limit() -> ByteSize {
     ByteSize(16 << 20)
+}
+fn default_max_output() -> ByteSize {
+    ByteSize(16 << 20)
+}
+fn default_log_rate() -> u32 {
+    100
 }
 fn default_max_message() -> ByteSize {
     ByteSize(1 << 20)

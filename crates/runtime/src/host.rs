@@ -2,6 +2,7 @@
 //! empty context (no files, no environment, no sockets, no arguments).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -52,6 +53,48 @@ impl CallContext {
     }
 }
 
+/// Log lines per second for one plugin, across its instances: a token
+/// bucket holding one second of lines. Lines over the rate are dropped and
+/// counted.
+#[derive(Debug)]
+pub struct LogLimiter {
+    rate: f64,
+    bucket: Mutex<(f64, Instant)>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl LogLimiter {
+    /// `rate` lines per second; drops are added to `dropped`.
+    pub fn new(rate: u32, dropped: Arc<AtomicU64>) -> Self {
+        let rate = f64::from(rate);
+        Self {
+            rate,
+            bucket: Mutex::new((rate, Instant::now())),
+            dropped,
+        }
+    }
+
+    /// Whether one more line may be written now.
+    fn allow(&self) -> bool {
+        let allowed = self.bucket.lock().is_ok_and(|mut bucket| {
+            let now = Instant::now();
+            let refill = now.duration_since(bucket.1).as_secs_f64() * self.rate;
+            bucket.0 = (bucket.0 + refill).min(self.rate);
+            bucket.1 = now;
+            if bucket.0 >= 1.0 {
+                bucket.0 -= 1.0;
+                true
+            } else {
+                false
+            }
+        });
+        if !allowed {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        allowed
+    }
+}
+
 /// The data of one instance's store.
 pub struct HostState {
     wasi: WasiCtx,
@@ -61,10 +104,16 @@ pub struct HostState {
     pub(crate) config_json: Arc<str>,
     /// The call in progress; `None` during `configure`.
     pub(crate) call: Option<CallContext>,
+    log_limiter: Arc<LogLimiter>,
 }
 
 impl HostState {
-    pub(crate) fn new(plugin_id: Arc<str>, config_json: Arc<str>, limits: StoreLimits) -> Self {
+    pub(crate) fn new(
+        plugin_id: Arc<str>,
+        config_json: Arc<str>,
+        limits: StoreLimits,
+        log_limiter: Arc<LogLimiter>,
+    ) -> Self {
         Self {
             // Nothing ambient: no preopens, env, args, sockets or stdin.
             wasi: WasiCtxBuilder::new().build(),
@@ -73,6 +122,7 @@ impl HostState {
             plugin_id,
             config_json,
             call: None,
+            log_limiter,
         }
     }
 }
@@ -86,10 +136,82 @@ impl WasiView for HostState {
     }
 }
 
-/// The linker every plugin is instantiated with.
+/// The version of wasmtime-wasi's p2 interfaces; guests importing any 0.2.x
+/// version link against them (semver-compatible lookup).
+const WASI_VERSION: &str = "0.2.12";
+
+/// WASI functions that would hand a plugin a stream, a pollable or a socket.
+/// They are replaced by traps: nothing outside is reachable through them,
+/// and wasmtime-wasi's synchronous streams and polling block on a nested
+/// tokio runtime, which the gateway's worker threads must never do. Without
+/// one of these handles no blocking WASI function can be called at all.
+const WITHHELD: [(&str, &str, &str); 10] = [
+    (
+        "wasi:cli/stdin",
+        "get-stdin",
+        "stdin is not available to plugins",
+    ),
+    (
+        "wasi:cli/stdout",
+        "get-stdout",
+        "stdout is not available to plugins; use the log interface",
+    ),
+    (
+        "wasi:cli/stderr",
+        "get-stderr",
+        "stderr is not available to plugins; use the log interface",
+    ),
+    (
+        "wasi:clocks/monotonic-clock",
+        "subscribe-duration",
+        "timers are not available to plugins",
+    ),
+    (
+        "wasi:clocks/monotonic-clock",
+        "subscribe-instant",
+        "timers are not available to plugins",
+    ),
+    (
+        "wasi:filesystem/preopens",
+        "get-directories",
+        "plugins have no files",
+    ),
+    (
+        "wasi:sockets/instance-network",
+        "instance-network",
+        "plugins have no network",
+    ),
+    (
+        "wasi:sockets/tcp-create-socket",
+        "create-tcp-socket",
+        "plugins have no network",
+    ),
+    (
+        "wasi:sockets/udp-create-socket",
+        "create-udp-socket",
+        "plugins have no network",
+    ),
+    (
+        "wasi:sockets/ip-name-lookup",
+        "resolve-addresses",
+        "plugins have no network",
+    ),
+];
+
+/// The linker every plugin is instantiated with: the wsgate host interfaces
+/// and WASI p2 with an empty context (no preopens, environment, arguments or
+/// network), minus the functions in [`WITHHELD`].
 pub(crate) fn linker(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+    linker.allow_shadowing(true);
+    for (interface, function, reason) in WITHHELD {
+        let mut instance = linker.instance(&format!("{interface}@{WASI_VERSION}"))?;
+        instance.func_new(function, move |_, _, _, _| {
+            Err(wasmtime::Error::msg(reason))
+        })?;
+    }
+    linker.allow_shadowing(false);
     Filter::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |state| state)?;
     Ok(linker)
 }
@@ -109,6 +231,9 @@ impl wsgate::plugin::types::Host for HostState {}
 
 impl wsgate::plugin::log::Host for HostState {
     fn write(&mut self, level: LogLevel, message: String) {
+        if !self.log_limiter.allow() {
+            return;
+        }
         let plugin = &*self.plugin_id;
         let connection = self.connection().map_or(0, |c| c.id);
         match level {

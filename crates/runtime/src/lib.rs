@@ -114,6 +114,10 @@ pub struct Budget {
     pub deadline: Duration,
     /// Largest linear memory, in bytes.
     pub memory_limit: usize,
+    /// Largest output of one call, in bytes.
+    pub max_output: usize,
+    /// Log lines per second, all instances together.
+    pub log_rate: u32,
 }
 
 /// The engine, linker and epoch ticker shared by every plugin.
@@ -181,6 +185,16 @@ impl Runtime {
                 exports.join(", ")
             )));
         }
+        for (import, _) in component.component_type().imports(&self.engine) {
+            if let Some(capability) = wsgate_config::Capability::of_import(import)
+                && !decl.grants.contains(&capability)
+            {
+                return Err(invalid(format!(
+                    "imports {import}, which needs the `{}` capability; it is not granted (add it to the plugin's grants)",
+                    capability.as_str()
+                )));
+            }
+        }
         let roles = Roles {
             upgrade: has(UPGRADE_EXPORT),
             message: has(MESSAGE_EXPORT),
@@ -204,6 +218,8 @@ impl Runtime {
             budget: Budget {
                 deadline: decl.deadline.0,
                 memory_limit: usize::try_from(decl.memory_limit.0).unwrap_or(usize::MAX),
+                max_output: usize::try_from(decl.max_output.0).unwrap_or(usize::MAX),
+                log_rate: decl.log_rate,
             },
             engine: self.engine.clone(),
             pre,

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use wasmtime::{Store, StoreLimitsBuilder, Trap};
 
 use crate::bindings::{Hooks, types};
-use crate::host::{CallContext, HostState};
+use crate::host::{CallContext, HostState, LogLimiter};
 use crate::{EPOCH_TICK, Plugin, RuntimeError};
 
 /// Most idle instances a pool keeps; more are created under load and dropped after.
@@ -23,6 +23,8 @@ pub enum FaultKind {
     Trap,
     /// A fresh instance could not be created.
     Instantiate,
+    /// The verdict was larger than the plugin's `max-output`.
+    Output,
 }
 
 impl FaultKind {
@@ -33,6 +35,7 @@ impl FaultKind {
             Self::Memory => "memory",
             Self::Trap => "trap",
             Self::Instantiate => "instantiate",
+            Self::Output => "output",
         }
     }
 }
@@ -62,6 +65,10 @@ pub struct PluginStats {
     pub trap_faults: AtomicU64,
     /// Instances that could not be created.
     pub instantiate_faults: AtomicU64,
+    /// Verdicts over the output budget.
+    pub output_faults: AtomicU64,
+    /// Log lines dropped for exceeding the log rate.
+    pub log_lines_dropped: Arc<AtomicU64>,
     /// Instances created (the first at load, then to replace faulted ones
     /// or to serve concurrent calls).
     pub instances_created: AtomicU64,
@@ -74,6 +81,7 @@ impl PluginStats {
             FaultKind::Memory => &self.memory_faults,
             FaultKind::Trap => &self.trap_faults,
             FaultKind::Instantiate => &self.instantiate_faults,
+            FaultKind::Output => &self.output_faults,
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }
@@ -84,6 +92,7 @@ impl PluginStats {
             + self.memory_faults.load(Ordering::Relaxed)
             + self.trap_faults.load(Ordering::Relaxed)
             + self.instantiate_faults.load(Ordering::Relaxed)
+            + self.output_faults.load(Ordering::Relaxed)
     }
 }
 
@@ -99,6 +108,7 @@ pub struct PluginPool {
     deadline_ticks: u64,
     idle: Mutex<Vec<PluginInstance>>,
     stats: PluginStats,
+    log_limiter: Arc<LogLimiter>,
 }
 
 impl std::fmt::Debug for PluginPool {
@@ -118,12 +128,18 @@ impl PluginPool {
         let ticks = plugin.budget().deadline.as_nanos().div_ceil(tick);
         // One extra tick: the current tick may be about to end.
         let deadline_ticks = u64::try_from(ticks).unwrap_or(u64::MAX).saturating_add(1);
+        let plugin_log_rate = plugin.budget().log_rate;
+        let stats = PluginStats::default();
         let pool = Self {
             plugin,
             config_json: config_json.into(),
             deadline_ticks,
             idle: Mutex::new(Vec::new()),
-            stats: PluginStats::default(),
+            log_limiter: Arc::new(LogLimiter::new(
+                plugin_log_rate,
+                stats.log_lines_dropped.clone(),
+            )),
+            stats,
         };
         let first = pool.instantiate()?;
         pool.put_back(first);
@@ -156,10 +172,12 @@ impl PluginPool {
         context: &mut CallContext,
         request: &types::UpgradeRequest,
     ) -> Result<types::UpgradeVerdict, PluginFault> {
-        self.call(context, |instance| match &instance.hooks.upgrade {
+        let verdict = self.call(context, |instance| match &instance.hooks.upgrade {
             Some(hook) => hook.call_on_upgrade(&mut instance.store, request),
             None => Err(wasmtime::Error::msg("the plugin has no upgrade hook")),
-        })
+        })?;
+        self.check_output(upgrade_output(&verdict))?;
+        Ok(verdict)
     }
 
     /// Run the plugin's message hook.
@@ -169,9 +187,26 @@ impl PluginPool {
         direction: types::Direction,
         message: &types::Message,
     ) -> Result<types::MessageVerdict, PluginFault> {
-        self.call(context, |instance| match &instance.hooks.message {
+        let verdict = self.call(context, |instance| match &instance.hooks.message {
             Some(hook) => hook.call_on_message(&mut instance.store, direction, message),
             None => Err(wasmtime::Error::msg("the plugin has no message hook")),
+        })?;
+        self.check_output(message_output(&verdict))?;
+        Ok(verdict)
+    }
+
+    /// Refuse a verdict over the output budget. The guest's memory cap
+    /// bounds the transient copy; this bounds what travels on.
+    fn check_output(&self, bytes: usize) -> Result<(), PluginFault> {
+        let limit = self.plugin.budget().max_output;
+        if bytes <= limit {
+            return Ok(());
+        }
+        self.stats.count(FaultKind::Output);
+        Err(PluginFault {
+            plugin: self.plugin.id.clone(),
+            kind: FaultKind::Output,
+            message: format!("returned {bytes} bytes, over its max-output of {limit}"),
         })
     }
 
@@ -249,7 +284,12 @@ impl PluginPool {
             .memory_size(plugin.budget().memory_limit)
             .trap_on_grow_failure(true)
             .build();
-        let state = HostState::new(plugin.id.clone(), self.config_json.clone(), limits);
+        let state = HostState::new(
+            plugin.id.clone(),
+            self.config_json.clone(),
+            limits,
+            self.log_limiter.clone(),
+        );
         let mut store = Store::new(&plugin.engine, state);
         store.limiter(|state| &mut state.limits);
         store.set_epoch_deadline(self.deadline_ticks);
@@ -267,6 +307,53 @@ impl PluginPool {
             })?;
         self.stats.instances_created.fetch_add(1, Ordering::Relaxed);
         Ok(PluginInstance { store, hooks })
+    }
+}
+
+fn message_bytes(message: &types::Message) -> usize {
+    match message {
+        types::Message::Text(text) => text.len(),
+        types::Message::Binary(data) | types::Message::Ping(data) | types::Message::Pong(data) => {
+            data.len()
+        }
+        types::Message::Close(frame) => frame.as_ref().map_or(0, |f| f.reason.len() + 2),
+    }
+}
+
+fn headers_bytes(headers: &[types::Header]) -> usize {
+    headers.iter().map(|h| h.name.len() + h.value.len()).sum()
+}
+
+/// Bytes a message verdict carries onward.
+fn message_output(verdict: &types::MessageVerdict) -> usize {
+    match verdict {
+        types::MessageVerdict::Replace(messages) | types::MessageVerdict::Reply(messages) => {
+            messages.iter().map(message_bytes).sum()
+        }
+        types::MessageVerdict::Close(frame) => frame.reason.len() + 2,
+        types::MessageVerdict::Forward | types::MessageVerdict::Drop => 0,
+    }
+}
+
+/// Bytes an upgrade verdict carries onward.
+fn upgrade_output(verdict: &types::UpgradeVerdict) -> usize {
+    match verdict {
+        types::UpgradeVerdict::Continue => 0,
+        types::UpgradeVerdict::Modify(ops) => ops
+            .iter()
+            .map(|op| match op {
+                types::HeaderOp::Set(h) | types::HeaderOp::Append(h) => {
+                    h.name.len() + h.value.len()
+                }
+                types::HeaderOp::Remove(name) => name.len(),
+            })
+            .sum(),
+        types::UpgradeVerdict::Reject(r) => headers_bytes(&r.headers) + r.body.len(),
+        types::UpgradeVerdict::Route(r) => {
+            r.url.len()
+                + headers_bytes(&r.headers)
+                + r.subprotocols.iter().map(String::len).sum::<usize>()
+        }
     }
 }
 

@@ -1,7 +1,11 @@
 //! Test guest: misbehaves on command, to prove faults stay contained.
 //!
 //! Text messages: `trap` panics, `loop` never returns, `alloc` grows memory
-//! without bound; anything else is forwarded. With `reject-config` set,
+//! without bound, `giant` returns a 4 MiB message, `log-flood` logs 10,000
+//! lines, `slow` busy-waits 20 ms (legal under its deadline),
+//! `probe-file` / `probe-network` / `probe-env` / `probe-state` try to reach
+//! files, sockets, the environment and another connection's state and reply
+//! with what they reached; anything else is forwarded. With `reject-config` set,
 //! it refuses to configure; upgrades misbehave on the header
 //! `x-test-fault: trap|loop|alloc`.
 
@@ -61,12 +65,52 @@ impl UpgradeFilter for TestFaults {
     }
 }
 
+/// Try to reach what a sandbox must refuse. Files and sockets are not
+/// linked at all (the call traps); the environment is empty; state is per
+/// connection. Returns what was reached.
+fn probe(what: &str) -> String {
+    let reached = match what {
+        "file" => std::fs::read("/etc/passwd").is_ok() || std::fs::read_dir("/").is_ok(),
+        "network" => std::net::TcpStream::connect("127.0.0.1:80").is_ok(),
+        "env" => std::env::vars().next().is_some() || std::env::var("HOME").is_ok(),
+        "state" => {
+            let seen = state::get("secret").is_some();
+            state::set("secret", b"mine");
+            seen
+        }
+        _ => false,
+    };
+    format!(r#"{{"{what}":{reached}}}"#)
+}
+
 impl MessageFilter for TestFaults {
     fn on_message(_config: &Config, _direction: Direction, message: Message) -> MessageVerdict {
-        if let Message::Text(text) = &message {
-            misbehave(text);
+        let Message::Text(text) = &message else {
+            return MessageVerdict::Forward;
+        };
+        match text.as_str() {
+            "giant" => MessageVerdict::modify(Message::Binary(vec![7; 4 << 20])),
+            "log-flood" => {
+                for i in 0..10_000 {
+                    log::info(&format!("flood {i}"));
+                }
+                MessageVerdict::Forward
+            }
+            "slow" => {
+                let start = context::monotonic_ns();
+                while context::monotonic_ns() - start < 20_000_000 {
+                    std::hint::spin_loop();
+                }
+                MessageVerdict::Forward
+            }
+            probe_command if probe_command.starts_with("probe-") => {
+                MessageVerdict::Reply(vec![Message::Text(probe(&probe_command[6..]))])
+            }
+            command => {
+                misbehave(command);
+                MessageVerdict::Forward
+            }
         }
-        MessageVerdict::Forward
     }
 }
 
