@@ -63,7 +63,9 @@ pub use bindings::wsgate::plugin::types::{
 
 mod helpers;
 pub mod policy;
-pub use helpers::{percent_decode, render_template, template_names};
+pub use helpers::{
+    connection_value, is_connection_placeholder, percent_decode, render_template, template_names,
+};
 pub mod host;
 pub use host::{context, log, state};
 

@@ -13,7 +13,9 @@ use std::collections::BTreeMap;
 use serde_json::{Map, Value};
 use wsgate_plugin_sdk::policy::{NonJson, json_of};
 use wsgate_plugin_sdk::prelude::*;
-use wsgate_plugin_sdk::{render_template, template_names};
+use wsgate_plugin_sdk::{
+    connection_value, is_connection_placeholder, render_template, template_names,
+};
 
 #[derive(serde::Deserialize, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
@@ -41,33 +43,6 @@ struct Config {
 
 fn payload() -> String {
     "payload".to_string()
-}
-
-fn known(name: &str) -> bool {
-    matches!(name, "connection-id" | "endpoint" | "direction" | "now-ms")
-        || name.strip_prefix("header.").is_some_and(|n| !n.is_empty())
-        || name
-            .strip_prefix("attribute.")
-            .is_some_and(|n| !n.is_empty())
-}
-
-fn lookup(name: &str, direction: Direction) -> Option<String> {
-    match name {
-        "connection-id" => Some(context::connection_id().to_string()),
-        "endpoint" => Some(context::endpoint_path()),
-        "now-ms" => Some(context::now_ms().to_string()),
-        "direction" => Some(
-            match direction {
-                Direction::ClientToServer => "client-to-server",
-                Direction::ServerToClient => "server-to-client",
-            }
-            .into(),
-        ),
-        _ => match name.strip_prefix("attribute.") {
-            Some(attribute) => state::attribute(attribute),
-            None => context::request_header(name.strip_prefix("header.")?),
-        },
-    }
 }
 
 const BASE64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -100,7 +75,9 @@ impl Plugin for Envelope {
     fn validate(config: &Config) -> Result<(), ConfigError> {
         for (key, value) in &config.metadata {
             if let Value::String(template) = value
-                && let Some(bad) = template_names(template).into_iter().find(|n| !known(n))
+                && let Some(bad) = template_names(template)
+                    .into_iter()
+                    .find(|n| !is_connection_placeholder(n))
             {
                 return Err(ConfigError {
                     field: format!("/metadata/{key}"),
@@ -126,7 +103,7 @@ fn wrap(config: &Config, direction: Direction, message: Message) -> MessageVerdi
     for (key, value) in &config.metadata {
         let value = match value {
             Value::String(template) => Value::String(
-                render_template(template, |n| lookup(n, direction)).unwrap_or_default(),
+                render_template(template, |n| connection_value(n, direction)).unwrap_or_default(),
             ),
             other => other.clone(),
         };

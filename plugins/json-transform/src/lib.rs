@@ -10,7 +10,9 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 use wsgate_plugin_sdk::policy::NonJson;
 use wsgate_plugin_sdk::prelude::*;
-use wsgate_plugin_sdk::{render_template, template_names};
+use wsgate_plugin_sdk::{
+    connection_value, is_connection_placeholder, render_template, template_names,
+};
 
 /// Configuration of `json-transform`.
 #[derive(serde::Deserialize)]
@@ -28,36 +30,6 @@ struct Config {
     /// What to do with text that is not JSON, and with binary messages.
     #[serde(default)]
     non_json: NonJson,
-}
-
-fn known(name: &str) -> bool {
-    matches!(
-        name,
-        "connection-id" | "endpoint" | "content-type" | "route" | "direction"
-    ) || name.strip_prefix("header.").is_some_and(|n| !n.is_empty())
-        || name
-            .strip_prefix("attribute.")
-            .is_some_and(|n| !n.is_empty())
-}
-
-fn lookup(name: &str, direction: Direction) -> Option<String> {
-    match name {
-        "connection-id" => Some(context::connection_id().to_string()),
-        "endpoint" => Some(context::endpoint_path()),
-        "content-type" => Some(context::content_type()),
-        "route" => context::route_url(),
-        "direction" => Some(
-            match direction {
-                Direction::ClientToServer => "client-to-server",
-                Direction::ServerToClient => "server-to-client",
-            }
-            .to_string(),
-        ),
-        _ => match name.strip_prefix("attribute.") {
-            Some(attribute) => state::attribute(attribute),
-            None => context::request_header(name.strip_prefix("header.")?),
-        },
-    }
 }
 
 /// Split a JSON Pointer into unescaped tokens; `None` if it is not one.
@@ -125,9 +97,9 @@ fn take_at(root: &mut Value, pointer: &str) -> Option<Value> {
 /// Fill templates in every string of `value`.
 fn render(value: &Value, direction: Direction) -> Value {
     match value {
-        Value::String(template) => {
-            Value::String(render_template(template, |n| lookup(n, direction)).unwrap_or_default())
-        }
+        Value::String(template) => Value::String(
+            render_template(template, |n| connection_value(n, direction)).unwrap_or_default(),
+        ),
         Value::Array(items) => Value::Array(items.iter().map(|v| render(v, direction)).collect()),
         Value::Object(map) => Value::Object(
             map.iter()
@@ -140,11 +112,14 @@ fn render(value: &Value, direction: Direction) -> Value {
 
 fn check_templates(value: &Value, field: &str) -> Result<(), ConfigError> {
     match value {
-        Value::String(template) => match template_names(template).into_iter().find(|n| !known(n)) {
+        Value::String(template) => match template_names(template)
+            .into_iter()
+            .find(|n| !is_connection_placeholder(n))
+        {
             Some(bad) => Err(ConfigError {
                 field: field.to_string(),
                 message: format!(
-                    "unknown placeholder `${{{bad}}}` (use connection-id, endpoint, content-type, route, direction, header.NAME, attribute.NAME)"
+                    "unknown placeholder `${{{bad}}}` (use connection-id, endpoint, content-type, route, direction, now-ms, header.NAME, attribute.NAME)"
                 ),
             }),
             None => Ok(()),
