@@ -18,7 +18,7 @@ fn faults_block(extra: &str) -> String {
 #[tokio::test]
 async fn a_plugin_importing_an_ungranted_capability_is_refused_naming_it() {
     let text = config_text(&format!(
-        "[[plugin]]\nname = \"transform\"\nversion = \"1.0.0\"\npath = \"{}\"\ngrants = [\"state\"]\n\n",
+        "[[plugin]]\nname = \"transform\"\nversion = \"1.0.0\"\npath = \"{}\"\ngrants = [\"state\", \"clocks\"]\n\n",
         plugin_path("json-transform").display()
     ));
     let errors = wsgate_proxy::Generation::build(0, parse_config(&text), runtime())

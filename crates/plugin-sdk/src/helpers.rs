@@ -157,6 +157,43 @@ pub fn template_names(template: &str) -> Vec<&str> {
     names
 }
 
+/// The placeholders every message plugin may use in templates: values of the
+/// current connection (`${connection-id}`, `${endpoint}`, `${content-type}`,
+/// `${route}`, `${direction}`, `${now-ms}`, `${header.NAME}` of the upgrade
+/// request, `${attribute.NAME}` published by another plugin).
+pub fn is_connection_placeholder(name: &str) -> bool {
+    matches!(
+        name,
+        "connection-id" | "endpoint" | "content-type" | "route" | "direction" | "now-ms"
+    ) || ["header.", "attribute."]
+        .iter()
+        .any(|prefix| name.strip_prefix(prefix).is_some_and(|n| !n.is_empty()))
+}
+
+/// The value of a connection placeholder (see [`is_connection_placeholder`])
+/// for a message travelling in `direction`; `None` when it has none.
+pub fn connection_value(name: &str, direction: crate::Direction) -> Option<String> {
+    use crate::host::{context, state};
+    match name {
+        "connection-id" => Some(context::connection_id().to_string()),
+        "endpoint" => Some(context::endpoint_path()),
+        "content-type" => Some(context::content_type()),
+        "route" => context::route_url(),
+        "now-ms" => Some(context::now_ms().to_string()),
+        "direction" => Some(
+            match direction {
+                crate::Direction::ClientToServer => "client-to-server",
+                crate::Direction::ServerToClient => "server-to-client",
+            }
+            .to_string(),
+        ),
+        _ => match name.strip_prefix("attribute.") {
+            Some(attribute) => state::attribute(attribute),
+            None => context::request_header(name.strip_prefix("header.")?),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -192,42 +229,5 @@ mod tests {
         assert_eq!(request.host(), Some("Example.com"));
         assert_eq!(request.path_segment(1), Some("eu"));
         assert_eq!(request.header("HOST"), Some("Example.com:8080"));
-    }
-}
-
-/// The placeholders every message plugin may use in templates: values of the
-/// current connection (`${connection-id}`, `${endpoint}`, `${content-type}`,
-/// `${route}`, `${direction}`, `${now-ms}`, `${header.NAME}` of the upgrade
-/// request, `${attribute.NAME}` published by another plugin).
-pub fn is_connection_placeholder(name: &str) -> bool {
-    matches!(
-        name,
-        "connection-id" | "endpoint" | "content-type" | "route" | "direction" | "now-ms"
-    ) || ["header.", "attribute."]
-        .iter()
-        .any(|prefix| name.strip_prefix(prefix).is_some_and(|n| !n.is_empty()))
-}
-
-/// The value of a connection placeholder (see [`is_connection_placeholder`])
-/// for a message travelling in `direction`; `None` when it has none.
-pub fn connection_value(name: &str, direction: crate::Direction) -> Option<String> {
-    use crate::host::{context, state};
-    match name {
-        "connection-id" => Some(context::connection_id().to_string()),
-        "endpoint" => Some(context::endpoint_path()),
-        "content-type" => Some(context::content_type()),
-        "route" => context::route_url(),
-        "now-ms" => Some(context::now_ms().to_string()),
-        "direction" => Some(
-            match direction {
-                crate::Direction::ClientToServer => "client-to-server",
-                crate::Direction::ServerToClient => "server-to-client",
-            }
-            .to_string(),
-        ),
-        _ => match name.strip_prefix("attribute.") {
-            Some(attribute) => state::attribute(attribute),
-            None => context::request_header(name.strip_prefix("header.")?),
-        },
     }
 }
