@@ -115,3 +115,20 @@ fn echo_serves_and_stops_on_sigterm() {
     assert!(status.success());
     assert!(child.wait().unwrap().success());
 }
+
+#[test]
+fn the_demo_configurations_check_clean() {
+    wsgate_tests::plugin_dir();
+    for file in ["host-config.toml", "host-config.v2.toml"] {
+        let output = wsgate()
+            .args(["check", "--config"])
+            .arg(wsgate_tests::repo_root().join(file))
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{file}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
