@@ -52,6 +52,11 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
             plugin.path = base_dir.join(&plugin.path);
         }
     }
+    if let Some(cache) = config.gateway.plugin_cache_dir.as_mut()
+        && cache.is_relative()
+    {
+        *cache = base_dir.join(&*cache);
+    }
     config.source = source;
     validate::validate(&config)?;
     Ok(config)

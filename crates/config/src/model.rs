@@ -52,6 +52,11 @@ pub struct Gateway {
     /// too much memory per idle connection).
     #[serde(default = "default_read_buffer")]
     pub read_buffer_size: ByteSize,
+    /// Directory for precompiled plugins, keyed by content digest and engine;
+    /// relative to the configuration file. None: compile at every start.
+    /// It must be writable only by the gateway's user.
+    #[serde(default)]
+    pub plugin_cache_dir: Option<PathBuf>,
 }
 
 /// The admin listener: deploys, generations, health, metrics.

@@ -128,11 +128,19 @@ pub struct Runtime {
     /// Compiled components by content digest: reloading an unchanged plugin
     /// (another endpoint, a new configuration) skips compilation.
     compiled: Arc<Mutex<HashMap<String, Component>>>,
+    /// Where precompiled components persist across restarts, if anywhere.
+    cache_dir: Option<std::path::PathBuf>,
 }
 
 impl Runtime {
     /// Start an engine with epoch interruption and a ticker thread.
     pub fn new() -> Result<Self, RuntimeError> {
+        Self::with_cache(None)
+    }
+
+    /// [`Runtime::new`], keeping precompiled plugins in `cache_dir`
+    /// (created if missing) so later starts skip compilation.
+    pub fn with_cache(cache_dir: Option<std::path::PathBuf>) -> Result<Self, RuntimeError> {
         let mut config = EngineConfig::new();
         config.epoch_interruption(true);
         config.wasm_component_model(true);
@@ -143,6 +151,7 @@ impl Runtime {
             engine,
             linker: Arc::new(linker),
             compiled: Arc::default(),
+            cache_dir,
         })
     }
 
@@ -239,11 +248,62 @@ impl Runtime {
         if let Some(component) = cached {
             return Ok(component);
         }
-        let component = Component::new(&self.engine, bytes)?;
+        let component = match &self.cache_dir {
+            Some(dir) => self.compile_cached(dir, digest, bytes)?,
+            None => Component::new(&self.engine, bytes)?,
+        };
         if let Ok(mut compiled) = self.compiled.lock() {
             compiled.insert(digest.to_string(), component.clone());
         }
         Ok(component)
+    }
+}
+
+impl Runtime {
+    /// Load the precompiled artifact for `digest` from `dir`, or compile
+    /// `bytes`, store the artifact (atomically) and load it.
+    #[allow(unsafe_code)]
+    fn compile_cached(
+        &self,
+        dir: &std::path::Path,
+        digest: &str,
+        bytes: &[u8],
+    ) -> wasmtime::Result<Component> {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        self.engine
+            .precompile_compatibility_hash()
+            .hash(&mut hasher);
+        let name = format!(
+            "{}-{:016x}.cwasm",
+            digest.trim_start_matches("sha256:"),
+            hasher.finish()
+        );
+        let path = dir.join(name);
+        // Read into memory rather than mapping the file: an artifact replaced
+        // or truncated on disk later cannot then fault the process.
+        if let Ok(artifact) = std::fs::read(&path) {
+            // SAFETY: artifacts in the cache directory are written only by
+            // this function, from `Engine::precompile_component`, under a name
+            // derived from the source's digest and this engine's
+            // compatibility hash; wasmtime also checks the artifact's header
+            // against the engine. The directory must be writable only by the
+            // gateway (documented with `plugin-cache-dir`).
+            match unsafe { Component::deserialize(&self.engine, &artifact) } {
+                Ok(component) => return Ok(component),
+                Err(error) => {
+                    tracing::warn!(path = %path.display(), %error, "stale plugin cache entry; recompiling");
+                }
+            }
+        }
+        let artifact = self.engine.precompile_component(bytes)?;
+        std::fs::create_dir_all(dir)?;
+        let temporary = path.with_extension(format!("tmp{}", std::process::id()));
+        std::fs::write(&temporary, &artifact)?;
+        std::fs::rename(&temporary, &path)?;
+        // SAFETY: `artifact` was just produced by this engine's
+        // `precompile_component`.
+        unsafe { Component::deserialize(&self.engine, &artifact) }
     }
 }
 

@@ -99,7 +99,7 @@ fn main() -> ExitCode {
 async fn run(path: &Path) -> anyhow::Result<()> {
     let mut signals = ShutdownSignals::install().context("cannot listen for signals")?;
     let config = wsgate_config::load(path).map_err(anyhow::Error::msg)?;
-    let runtime = Runtime::new()?;
+    let runtime = Runtime::with_cache(config.gateway.plugin_cache_dir.clone())?;
     let gateway = Gateway::start(config, &runtime).await?;
     let generation = gateway.generation();
     eprintln!("wsgate listening on {}", gateway.local_addr());
@@ -153,7 +153,7 @@ async fn reload(gateway: &Gateway, path: &Path) {
 #[allow(clippy::print_stdout)]
 fn check(path: &Path) -> anyhow::Result<()> {
     let config = wsgate_config::load(path).map_err(anyhow::Error::msg)?;
-    let runtime = Runtime::new()?;
+    let runtime = Runtime::with_cache(config.gateway.plugin_cache_dir.clone())?;
     let generation = Generation::build(0, config, &runtime).map_err(anyhow::Error::msg)?;
     println!(
         "{}: ok ({} endpoints, {} plugins, {} configured plugin pools)",
