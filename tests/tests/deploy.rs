@@ -344,3 +344,54 @@ async fn http(
     let body = response.split_once("\r\n\r\n").unwrap().1.to_string();
     (status, body)
 }
+
+#[tokio::test]
+async fn remote_host_limits_count_connections_across_a_deploy() {
+    let echo = start_echo().await;
+    let text = config_text(
+        &(format!("[[remote-host]]\naddress = \"{echo}\"\nmax-connections = 1\n\n")
+            + &endpoint("/load", echo, "")),
+    );
+    let gateway = Gateway::start(parse_config(&text), runtime())
+        .await
+        .unwrap();
+    let first = connect(&gateway, "/load").await;
+    gateway.deploy(parse_config(&text), "test").await.unwrap();
+    // The connection on the old generation still holds the only permit.
+    assert_eq!(
+        try_upgrade(&gateway, "/load", &[]).await.err().unwrap().0,
+        503
+    );
+    drop(first);
+    gateway.wait_for_connections(0).await;
+    assert!(try_upgrade(&gateway, "/load", &[]).await.is_ok());
+}
+
+#[tokio::test]
+async fn two_endpoints_pin_two_versions_of_one_plugin_side_by_side() {
+    let echo = start_echo().await;
+    let gateway = start_gateway(
+        &(endpoint(
+            "/v1",
+            echo,
+            "client-messages = [{ plugin = \"tagger@1.0.0\" }]",
+        ) + &endpoint(
+            "/v2",
+            echo,
+            "client-messages = [{ plugin = \"tagger@2.0.0\" }]",
+        )),
+    )
+    .await;
+    let mut one = connect(&gateway, "/v1").await;
+    let mut two = connect(&gateway, "/v2").await;
+    send_text(&mut one, r#"{"n":1}"#).await;
+    send_text(&mut two, r#"{"n":2}"#).await;
+    assert_eq!(
+        next_text(&mut one).await,
+        r#"{"n":1,"tagged-by":"tagger@1.0.0"}"#
+    );
+    assert_eq!(
+        next_text(&mut two).await,
+        r#"{"n":2,"tagged-by":"tagger@2.0.0"}"#
+    );
+}

@@ -49,6 +49,8 @@ pub struct LiveEndpoint {
 pub struct RemoteLimit {
     /// Permits for open connections; `None` when unlimited.
     pub permits: Option<Arc<Semaphore>>,
+    /// The configured limit the permits were made for.
+    pub max_connections: Option<usize>,
     /// Longest time to connect and finish the upstream handshake.
     pub connect_timeout: Duration,
 }
@@ -209,6 +211,7 @@ impl Generation {
             .map(|host| {
                 let limit = RemoteLimit {
                     permits: host.connection_limit().map(|n| Arc::new(Semaphore::new(n))),
+                    max_connections: host.connection_limit(),
                     connect_timeout: host.connect_timeout.0,
                 };
                 (host.address.get_ref().to_ascii_lowercase(), Arc::new(limit))
@@ -225,6 +228,23 @@ impl Generation {
             remote_hosts,
             pools,
         })
+    }
+
+    /// Share `previous`'s connection permits for every remote host whose
+    /// limit is unchanged, so a deploy does not reset the count: connections
+    /// open on the old generation still hold their permits.
+    pub fn carry_limits_from(&mut self, previous: &Generation) {
+        for (address, limit) in &mut self.remote_hosts {
+            if let Some(old) = previous.remote_hosts.get(address)
+                && old.max_connections == limit.max_connections
+            {
+                *limit = Arc::new(RemoteLimit {
+                    permits: old.permits.clone(),
+                    max_connections: limit.max_connections,
+                    connect_timeout: limit.connect_timeout,
+                });
+            }
+        }
     }
 
     /// The enabled endpoint serving `path`.

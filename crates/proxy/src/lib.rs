@@ -193,7 +193,13 @@ impl Gateway {
     ) -> Result<u64, ConfigErrors> {
         let _deploying = self.shared.deploying.lock().await;
         let id = self.shared.next_generation.load(Ordering::Relaxed);
-        let built = config.and_then(|config| Generation::build(id, config, &self.shared.runtime));
+        let current = self.shared.generation();
+        let built = config
+            .and_then(|config| Generation::build(id, config, &self.shared.runtime))
+            .map(|mut generation| {
+                generation.carry_limits_from(&current);
+                generation
+            });
         let result = match built {
             Ok(generation) => {
                 let generation = Arc::new(generation);
