@@ -162,24 +162,7 @@ async fn upgrade(
     };
 
     // The client gets 101 only now, with the upstream's subprotocol if the client offered it.
-    let mut response = Response::new(Full::new(Bytes::new()));
-    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let key = request
-        .headers()
-        .get(header::SEC_WEBSOCKET_KEY)
-        .map(HeaderValue::as_bytes)
-        .unwrap_or_default();
-    let accept = derive_accept_key(key);
-    let response_headers = response.headers_mut();
-    response_headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    response_headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    if let Ok(accept) = HeaderValue::from_str(&accept) {
-        response_headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
-    }
-    if let Some(protocol) = upstream.protocol.filter(|p| client_offered(&request, p)) {
-        response_headers.insert(header::SEC_WEBSOCKET_PROTOCOL, protocol);
-    }
-
+    let response = switching_protocols(&request, upstream.protocol);
     let _ = info.route_url.set(route.url.clone());
     let on_upgrade = hyper::upgrade::on(&mut request);
     let session = Session::new(id, generation, endpoint, contexts, shared.clone(), permit);
@@ -203,6 +186,28 @@ async fn upgrade(
     shared
         .tracker
         .spawn(relay.instrument(tracing::Span::current()));
+    response
+}
+
+/// The client's 101, answering its key, with the upstream's subprotocol if
+/// the client offered it.
+fn switching_protocols(request: &Request<Incoming>, protocol: Option<HeaderValue>) -> HttpResponse {
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let key = request
+        .headers()
+        .get(header::SEC_WEBSOCKET_KEY)
+        .map(HeaderValue::as_bytes)
+        .unwrap_or_default();
+    let headers = response.headers_mut();
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    if let Ok(accept) = HeaderValue::from_str(&derive_accept_key(key)) {
+        headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    }
+    if let Some(protocol) = protocol.filter(|p| client_offered(request, p)) {
+        headers.insert(header::SEC_WEBSOCKET_PROTOCOL, protocol);
+    }
     response
 }
 
