@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 pub use error::{ConfigError, ConfigErrors, SourceMap};
 pub use model::{
     Admin, Capability, ChainEntry, Config, EchoServer, Endpoint, FailPolicy, Gateway, PathMatch,
-    PluginDecl, PluginRef, RemoteHost,
+    PluginDecl, PluginRef, RemoteHost, Signing, TrustedKey,
 };
 pub use units::{ByteSize, HumanDuration, parse_duration, parse_size};
 
@@ -50,6 +50,11 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
     for plugin in &mut config.plugins {
         if plugin.path.is_relative() {
             plugin.path = base_dir.join(&plugin.path);
+        }
+        if let Some(signature) = plugin.signature.as_mut()
+            && signature.is_relative()
+        {
+            *signature = base_dir.join(&*signature);
         }
     }
     if let Some(cache) = config.gateway.plugin_cache_dir.as_mut()

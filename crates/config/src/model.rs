@@ -19,6 +19,9 @@ pub struct Config {
     /// The admin listener (deploys, generations, health); none when absent.
     #[serde(default)]
     pub admin: Option<Admin>,
+    /// Plugin signatures: trusted keys and whether signatures are required.
+    #[serde(default)]
+    pub signing: Signing,
     /// Echo WebSocket servers the gateway runs in-process (for demos and tests).
     #[serde(default, rename = "echo-server")]
     pub echo_servers: Vec<EchoServer>,
@@ -71,6 +74,28 @@ pub struct Admin {
     pub token: Option<String>,
 }
 
+/// Plugin signature policy.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Signing {
+    /// Refuse every plugin that is not signed by a trusted key.
+    #[serde(default)]
+    pub require_signed: bool,
+    /// Public keys whose signatures are trusted.
+    #[serde(default)]
+    pub trusted_keys: Vec<TrustedKey>,
+}
+
+/// A trusted ed25519 public key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct TrustedKey {
+    /// The key's name, as written in signature files.
+    pub name: String,
+    /// The 32-byte public key, base64.
+    pub public_key: String,
+}
+
 /// An echo WebSocket server run inside the gateway process.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -98,6 +123,9 @@ pub struct PluginDecl {
     /// Largest linear memory an instance may grow to.
     #[serde(default = "default_memory_limit")]
     pub memory_limit: ByteSize,
+    /// Detached signature file (default: the component's path plus `.sig`, if present).
+    #[serde(default)]
+    pub signature: Option<PathBuf>,
     /// Host capabilities the plugin may import; nothing is granted by default.
     #[serde(default)]
     pub grants: Vec<Capability>,
@@ -205,6 +233,9 @@ pub struct Endpoint {
     /// Disabled endpoints answer 404, as if absent.
     #[serde(default = "yes")]
     pub enabled: bool,
+    /// Refuse plugins on this endpoint's chains that are not signed by a trusted key.
+    #[serde(default)]
+    pub require_signed: bool,
     /// The default MIME type of message bodies, handed to plugins.
     #[serde(default = "default_content_type")]
     pub content_type: String,

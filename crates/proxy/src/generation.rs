@@ -88,13 +88,14 @@ impl Generation {
 
         let mut plugins: HashMap<String, Arc<Plugin>> = HashMap::new();
         for (i, decl) in config.plugins.iter().enumerate() {
-            match runtime.load(decl) {
+            match runtime.load_signed(decl, &config.signing) {
                 Ok(plugin) => {
                     plugins.insert(decl.id(), plugin);
                 }
                 Err(error) => {
                     let field = match error {
                         RuntimeError::Digest { .. } => format!("plugin[{i}].digest"),
+                        RuntimeError::Signature { .. } => format!("plugin[{i}].signature"),
                         _ => format!("plugin[{i}].path"),
                     };
                     errors.push(source.error(decl.name.span(), field, error.to_string()));
@@ -119,6 +120,16 @@ impl Generation {
                             // Not loaded: its load error is reported above.
                             continue;
                         };
+                        if endpoint.require_signed && plugin.signed_by().is_none() {
+                            errors.push(at(
+                                format!("{field}.plugin"),
+                                format!(
+                                    "{id} is unsigned, and endpoint {} requires signed plugins",
+                                    endpoint.path.get_ref()
+                                ),
+                            ));
+                            continue;
+                        }
                         let roles = plugin.roles();
                         let fits = if chain == "upgrade" {
                             roles.upgrade

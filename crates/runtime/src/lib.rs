@@ -14,6 +14,7 @@
 mod bindings;
 mod host;
 mod pool;
+pub mod signing;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -76,6 +77,14 @@ pub enum RuntimeError {
         /// The plugin as `name@version`.
         plugin: String,
         /// What is wrong.
+        message: String,
+    },
+    /// The plugin's signature is missing where required, or does not verify.
+    #[error("plugin {plugin}: {message}")]
+    Signature {
+        /// The plugin as `name@version`.
+        plugin: String,
+        /// Why it was refused.
         message: String,
     },
     /// The plugin refused its configuration.
@@ -156,7 +165,20 @@ impl Runtime {
     }
 
     /// Compile the plugin `decl`, check its pinned digest and tell its role.
+    /// Signatures are not checked; see [`Runtime::load_signed`].
     pub fn load(&self, decl: &wsgate_config::PluginDecl) -> Result<Arc<Plugin>, RuntimeError> {
+        self.load_signed(decl, &wsgate_config::Signing::default())
+    }
+
+    /// [`Runtime::load`], also checking the plugin's detached signature
+    /// against `signing`: a signature that is present must verify with a
+    /// trusted key; an unsigned plugin is refused when `signing` requires
+    /// signatures.
+    pub fn load_signed(
+        &self,
+        decl: &wsgate_config::PluginDecl,
+        signing: &wsgate_config::Signing,
+    ) -> Result<Arc<Plugin>, RuntimeError> {
         let id = decl.id();
         let path = decl.path.display().to_string();
         let bytes = std::fs::read(&decl.path).map_err(|e| RuntimeError::Read {
@@ -179,6 +201,11 @@ impl Runtime {
             plugin: id.clone(),
             message,
         };
+        let signed_by =
+            check_signature(decl, signing, &bytes).map_err(|message| RuntimeError::Signature {
+                plugin: id.clone(),
+                message,
+            })?;
         let component = self
             .compile(&digest, &bytes)
             .map_err(|e| invalid(format!("{path} is not a loadable component: {e:#}")))?;
@@ -223,6 +250,7 @@ impl Runtime {
         Ok(Arc::new(Plugin {
             id: id.as_str().into(),
             digest,
+            signed_by,
             roles,
             budget: Budget {
                 deadline: decl.deadline.0,
@@ -311,6 +339,7 @@ impl Runtime {
 pub struct Plugin {
     id: Arc<str>,
     digest: String,
+    signed_by: Option<String>,
     roles: Roles,
     budget: Budget,
     engine: Engine,
@@ -326,6 +355,10 @@ impl Plugin {
     /// The component's content digest, `sha256:…`.
     pub fn digest(&self) -> &str {
         &self.digest
+    }
+    /// The trusted key that signed it, if it is signed.
+    pub fn signed_by(&self) -> Option<&str> {
+        self.signed_by.as_deref()
     }
     /// The hooks it implements.
     pub fn roles(&self) -> Roles {
@@ -344,6 +377,38 @@ impl std::fmt::Debug for Plugin {
             .field("digest", &self.digest)
             .field("roles", &self.roles)
             .finish_non_exhaustive()
+    }
+}
+
+/// The trusted key that signed `bytes`, `None` if unsigned (and allowed).
+fn check_signature(
+    decl: &wsgate_config::PluginDecl,
+    signing: &wsgate_config::Signing,
+    bytes: &[u8],
+) -> Result<Option<String>, String> {
+    let path = decl.signature.clone().unwrap_or_else(|| {
+        let mut path = decl.path.clone().into_os_string();
+        path.push(".sig");
+        path.into()
+    });
+    match std::fs::read_to_string(&path) {
+        Ok(file) => {
+            let trusted = signing
+                .trusted_keys
+                .iter()
+                .map(|k| (k.name.as_str(), k.public_key.as_str()));
+            signing::verify(&file, bytes, trusted)
+                .map(Some)
+                .map_err(|e| format!("signature {}: {e}", path.display()))
+        }
+        Err(_) if decl.signature.is_some() => {
+            Err(format!("cannot read its signature file {}", path.display()))
+        }
+        Err(_) if signing.require_signed => Err(format!(
+            "unsigned (no {}), and [signing] require-signed is set",
+            path.display()
+        )),
+        Err(_) => Ok(None),
     }
 }
 

@@ -132,3 +132,55 @@ fn the_demo_configurations_check_clean() {
         );
     }
 }
+
+#[test]
+fn keygen_and_sign_produce_what_check_accepts() {
+    let dir = std::env::temp_dir().join(format!("wsgate-cli-sign-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let component = dir.join("static_router.wasm");
+    std::fs::copy(wsgate_tests::plugin_path("static-router"), &component).unwrap();
+    let key = dir.join("acme.key");
+    let output = wsgate()
+        .args(["plugin", "keygen", "--name", "acme", "--out"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let printed = String::from_utf8_lossy(&output.stdout).to_string();
+    let trusted = printed
+        .lines()
+        .find(|l| l.starts_with("trusted-keys"))
+        .unwrap();
+    let output = wsgate()
+        .args(["plugin", "sign", "--name", "acme", "--key"])
+        .arg(&key)
+        .arg(&component)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let config = write_config(
+        "signed",
+        &format!(
+            "[gateway]\nlisten = \"127.0.0.1:0\"\n\n[signing]\nrequire-signed = true\n{trusted}\n\n\
+             [[plugin]]\nname = \"static-router\"\nversion = \"1.0.0\"\npath = \"{}\"\n",
+            component.display()
+        ),
+    );
+    let output = wsgate()
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).contains(": ok"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
