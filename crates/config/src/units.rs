@@ -69,49 +69,52 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("size `{text}` is too large"))
 }
 
+/// A value written either as text with a unit or as a bare integer.
+struct TextOrInteger<T> {
+    expecting: &'static str,
+    text: fn(&str) -> Result<T, String>,
+    integer: fn(i64) -> Result<T, String>,
+}
+
+impl<T> Visitor<'_> for TextOrInteger<T> {
+    type Value = T;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.expecting)
+    }
+    fn visit_str<E: de::Error>(self, text: &str) -> Result<T, E> {
+        (self.text)(text).map_err(E::custom)
+    }
+    fn visit_i64<E: de::Error>(self, value: i64) -> Result<T, E> {
+        (self.integer)(value).map_err(E::custom)
+    }
+}
+
 impl<'de> serde::Deserialize<'de> for HumanDuration {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct DurationVisitor;
-        impl Visitor<'_> for DurationVisitor {
-            type Value = HumanDuration;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a duration such as \"30s\", \"5min\", \"1h\" or \"2days\"")
-            }
-            fn visit_str<E: de::Error>(self, text: &str) -> Result<Self::Value, E> {
-                parse_duration(text).map(HumanDuration).map_err(E::custom)
-            }
-            fn visit_i64<E: de::Error>(self, value: i64) -> Result<Self::Value, E> {
-                if value == 0 {
-                    Ok(HumanDuration(Duration::ZERO))
-                } else {
-                    Err(E::custom(format!(
-                        "a bare number is ambiguous: write \"{value}s\" or another unit"
-                    )))
-                }
-            }
-        }
-        deserializer.deserialize_any(DurationVisitor)
+        deserializer.deserialize_any(TextOrInteger {
+            expecting: "a duration such as \"30s\", \"5min\", \"1h\" or \"2days\"",
+            text: |text| parse_duration(text).map(HumanDuration),
+            integer: |value| match value {
+                0 => Ok(HumanDuration(Duration::ZERO)),
+                _ => Err(format!(
+                    "a bare number is ambiguous: write \"{value}s\" or another unit"
+                )),
+            },
+        })
     }
 }
 
 impl<'de> serde::Deserialize<'de> for ByteSize {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct SizeVisitor;
-        impl Visitor<'_> for SizeVisitor {
-            type Value = ByteSize;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a size such as 4096, \"64KiB\" or \"1MiB\"")
-            }
-            fn visit_str<E: de::Error>(self, text: &str) -> Result<Self::Value, E> {
-                parse_size(text).map(ByteSize).map_err(E::custom)
-            }
-            fn visit_i64<E: de::Error>(self, value: i64) -> Result<Self::Value, E> {
+        deserializer.deserialize_any(TextOrInteger {
+            expecting: "a size such as 4096, \"64KiB\" or \"1MiB\"",
+            text: |text| parse_size(text).map(ByteSize),
+            integer: |value| {
                 u64::try_from(value)
                     .map(ByteSize)
-                    .map_err(|_| E::custom("a size cannot be negative"))
-            }
-        }
-        deserializer.deserialize_any(SizeVisitor)
+                    .map_err(|_| "a size cannot be negative".to_string())
+            },
+        })
     }
 }
 

@@ -5,9 +5,8 @@
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 
-fn wsgate() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_wsgate"))
-}
+mod common;
+use common::{check, run_with_path, stderr, wsgate};
 
 fn write_config(name: &str, text: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("wsgate-cli-{}-{name}", std::process::id()));
@@ -26,18 +25,14 @@ fn check_names_file_line_and_misspelt_key_and_exits_non_zero() {
         "misspelt",
         "[gateway]\nlisten = \"127.0.0.1:0\"\n\n[[endpoint]]\npath = \"/x\"\nexpires = \"1h\"\n",
     );
-    let output = wsgate()
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let output = check(&path);
     assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let errors = stderr(&output);
     let expected = format!(
         "{}:6:1: field `endpoint[0].expires`: unknown field `expires`",
         path.display()
     );
-    assert!(stderr.contains(&expected), "{stderr}");
+    assert!(errors.contains(&expected), "{errors}");
 }
 
 #[test]
@@ -46,34 +41,22 @@ fn check_reports_every_problem_and_accepts_a_good_config() {
         "several",
         "[gateway]\nlisten = \"127.0.0.1:0\"\n\n[[endpoint]]\npath = \"x\"\nupgrade = [{ plugin = \"nope@1\" }]\n",
     );
-    let output = wsgate()
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let output = check(&path);
     assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let errors = stderr(&output);
     assert!(
-        stderr.contains(":5:8: field `endpoint[0].path`"),
-        "{stderr}"
+        errors.contains(":5:8: field `endpoint[0].path`"),
+        "{errors}"
     );
     assert!(
-        stderr
+        errors
             .contains("field `endpoint[0].upgrade[0].plugin`: no [[plugin]] is declared as nope@1"),
-        "{stderr}"
+        "{errors}"
     );
 
     let path = write_config("good", "[gateway]\nlisten = \"127.0.0.1:0\"\n");
-    let output = wsgate()
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let output = check(&path);
+    assert!(output.status.success(), "{}", stderr(&output));
     assert!(String::from_utf8_lossy(&output.stdout).contains(": ok"));
 }
 
@@ -120,16 +103,8 @@ fn echo_serves_and_stops_on_sigterm() {
 fn the_demo_configurations_check_clean() {
     wsgate_tests::plugin_dir();
     for file in ["host-config.toml", "host-config.v2.toml"] {
-        let output = wsgate()
-            .args(["check", "--config"])
-            .arg(wsgate_tests::repo_root().join(file))
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "{file}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        let output = check(&wsgate_tests::repo_root().join(file));
+        assert!(output.status.success(), "{file}: {}", stderr(&output));
     }
 }
 
@@ -141,11 +116,7 @@ fn keygen_and_sign_produce_what_check_accepts() {
     let component = dir.join("static_router.wasm");
     std::fs::copy(wsgate_tests::plugin_path("static-router"), &component).unwrap();
     let key = dir.join("acme.key");
-    let output = wsgate()
-        .args(["plugin", "keygen", "--name", "acme", "--out"])
-        .arg(&key)
-        .output()
-        .unwrap();
+    let output = run_with_path(&["plugin", "keygen", "--name", "acme", "--out"], &key);
     assert!(output.status.success());
     let printed = String::from_utf8_lossy(&output.stdout).to_string();
     let trusted = printed
@@ -158,11 +129,7 @@ fn keygen_and_sign_produce_what_check_accepts() {
         .arg(&component)
         .output()
         .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "{}", stderr(&output));
     let config = write_config(
         "signed",
         &format!(
@@ -171,16 +138,8 @@ fn keygen_and_sign_produce_what_check_accepts() {
             component.display()
         ),
     );
-    let output = wsgate()
-        .args(["check", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let output = check(&config);
+    assert!(output.status.success(), "{}", stderr(&output));
     assert!(String::from_utf8_lossy(&output.stdout).contains(": ok"));
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -9,9 +9,8 @@ use std::sync::mpsc;
 
 use wsgate_tests::*;
 
-fn wsgate() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_wsgate"))
-}
+mod common;
+use common::{run_with_path, stderr, wsgate};
 
 /// A running `wsgate run` and its log lines.
 struct Running {
@@ -112,29 +111,17 @@ fn deploy_and_sighup_switch_versions_side_by_side_and_sigterm_drains() {
     assert_eq!(exchange(&mut old, "a"), "a+v1.0.0");
 
     // `wsgate deploy`: the new version for new connections, the old one kept.
-    let output = wsgate()
-        .args(["deploy", "--admin", &admin, "--config"])
-        .arg(&v2)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(String::from_utf8_lossy(&output.stderr).contains("as generation 2"));
+    let output = run_with_path(&["deploy", "--admin", &admin, "--config"], &v2);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(stderr(&output).contains("as generation 2"));
     let mut new = connect(&url);
     assert_eq!(exchange(&mut new, "b"), "b+v2.0.0");
     assert_eq!(exchange(&mut old, "a"), "a+v1.0.0");
 
     // A broken file is refused locally, naming file, line and field.
-    let output = wsgate()
-        .args(["deploy", "--admin", &admin, "--config"])
-        .arg(&broken)
-        .output()
-        .unwrap();
+    let output = run_with_path(&["deploy", "--admin", &admin, "--config"], &broken);
     assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = stderr(&output);
     assert!(
         stderr.contains(&format!("{}:", broken.display()))
             && stderr.contains("endpoint[0].expires"),
