@@ -14,17 +14,22 @@ pub struct HumanDuration(pub Duration);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ByteSize(pub u64);
 
-/// Parse a duration such as `250ms`, `30s`, `5min`, `1h` or `2days`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
+/// Split `text` into its leading integer and the unit after it (trimmed);
+/// `None` when it does not start with digits.
+fn number_and_unit(text: &str) -> Option<(u64, &str)> {
     let split = text
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration like `30s`, `5min`, `1h` or `2days`"))?;
-    let unit_seconds = match unit.trim() {
+    Some((number.parse().ok()?, unit.trim()))
+}
+
+/// Parse a duration such as `250ms`, `30s`, `5min`, `1h` or `2days`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = number_and_unit(text)
+        .ok_or_else(|| format!("`{text}` is not a duration like `30s`, `5min`, `1h` or `2days`"))?;
+    let unit_seconds = match unit {
         "ms" => return Ok(Duration::from_millis(number)),
         "" if number == 0 => 0,
         "s" | "sec" | "secs" | "second" | "seconds" => 1,
@@ -46,14 +51,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 /// Parse a size such as `4096`, `64KiB` or `1MiB`.
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a size like `4096`, `64KiB` or `1MiB`"))?;
-    let multiplier: u64 = match unit.trim() {
+    let (number, unit) = number_and_unit(text)
+        .ok_or_else(|| format!("`{text}` is not a size like `4096`, `64KiB` or `1MiB`"))?;
+    let multiplier: u64 = match unit {
         "" | "B" => 1,
         "KiB" | "K" | "KB" => 1 << 10,
         "MiB" | "M" | "MB" => 1 << 20,
