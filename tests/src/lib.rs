@@ -69,6 +69,38 @@ pub fn plugin_dir() -> &'static Path {
     })
 }
 
+/// Build the plugins written in JavaScript, Python and C
+/// (`scripts/build-language-plugins`, once per process) and return the
+/// component of the one named `name` in its manifest (e.g. `json-mask-js`).
+pub fn language_plugin_path(name: &str) -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    let dir = DIR.get_or_init(|| {
+        let root = repo_root();
+        let output = Command::new(root.join("scripts/build-language-plugins"))
+            .output()
+            .expect("run scripts/build-language-plugins");
+        assert!(
+            output.status.success(),
+            "building the JavaScript, Python and C plugins failed \
+             (scripts/setup-languages installs their tools):\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        root.join("plugins/target/languages")
+    });
+    dir.join(format!("{name}.wasm"))
+}
+
+/// A plugin runtime whose precompiled artifacts persist in `target/`, for
+/// tests of large components (JavaScript, Python) that take seconds to compile.
+pub fn cached_runtime() -> &'static Runtime {
+    static RUNTIME: OnceLock<Runtime> = OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        let dir = repo_root().join("target/test-plugin-cache");
+        std::fs::create_dir_all(&dir).expect("create the test plugin cache");
+        Runtime::with_cache(Some(dir)).expect("start the plugin runtime")
+    })
+}
+
 /// The `.wasm` path of plugin crate `name` (e.g. `static-router`).
 pub fn plugin_path(name: &str) -> PathBuf {
     plugin_dir().join(format!("{}.wasm", name.replace('-', "_")))
@@ -86,11 +118,12 @@ pub fn named_plugin_block(name: &str, version: &str, crate_name: &str) -> String
 
 /// Every plugin in the repository as (name, version, crate); the two test
 /// taggers are one plugin, `tagger`, at two versions.
-const PLUGINS: [(&str, &str, &str); 21] = [
+const PLUGINS: [(&str, &str, &str); 22] = [
     ("static-router", "1.0.0", "static-router"),
     ("dynamic-router", "1.0.0", "dynamic-router"),
     ("connect-to-url", "1.0.0", "connect-to-url"),
     ("json-transform", "1.0.0", "json-transform"),
+    ("json-mask", "1.0.0", "json-mask"),
     ("test-verdicts", "0.1.0", "test-verdicts"),
     ("test-faults", "0.1.0", "test-faults"),
     ("passthrough", "1.0.0", "passthrough"),

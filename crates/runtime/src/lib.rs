@@ -326,7 +326,11 @@ impl Runtime {
         }
         let artifact = self.engine.precompile_component(bytes)?;
         std::fs::create_dir_all(dir)?;
-        let temporary = path.with_extension(format!("tmp{}", std::process::id()));
+        // Unique per writer: two loads of one plugin may race (two deploys,
+        // two runtimes in one process); each renames its own complete file.
+        static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let write = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let temporary = path.with_extension(format!("tmp{}-{write}", std::process::id()));
         std::fs::write(&temporary, &artifact)?;
         std::fs::rename(&temporary, &path)?;
         // SAFETY: `artifact` was just produced by this engine's
