@@ -47,8 +47,28 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."));
+    if let Some(store) = config.gateway.plugin_store.as_mut()
+        && store.is_relative()
+    {
+        *store = base_dir.join(&*store);
+    }
     for plugin in &mut config.plugins {
-        if plugin.path.is_relative() {
+        if plugin.path.as_os_str().is_empty() {
+            // From the plugin store, by digest; checked in `validate`.
+            if let (Some(store), Some(digest)) = (&config.gateway.plugin_store, &plugin.digest) {
+                let hex = digest
+                    .get_ref()
+                    .trim_start_matches("sha256:")
+                    .to_ascii_lowercase();
+                plugin.path = store.join("blobs").join("sha256").join(hex);
+                plugin.store_entry = Some(
+                    store
+                        .join("index")
+                        .join(plugin.name.get_ref())
+                        .join(format!("{}.toml", plugin.version.get_ref())),
+                );
+            }
+        } else if plugin.path.is_relative() {
             plugin.path = base_dir.join(&plugin.path);
         }
         if let Some(signature) = plugin.signature.as_mut()

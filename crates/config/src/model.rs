@@ -60,6 +60,10 @@ pub struct Gateway {
     /// It must be writable only by the gateway's user.
     #[serde(default)]
     pub plugin_cache_dir: Option<PathBuf>,
+    /// The plugin store (`wsgate plugin add`) that `[[plugin]]` entries
+    /// without a `path` load from; relative to the configuration file.
+    #[serde(default)]
+    pub plugin_store: Option<PathBuf>,
 }
 
 /// The admin listener: deploys, generations, health, metrics.
@@ -113,7 +117,14 @@ pub struct PluginDecl {
     /// Plugin version, referenced by chain entries as `name@version`.
     pub version: Spanned<String>,
     /// Path of the component (`.wasm`), relative to the configuration file.
+    /// Absent: the component comes from the gateway's `plugin-store`, by
+    /// `digest`, and the store's index must list `name@version` with it.
+    #[serde(default)]
     pub path: PathBuf,
+    /// The plugin store's index entry for `name@version`, when the component
+    /// comes from the store (set while loading the configuration).
+    #[serde(skip)]
+    pub store_entry: Option<PathBuf>,
     /// Expected content digest, `sha256:<64 hex digits>`; loading fails on mismatch.
     #[serde(default)]
     pub digest: Option<Spanned<String>>,

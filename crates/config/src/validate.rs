@@ -25,7 +25,9 @@ pub(crate) fn validate(config: &Config) -> Result<(), ConfigErrors> {
                 format!("`{name}` is not a plugin name (letters, digits, `-` and `_`)"),
             );
         }
-        if plugin.version.get_ref().is_empty() || plugin.version.get_ref().contains([' ', '@']) {
+        if plugin.version.get_ref().is_empty()
+            || plugin.version.get_ref().contains([' ', '@', '/', '\\'])
+        {
             at(
                 plugin.version.span(),
                 format!("plugin[{i}].version"),
@@ -51,6 +53,18 @@ pub(crate) fn validate(config: &Config) -> Result<(), ConfigErrors> {
                     "a digest is written `sha256:` followed by 64 hex digits".to_string(),
                 );
             }
+        }
+        if plugin.store_entry.is_none() && plugin.path.as_os_str().is_empty() {
+            let missing = if config.gateway.plugin_store.is_none() {
+                "a plugin needs a `path`, or a `digest` and the gateway's `plugin-store` to load it from"
+            } else {
+                "a plugin from the plugin store is pinned by its `digest` (see `wsgate plugin list`)"
+            };
+            at(
+                plugin.name.span(),
+                format!("plugin[{i}].path"),
+                missing.to_string(),
+            );
         }
         if plugin.deadline.0.is_zero() {
             at(

@@ -76,6 +76,8 @@ pub struct Generation {
     pub remote_hosts: HashMap<String, Arc<RemoteLimit>>,
     /// Every plugin pool, for statistics.
     pub pools: Vec<Arc<PluginPool>>,
+    /// Every declared plugin, loaded, in configuration order.
+    pub plugins: Vec<Arc<Plugin>>,
 }
 
 impl Generation {
@@ -230,6 +232,11 @@ impl Generation {
             .collect();
         let mut pools: Vec<_> = pools.into_values().collect();
         pools.sort_by(|a, b| a.plugin().id().cmp(b.plugin().id()));
+        let plugins = config
+            .plugins
+            .iter()
+            .filter_map(|decl| plugins.get(&decl.id()).cloned())
+            .collect();
         Ok(Self {
             id,
             created: std::time::SystemTime::now(),
@@ -238,6 +245,7 @@ impl Generation {
             endpoints,
             remote_hosts,
             pools,
+            plugins,
         })
     }
 

@@ -201,6 +201,9 @@ impl Runtime {
             plugin: id.clone(),
             message,
         };
+        if let Some(entry) = &decl.store_entry {
+            check_store_entry(entry, &digest).map_err(invalid)?;
+        }
         let signed_by =
             check_signature(decl, signing, &bytes).map_err(|message| RuntimeError::Signature {
                 plugin: id.clone(),
@@ -209,21 +212,10 @@ impl Runtime {
         let component = self
             .compile(&digest, &bytes)
             .map_err(|e| invalid(format!("{path} is not a loadable component: {e:#}")))?;
-        let exports: Vec<String> = component
-            .component_type()
-            .exports(&self.engine)
-            .map(|(name, _)| name.to_string())
-            .collect();
-        let has = |name: &str| exports.iter().any(|e| e == name);
-        if !has(LIFECYCLE_EXPORT) {
-            return Err(invalid(format!(
-                "does not export {LIFECYCLE_EXPORT}; build it against a wsgate:plugin world (exports: {})",
-                exports.join(", ")
-            )));
-        }
-        for (import, _) in component.component_type().imports(&self.engine) {
-            if let Some(capability) = wsgate_config::Capability::of_import(import)
-                && !decl.grants.contains(&capability)
+        let info = self.describe(&component).map_err(invalid)?;
+        for (import, capability) in &info.imports {
+            if let Some(capability) = capability
+                && !decl.grants.contains(capability)
             {
                 return Err(invalid(format!(
                     "imports {import}, which needs the `{}` capability; it is not granted (add it to the plugin's grants)",
@@ -231,15 +223,7 @@ impl Runtime {
                 )));
             }
         }
-        let roles = Roles {
-            upgrade: has(UPGRADE_EXPORT),
-            message: has(MESSAGE_EXPORT),
-        };
-        if !roles.upgrade && !roles.message {
-            return Err(invalid(format!(
-                "exports neither {UPGRADE_EXPORT} nor {MESSAGE_EXPORT}"
-            )));
-        }
+        let roles = info.roles;
         let pre = self.linker.instantiate_pre(&component).map_err(|e| {
             invalid(format!(
                 "imports something the gateway does not offer: {e:#}"
@@ -265,7 +249,97 @@ impl Runtime {
     }
 }
 
+/// What a component imports and exports, as the gateway sees it.
+#[derive(Debug, Clone)]
+pub struct ComponentInfo {
+    /// The hooks it implements.
+    pub roles: Roles,
+    /// Every import, with the capability it needs (`None`: reaches nothing).
+    pub imports: Vec<(String, Option<wsgate_config::Capability>)>,
+    /// Every export.
+    pub exports: Vec<String>,
+}
+
+impl ComponentInfo {
+    /// Whether `manifest` tells the truth about this component: the same
+    /// role, and a request for every capability its imports need.
+    pub fn check_manifest(&self, manifest: &wsgate_store::Manifest) -> Result<(), String> {
+        let role = wsgate_store::Role::of_exports(self.roles.upgrade, self.roles.message);
+        if role != Some(manifest.role) {
+            return Err(format!(
+                "the manifest says role `{}`, but the component is {}",
+                manifest.role.as_str(),
+                role.map_or("neither", wsgate_store::Role::as_str)
+            ));
+        }
+        for (import, capability) in &self.imports {
+            if let Some(capability) = capability
+                && !manifest.capabilities.contains(capability)
+            {
+                return Err(format!(
+                    "the component imports {import}, which needs the `{}` capability; the manifest does not request it",
+                    capability.as_str()
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The capabilities its imports need, each once, in grant order.
+    pub fn capabilities(&self) -> Vec<wsgate_config::Capability> {
+        let mut needed: Vec<_> = self.imports.iter().filter_map(|(_, c)| *c).collect();
+        needed.sort_by_key(|c| c.as_str());
+        needed.dedup();
+        needed
+    }
+}
+
 impl Runtime {
+    /// Compile `bytes` (or reuse their precompiled artifact) and describe
+    /// the component: its role, imports with the capabilities they need,
+    /// and exports. Refuses what the gateway could not load as a plugin.
+    pub fn inspect(&self, bytes: &[u8]) -> Result<ComponentInfo, String> {
+        let digest = format!("sha256:{:x}", sha2::Sha256::digest(bytes));
+        let component = self
+            .compile(&digest, bytes)
+            .map_err(|e| format!("not a loadable component: {e:#}"))?;
+        self.describe(&component)
+    }
+
+    /// The role, imports and exports of `component`, checked against the contract.
+    fn describe(&self, component: &Component) -> Result<ComponentInfo, String> {
+        let component_type = component.component_type();
+        let exports: Vec<String> = component_type
+            .exports(&self.engine)
+            .map(|(name, _)| name.to_string())
+            .collect();
+        let has = |name: &str| exports.iter().any(|e| e == name);
+        if !has(LIFECYCLE_EXPORT) {
+            return Err(format!(
+                "does not export {LIFECYCLE_EXPORT}; build it against a wsgate:plugin world (exports: {})",
+                exports.join(", ")
+            ));
+        }
+        let roles = Roles {
+            upgrade: has(UPGRADE_EXPORT),
+            message: has(MESSAGE_EXPORT),
+        };
+        if !roles.upgrade && !roles.message {
+            return Err(format!(
+                "exports neither {UPGRADE_EXPORT} nor {MESSAGE_EXPORT}"
+            ));
+        }
+        let imports = component_type
+            .imports(&self.engine)
+            .map(|(name, _)| (name.to_string(), wsgate_config::Capability::of_import(name)))
+            .collect();
+        Ok(ComponentInfo {
+            roles,
+            imports,
+            exports,
+        })
+    }
+
     /// Compile `bytes`, or reuse the component compiled for `digest`.
     fn compile(&self, digest: &str, bytes: &[u8]) -> wasmtime::Result<Component> {
         let cached = self
@@ -382,6 +456,24 @@ impl std::fmt::Debug for Plugin {
             .field("roles", &self.roles)
             .finish_non_exhaustive()
     }
+}
+
+/// The plugin store's index entry must record the digest the configuration pins.
+fn check_store_entry(entry: &std::path::Path, digest: &str) -> Result<(), String> {
+    if !entry.exists() {
+        return Err(format!(
+            "not in the plugin store (no {}; add it with `wsgate plugin add`)",
+            entry.display()
+        ));
+    }
+    let recorded = wsgate_store::Entry::read(entry).map_err(|e| e.to_string())?;
+    if !recorded.digest.eq_ignore_ascii_case(digest) {
+        return Err(format!(
+            "the plugin store has it as {}, but the configuration pins {digest}",
+            recorded.digest
+        ));
+    }
+    Ok(())
 }
 
 /// The trusted key that signed `bytes`, `None` if unsigned (and allowed).

@@ -69,6 +69,15 @@ pub fn sign(key_name: &str, secret: &str, component: &[u8]) -> Result<String, Si
     ))
 }
 
+/// The key name a signature file claims, without checking anything.
+pub fn signer(signature_file: &str) -> Option<String> {
+    let mut parts = signature_file.split_whitespace();
+    match (parts.next(), parts.next()) {
+        (Some("ed25519"), Some(name)) => Some(name.to_string()),
+        _ => None,
+    }
+}
+
 /// Check `signature_file` over `component` against `trusted` (name, public
 /// key) pairs; the name of the key that signed it.
 pub fn verify<'a>(

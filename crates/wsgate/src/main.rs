@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 mod deploy;
+mod plugin;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -48,39 +49,15 @@ enum Command {
         #[arg(long, default_value = "host-config.toml")]
         config: PathBuf,
     },
-    /// Plugin signing: create a key, sign a component.
+    /// Plugins: the content-addressed store (add, list, inspect, verify)
+    /// and signing (keygen, sign).
     #[command(subcommand)]
-    Plugin(PluginCommand),
+    Plugin(plugin::PluginCommand),
     /// Run a WebSocket echo server.
     Echo {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:9001")]
         listen: SocketAddr,
-    },
-}
-
-#[derive(Subcommand)]
-enum PluginCommand {
-    /// Create an ed25519 key pair: the secret key goes to `--out` (mode 0600),
-    /// the `trusted-keys` entry for the gateway's configuration is printed.
-    Keygen {
-        /// The key's name, as signatures and `trusted-keys` will name it.
-        #[arg(long)]
-        name: String,
-        /// Where to write the secret key.
-        #[arg(long)]
-        out: PathBuf,
-    },
-    /// Sign a component: writes `<component>.sig` next to it.
-    Sign {
-        /// The secret key file (from `wsgate plugin keygen`).
-        #[arg(long)]
-        key: PathBuf,
-        /// The key's name.
-        #[arg(long)]
-        name: String,
-        /// The component (`.wasm`) to sign.
-        component: PathBuf,
     },
 }
 
@@ -113,7 +90,7 @@ fn main() -> ExitCode {
                 token,
             } => deploy::run(&config, admin, token).await,
             Command::Echo { listen } => echo(listen).await,
-            Command::Plugin(command) => plugin(command),
+            Command::Plugin(command) => plugin::run(command),
         }
     });
     match result {
@@ -188,79 +165,27 @@ fn check(path: &Path) -> anyhow::Result<()> {
         "{}: ok ({} endpoints, {} plugins, {} configured plugin pools)",
         path.display(),
         generation.endpoints.len(),
-        generation.config.plugins.len(),
+        generation.plugins.len(),
         generation.pools.len()
     );
-    for pool in &generation.pools {
+    for plugin in &generation.plugins {
         println!(
-            "  {} {} {} config {}",
-            pool.plugin().id(),
-            pool.plugin().digest(),
-            pool.plugin()
+            "  plugin {} {} {}",
+            plugin.id(),
+            plugin.digest(),
+            plugin
                 .signed_by()
                 .map_or_else(|| "unsigned".to_string(), |key| format!("signed by {key}")),
+        );
+    }
+    for pool in &generation.pools {
+        println!(
+            "  pool {} config {}",
+            pool.plugin().id(),
             pool.config_json()
         );
     }
     Ok(())
-}
-
-/// `wsgate plugin …`: its results are the command's output, on stdout.
-#[allow(clippy::print_stdout)]
-fn plugin(command: PluginCommand) -> anyhow::Result<()> {
-    use wsgate_runtime::signing;
-    match command {
-        PluginCommand::Keygen { name, out } => {
-            let pair = signing::generate_key()?;
-            write_secret(&out, &pair.secret)
-                .with_context(|| format!("cannot write {}", out.display()))?;
-            println!(
-                "secret key written to {} (keep it off the gateway)",
-                out.display()
-            );
-            println!("add to the gateway's configuration:\n");
-            println!("[signing]");
-            println!(
-                "trusted-keys = [{{ name = \"{name}\", public-key = \"{}\" }}]",
-                pair.public
-            );
-            Ok(())
-        }
-        PluginCommand::Sign {
-            key,
-            name,
-            component,
-        } => {
-            let secret = std::fs::read_to_string(&key)
-                .with_context(|| format!("cannot read {}", key.display()))?;
-            let bytes = std::fs::read(&component)
-                .with_context(|| format!("cannot read {}", component.display()))?;
-            let signature = signing::sign(&name, &secret, &bytes)?;
-            let mut out = component.clone().into_os_string();
-            out.push(".sig");
-            let out = PathBuf::from(out);
-            std::fs::write(&out, signature)
-                .with_context(|| format!("cannot write {}", out.display()))?;
-            println!(
-                "signed {} as {name}: {}",
-                component.display(),
-                out.display()
-            );
-            Ok(())
-        }
-    }
-}
-
-/// Write a secret readable by its owner only.
-fn write_secret(path: &Path, secret: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
-    file.write_all(secret.as_bytes())
 }
 
 async fn echo(listen: SocketAddr) -> anyhow::Result<()> {

@@ -143,3 +143,153 @@ fn keygen_and_sign_produce_what_check_accepts() {
     assert!(String::from_utf8_lossy(&output.stdout).contains(": ok"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn plugin_store_workflow_add_list_inspect_verify_then_check_pins_from_it() {
+    let dir = std::env::temp_dir().join(format!("wsgate-cli-store-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let store = dir.join("store");
+    let store_arg = store.to_str().unwrap();
+    let manifest = wsgate_tests::repo_root().join("plugins/static-router/wsgate-plugin.toml");
+    let component = dir.join("static_router.wasm");
+    std::fs::copy(wsgate_tests::plugin_path("static-router"), &component).unwrap();
+    let stdout =
+        |output: &std::process::Output| String::from_utf8_lossy(&output.stdout).to_string();
+
+    // Sign, then add: the signature travels into the store with the component.
+    let key = dir.join("acme.key");
+    let output = run_with_path(&["plugin", "keygen", "--name", "acme", "--out"], &key);
+    let trusted = stdout(&output)
+        .lines()
+        .find(|l| l.starts_with("trusted-keys"))
+        .unwrap()
+        .to_string();
+    let output = wsgate()
+        .args(["plugin", "sign", "--name", "acme", "--key"])
+        .arg(&key)
+        .arg(&component)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    let output = wsgate()
+        .args(["plugin", "add", "--store", store_arg, "--manifest"])
+        .arg(&manifest)
+        .arg(&component)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    let added = stdout(&output);
+    assert!(
+        added.contains("added static-router@1.0.0 sha256:") && added.contains("signed"),
+        "{added}"
+    );
+    let digest_line = added
+        .lines()
+        .find(|l| l.starts_with("digest = "))
+        .unwrap()
+        .to_string();
+
+    let output = wsgate()
+        .args(["plugin", "list", "--store", store_arg])
+        .output()
+        .unwrap();
+    let listed = stdout(&output);
+    let row = listed
+        .lines()
+        .find(|l| l.starts_with("static-router"))
+        .unwrap();
+    for expected in [
+        "1.0.0",
+        "upgrade",
+        "acme",
+        digest_line.split('"').nth(1).unwrap(),
+    ] {
+        assert!(row.contains(expected), "{expected} missing from: {row}");
+    }
+
+    let output = wsgate()
+        .args([
+            "plugin",
+            "inspect",
+            "static-router@1.0.0",
+            "--store",
+            store_arg,
+        ])
+        .output()
+        .unwrap();
+    let inspected = stdout(&output);
+    assert!(
+        inspected.contains("role         upgrade")
+            && inspected.contains("wsgate:plugin/upgrade@0.1.0"),
+        "{inspected}"
+    );
+
+    // A configuration pinning it from the store, signatures required.
+    let config = write_config(
+        "store",
+        &format!(
+            "[gateway]\nlisten = \"127.0.0.1:0\"\nplugin-store = \"{store_arg}\"\n\n\
+             [signing]\nrequire-signed = true\n{trusted}\n\n\
+             [[plugin]]\nname = \"static-router\"\nversion = \"1.0.0\"\n{digest_line}\n"
+        ),
+    );
+    let output = check(&config);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(
+        stdout(&output).contains("signed by acme"),
+        "{}",
+        stdout(&output)
+    );
+    let verify = || {
+        wsgate()
+            .args(["plugin", "verify", "--store", store_arg, "--config"])
+            .arg(&config)
+            .output()
+            .unwrap()
+    };
+    let output = verify();
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(
+        stdout(&output).contains("signed by acme (trusted)"),
+        "{}",
+        stdout(&output)
+    );
+
+    // A manifest that lies about the role is refused.
+    let output = wsgate()
+        .args(["plugin", "add", "--store", store_arg, "--manifest"])
+        .arg(&manifest)
+        .arg(wsgate_tests::plugin_path("tagger-v1"))
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("the manifest says role `upgrade`, but the component is message"),
+        "{}",
+        stderr(&output)
+    );
+
+    // A stored component changed on disk: verify and check both refuse it.
+    let hex = digest_line
+        .split("sha256:")
+        .nth(1)
+        .unwrap()
+        .trim_end_matches('"');
+    std::fs::write(store.join("blobs/sha256").join(hex), b"tampered").unwrap();
+    let output = verify();
+    assert!(!output.status.success());
+    assert!(
+        stdout(&output).contains("FAILED  static-router@1.0.0"),
+        "{}",
+        stdout(&output)
+    );
+    let output = check(&config);
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("digest mismatch"),
+        "{}",
+        stderr(&output)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
