@@ -86,6 +86,54 @@ fn plugin_call(c: &mut Criterion) {
     group.finish();
 }
 
+/// One filter, four languages: json-mask masking one key of a small JSON
+/// message, as built from Rust, JavaScript, Python and C (the Rust edition
+/// is the baseline).
+fn json_mask_by_language(c: &mut Criterion) {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let editions = [
+        ("json-mask", plugin_path("json-mask")),
+        ("json-mask-js", language_plugin_path("json-mask-js")),
+        ("json-mask-py", language_plugin_path("json-mask-py")),
+        ("json-mask-c", language_plugin_path("json-mask-c")),
+    ];
+    let mut text = String::from("[gateway]\nlisten = \"127.0.0.1:0\"\n\n");
+    text += &named_plugin_block("static-router", "1.0.0", "static-router");
+    for (name, path) in &editions {
+        text += &format!(
+            "[[plugin]]\nname = \"{name}\"\nversion = \"1.0.0\"\npath = \"{}\"\n\
+             grants = [\"log\", \"state\", \"clocks\", \"context\", \"random\"]\n\
+             \n",
+            path.display()
+        );
+    }
+    for (name, _) in &editions {
+        text += &format!(
+            "[[endpoint]]\npath = \"/{name}\"\nallowed-upstreams = [\"ws://127.0.0.1:1\"]\n\
+             upgrade = [{{ plugin = \"static-router@1.0.0\", config = {{ url = \"ws://127.0.0.1:1/\" }} }}]\n\
+             client-messages = [{{ plugin = \"{name}@1.0.0\", config = {{ fields = [\"password\"] }} }}]\n\n"
+        );
+    }
+    let generation = runtime.block_on(async {
+        wsgate_proxy::Generation::build(0, parse_config(&text), cached_runtime()).unwrap()
+    });
+    let message = Message::Text(
+        r#"{"user":"ann","password":"hunter2","profile":{"age":41,"tags":["a","b"]}}"#.to_string(),
+    );
+    let mut group = c.benchmark_group("json_mask_by_language");
+    for (endpoint, (name, _)) in generation.endpoints.iter().zip(&editions) {
+        let pool = endpoint.client_messages[0].pool.clone();
+        let mut context = CallContext::new(Arc::new(ConnectionInfo::default()));
+        group.bench_function(*name, |b| {
+            b.iter(|| {
+                pool.on_message(&mut context, Direction::ClientToServer, &message)
+                    .unwrap()
+            });
+        });
+    }
+    group.finish();
+}
+
 fn round_trip(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -130,5 +178,5 @@ fn round_trip(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, plugin_call, round_trip);
+criterion_group!(benches, plugin_call, json_mask_by_language, round_trip);
 criterion_main!(benches);

@@ -41,7 +41,7 @@ fn config_for(
     format!(
         "[gateway]\nlisten = \"127.0.0.1:0\"\n\n\
          [[plugin]]\nname = \"{name}\"\nversion = \"1.0.0\"\npath = \"{}\"\ngrants = [\"log\", \"state\", \"clocks\", \"context\", \"random\"]\n\
-         memory-limit = \"256MiB\"\ndeadline = \"2s\"\n\n\
+         \n\
          [[plugin]]\nname = \"static-router\"\nversion = \"1.0.0\"\npath = \"{}\"\n\n{}",
         path.display(),
         router.display(),
