@@ -38,21 +38,28 @@ impl Plugin for JsonMask {
 }
 
 /// Mask matching keys in `value` in place; true when anything changed.
+/// Every branch is visited (no short-circuit): all matches are masked.
 fn mask(config: &Config, value: &mut Value) -> bool {
+    let mut changed = false;
     match value {
-        Value::Array(items) => items
-            .iter_mut()
-            .fold(false, |changed, item| mask(config, item) || changed),
-        Value::Object(map) => map.iter_mut().fold(false, |changed, (key, item)| {
-            if config.fields.iter().any(|field| field == key) {
-                *item = Value::String(config.mask.clone());
-                true
-            } else {
-                mask(config, item) || changed
+        Value::Array(items) => {
+            for item in items {
+                changed |= mask(config, item);
             }
-        }),
-        _ => false,
+        }
+        Value::Object(map) => {
+            for (key, item) in map.iter_mut() {
+                if config.fields.iter().any(|field| field == key) {
+                    *item = Value::String(config.mask.clone());
+                    changed = true;
+                } else {
+                    changed |= mask(config, item);
+                }
+            }
+        }
+        _ => {}
     }
+    changed
 }
 
 impl MessageFilter for JsonMask {
