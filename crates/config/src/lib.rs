@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 
 pub use error::{ConfigError, ConfigErrors, SourceMap};
 pub use model::{
-    Admin, Capability, ChainEntry, Config, EchoServer, Endpoint, FailPolicy, Gateway, PathMatch,
-    PluginDecl, PluginRef, RemoteHost, Signing, TrustedKey,
+    Admin, Capability, ChainEntry, Config, EchoServer, Endpoint, FailPolicy, Gateway, MonitorLevel,
+    MonitorSettings, PathMatch, PluginDecl, PluginRef, RemoteHost, Signing, TrustedKey,
 };
 pub use units::{ByteSize, HumanDuration, parse_duration, parse_size};
 
@@ -76,6 +76,11 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
         {
             *signature = base_dir.join(&*signature);
         }
+    }
+    if let Some(database) = config.monitor.database.as_mut()
+        && database.is_relative()
+    {
+        *database = base_dir.join(&*database);
     }
     if let Some(cache) = config.gateway.plugin_cache_dir.as_mut()
         && cache.is_relative()

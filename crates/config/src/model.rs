@@ -22,6 +22,9 @@ pub struct Config {
     /// Plugin signatures: trusted keys and whether signatures are required.
     #[serde(default)]
     pub signing: Signing,
+    /// The traffic monitor's storage; endpoints choose what is recorded.
+    #[serde(default)]
+    pub monitor: MonitorSettings,
     /// Echo WebSocket servers the gateway runs in-process (for demos and tests).
     #[serde(default, rename = "echo-server")]
     pub echo_servers: Vec<EchoServer>,
@@ -221,6 +224,92 @@ impl RemoteHost {
     }
 }
 
+/// What the traffic monitor records of an endpoint's connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MonitorLevel {
+    /// Nothing.
+    Off,
+    /// The upgrade request and response, and how the connection ended.
+    #[default]
+    Headers,
+    /// Also every frame's metadata: origin, opcode, flags, length, masking
+    /// key, time, time in filters, verdict.
+    Metadata,
+    /// Also every frame's payload, up to the endpoint's `monitor-capture`.
+    Full,
+}
+
+impl MonitorLevel {
+    /// The name written in the configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Off => "off",
+            Self::Headers => "headers",
+            Self::Metadata => "metadata",
+            Self::Full => "full",
+        }
+    }
+}
+
+/// The traffic monitor's storage (`[monitor]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct MonitorSettings {
+    /// SQLite database keeping the history across restarts, relative to the
+    /// configuration file; none: recent traffic in memory only.
+    #[serde(default)]
+    pub database: Option<PathBuf>,
+    /// Records older than this are deleted from the database; `0` keeps them.
+    #[serde(default = "default_retention")]
+    pub retention: HumanDuration,
+    /// The database is trimmed, oldest connections first, above this size.
+    #[serde(default = "default_database_size")]
+    pub max_database_size: ByteSize,
+    /// Connections kept in memory for the live views.
+    #[serde(default = "default_memory_connections")]
+    pub memory_connections: usize,
+    /// Frames kept in memory per connection for the live views.
+    #[serde(default = "default_memory_frames")]
+    pub memory_frames: usize,
+    /// Records waiting to be stored; when full, new records are dropped and
+    /// counted rather than slowing the traffic down.
+    #[serde(default = "default_monitor_queue")]
+    pub queue: usize,
+}
+
+impl Default for MonitorSettings {
+    fn default() -> Self {
+        Self {
+            database: None,
+            retention: default_retention(),
+            max_database_size: default_database_size(),
+            memory_connections: default_memory_connections(),
+            memory_frames: default_memory_frames(),
+            queue: default_monitor_queue(),
+        }
+    }
+}
+
+fn default_capture() -> ByteSize {
+    ByteSize(4096)
+}
+fn default_retention() -> HumanDuration {
+    HumanDuration(Duration::from_secs(7 * 24 * 3600))
+}
+fn default_database_size() -> ByteSize {
+    ByteSize(256 << 20)
+}
+fn default_memory_connections() -> usize {
+    1000
+}
+fn default_memory_frames() -> usize {
+    500
+}
+fn default_monitor_queue() -> usize {
+    65536
+}
+
 /// How an endpoint's path matches request paths.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -259,6 +348,12 @@ pub struct Endpoint {
     /// URL prefixes routes may point at (`ws://host:port` or longer); routes elsewhere are refused.
     #[serde(default)]
     pub allowed_upstreams: Vec<Spanned<String>>,
+    /// What the traffic monitor records of this endpoint's connections.
+    #[serde(default)]
+    pub monitor: MonitorLevel,
+    /// Most payload bytes the monitor keeps of one frame (level `full`).
+    #[serde(default = "default_capture")]
+    pub monitor_capture: ByteSize,
     /// Plugins run on the upgrade request, in order; the chain must route.
     #[serde(default)]
     pub upgrade: Vec<ChainEntry>,

@@ -1,0 +1,311 @@
+//! The traffic monitor.
+//!
+//! The proxy hands it [`Record`]s — each connection's upgrade, every frame
+//! on the client's connection, how the connection ended — through
+//! [`Monitor::record`], which never blocks: records go into a bounded queue,
+//! and when the queue is full they are dropped and counted
+//! ([`Monitor::dropped`]). One writer thread takes them from the queue in
+//! batches, keeps the recent ones in memory for the live views, publishes
+//! them to live subscribers ([`Monitor::subscribe`]) and, with a database
+//! configured, stores them in SQLite (WAL, one transaction per batch,
+//! retention by age and size).
+
+mod memory;
+pub mod query;
+pub mod record;
+mod sqlite;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{broadcast, oneshot};
+use wsgate_config::MonitorSettings;
+
+pub use query::{Connection, ConnectionFilter, FrameFilter};
+pub use record::{
+    EndRecord, FrameRecord, Origin, PluginVerdict, Record, UpgradeRecord, now_us, opcode_name,
+};
+
+use memory::Memory;
+
+/// Records handled by the writer thread in one batch at most.
+const BATCH: usize = 1024;
+/// How often the database is trimmed to its retention and size.
+const TRIM_EVERY: Duration = Duration::from_secs(60);
+
+/// Why the monitor could not start or answer.
+#[derive(Debug, thiserror::Error)]
+pub enum MonitorError {
+    /// The database could not be opened or queried.
+    #[error("monitor database {path}: {message}")]
+    Database {
+        /// The database file.
+        path: String,
+        /// SQLite's message.
+        message: String,
+    },
+    /// The writer thread could not be started.
+    #[error("cannot start the monitor's writer thread: {0}")]
+    Thread(String),
+}
+
+enum Item {
+    Record(Arc<Record>),
+    Flush(oneshot::Sender<()>),
+}
+
+struct Shared {
+    memory: Mutex<Memory>,
+    live: broadcast::Sender<Arc<Record>>,
+    dropped: AtomicU64,
+    stored: AtomicU64,
+    database: Option<PathBuf>,
+    reader: Option<Mutex<rusqlite::Connection>>,
+}
+
+/// The traffic monitor: cheap to clone, shared by the proxy and the admin API.
+#[derive(Clone)]
+pub struct Monitor {
+    queue: SyncSender<Item>,
+    shared: Arc<Shared>,
+    run: Arc<str>,
+}
+
+impl std::fmt::Debug for Monitor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Monitor")
+            .field("run", &self.run)
+            .field("database", &self.shared.database)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Monitor {
+    /// Start the monitor: open the database (if configured) and the writer thread.
+    pub fn start(settings: &MonitorSettings) -> Result<Self, MonitorError> {
+        let database_error =
+            |path: &std::path::Path, error: rusqlite::Error| MonitorError::Database {
+                path: path.display().to_string(),
+                message: error.to_string(),
+            };
+        let (writer, reader) = match &settings.database {
+            Some(path) => (
+                Some(sqlite::open(path).map_err(|e| database_error(path, e))?),
+                Some(Mutex::new(
+                    sqlite::open(path).map_err(|e| database_error(path, e))?,
+                )),
+            ),
+            None => (None, None),
+        };
+        let (queue, items) = std::sync::mpsc::sync_channel(settings.queue.max(1));
+        let (live, _) = broadcast::channel(4096);
+        let shared = Arc::new(Shared {
+            memory: Mutex::new(Memory::new(
+                settings.memory_connections,
+                settings.memory_frames,
+            )),
+            live,
+            dropped: AtomicU64::new(0),
+            stored: AtomicU64::new(0),
+            database: settings.database.clone(),
+            reader,
+        });
+        let retention = (!settings.retention.0.is_zero()).then_some(settings.retention.0);
+        let max_bytes = settings.max_database_size.0;
+        let thread_shared = shared.clone();
+        std::thread::Builder::new()
+            .name("wsgate-monitor".to_string())
+            .spawn(move || write_loop(&items, &thread_shared, writer, retention, max_bytes))
+            .map_err(|e| MonitorError::Thread(e.to_string()))?;
+        // Connection keys stay unique across restarts: this run's start time
+        // (milliseconds, hex) before each connection id.
+        let run = format!("{:x}", now_us() / 1000);
+        Ok(Self {
+            queue,
+            shared,
+            run: run.into(),
+        })
+    }
+
+    /// The key of connection `id` in this run.
+    pub fn key(&self, id: u64) -> String {
+        format!("{}-{id}", self.run)
+    }
+
+    /// Record `record` without waiting: a full queue drops it (counted).
+    pub fn record(&self, record: Record) {
+        match self.queue.try_send(Item::Record(Arc::new(record))) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Wait until everything recorded so far is in memory and stored.
+    pub async fn flush(&self) {
+        let (done, wait) = oneshot::channel();
+        let queue = self.queue.clone();
+        // The queue may be full: wait for room off the async threads.
+        let sent = tokio::task::spawn_blocking(move || queue.send(Item::Flush(done)).is_ok()).await;
+        if matches!(sent, Ok(true)) {
+            let _ = wait.await;
+        }
+    }
+
+    /// Records dropped because the queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.shared.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Records written to the database.
+    pub fn stored(&self) -> u64 {
+        self.shared.stored.load(Ordering::Relaxed)
+    }
+
+    /// The database file, if any.
+    pub fn database(&self) -> Option<&std::path::Path> {
+        self.shared.database.as_deref()
+    }
+
+    /// Every record from now on, as the writer thread handles it.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Record>> {
+        self.shared.live.subscribe()
+    }
+
+    fn read<T>(
+        &self,
+        from_db: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T>,
+        from_memory: impl FnOnce(&Memory) -> T,
+    ) -> Result<T, MonitorError> {
+        match &self.shared.reader {
+            Some(reader) => {
+                let db = reader.lock().map_err(|_| MonitorError::Database {
+                    path: self.path_text(),
+                    message: "reader lock poisoned".to_string(),
+                })?;
+                from_db(&db).map_err(|e| MonitorError::Database {
+                    path: self.path_text(),
+                    message: e.to_string(),
+                })
+            }
+            None => {
+                let memory = self
+                    .shared
+                    .memory
+                    .lock()
+                    .map_err(|_| MonitorError::Database {
+                        path: "memory".to_string(),
+                        message: "lock poisoned".to_string(),
+                    })?;
+                Ok(from_memory(&memory))
+            }
+        }
+    }
+
+    fn path_text(&self) -> String {
+        self.shared
+            .database
+            .as_ref()
+            .map_or_else(String::new, |p| p.display().to_string())
+    }
+
+    /// Connections matching `filter`, newest first (from the database when
+    /// there is one: history across restarts; otherwise from memory).
+    /// Blocking: call from a blocking-capable thread.
+    pub fn connections(&self, filter: &ConnectionFilter) -> Result<Vec<Connection>, MonitorError> {
+        self.read(
+            |db| sqlite::connections(db, filter),
+            |m| m.connections(filter),
+        )
+    }
+
+    /// One connection.
+    pub fn connection(&self, key: &str) -> Result<Option<Connection>, MonitorError> {
+        self.read(|db| sqlite::connection(db, key), |m| m.connection(key))
+    }
+
+    /// Frames matching `filter`.
+    pub fn frames(&self, filter: &FrameFilter) -> Result<Vec<FrameRecord>, MonitorError> {
+        self.read(|db| sqlite::frames(db, filter), |m| m.frames(filter))
+    }
+}
+
+/// The writer thread: batches from the queue into memory, live subscribers
+/// and the database, until every sender is gone.
+fn write_loop(
+    items: &Receiver<Item>,
+    shared: &Shared,
+    mut db: Option<rusqlite::Connection>,
+    retention: Option<Duration>,
+    max_bytes: u64,
+) {
+    let mut next_trim = Instant::now();
+    let mut batch = Vec::with_capacity(BATCH);
+    let mut flushes = Vec::new();
+    loop {
+        match items.recv_timeout(TRIM_EVERY) {
+            Ok(item) => take(item, &mut batch, &mut flushes),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+        while batch.len() < BATCH {
+            match items.try_recv() {
+                Ok(item) => take(item, &mut batch, &mut flushes),
+                Err(_) => break,
+            }
+        }
+        if !batch.is_empty() {
+            if let Ok(mut memory) = shared.memory.lock() {
+                for record in &batch {
+                    memory.apply(record);
+                }
+            }
+            if let Some(db) = db.as_mut() {
+                match sqlite::write(db, &batch) {
+                    Ok(()) => {
+                        shared
+                            .stored
+                            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, records = batch.len(), "monitor: cannot store records; dropped");
+                        shared
+                            .dropped
+                            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    }
+                }
+            }
+            for record in batch.drain(..) {
+                let _ = shared.live.send(record);
+            }
+        }
+        for done in flushes.drain(..) {
+            let _ = done.send(());
+        }
+        if let Some(db) = db.as_mut()
+            && Instant::now() >= next_trim
+        {
+            next_trim = Instant::now() + TRIM_EVERY;
+            let cutoff = retention.map(|r| now_us().saturating_sub(r.as_micros() as u64));
+            match sqlite::trim(db, cutoff, max_bytes) {
+                Ok(0) => {}
+                Ok(deleted) => tracing::info!(deleted, "monitor: old connections deleted"),
+                Err(error) => tracing::warn!(%error, "monitor: cannot trim the database"),
+            }
+        }
+    }
+}
+
+fn take(item: Item, batch: &mut Vec<Arc<Record>>, flushes: &mut Vec<oneshot::Sender<()>>) {
+    match item {
+        Item::Record(record) => batch.push(record),
+        Item::Flush(done) => flushes.push(done),
+    }
+}
+
+#[cfg(test)]
+mod tests;

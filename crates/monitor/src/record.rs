@@ -1,0 +1,170 @@
+//! What the monitor records: one upgrade per connection, its frames, its end.
+
+use serde::Serialize;
+
+/// One upgrade plugin's verdict on a request.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct PluginVerdict {
+    /// The plugin, `name@version`.
+    pub plugin: String,
+    /// `continue`, `modify`, `reject <status>`, `route <url>` or `fault <kind>`.
+    pub verdict: String,
+    /// Time the call took, in microseconds.
+    pub duration_us: u64,
+}
+
+/// The upgrade request and the gateway's answer.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct UpgradeRecord {
+    /// The connection's key, unique across gateway restarts.
+    pub connection: String,
+    /// The connection id plugins see.
+    pub id: u64,
+    /// The configuration generation that served it.
+    pub generation: u64,
+    /// When the request arrived, microseconds since the Unix epoch.
+    pub time_us: u64,
+    /// The endpoint's path.
+    pub endpoint: String,
+    /// The client's address.
+    pub client: String,
+    /// Request method.
+    pub method: String,
+    /// Request path.
+    pub path: String,
+    /// Query string, without `?`.
+    pub query: String,
+    /// Request headers, in order.
+    pub request_headers: Vec<(String, String)>,
+    /// The status the client got (101 when upgraded).
+    pub status: u16,
+    /// Response headers, in order.
+    pub response_headers: Vec<(String, String)>,
+    /// Time from the request to the answer, in microseconds.
+    pub duration_us: u64,
+    /// The upstream URL the chain routed to.
+    pub route: Option<String>,
+    /// Each upgrade plugin's verdict, in chain order.
+    pub verdicts: Vec<PluginVerdict>,
+    /// The endpoint's monitor level when it was recorded.
+    pub level: String,
+}
+
+/// Which side sent a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Origin {
+    /// The client sent it to the gateway.
+    Client,
+    /// The gateway sent it to the client (the server's side of the conversation).
+    Server,
+}
+
+impl Origin {
+    /// `client` or `server`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Client => "client",
+            Self::Server => "server",
+        }
+    }
+}
+
+/// One WebSocket frame on the client's connection.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct FrameRecord {
+    /// The connection's key.
+    pub connection: String,
+    /// Position among the connection's frames, from 1.
+    pub seq: u64,
+    /// When the frame was complete, microseconds since the Unix epoch.
+    pub time_us: u64,
+    /// Who sent it.
+    pub origin: Origin,
+    /// The opcode (0 continuation, 1 text, 2 binary, 8 close, 9 ping, 10 pong).
+    pub opcode: u8,
+    /// The FIN bit: the last frame of its message.
+    pub fin: bool,
+    /// RSV1, RSV2, RSV3 bits.
+    pub rsv: [bool; 3],
+    /// The masking key (hex), on frames from the client.
+    pub masking_key: Option<String>,
+    /// Payload length in bytes.
+    pub length: u64,
+    /// The payload (unmasked), base64, up to the endpoint's capture size
+    /// (level `full` only).
+    pub payload: Option<String>,
+    /// The payload was cut at the capture size.
+    pub truncated: bool,
+    /// Time the message spent in filters, in microseconds (last frame of a message).
+    pub filter_us: Option<u64>,
+    /// What the filters decided (last frame of a message).
+    pub verdict: Option<String>,
+}
+
+impl FrameRecord {
+    /// The opcode's name.
+    pub fn opcode_name(&self) -> &'static str {
+        opcode_name(self.opcode)
+    }
+}
+
+/// The name of an opcode.
+pub fn opcode_name(opcode: u8) -> &'static str {
+    match opcode {
+        0 => "continuation",
+        1 => "text",
+        2 => "binary",
+        8 => "close",
+        9 => "ping",
+        10 => "pong",
+        _ => "reserved",
+    }
+}
+
+/// How a connection ended.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct EndRecord {
+    /// The connection's key.
+    pub connection: String,
+    /// When it ended, microseconds since the Unix epoch.
+    pub time_us: u64,
+    /// Who closed first: `client`, `upstream` or `gateway`.
+    pub closed_by: String,
+    /// The close code sent or received first, if any.
+    pub code: Option<u16>,
+    /// Its reason.
+    pub reason: String,
+    /// The endpoint's `expire` ended it.
+    pub expired: bool,
+}
+
+/// Anything the monitor records.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum Record {
+    /// A connection's upgrade.
+    Upgrade(UpgradeRecord),
+    /// One frame.
+    Frame(FrameRecord),
+    /// A connection's end.
+    End(EndRecord),
+}
+
+impl Record {
+    /// The connection the record belongs to.
+    pub fn connection(&self) -> &str {
+        match self {
+            Self::Upgrade(r) => &r.connection,
+            Self::Frame(r) => &r.connection,
+            Self::End(r) => &r.connection,
+        }
+    }
+}
+
+/// Microseconds since the Unix epoch, now.
+pub fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}

@@ -1,0 +1,228 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use super::*;
+
+/// A recent time: `offset` microseconds after a fixed point an hour ago
+/// (records older than the retention would be trimmed).
+fn at(offset: u64) -> u64 {
+    static BASE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *BASE.get_or_init(|| now_us() - 3_600_000_000) + offset
+}
+
+fn upgrade(monitor: &Monitor, id: u64, endpoint: &str, offset: u64) -> Record {
+    let time_us = at(offset);
+    Record::Upgrade(UpgradeRecord {
+        connection: monitor.key(id),
+        id,
+        generation: 1,
+        time_us,
+        endpoint: endpoint.to_string(),
+        client: "127.0.0.1:5000".to_string(),
+        method: "GET".to_string(),
+        path: endpoint.to_string(),
+        query: String::new(),
+        request_headers: vec![("host".to_string(), "x".to_string())],
+        status: 101,
+        response_headers: vec![],
+        duration_us: 10,
+        route: Some("ws://up/".to_string()),
+        verdicts: vec![],
+        level: "full".to_string(),
+    })
+}
+
+fn frame(monitor: &Monitor, id: u64, seq: u64, opcode: u8, offset: u64) -> Record {
+    let time_us = at(offset);
+    Record::Frame(FrameRecord {
+        connection: monitor.key(id),
+        seq,
+        time_us,
+        origin: Origin::Client,
+        opcode,
+        fin: true,
+        rsv: [false; 3],
+        masking_key: Some("01020304".to_string()),
+        length: 5,
+        payload: Some("aGVsbG8=".to_string()),
+        truncated: false,
+        filter_us: Some(3),
+        verdict: Some("forward".to_string()),
+    })
+}
+
+fn settings(database: Option<PathBuf>) -> MonitorSettings {
+    MonitorSettings {
+        database,
+        ..MonitorSettings::default()
+    }
+}
+
+async fn exercise(monitor: &Monitor) {
+    monitor.record(upgrade(monitor, 1, "/a", 100));
+    monitor.record(upgrade(monitor, 2, "/b", 200));
+    monitor.record(frame(monitor, 1, 1, 1, 110));
+    monitor.record(frame(monitor, 1, 2, 9, 120));
+    monitor.record(frame(monitor, 2, 1, 2, 210));
+    monitor.record(Record::End(EndRecord {
+        connection: monitor.key(1),
+        time_us: at(130),
+        closed_by: "client".to_string(),
+        code: Some(1000),
+        reason: "bye".to_string(),
+        expired: false,
+    }));
+    monitor.flush().await;
+
+    let all = monitor
+        .connections(&ConnectionFilter {
+            limit: 10,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(
+        all.iter().map(|c| c.upgrade.id).collect::<Vec<_>>(),
+        vec![2, 1]
+    );
+    assert_eq!(all[1].frames, 2);
+    assert_eq!(all[1].end.as_ref().unwrap().code, Some(1000));
+    let by = |filter: ConnectionFilter| {
+        monitor
+            .connections(&ConnectionFilter {
+                limit: 10,
+                ..filter
+            })
+            .unwrap()
+            .iter()
+            .map(|c| c.upgrade.id)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        by(ConnectionFilter {
+            endpoint: Some("/b".into()),
+            ..Default::default()
+        }),
+        vec![2]
+    );
+    assert_eq!(
+        by(ConnectionFilter {
+            close_code: Some(1000),
+            ..Default::default()
+        }),
+        vec![1]
+    );
+    assert_eq!(
+        by(ConnectionFilter {
+            opcode: Some(9),
+            ..Default::default()
+        }),
+        vec![1]
+    );
+    assert_eq!(
+        by(ConnectionFilter {
+            since_us: Some(at(150)),
+            ..Default::default()
+        }),
+        vec![2]
+    );
+
+    let frames = monitor
+        .frames(&FrameFilter {
+            connection: Some(monitor.key(1)),
+            limit: 10,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(frames.iter().map(|f| f.seq).collect::<Vec<_>>(), vec![1, 2]);
+    assert_eq!(frames[0].masking_key.as_deref(), Some("01020304"));
+    let binary = monitor
+        .frames(&FrameFilter {
+            opcode: Some(2),
+            limit: 10,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(binary.len(), 1);
+    assert_eq!(binary[0].connection, monitor.key(2));
+    assert!(monitor.connection(&monitor.key(2)).unwrap().is_some());
+    assert!(monitor.connection("nope").unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_and_database_answer_the_same_queries() {
+    let memory = Monitor::start(&settings(None)).unwrap();
+    exercise(&memory).await;
+    let dir = tempfile::tempdir().unwrap();
+    let stored = Monitor::start(&settings(Some(dir.path().join("m.db")))).unwrap();
+    exercise(&stored).await;
+    assert_eq!(stored.stored(), 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_database_keeps_history_for_the_next_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.db");
+    let first = Monitor::start(&settings(Some(path.clone()))).unwrap();
+    first.record(upgrade(&first, 1, "/a", 100));
+    first.flush().await;
+    let key = first.key(1);
+    drop(first);
+    let second = Monitor::start(&settings(Some(path))).unwrap();
+    assert!(second.connection(&key).unwrap().is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_drops_and_counts_instead_of_waiting() {
+    let monitor = Monitor::start(&MonitorSettings {
+        queue: 1,
+        ..settings(None)
+    })
+    .unwrap();
+    for i in 0..10_000 {
+        monitor.record(upgrade(&monitor, i, "/a", i));
+    }
+    monitor.flush().await;
+    assert!(monitor.dropped() > 0);
+}
+
+#[test]
+fn retention_and_size_trim_oldest_connections_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut db = sqlite::open(&dir.path().join("t.db")).unwrap();
+    let monitor_key = |i: u64| format!("r-{i}");
+    let records: Vec<_> = (0..200u64)
+        .map(|i| {
+            Arc::new(Record::Upgrade(UpgradeRecord {
+                connection: monitor_key(i),
+                id: i,
+                generation: 1,
+                time_us: i,
+                endpoint: "/a".into(),
+                client: "c".into(),
+                method: "GET".into(),
+                path: "/a".into(),
+                query: "x".repeat(2000),
+                request_headers: vec![],
+                status: 101,
+                response_headers: vec![],
+                duration_us: 0,
+                route: None,
+                verdicts: vec![],
+                level: "headers".into(),
+            }))
+        })
+        .collect();
+    sqlite::write(&mut db, &records).unwrap();
+    assert_eq!(sqlite::trim(&mut db, Some(50), u64::MAX).unwrap(), 50);
+    let deleted = sqlite::trim(&mut db, None, 64 * 1024).unwrap();
+    assert!(deleted > 0);
+    let left = sqlite::connections(
+        &db,
+        &ConnectionFilter {
+            limit: 1000,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(left.len() as u64, 150 - deleted);
+    assert!(left.iter().all(|c| c.upgrade.time_us >= 50 + deleted));
+}
