@@ -113,7 +113,7 @@ impl Memory {
             })
             .cloned()
             .collect();
-        frames.sort_by(|a, b| b.time_us.cmp(&a.time_us));
+        frames.sort_by_key(|f| std::cmp::Reverse(f.time_us));
         frames.truncate(filter.limit);
         frames
     }

@@ -15,6 +15,7 @@ mod convert;
 pub mod echo;
 pub mod generation;
 mod relay;
+pub mod tap;
 pub mod upgrade;
 pub mod upstream;
 
@@ -33,6 +34,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use wsgate_config::{Config, ConfigErrors};
+use wsgate_monitor::Monitor;
 use wsgate_runtime::Runtime;
 
 pub use generation::{Generation, LiveEndpoint};
@@ -51,6 +53,9 @@ pub enum StartError {
         /// The error.
         source: std::io::Error,
     },
+    /// The traffic monitor could not start.
+    #[error("{0}")]
+    Monitor(#[from] wsgate_monitor::MonitorError),
 }
 
 /// A bound listener and the token that stops its accept loop.
@@ -80,6 +85,9 @@ pub struct Shared {
     connection_closed: Notify,
     shutdown: CancellationToken,
     tracker: TaskTracker,
+    /// The traffic monitor (its storage is set at start; deploys change
+    /// only what each endpoint records).
+    monitor: Monitor,
 }
 
 impl Shared {
@@ -142,6 +150,7 @@ impl Gateway {
     /// Load `config` (every plugin compiled and configured), bind the listener
     /// and the configured echo servers, and start serving.
     pub async fn start(config: Config, runtime: &Runtime) -> Result<Self, StartError> {
+        let monitor = Monitor::start(&config.monitor)?;
         let generation = Arc::new(Generation::build(1, config, runtime)?);
         let shared = Arc::new(Shared {
             generation: RwLock::new(generation.clone()),
@@ -158,6 +167,7 @@ impl Gateway {
             connection_closed: Notify::new(),
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
+            monitor,
         });
         let gateway = Self { shared };
         gateway.apply_listeners(&generation.config).await?;
@@ -209,6 +219,12 @@ impl Gateway {
                         Ok(id)
                     }
                     Err(StartError::Config(errors)) => Err(errors),
+                    Err(StartError::Monitor(error)) => Err(ConfigErrors::from(
+                        generation
+                            .config
+                            .source
+                            .error(0..0, "monitor", error.to_string()),
+                    )),
                     Err(StartError::Bind { address, source }) => {
                         Err(ConfigErrors::from(generation.config.source.error(
                             0..0,
@@ -405,6 +421,11 @@ impl Gateway {
         self.shared.ready.load(Ordering::Relaxed)
     }
 
+    /// The traffic monitor.
+    pub fn monitor(&self) -> &Monitor {
+        &self.shared.monitor
+    }
+
     /// Stop accepting, close every connection (1001 to clients, 1000 to
     /// upstreams) and wait for them up to the shutdown timeout.
     pub async fn shutdown(self) {
@@ -425,6 +446,7 @@ impl Gateway {
                 "shutdown timeout reached with connections still open"
             );
         }
+        self.shared.monitor.flush().await;
     }
 }
 

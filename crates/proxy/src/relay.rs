@@ -19,7 +19,8 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
-use wsgate_config::FailPolicy;
+use wsgate_config::{FailPolicy, MonitorLevel};
+use wsgate_monitor::{EndRecord, Monitor, Record, now_us};
 use wsgate_runtime::{CallContext, Direction, Message, MessageVerdict};
 
 use crate::Shared;
@@ -39,9 +40,67 @@ pub struct Session {
     contexts: Vec<CallContext>,
     shared: Arc<Shared>,
     _permit: Option<OwnedSemaphorePermit>,
+    watch: Option<Watch>,
+}
+
+/// What the monitor learns of a connection after its upgrade: how it ends,
+/// and (at frame level) each message's verdict.
+pub struct Watch {
+    monitor: Monitor,
+    key: String,
+    /// Frames are recorded: describe each message's verdict for them.
+    frames: bool,
+    /// Who started closing first, with the code and reason.
+    first_close: Option<(&'static str, Option<u16>, String)>,
+    expired: bool,
+}
+
+impl Watch {
+    /// Watch connection `id`, recorded at `level`.
+    pub fn new(monitor: Monitor, id: u64, level: MonitorLevel) -> Self {
+        Self {
+            key: monitor.key(id),
+            monitor,
+            frames: level >= MonitorLevel::Metadata,
+            first_close: None,
+            expired: false,
+        }
+    }
+
+    /// Note who started the close, unless someone already did.
+    fn closing(&mut self, by: &'static str, code: Option<u16>, reason: &str) {
+        if self.first_close.is_none() {
+            self.first_close = Some((by, code, reason.to_string()));
+        }
+    }
+
+    /// Record how the connection ended.
+    fn finish(self) {
+        let (closed_by, code, reason) =
+            self.first_close
+                .unwrap_or(("gateway", None, String::from("closed")));
+        self.monitor.record(Record::End(EndRecord {
+            connection: self.key,
+            time_us: now_us(),
+            closed_by: closed_by.to_string(),
+            code,
+            reason,
+            expired: self.expired,
+        }));
+    }
 }
 
 impl Session {
+    fn closing(&mut self, by: &'static str, code: Option<u16>, reason: &str) {
+        if let Some(watch) = self.watch.as_mut() {
+            watch.closing(by, code, reason);
+        }
+    }
+
+    fn describes_verdicts(&self) -> bool {
+        self.watch.as_ref().is_some_and(|w| w.frames)
+    }
+
     /// A session for connection `id`; counts it as active until dropped.
     pub fn new(
         id: u64,
@@ -50,6 +109,7 @@ impl Session {
         contexts: Vec<CallContext>,
         shared: Arc<Shared>,
         permit: Option<OwnedSemaphorePermit>,
+        watch: Option<Watch>,
     ) -> Self {
         endpoint.active.fetch_add(1, Ordering::Relaxed);
         generation.active.fetch_add(1, Ordering::Relaxed);
@@ -61,6 +121,7 @@ impl Session {
             contexts,
             shared,
             _permit: permit,
+            watch,
         }
     }
 }
@@ -111,6 +172,21 @@ struct Side {
 }
 
 impl Side {
+    /// Tell this side's monitor tap (the client's, when frames are
+    /// recorded) what produced the frames written next.
+    fn note_writes(&mut self, note: Option<(String, u64)>) {
+        if let Some(recorder) = self.stream.get_mut().recorder() {
+            recorder.note_writes(note);
+        }
+    }
+
+    /// Tell this side's monitor tap the verdict on the message just read.
+    fn verdict_on_read(&mut self, verdict: Option<String>, filter_us: u64) {
+        if let Some(recorder) = self.stream.get_mut().recorder() {
+            recorder.verdict_on_read(verdict, filter_us);
+        }
+    }
+
     fn new(stream: WsStream, peer: Peer) -> Self {
         Self {
             stream,
@@ -174,6 +250,8 @@ struct ChainResult {
     replies: Vec<WsMessage>,
     /// Close both sides with this code and reason.
     close: Option<(u16, String)>,
+    /// Each plugin's verdict, for the monitor (when asked for).
+    verdict: Option<String>,
 }
 
 /// Relay between `client` and `upstream` until both are closed.
@@ -194,11 +272,16 @@ pub async fn run(mut session: Session, client: WsStream, upstream: WsStream) {
     loop {
         tokio::select! {
             () = shutdown.cancelled(), if !closing => {
+                session.closing("gateway", Some(1001), "gateway shutting down");
                 client.close(1001, "gateway shutting down").await;
                 upstream.close(1000, "gateway shutting down").await;
             }
             () = &mut expires_at, if expiry.is_some() && !closing => {
                 tracing::info!(connection = session.id, "connection expired");
+                session.closing("gateway", Some(1001), "connection expired");
+                if let Some(watch) = session.watch.as_mut() {
+                    watch.expired = true;
+                }
                 client.close(1001, "connection expired").await;
                 upstream.close(1001, "connection expired").await;
             }
@@ -228,13 +311,22 @@ pub async fn run(mut session: Session, client: WsStream, upstream: WsStream) {
         }
     }
     tracing::info!(connection = session.id, "connection closed");
+    // The taps record frames still waiting for a verdict when dropped.
+    drop(client);
+    drop(upstream);
+    if let Some(watch) = session.watch.take() {
+        watch.finish();
+    }
 }
 
 /// The client's upgrade failed after the upstream connected: close the upstream.
-pub async fn abandon(session: Session, upstream: WsStream) {
+pub async fn abandon(mut session: Session, upstream: WsStream) {
     let mut upstream = Side::new(upstream, Peer::Upstream);
+    session.closing("client", None, "client upgrade failed after 101");
     upstream.close(1001, "client went away").await;
-    drop(session);
+    if let Some(watch) = session.watch.take() {
+        watch.finish();
+    }
 }
 
 /// Handle one read from `from`; `to` is the other side.
@@ -258,6 +350,7 @@ async fn on_read(
             }
             if !from.close_received {
                 let reason = format!("{} went away", from.peer.name());
+                session.closing(from.peer.name(), None, &reason);
                 to.close(1001, &reason).await;
             }
             return;
@@ -272,6 +365,11 @@ async fn on_read(
             };
             tracing::info!(connection = session.id, peer = from.peer.name(), %error, code, "read failed");
             if code != 0 {
+                session.closing("gateway", Some(code), reason);
+            } else {
+                session.closing(from.peer.name(), None, "connection failed");
+            }
+            if code != 0 {
                 from.close(code, reason).await;
             }
             let reason = format!("{} connection failed", from.peer.name());
@@ -281,8 +379,12 @@ async fn on_read(
     };
 
     let is_close = matches!(message, WsMessage::Close(_));
-    if is_close {
+    if let WsMessage::Close(frame) = &message {
         from.close_received = true;
+        let (code, reason) = frame
+            .as_ref()
+            .map_or((None, ""), |f| (Some(u16::from(f.code)), f.reason.as_str()));
+        session.closing(from.peer.name(), code, reason);
     }
     let chain = match from.peer {
         Peer::Client => &endpoint.client_messages,
@@ -290,18 +392,35 @@ async fn on_read(
     };
     if chain.is_empty() {
         // The fast path: nothing to run, nothing to convert.
+        from.verdict_on_read(None, 0);
         to.send_all([message]).await;
         if is_close {
             from.finish().await;
         }
         return;
     }
+    let describe = session.describes_verdicts();
+    let started = describe.then(std::time::Instant::now);
     let mut result = run_chain(
         chain,
         &mut session.contexts,
         from.peer.direction_from(),
         message,
+        describe,
     );
+    let filter_us = started.map_or(0, |s| {
+        u64::try_from(s.elapsed().as_micros()).unwrap_or(u64::MAX)
+    });
+    from.verdict_on_read(result.verdict.clone(), filter_us);
+    let note = |what: &str| {
+        result
+            .verdict
+            .as_ref()
+            .map(|v| (format!("{what}: {v}"), filter_us))
+    };
+    let forward_note = note("forwarded");
+    let reply_note = note("reply");
+    let close_note = note("closed");
     // A plugin that turns a data message into a close closes both sides.
     if !is_close
         && result.close.is_none()
@@ -315,20 +434,31 @@ async fn on_read(
                 (u16::from(f.code), f.reason.as_str().to_owned())
             }));
         }
+        to.note_writes(forward_note.clone());
         to.send_all(std::mem::take(&mut result.forward)).await;
+        to.note_writes(None);
     }
 
     if let Some((code, reason)) = result.close {
         tracing::info!(connection = session.id, code, %reason, "closing both sides");
+        session.closing("gateway", Some(code), &reason);
+        from.note_writes(close_note.clone());
+        to.note_writes(close_note);
         from.close(code, &reason).await;
         to.close(code, &reason).await;
+        from.note_writes(None);
+        to.note_writes(None);
         if is_close {
             from.finish().await;
         }
         return;
     }
+    from.note_writes(reply_note);
     from.send_all(result.replies).await;
+    from.note_writes(None);
+    to.note_writes(forward_note);
     to.send_all(result.forward).await;
+    to.note_writes(None);
     if is_close {
         from.finish().await;
     }
@@ -348,8 +478,15 @@ fn run_chain(
     contexts: &mut [CallContext],
     direction: Direction,
     message: WsMessage,
+    describe: bool,
 ) -> ChainResult {
     let mut result = ChainResult::default();
+    let mut notes: Vec<String> = Vec::new();
+    let mut note = |step: &ChainStep, what: std::fmt::Arguments<'_>| {
+        if describe {
+            notes.push(format!("{} {what}", step.pool.plugin().id()));
+        }
+    };
     let mut items = vec![Item::Wire(message)];
     for step in chain {
         let Some(context) = contexts.get_mut(step.slot) else {
@@ -371,16 +508,30 @@ fn run_chain(
             let verdict = match step.pool.on_message(context, direction, &message) {
                 Ok(verdict) => verdict,
                 Err(fault) => {
+                    note(
+                        step,
+                        format_args!("fault {} (fail {:?})", fault.kind.as_str(), step.fail),
+                    );
                     tracing::error!(plugin = %fault.plugin, kind = fault.kind.as_str(), error = %fault.message, fail = ?step.fail, "message plugin failed");
                     match step.fail {
                         FailPolicy::Open => MessageVerdict::Forward,
                         FailPolicy::Closed => {
                             result.close = Some((1011, format!("filter {} failed", fault.plugin)));
+                            result.verdict = describe.then(|| notes.join(", "));
                             return result;
                         }
                     }
                 }
             };
+            if describe {
+                match &verdict {
+                    MessageVerdict::Forward => note(step, format_args!("forward")),
+                    MessageVerdict::Replace(m) => note(step, format_args!("replace ({})", m.len())),
+                    MessageVerdict::Drop => note(step, format_args!("drop")),
+                    MessageVerdict::Close(f) => note(step, format_args!("close {}", f.code)),
+                    MessageVerdict::Reply(m) => note(step, format_args!("reply ({})", m.len())),
+                }
+            }
             match verdict {
                 MessageVerdict::Close(frame) if is_close => {
                     next.push(Item::Plugin(Message::Close(Some(frame))));
@@ -398,6 +549,7 @@ fn run_chain(
                 }
                 MessageVerdict::Close(frame) => {
                     result.close = Some((frame.code, frame.reason));
+                    result.verdict = describe.then(|| notes.join(", "));
                     return result;
                 }
                 MessageVerdict::Reply(messages) => {
@@ -407,6 +559,7 @@ fn run_chain(
         }
         items = next;
     }
+    result.verdict = describe.then(|| notes.join(", "));
     result.forward = items
         .into_iter()
         .map(|item| match item {

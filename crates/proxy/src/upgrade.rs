@@ -15,14 +15,16 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tracing::Instrument;
-use wsgate_config::FailPolicy;
+use wsgate_config::{FailPolicy, MonitorLevel};
+use wsgate_monitor::{PluginVerdict, Record, UpgradeRecord, now_us};
 use wsgate_runtime::{
     CallContext, ConnectionInfo, Header, HeaderOp, Route, UpgradeRequest, UpgradeVerdict,
 };
 
 use crate::Shared;
 use crate::generation::{DEFAULT_CONNECT_TIMEOUT, Generation, LiveEndpoint};
-use crate::relay::{self, Session};
+use crate::relay::{self, Session, Watch};
+use crate::tap::{Recorder, Tap};
 use crate::upstream::{self, UpstreamUrl};
 
 /// The response type of the client-facing listener.
@@ -66,13 +68,74 @@ pub async fn handle(
     let id = shared.next_connection_id();
     let span =
         tracing::info_span!("connection", id, endpoint = %endpoint.config.path.get_ref(), %client);
+    let level = endpoint.config.monitor;
+    let mut trace = UpgradeTrace {
+        enabled: level > MonitorLevel::Off,
+        ..UpgradeTrace::default()
+    };
+    let recorded = trace.enabled.then(|| {
+        let record = UpgradeRecord {
+            connection: shared.monitor.key(id),
+            id,
+            generation: generation.id,
+            time_us: now_us(),
+            endpoint: endpoint.config.path.get_ref().clone(),
+            client: client.to_string(),
+            method: request.method().to_string(),
+            path: path.clone(),
+            query: request.uri().query().unwrap_or("").to_string(),
+            request_headers: header_pairs(request.headers()),
+            status: 0,
+            response_headers: Vec::new(),
+            duration_us: 0,
+            route: None,
+            verdicts: Vec::new(),
+            level: level.as_str().to_string(),
+        };
+        (std::time::Instant::now(), record)
+    });
     async move {
-        let response = upgrade(&shared, generation, endpoint, id, client, request).await;
+        let response = upgrade(
+            &shared, generation, endpoint, id, client, request, &mut trace,
+        )
+        .await;
         tracing::info!(status = response.status().as_u16(), "upgrade answered");
+        if let Some((started, mut record)) = recorded {
+            record.status = response.status().as_u16();
+            record.response_headers = header_pairs(response.headers());
+            record.duration_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+            record.route = trace.route;
+            record.verdicts = trace.verdicts;
+            shared.monitor.record(Record::Upgrade(record));
+        }
         response
     }
     .instrument(span)
     .await
+}
+
+/// What the monitor learns while the upgrade runs.
+#[derive(Default)]
+struct UpgradeTrace {
+    /// Whether anything is recorded for this endpoint.
+    enabled: bool,
+    /// Each upgrade plugin's verdict.
+    verdicts: Vec<PluginVerdict>,
+    /// Where the chain routed.
+    route: Option<String>,
+}
+
+/// Headers as (name, value) pairs, values lossily as text.
+fn header_pairs(headers: &HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|(name, value)| {
+            (
+                name.as_str().to_string(),
+                String::from_utf8_lossy(value.as_bytes()).into_owned(),
+            )
+        })
+        .collect()
 }
 
 /// Everything before the relay starts: on success, the 101 for the client.
@@ -83,6 +146,7 @@ async fn upgrade(
     id: u64,
     client: SocketAddr,
     mut request: Request<Incoming>,
+    trace: &mut UpgradeTrace,
 ) -> HttpResponse {
     let upgrade_request = describe(&request, id, client);
     let info = Arc::new(ConnectionInfo {
@@ -96,10 +160,14 @@ async fn upgrade(
         .map(|_| CallContext::new(info.clone()))
         .collect();
 
-    let (route, header_ops) = match run_upgrade_chain(&endpoint, &upgrade_request, &mut contexts) {
-        ChainOutcome::Route(route, ops) => (route, ops),
-        ChainOutcome::Respond(response) => return response,
-    };
+    let (route, header_ops) =
+        match run_upgrade_chain(&endpoint, &upgrade_request, &mut contexts, trace) {
+            ChainOutcome::Route(route, ops) => (route, ops),
+            ChainOutcome::Respond(response) => return response,
+        };
+    if trace.enabled {
+        trace.route = Some(route.url.clone());
+    }
     let url = match UpstreamUrl::parse(&route.url) {
         Ok(url) => url,
         Err(error) => {
@@ -165,12 +233,30 @@ async fn upgrade(
     let response = switching_protocols(&request, upstream.protocol);
     let _ = info.route_url.set(route.url.clone());
     let on_upgrade = hyper::upgrade::on(&mut request);
-    let session = Session::new(id, generation, endpoint, contexts, shared.clone(), permit);
+    let level = endpoint.config.monitor;
+    let watch = (level > MonitorLevel::Off).then(|| Watch::new(shared.monitor.clone(), id, level));
+    let recorder = (level >= MonitorLevel::Metadata).then(|| {
+        let capture = if level == MonitorLevel::Full {
+            usize::try_from(endpoint.config.monitor_capture.0).unwrap_or(usize::MAX)
+        } else {
+            0
+        };
+        Recorder::new(shared.monitor.clone(), shared.monitor.key(id), capture)
+    });
+    let session = Session::new(
+        id,
+        generation,
+        endpoint,
+        contexts,
+        shared.clone(),
+        permit,
+        watch,
+    );
     let relay = async move {
         match on_upgrade.await {
             Ok(upgraded) => {
                 let client = WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
+                    Tap::new(TokioIo::new(upgraded), recorder),
                     Role::Server,
                     Some(ws_config),
                 )
@@ -221,13 +307,29 @@ fn run_upgrade_chain(
     endpoint: &LiveEndpoint,
     request: &UpgradeRequest,
     contexts: &mut [CallContext],
+    trace: &mut UpgradeTrace,
 ) -> ChainOutcome {
     let mut header_ops = Vec::new();
     for step in &endpoint.upgrade {
         let Some(context) = contexts.get_mut(step.slot) else {
             continue;
         };
-        match step.pool.on_upgrade(context, request) {
+        let started = std::time::Instant::now();
+        let verdict = step.pool.on_upgrade(context, request);
+        if trace.enabled {
+            trace.verdicts.push(PluginVerdict {
+                plugin: step.pool.plugin().id().to_string(),
+                verdict: match &verdict {
+                    Ok(UpgradeVerdict::Continue) => "continue".to_string(),
+                    Ok(UpgradeVerdict::Modify(ops)) => format!("modify ({} header ops)", ops.len()),
+                    Ok(UpgradeVerdict::Reject(rejection)) => format!("reject {}", rejection.status),
+                    Ok(UpgradeVerdict::Route(route)) => format!("route {}", route.url),
+                    Err(fault) => format!("fault {} (fail {:?})", fault.kind.as_str(), step.fail),
+                },
+                duration_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            });
+        }
+        match verdict {
             Ok(UpgradeVerdict::Continue) => {}
             Ok(UpgradeVerdict::Modify(ops)) => header_ops.extend(ops),
             Ok(UpgradeVerdict::Reject(rejection)) => {

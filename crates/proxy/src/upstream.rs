@@ -13,7 +13,7 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
 /// A WebSocket stream over an upgraded HTTP/1.1 connection (either side).
-pub type WsStream = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+pub type WsStream = WebSocketStream<crate::tap::Tap<TokioIo<hyper::upgrade::Upgraded>>>;
 
 /// Why the upstream connection failed; each maps to the client's status.
 #[derive(Debug, thiserror::Error)]
@@ -232,9 +232,12 @@ async fn upgrade(
     let upgraded = hyper::upgrade::on(response)
         .await
         .map_err(|e| refused(format!("upgrade failed: {e}")))?;
-    let stream =
-        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Client, Some(ws_config))
-            .await;
+    let stream = WebSocketStream::from_raw_socket(
+        crate::tap::Tap::new(TokioIo::new(upgraded), None),
+        Role::Client,
+        Some(ws_config),
+    )
+    .await;
     Ok(Upstream { stream, protocol })
 }
 

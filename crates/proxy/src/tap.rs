@@ -1,0 +1,350 @@
+//! The monitor's view of a connection: the I/O under the client's WebSocket
+//! stream, parsing frame headers as bytes go by. Reads are frames from the
+//! client (origin `client`, with their masking keys); writes are frames the
+//! gateway sends the client (origin `server`). The relay adds each message's
+//! verdict and time in filters. With monitoring off the tap is a plain
+//! pass-through.
+
+use std::collections::VecDeque;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use wsgate_monitor::{FrameRecord, Monitor, Origin, Record, now_us};
+
+/// Client frames waiting for a verdict before they are recorded without one.
+const MAX_AWAITING: usize = 1024;
+
+/// Pass-through I/O that reports every frame to the monitor.
+pub struct Tap<S> {
+    inner: S,
+    recorder: Option<Box<Recorder>>,
+}
+
+impl<S> Tap<S> {
+    /// Wrap `inner`; frames are recorded when `recorder` is given.
+    pub fn new(inner: S, recorder: Option<Recorder>) -> Self {
+        Self {
+            inner,
+            recorder: recorder.map(Box::new),
+        }
+    }
+
+    /// The recorder, when this connection is monitored at frame level.
+    pub fn recorder(&mut self) -> Option<&mut Recorder> {
+        self.recorder.as_deref_mut()
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Tap<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let this = &mut *self;
+        let result = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let (Poll::Ready(Ok(())), Some(recorder)) = (&result, this.recorder.as_deref_mut()) {
+            recorder.on_read(&buf.filled()[before..]);
+        }
+        result
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Tap<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        let result = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if let (Poll::Ready(Ok(written)), Some(recorder)) = (&result, this.recorder.as_deref_mut())
+        {
+            recorder.on_write(&buf[..*written]);
+        }
+        result
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Turns a connection's bytes into frame records.
+pub struct Recorder {
+    monitor: Monitor,
+    connection: String,
+    seq: u64,
+    reads: FrameParser,
+    writes: FrameParser,
+    /// Complete client frames that end a message, waiting for the relay's verdict.
+    awaiting: VecDeque<FrameRecord>,
+    /// Verdict and filter time for the frames being written now.
+    write_note: Option<(String, u64)>,
+}
+
+impl Recorder {
+    /// Record connection `connection`'s frames with up to `capture` payload
+    /// bytes each (0: metadata only).
+    pub fn new(monitor: Monitor, connection: String, capture: usize) -> Self {
+        Self {
+            monitor,
+            connection,
+            seq: 0,
+            reads: FrameParser::new(Origin::Client, capture),
+            writes: FrameParser::new(Origin::Server, capture),
+            awaiting: VecDeque::new(),
+            write_note: None,
+        }
+    }
+
+    fn on_read(&mut self, bytes: &[u8]) {
+        let mut done = Vec::new();
+        self.reads.feed(bytes, &mut done);
+        for frame in done {
+            let frame = self.stamp(frame);
+            if frame.fin {
+                if self.awaiting.len() == MAX_AWAITING
+                    && let Some(oldest) = self.awaiting.pop_front()
+                {
+                    self.monitor.record(Record::Frame(oldest));
+                }
+                self.awaiting.push_back(frame);
+            } else {
+                self.monitor.record(Record::Frame(frame));
+            }
+        }
+    }
+
+    fn on_write(&mut self, bytes: &[u8]) {
+        let mut done = Vec::new();
+        self.writes.feed(bytes, &mut done);
+        for mut frame in done {
+            if frame.fin
+                && let Some((verdict, filter_us)) = &self.write_note
+            {
+                frame.verdict = Some(verdict.clone());
+                frame.filter_us = Some(*filter_us);
+            }
+            let frame = self.stamp(frame);
+            self.monitor.record(Record::Frame(frame));
+        }
+    }
+
+    fn stamp(&mut self, mut frame: FrameRecord) -> FrameRecord {
+        self.seq += 1;
+        frame.seq = self.seq;
+        frame.connection.clone_from(&self.connection);
+        frame
+    }
+
+    /// The relay's verdict on the next client message.
+    pub fn verdict_on_read(&mut self, verdict: Option<String>, filter_us: u64) {
+        if let Some(mut frame) = self.awaiting.pop_front() {
+            frame.verdict = verdict;
+            frame.filter_us = Some(filter_us);
+            self.monitor.record(Record::Frame(frame));
+        }
+    }
+
+    /// The verdict and filter time behind the frames about to be written
+    /// (`None`: frames the gateway writes on its own, such as pongs).
+    pub fn note_writes(&mut self, note: Option<(String, u64)>) {
+        self.write_note = note;
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        for frame in self.awaiting.drain(..) {
+            self.monitor.record(Record::Frame(frame));
+        }
+    }
+}
+
+/// A streaming parser of RFC 6455 frame headers that captures the start
+/// of each payload, unmasked.
+struct FrameParser {
+    origin: Origin,
+    capture: usize,
+    header: [u8; 14],
+    have: usize,
+    need: usize,
+    remaining: u64,
+    frame: Option<FrameRecord>,
+    mask: Option<[u8; 4]>,
+    offset: u64,
+    payload: Vec<u8>,
+}
+
+impl FrameParser {
+    fn new(origin: Origin, capture: usize) -> Self {
+        Self {
+            origin,
+            capture,
+            header: [0; 14],
+            have: 0,
+            need: 2,
+            remaining: 0,
+            frame: None,
+            mask: None,
+            offset: 0,
+            payload: Vec::new(),
+        }
+    }
+
+    fn feed(&mut self, mut bytes: &[u8], done: &mut Vec<FrameRecord>) {
+        while !bytes.is_empty() {
+            if self.frame.is_none() {
+                let take = (self.need - self.have).min(bytes.len());
+                self.header[self.have..self.have + take].copy_from_slice(&bytes[..take]);
+                self.have += take;
+                bytes = &bytes[take..];
+                if self.have == 2 {
+                    let masked = self.header[1] & 0x80 != 0;
+                    let extra = match self.header[1] & 0x7f {
+                        126 => 2,
+                        127 => 8,
+                        _ => 0,
+                    };
+                    self.need = 2 + extra + if masked { 4 } else { 0 };
+                }
+                if self.have == self.need {
+                    self.start_frame(done);
+                }
+                continue;
+            }
+            let take = usize::try_from(self.remaining)
+                .unwrap_or(usize::MAX)
+                .min(bytes.len());
+            let room = self.capture.saturating_sub(self.payload.len()).min(take);
+            for (i, byte) in bytes[..room].iter().enumerate() {
+                let key = self
+                    .mask
+                    .map_or(0, |mask| mask[((self.offset + i as u64) % 4) as usize]);
+                self.payload.push(byte ^ key);
+            }
+            self.offset += take as u64;
+            self.remaining -= take as u64;
+            bytes = &bytes[take..];
+            if self.remaining == 0 {
+                self.finish_frame(done);
+            }
+        }
+    }
+
+    fn start_frame(&mut self, done: &mut Vec<FrameRecord>) {
+        let h = &self.header;
+        let masked = h[1] & 0x80 != 0;
+        let (length, key_at) = match h[1] & 0x7f {
+            126 => (u64::from(u16::from_be_bytes([h[2], h[3]])), 4),
+            127 => (
+                u64::from_be_bytes([h[2], h[3], h[4], h[5], h[6], h[7], h[8], h[9]]),
+                10,
+            ),
+            short => (u64::from(short), 2),
+        };
+        self.mask = masked.then(|| [h[key_at], h[key_at + 1], h[key_at + 2], h[key_at + 3]]);
+        self.frame = Some(FrameRecord {
+            connection: String::new(),
+            seq: 0,
+            time_us: 0,
+            origin: self.origin,
+            opcode: h[0] & 0x0f,
+            fin: h[0] & 0x80 != 0,
+            rsv: [h[0] & 0x40 != 0, h[0] & 0x20 != 0, h[0] & 0x10 != 0],
+            masking_key: self
+                .mask
+                .map(|m| m.iter().map(|b| format!("{b:02x}")).collect()),
+            length,
+            payload: None,
+            truncated: false,
+            filter_us: None,
+            verdict: None,
+        });
+        self.remaining = length;
+        self.offset = 0;
+        self.payload.clear();
+        self.have = 0;
+        self.need = 2;
+        if length == 0 {
+            self.finish_frame(done);
+        }
+    }
+
+    fn finish_frame(&mut self, done: &mut Vec<FrameRecord>) {
+        if let Some(mut frame) = self.frame.take() {
+            frame.time_us = now_us();
+            if self.capture > 0 {
+                frame.truncated = frame.length > self.payload.len() as u64;
+                frame.payload = Some(STANDARD.encode(&self.payload));
+            }
+            done.push(frame);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frames(origin: Origin, capture: usize, wire: &[u8], chunk: usize) -> Vec<FrameRecord> {
+        let mut parser = FrameParser::new(origin, capture);
+        let mut done = Vec::new();
+        for piece in wire.chunks(chunk) {
+            parser.feed(piece, &mut done);
+        }
+        done
+    }
+
+    #[test]
+    fn frames_are_parsed_across_any_split_with_masks_removed() {
+        // A masked "Hello" (RFC 6455 5.7), then an unmasked 300-byte binary
+        // frame (16-bit length), then an empty ping.
+        let mut wire = vec![
+            0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58,
+        ];
+        wire.extend([0x82, 0x7e, 0x01, 0x2c]);
+        wire.extend(std::iter::repeat_n(7u8, 300));
+        wire.extend([0x89, 0x00]);
+        for chunk in [1, 2, 3, 7, 64, wire.len()] {
+            let got = frames(Origin::Client, 100, &wire, chunk);
+            assert_eq!(got.len(), 3, "chunk {chunk}");
+            assert_eq!(got[0].opcode, 1);
+            assert!(got[0].fin);
+            assert_eq!(got[0].masking_key.as_deref(), Some("37fa213d"));
+            assert_eq!(
+                got[0].payload.as_deref(),
+                Some(STANDARD.encode("Hello").as_str())
+            );
+            assert_eq!(
+                (got[1].opcode, got[1].length, got[1].truncated),
+                (2, 300, true)
+            );
+            assert_eq!(
+                STANDARD.decode(got[1].payload.as_ref().unwrap()).unwrap(),
+                vec![7u8; 100]
+            );
+            assert_eq!(got[1].masking_key, None);
+            assert_eq!((got[2].opcode, got[2].length), (9, 0));
+        }
+    }
+
+    #[test]
+    fn metadata_only_keeps_no_payload_and_reads_flags() {
+        let got = frames(Origin::Server, 0, &[0x41, 0x01, b'x'], 1);
+        assert_eq!(got.len(), 1);
+        assert!(!got[0].fin);
+        assert_eq!(got[0].rsv, [true, false, false]);
+        assert_eq!(got[0].payload, None);
+    }
+}
