@@ -9,6 +9,8 @@
     missing_docs
 )]
 
+pub mod webdriver;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -407,4 +409,51 @@ where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     ws.send(Message::text(text)).await.unwrap();
+}
+
+/// Serve `gateway`'s admin API on port 0; its address and the token that stops it.
+pub async fn start_admin(
+    gateway: &Gateway,
+    token: Option<&str>,
+) -> (SocketAddr, CancellationToken) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    tokio::spawn(wsgate_admin::serve(
+        listener,
+        gateway.clone(),
+        token.map(str::to_string),
+        stop.clone(),
+    ));
+    (address, stop)
+}
+
+/// A minimal HTTP/1.1 request to an admin listener; status and body.
+pub async fn admin_http(
+    address: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TcpStream::connect(address).await.unwrap();
+    let auth = token.map_or(String::new(), |t| format!("authorization: Bearer {t}\r\n"));
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n{auth}content-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let status = response[9..12].parse().unwrap();
+    let body = response.split_once("\r\n\r\n").unwrap().1.to_string();
+    (status, body)
+}
+
+/// `GET` an admin JSON route (no token).
+pub async fn admin_json(address: SocketAddr, path: &str) -> serde_json::Value {
+    let (status, body) = admin_http(address, "GET", path, None, "").await;
+    assert_eq!(status, 200, "{path}: {body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
 }

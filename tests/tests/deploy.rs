@@ -236,25 +236,19 @@ async fn the_admin_api_deploys_and_reports_generations_health_and_metrics() {
     let gateway = Gateway::start(parse_config(&tagged(echo, "1.0.0")), runtime())
         .await
         .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let admin = listener.local_addr().unwrap();
-    let stop = tokio_util::sync::CancellationToken::new();
-    tokio::spawn(wsgate_admin::serve(
-        listener,
-        gateway.clone(),
-        Some("secret".into()),
-        stop.clone(),
-    ));
+    let (admin, stop) = start_admin(&gateway, Some("secret")).await;
     let mut old = connect(&gateway, "/load").await;
 
-    assert_eq!(http(admin, "GET", "/healthz", None, "").await.0, 200);
-    assert_eq!(http(admin, "GET", "/readyz", None, "").await.0, 200);
+    assert_eq!(admin_http(admin, "GET", "/healthz", None, "").await.0, 200);
+    assert_eq!(admin_http(admin, "GET", "/readyz", None, "").await.0, 200);
     assert_eq!(
-        http(admin, "GET", "/api/generations", None, "").await.0,
+        admin_http(admin, "GET", "/api/generations", None, "")
+            .await
+            .0,
         401
     );
     assert_eq!(
-        http(
+        admin_http(
             admin,
             "POST",
             "/api/deploy",
@@ -266,7 +260,7 @@ async fn the_admin_api_deploys_and_reports_generations_health_and_metrics() {
         401
     );
 
-    let (status, body) = http(
+    let (status, body) = admin_http(
         admin,
         "POST",
         "/api/deploy",
@@ -275,7 +269,7 @@ async fn the_admin_api_deploys_and_reports_generations_health_and_metrics() {
     )
     .await;
     assert_eq!((status, body.as_str()), (200, r#"{"generation":2}"#));
-    let (status, body) = http(
+    let (status, body) = admin_http(
         admin,
         "POST",
         "/api/deploy",
@@ -294,7 +288,7 @@ async fn the_admin_api_deploys_and_reports_generations_health_and_metrics() {
     assert_eq!(next_text(&mut old).await, "a+v1.0.0");
     assert_eq!(next_text(&mut new).await, "b+v2.0.0");
 
-    let (_, body) = http(admin, "GET", "/api/generations", Some("secret"), "").await;
+    let (_, body) = admin_http(admin, "GET", "/api/generations", Some("secret"), "").await;
     let generations: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(
         generations,
@@ -303,7 +297,7 @@ async fn the_admin_api_deploys_and_reports_generations_health_and_metrics() {
             {"id": 2, "connections": 1, "current": true},
         ]})
     );
-    let (_, metrics) = http(admin, "GET", "/metrics", Some("secret"), "").await;
+    let (_, metrics) = admin_http(admin, "GET", "/metrics", Some("secret"), "").await;
     assert!(metrics.contains("wsgate_connections_active 2"), "{metrics}");
     assert!(
         metrics.contains("wsgate_generation_connections{generation=\"1\",current=\"false\"} 1"),
@@ -318,31 +312,8 @@ async fn the_admin_api_deploys_and_reports_generations_health_and_metrics() {
     assert_eq!(expect_close(&mut old).await.0, 1001);
     assert_eq!(expect_close(&mut new).await.0, 1001);
     shutdown.await.unwrap();
-    assert_eq!(http(admin, "GET", "/readyz", None, "").await.0, 503);
+    assert_eq!(admin_http(admin, "GET", "/readyz", None, "").await.0, 503);
     stop.cancel();
-}
-
-/// A minimal HTTP/1.1 request; status and body.
-async fn http(
-    address: SocketAddr,
-    method: &str,
-    path: &str,
-    token: Option<&str>,
-    body: &str,
-) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
-    let auth = token.map_or(String::new(), |t| format!("authorization: Bearer {t}\r\n"));
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n{auth}content-length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    let status = response[9..12].parse().unwrap();
-    let body = response.split_once("\r\n\r\n").unwrap().1.to_string();
-    (status, body)
 }
 
 #[tokio::test]

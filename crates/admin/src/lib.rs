@@ -7,14 +7,19 @@
 //! | `POST /api/deploy` | body: a whole `host-config.toml`; header `x-wsgate-config-path` names it (relative plugin paths resolve against its directory). 200 `{"generation": N}`, or 422 `{"errors": [{file, line, column, field, message}]}` with the running configuration untouched |
 //! | `GET /api/generations` | live generations and their open connections |
 //! | `GET /api/deploys` | deploy history |
+//! | `GET /api/endpoints` | the listener, endpoints with their chains and monitor levels, plugins |
+//! | `GET /api/connections` | recorded connections, newest first; filters `endpoint`, `since`, `until` (µs since the epoch), `status`, `close_code`, `opcode`, `limit` |
+//! | `GET /api/connections/{key}` | one connection: its upgrade, its end, its frames in order |
+//! | `GET /api/frames` | frames; filters `connection`, `endpoint`, `origin` (client/server), `opcode`, `since`, `until`, `limit` |
+//! | `GET /api/tail` | WebSocket: every record from now on as JSON; filters `endpoint`, `connection` |
 //! | `GET /metrics` | Prometheus text |
+//! | `GET /console/` | the web console (Traffic > HTTP, Traffic > WebSockets, endpoints and plugins, test client) |
 //!
-//! With a token configured, every route but `/healthz` and `/readyz` needs
-//! `Authorization: Bearer <token>`.
+//! With a token configured, every route but `/healthz`, `/readyz` and the
+//! console's files needs `Authorization: Bearer <token>` (`?token=` on
+//! `/api/tail`, which browsers open without headers).
 
-use std::fmt::Write as _;
 use std::path::Path;
-use std::sync::atomic::Ordering;
 use std::time::UNIX_EPOCH;
 
 use bytes::Bytes;
@@ -30,10 +35,14 @@ use tokio_util::sync::CancellationToken;
 use wsgate_config::ConfigErrors;
 use wsgate_proxy::Gateway;
 
+mod console;
+mod metrics;
+mod traffic;
+
 /// Largest configuration a deploy may post.
 const MAX_DEPLOY_BODY: usize = 1 << 20;
 
-type AdminResponse = Response<Full<Bytes>>;
+pub(crate) type AdminResponse = Response<Full<Bytes>>;
 
 /// Serve the admin API on `listener` until `stop` is cancelled.
 pub async fn serve(
@@ -64,6 +73,7 @@ pub async fn serve(
             });
             if let Err(error) = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades()
                 .await
             {
                 tracing::debug!(%error, "admin connection ended with an error");
@@ -82,6 +92,9 @@ async fn route(
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") if gateway.is_ready() => text(StatusCode::OK, "ready\n"),
         (&Method::GET, "/readyz") => text(StatusCode::SERVICE_UNAVAILABLE, "draining\n"),
+        // The console's files hold no data; the API it calls needs the token.
+        (&Method::GET, "/") => console::redirect(),
+        (&Method::GET, asset) if asset.starts_with("/console") => console::asset(asset),
         _ if !authorized(&request, token) => {
             let mut response = text(StatusCode::UNAUTHORIZED, "a bearer token is required\n");
             response.headers_mut().insert(
@@ -93,7 +106,24 @@ async fn route(
         (&Method::POST, "/api/deploy") => deploy(gateway, request).await,
         (&Method::GET, "/api/generations") => json_response(StatusCode::OK, &generations(gateway)),
         (&Method::GET, "/api/deploys") => json_response(StatusCode::OK, &deploys(gateway)),
-        (&Method::GET, "/metrics") => metrics(gateway),
+        (&Method::GET, "/api/endpoints") => {
+            json_response(StatusCode::OK, &traffic::endpoints(gateway))
+        }
+        (&Method::GET, "/api/connections") => traffic::connections(gateway, &request).await,
+        (&Method::GET, key) if key.starts_with("/api/connections/") => {
+            let key = key.trim_start_matches("/api/connections/").to_string();
+            traffic::connection(gateway, &key, &request).await
+        }
+        (&Method::GET, "/api/frames") => traffic::frames(gateway, &request).await,
+        (&Method::GET, "/api/tail") => traffic::tail(gateway, request),
+        (&Method::GET, "/metrics") => {
+            let mut response = text(StatusCode::OK, &metrics::render(gateway));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            response
+        }
         _ => text(StatusCode::NOT_FOUND, "no such admin route\n"),
     }
 }
@@ -102,12 +132,23 @@ fn authorized(request: &Request<Incoming>, token: Option<&str>) -> bool {
     let Some(token) = token else {
         return true;
     };
-    request
+    let bearer = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|given| constant_time_eq(given.as_bytes(), token.as_bytes()))
+        .map(str::to_string);
+    // Browsers cannot set headers on a WebSocket: the tail takes `?token=`.
+    let given = bearer.or_else(|| {
+        (request.uri().path() == "/api/tail")
+            .then(|| {
+                form_urlencoded::parse(request.uri().query().unwrap_or("").as_bytes())
+                    .find(|(k, _)| k == "token")
+                    .map(|(_, v)| v.into_owned())
+            })
+            .flatten()
+    });
+    given.is_some_and(|given| constant_time_eq(given.as_bytes(), token.as_bytes()))
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -186,119 +227,7 @@ fn deploys(gateway: &Gateway) -> Value {
     json!({ "deploys": deploys })
 }
 
-fn metrics(gateway: &Gateway) -> AdminResponse {
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "# HELP wsgate_connections_active Proxied connections open."
-    );
-    let _ = writeln!(out, "# TYPE wsgate_connections_active gauge");
-    let _ = writeln!(
-        out,
-        "wsgate_connections_active {}",
-        gateway.active_connections()
-    );
-    let _ = writeln!(
-        out,
-        "# HELP wsgate_generation_connections Connections open per live configuration generation."
-    );
-    let _ = writeln!(out, "# TYPE wsgate_generation_connections gauge");
-    for g in gateway.generations() {
-        let _ = writeln!(
-            out,
-            "wsgate_generation_connections{{generation=\"{}\",current=\"{}\"}} {}",
-            g.id, g.current, g.connections
-        );
-    }
-    let generation = gateway.generation();
-    let _ = writeln!(
-        out,
-        "# HELP wsgate_endpoint_connections Connections open per endpoint (current generation)."
-    );
-    let _ = writeln!(out, "# TYPE wsgate_endpoint_connections gauge");
-    for endpoint in &generation.endpoints {
-        let _ = writeln!(
-            out,
-            "wsgate_endpoint_connections{{endpoint=\"{}\"}} {}",
-            escape(endpoint.config.path.get_ref()),
-            endpoint.active_connections()
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP wsgate_plugin_calls_total Plugin calls (current generation)."
-    );
-    let _ = writeln!(out, "# TYPE wsgate_plugin_calls_total counter");
-    let _ = writeln!(
-        out,
-        "# HELP wsgate_plugin_faults_total Plugin calls that failed, by kind (current generation)."
-    );
-    let _ = writeln!(out, "# TYPE wsgate_plugin_faults_total counter");
-    for (i, pool) in generation.pools.iter().enumerate() {
-        let plugin = escape(pool.plugin().id());
-        let stats = pool.stats();
-        let _ = writeln!(
-            out,
-            "wsgate_plugin_calls_total{{plugin=\"{plugin}\",pool=\"{i}\"}} {}",
-            stats.calls.load(Ordering::Relaxed)
-        );
-        for (kind, counter) in [
-            ("deadline", &stats.deadline_faults),
-            ("memory", &stats.memory_faults),
-            ("trap", &stats.trap_faults),
-            ("instantiate", &stats.instantiate_faults),
-            ("output", &stats.output_faults),
-        ] {
-            let _ = writeln!(
-                out,
-                "wsgate_plugin_faults_total{{plugin=\"{plugin}\",pool=\"{i}\",kind=\"{kind}\"}} {}",
-                counter.load(Ordering::Relaxed)
-            );
-        }
-    }
-    let _ = writeln!(
-        out,
-        "# HELP wsgate_plugin_log_lines_dropped_total Plugin log lines over the log rate (current generation)."
-    );
-    let _ = writeln!(out, "# TYPE wsgate_plugin_log_lines_dropped_total counter");
-    for (i, pool) in generation.pools.iter().enumerate() {
-        let _ = writeln!(
-            out,
-            "wsgate_plugin_log_lines_dropped_total{{plugin=\"{}\",pool=\"{i}\"}} {}",
-            escape(pool.plugin().id()),
-            pool.stats().log_lines_dropped.load(Ordering::Relaxed)
-        );
-    }
-    let deploys = gateway.deploys();
-    let ok = deploys.iter().filter(|d| d.generation.is_some()).count();
-    let _ = writeln!(
-        out,
-        "# HELP wsgate_deploys_total Deploy attempts by result."
-    );
-    let _ = writeln!(out, "# TYPE wsgate_deploys_total counter");
-    let _ = writeln!(out, "wsgate_deploys_total{{result=\"ok\"}} {ok}");
-    let _ = writeln!(
-        out,
-        "wsgate_deploys_total{{result=\"refused\"}} {}",
-        deploys.len() - ok
-    );
-    let mut response = text(StatusCode::OK, &out);
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-    );
-    response
-}
-
-/// Escape a Prometheus label value.
-fn escape(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
-fn text(status: StatusCode, body: &str) -> AdminResponse {
+pub(crate) fn text(status: StatusCode, body: &str) -> AdminResponse {
     let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
     *response.status_mut() = status;
     response.headers_mut().insert(
@@ -308,7 +237,7 @@ fn text(status: StatusCode, body: &str) -> AdminResponse {
     response
 }
 
-fn json_response(status: StatusCode, value: &Value) -> AdminResponse {
+pub(crate) fn json_response(status: StatusCode, value: &Value) -> AdminResponse {
     let mut response = Response::new(Full::new(Bytes::from(value.to_string())));
     *response.status_mut() = status;
     response.headers_mut().insert(
@@ -325,10 +254,5 @@ mod tests {
         assert!(super::constant_time_eq(b"abc", b"abc"));
         assert!(!super::constant_time_eq(b"abc", b"abd"));
         assert!(!super::constant_time_eq(b"abc", b"abcd"));
-    }
-
-    #[test]
-    fn label_values_are_escaped() {
-        assert_eq!(super::escape("a\"b\\c"), "a\\\"b\\\\c");
     }
 }

@@ -12,6 +12,7 @@
 //!    carries the close handshake, expiry and shutdown.
 
 mod convert;
+pub mod counters;
 pub mod echo;
 pub mod generation;
 mod relay;
@@ -88,6 +89,8 @@ pub struct Shared {
     /// The traffic monitor (its storage is set at start; deploys change
     /// only what each endpoint records).
     monitor: Monitor,
+    /// Traffic counters for `/metrics`.
+    counters: counters::TrafficCounters,
 }
 
 impl Shared {
@@ -168,6 +171,7 @@ impl Gateway {
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
             monitor,
+            counters: counters::TrafficCounters::default(),
         });
         let gateway = Self { shared };
         gateway.apply_listeners(&generation.config).await?;
@@ -424,6 +428,11 @@ impl Gateway {
     /// The traffic monitor.
     pub fn monitor(&self) -> &Monitor {
         &self.shared.monitor
+    }
+
+    /// Traffic counters: upgrades, messages, bytes, verdicts.
+    pub fn counters(&self) -> &counters::TrafficCounters {
+        &self.shared.counters
     }
 
     /// Stop accepting, close every connection (1001 to clients, 1000 to

@@ -18,6 +18,7 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 use wsgate_config::{FailPolicy, MonitorLevel};
 use wsgate_monitor::{EndRecord, Monitor, Record, now_us};
@@ -339,7 +340,12 @@ async fn on_read(
 ) {
     let message = match read {
         Some(Ok(message)) => message,
-        None | Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed)) => {
+        None
+        | Some(Err(
+            WsError::ConnectionClosed
+            | WsError::AlreadyClosed
+            | WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake),
+        )) => {
             from.readable = false;
             if !from.close_received && !from.close_sent {
                 tracing::info!(
@@ -378,6 +384,10 @@ async fn on_read(
         }
     };
 
+    session
+        .shared
+        .counters
+        .message(from.peer == Peer::Client, message.len());
     let is_close = matches!(message, WsMessage::Close(_));
     if let WsMessage::Close(frame) = &message {
         from.close_received = true;
@@ -407,6 +417,7 @@ async fn on_read(
         from.peer.direction_from(),
         message,
         describe,
+        &session.shared.counters,
     );
     let filter_us = started.map_or(0, |s| {
         u64::try_from(s.elapsed().as_micros()).unwrap_or(u64::MAX)
@@ -479,6 +490,7 @@ fn run_chain(
     direction: Direction,
     message: WsMessage,
     describe: bool,
+    counters: &crate::counters::TrafficCounters,
 ) -> ChainResult {
     let mut result = ChainResult::default();
     let mut notes: Vec<String> = Vec::new();
@@ -508,6 +520,7 @@ fn run_chain(
             let verdict = match step.pool.on_message(context, direction, &message) {
                 Ok(verdict) => verdict,
                 Err(fault) => {
+                    counters.message_verdict(5);
                     note(
                         step,
                         format_args!("fault {} (fail {:?})", fault.kind.as_str(), step.fail),
@@ -523,6 +536,13 @@ fn run_chain(
                     }
                 }
             };
+            counters.message_verdict(match &verdict {
+                MessageVerdict::Forward => 0,
+                MessageVerdict::Replace(_) => 1,
+                MessageVerdict::Drop => 2,
+                MessageVerdict::Close(_) => 3,
+                MessageVerdict::Reply(_) => 4,
+            });
             if describe {
                 match &verdict {
                     MessageVerdict::Forward => note(step, format_args!("forward")),

@@ -22,6 +22,7 @@ use wsgate_runtime::{
 };
 
 use crate::Shared;
+use crate::counters::TrafficCounters;
 use crate::generation::{DEFAULT_CONNECT_TIMEOUT, Generation, LiveEndpoint};
 use crate::relay::{self, Session, Watch};
 use crate::tap::{Recorder, Tap};
@@ -69,6 +70,7 @@ pub async fn handle(
     let span =
         tracing::info_span!("connection", id, endpoint = %endpoint.config.path.get_ref(), %client);
     let level = endpoint.config.monitor;
+    let endpoint_path = endpoint.config.path.get_ref().clone();
     let mut trace = UpgradeTrace {
         enabled: level > MonitorLevel::Off,
         ..UpgradeTrace::default()
@@ -100,6 +102,9 @@ pub async fn handle(
         )
         .await;
         tracing::info!(status = response.status().as_u16(), "upgrade answered");
+        shared
+            .counters
+            .upgrade(&endpoint_path, response.status().as_u16());
         if let Some((started, mut record)) = recorded {
             record.status = response.status().as_u16();
             record.response_headers = header_pairs(response.headers());
@@ -160,11 +165,16 @@ async fn upgrade(
         .map(|_| CallContext::new(info.clone()))
         .collect();
 
-    let (route, header_ops) =
-        match run_upgrade_chain(&endpoint, &upgrade_request, &mut contexts, trace) {
-            ChainOutcome::Route(route, ops) => (route, ops),
-            ChainOutcome::Respond(response) => return response,
-        };
+    let (route, header_ops) = match run_upgrade_chain(
+        &endpoint,
+        &upgrade_request,
+        &mut contexts,
+        trace,
+        &shared.counters,
+    ) {
+        ChainOutcome::Route(route, ops) => (route, ops),
+        ChainOutcome::Respond(response) => return response,
+    };
     if trace.enabled {
         trace.route = Some(route.url.clone());
     }
@@ -308,6 +318,7 @@ fn run_upgrade_chain(
     request: &UpgradeRequest,
     contexts: &mut [CallContext],
     trace: &mut UpgradeTrace,
+    counters: &TrafficCounters,
 ) -> ChainOutcome {
     let mut header_ops = Vec::new();
     for step in &endpoint.upgrade {
@@ -316,6 +327,13 @@ fn run_upgrade_chain(
         };
         let started = std::time::Instant::now();
         let verdict = step.pool.on_upgrade(context, request);
+        counters.upgrade_verdict(match &verdict {
+            Ok(UpgradeVerdict::Continue) => 0,
+            Ok(UpgradeVerdict::Modify(_)) => 1,
+            Ok(UpgradeVerdict::Reject(_)) => 2,
+            Ok(UpgradeVerdict::Route(_)) => 3,
+            Err(_) => 4,
+        });
         if trace.enabled {
             trace.verdicts.push(PluginVerdict {
                 plugin: step.pool.plugin().id().to_string(),

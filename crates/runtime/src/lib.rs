@@ -29,7 +29,9 @@ pub use bindings::types::{
     UpgradeRequest, UpgradeVerdict,
 };
 pub use host::{CallContext, ConnectionInfo, StateMap};
-pub use pool::{FaultKind, PluginFault, PluginPool, PluginStats};
+pub use pool::{
+    FaultKind, LATENCY_BUCKETS_US, LatencyHistogram, PluginFault, PluginPool, PluginStats,
+};
 
 use host::HostState;
 

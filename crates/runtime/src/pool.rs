@@ -52,11 +52,40 @@ pub struct PluginFault {
     pub message: String,
 }
 
+/// Upper bounds of the call-latency histogram's buckets, in microseconds.
+pub const LATENCY_BUCKETS_US: [u64; 12] =
+    [1, 2, 5, 10, 25, 50, 100, 250, 1000, 5000, 25_000, 100_000];
+
+/// A histogram of call durations (Prometheus style: cumulative on export).
+#[derive(Debug, Default)]
+pub struct LatencyHistogram {
+    /// Calls per bucket of [`LATENCY_BUCKETS_US`], plus one for slower calls.
+    pub buckets: [AtomicU64; LATENCY_BUCKETS_US.len() + 1],
+    /// Sum of all durations, in nanoseconds.
+    pub sum_ns: AtomicU64,
+}
+
+impl LatencyHistogram {
+    fn observe(&self, elapsed: std::time::Duration) {
+        let us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        let bucket = LATENCY_BUCKETS_US.partition_point(|&bound| bound < us);
+        if let Some(counter) = self.buckets.get(bucket) {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+        self.sum_ns.fetch_add(
+            u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+}
+
 /// Call and fault counts of one pool.
 #[derive(Debug, Default)]
 pub struct PluginStats {
     /// Calls made.
     pub calls: AtomicU64,
+    /// How long calls took (including taking an instance from the pool).
+    pub latency: LatencyHistogram,
     /// Calls that overran their deadline.
     pub deadline_faults: AtomicU64,
     /// Calls that hit the memory cap.
@@ -213,6 +242,17 @@ impl PluginPool {
     /// Take an instance, run `f` with `context` installed, and give the
     /// instance back, or discard it if the call failed.
     fn call<R>(
+        &self,
+        context: &mut CallContext,
+        f: impl FnOnce(&mut PluginInstance) -> wasmtime::Result<R>,
+    ) -> Result<R, PluginFault> {
+        let started = std::time::Instant::now();
+        let result = self.call_timed(context, f);
+        self.stats.latency.observe(started.elapsed());
+        result
+    }
+
+    fn call_timed<R>(
         &self,
         context: &mut CallContext,
         f: impl FnOnce(&mut PluginInstance) -> wasmtime::Result<R>,

@@ -127,7 +127,9 @@ async fn run(path: &Path) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot listen on {listen} (admin)"))?;
-        eprintln!("admin listening on http://{}", listener.local_addr()?);
+        let admin_address = listener.local_addr()?;
+        eprintln!("admin listening on http://{admin_address}");
+        eprintln!("  console http://{admin_address}/console/");
         tokio::spawn(wsgate_admin::serve(
             listener,
             gateway.clone(),

@@ -1,0 +1,417 @@
+// The wsgate console: Traffic > HTTP (upgrades), Traffic > WebSockets
+// (frames), endpoints and plugins, and a test client. Plain DOM, no build
+// step; data from the admin API, live updates from /api/tail.
+'use strict';
+
+const $ = (selector) => document.querySelector(selector);
+const state = {
+  token: sessionStorage.getItem('wsgate-token') || '',
+  overview: null,
+  upgrades: [],        // connections shown in Traffic > HTTP
+  frames: [],          // frames shown in Traffic > WebSockets
+  selectedConnection: null,
+  selectedFrame: null,
+  client: null,
+};
+
+// ---- helpers ----
+
+function el(tag, attributes = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attributes)) {
+    if (key === 'class') node.className = value;
+    else if (key.startsWith('data-')) node.setAttribute(key, value);
+    else node[key] = value;
+  }
+  for (const child of children) {
+    node.append(child instanceof Node ? child : document.createTextNode(child ?? ''));
+  }
+  return node;
+}
+
+function time(us) {
+  const date = new Date(us / 1000);
+  return date.toLocaleTimeString([], { hour12: false }) + '.' + String(date.getMilliseconds()).padStart(3, '0');
+}
+
+const OPCODES = { 0: 'continuation', 1: 'text', 2: 'binary', 8: 'close', 9: 'ping', 10: 'pong' };
+const opcodeName = (opcode) => OPCODES[opcode] || `reserved (${opcode})`;
+
+async function api(path) {
+  const headers = state.token ? { Authorization: `Bearer ${state.token}` } : {};
+  const response = await fetch(path, { headers });
+  if (response.status === 401) {
+    const token = prompt('This admin API needs its bearer token:');
+    if (token) {
+      state.token = token;
+      sessionStorage.setItem('wsgate-token', token);
+      return api(path);
+    }
+  }
+  if (!response.ok) throw new Error(`${path}: ${response.status} ${await response.text()}`);
+  return response.json();
+}
+
+function query(params) {
+  const search = new URLSearchParams();
+  for (const [key, value] of Object.entries(params)) if (value) search.set(key, value);
+  const text = search.toString();
+  return text ? `?${text}` : '';
+}
+
+function decodePayload(base64) {
+  const binary = atob(base64 || '');
+  return Uint8Array.from(binary, (c) => c.charCodeAt(0));
+}
+
+function hexDump(bytes) {
+  const lines = [];
+  for (let offset = 0; offset < bytes.length; offset += 16) {
+    const row = Array.from(bytes.slice(offset, offset + 16));
+    const hex = row.map((b) => b.toString(16).padStart(2, '0')).join(' ');
+    const ascii = row.map((b) => (b >= 32 && b < 127 ? String.fromCharCode(b) : '.')).join('');
+    lines.push(`${offset.toString(16).padStart(8, '0')}  ${hex.padEnd(47)}  ${ascii}`);
+  }
+  return lines.join('\n');
+}
+
+// ---- routing ----
+
+function route() {
+  const [path, search] = (location.hash.slice(1) || '/http').split('?');
+  const params = new URLSearchParams(search || '');
+  const view = { '/http': 'http', '/ws': 'ws', '/endpoints': 'endpoints', '/client': 'client' }[path] || 'http';
+  for (const section of document.querySelectorAll('.view')) section.classList.toggle('active', section.id === `view-${view}`);
+  for (const link of document.querySelectorAll('nav a')) link.classList.toggle('active', link.id === `nav-${view}`);
+  if (view === 'http') loadUpgrades();
+  if (view === 'ws') {
+    if (params.has('connection')) $('#ws-connection').value = params.get('connection');
+    loadFrames();
+  }
+  if (view === 'endpoints') renderEndpoints();
+  if (view === 'client') renderClientEndpoints();
+}
+
+// ---- Traffic > HTTP ----
+
+function upgradeFilters() {
+  return { endpoint: $('#http-endpoint').value, status: $('#http-status').value.trim(), close_code: $('#http-close').value.trim() };
+}
+
+function upgradeMatches(connection) {
+  const filters = upgradeFilters();
+  const upgrade = connection.upgrade;
+  return (!filters.endpoint || upgrade.endpoint === filters.endpoint)
+    && (!filters.status || String(upgrade.status) === filters.status)
+    && (!filters.close_code || String(connection.end?.code ?? '') === filters.close_code);
+}
+
+async function loadUpgrades() {
+  try {
+    const data = await api(`/api/connections${query({ ...upgradeFilters(), limit: 200 })}`);
+    state.upgrades = data.connections;
+    renderUpgrades();
+  } catch (error) {
+    $('#http-detail').textContent = error.message;
+  }
+}
+
+function renderUpgrades() {
+  const body = $('#http-table tbody');
+  body.replaceChildren(...state.upgrades.map((connection) => {
+    const u = connection.upgrade;
+    const end = connection.end;
+    const row = el('tr', { 'data-connection': u.connection, 'data-endpoint': u.endpoint },
+      el('td', {}, time(u.time_us)),
+      el('td', {}, u.connection),
+      el('td', {}, u.endpoint),
+      el('td', {}, u.client),
+      el('td', {}, `${u.method} ${u.path}${u.query ? '?' + u.query : ''}`),
+      el('td', { class: u.status === 101 ? '' : 'bad' }, String(u.status)),
+      el('td', {}, `${(u.duration_us / 1000).toFixed(2)} ms`),
+      el('td', {}, u.route || '—'),
+      el('td', {}, String(connection.frames)),
+      el('td', {}, end ? `${end.closed_by} ${end.code ?? ''}` : 'open'));
+    if (u.connection === state.selectedConnection) row.classList.add('selected');
+    row.addEventListener('click', () => showUpgrade(u.connection));
+    return row;
+  }));
+}
+
+async function showUpgrade(key) {
+  state.selectedConnection = key;
+  renderUpgrades();
+  const data = await api(`/api/connections/${encodeURIComponent(key)}?limit=1`);
+  const { upgrade: u, end, frames } = data.connection;
+  const headers = (pairs) => el('dl', {}, ...pairs.flatMap(([name, value]) => [el('dt', {}, name), el('dd', {}, value)]));
+  const detail = $('#http-detail');
+  detail.classList.remove('empty');
+  detail.replaceChildren(
+    el('dl', {},
+      el('dt', {}, 'Connection'), el('dd', { id: 'upgrade-connection' }, u.connection),
+      el('dt', {}, 'Endpoint'), el('dd', {}, u.endpoint),
+      el('dt', {}, 'Client'), el('dd', {}, u.client),
+      el('dt', {}, 'Request'), el('dd', {}, `${u.method} ${u.path}${u.query ? '?' + u.query : ''}`),
+      el('dt', {}, 'Status'), el('dd', { id: 'upgrade-status' }, String(u.status)),
+      el('dt', {}, 'Time'), el('dd', {}, `${new Date(u.time_us / 1000).toISOString()} (answered in ${(u.duration_us / 1000).toFixed(2)} ms)`),
+      el('dt', {}, 'Route'), el('dd', {}, u.route || '—'),
+      el('dt', {}, 'Generation'), el('dd', {}, String(u.generation)),
+      el('dt', {}, 'Recorded'), el('dd', {}, u.level),
+      el('dt', {}, 'Frames'), el('dd', {}, String(frames)),
+      el('dt', {}, 'Ended'), el('dd', { id: 'upgrade-end' }, end
+        ? `${end.closed_by} closed, code ${end.code ?? 'none'} ${end.reason}${end.expired ? ' (expired)' : ''} at ${new Date(end.time_us / 1000).toISOString()}`
+        : 'still open')),
+    el('h3', {}, 'Upgrade plugins'),
+    el('table', { class: 'list static' },
+      el('thead', {}, el('tr', {}, el('th', {}, 'Plugin'), el('th', {}, 'Verdict'), el('th', {}, 'Time'))),
+      el('tbody', {}, ...u.verdicts.map((v) => el('tr', {}, el('td', {}, v.plugin), el('td', {}, v.verdict), el('td', {}, `${v.duration_us} µs`))))),
+    el('h3', {}, 'Request headers'), headers(u.request_headers),
+    el('h3', {}, 'Response headers'), headers(u.response_headers),
+    el('button', { id: 'upgrade-frames', type: 'button', onclick: () => { location.hash = `#/ws?connection=${encodeURIComponent(u.connection)}`; } }, 'Show frames'));
+}
+
+// ---- Traffic > WebSockets ----
+
+function frameFilters() {
+  return { endpoint: $('#ws-endpoint').value, connection: $('#ws-connection').value.trim(), opcode: $('#ws-opcode').value };
+}
+
+function frameMatches(frame) {
+  const filters = frameFilters();
+  return (!filters.connection || frame.connection === filters.connection)
+    && (!filters.opcode || opcodeName(frame.opcode) === filters.opcode)
+    && (!filters.endpoint || state.endpointOf?.get(frame.connection) === filters.endpoint);
+}
+
+async function loadFrames() {
+  const filters = frameFilters();
+  try {
+    if (filters.connection) {
+      const data = await api(`/api/connections/${encodeURIComponent(filters.connection)}`);
+      state.frames = data.frames.filter((f) => !filters.opcode || opcodeName(f.opcode) === filters.opcode);
+    } else {
+      const data = await api(`/api/frames${query({ ...filters, limit: 500 })}`);
+      state.frames = data.frames.reverse();
+    }
+    renderFrames();
+  } catch (error) {
+    $('#frame-detail').textContent = error.message;
+  }
+}
+
+function frameKey(frame) {
+  return `${frame.connection}/${frame.seq}`;
+}
+
+function renderFrames() {
+  const body = $('#ws-table tbody');
+  body.replaceChildren(...state.frames.map((frame) => {
+    const row = el('tr', { 'data-seq': String(frame.seq), 'data-origin': frame.origin, 'data-opcode': opcodeName(frame.opcode) },
+      el('td', {}, String(frame.seq)),
+      el('td', {}, time(frame.time_us)),
+      el('td', {}, frame.connection),
+      el('td', { class: frame.origin }, frame.origin === 'client' ? '↑ client' : '↓ server'),
+      el('td', {}, opcodeName(frame.opcode)),
+      el('td', {}, String(frame.length)),
+      el('td', {}, frame.fin ? '✓' : ''),
+      el('td', {}, frame.filter_us == null ? '' : `${frame.filter_us} µs`),
+      el('td', { class: 'wrap' }, frame.verdict || ''));
+    if (frameKey(frame) === state.selectedFrame) row.classList.add('selected');
+    row.addEventListener('click', () => showFrame(frame));
+    return row;
+  }));
+}
+
+function showFrame(frame) {
+  state.selectedFrame = frameKey(frame);
+  renderFrames();
+  const bytes = decodePayload(frame.payload);
+  const text = new TextDecoder('utf-8', { fatal: false }).decode(bytes);
+  let json = null;
+  try { json = JSON.stringify(JSON.parse(text), null, 2); } catch { json = null; }
+  const views = {
+    text: () => text,
+    json: () => json ?? '(not JSON)',
+    hex: () => hexDump(bytes),
+  };
+  const payload = el('pre', { id: 'frame-payload' });
+  const tabs = el('div', { class: 'tabs' });
+  const show = (name) => {
+    payload.textContent = frame.payload == null ? '(payload not recorded at this monitor level)' : views[name]();
+    payload.dataset.view = name;
+    for (const button of tabs.children) button.classList.toggle('active', button.dataset.view === name);
+  };
+  for (const name of ['text', 'json', 'hex']) {
+    const button = el('button', { id: `payload-${name}`, type: 'button', onclick: () => show(name) }, name === 'json' ? 'JSON' : name);
+    button.dataset.view = name;
+    tabs.append(button);
+  }
+  const detail = $('#frame-detail');
+  detail.classList.remove('empty');
+  detail.replaceChildren(
+    el('dl', {},
+      el('dt', {}, 'Connection'), el('dd', {}, frame.connection),
+      el('dt', {}, 'Frame'), el('dd', {}, `#${frame.seq} at ${new Date(frame.time_us / 1000).toISOString()}`),
+      el('dt', {}, 'Origin'), el('dd', { id: 'frame-origin' }, frame.origin),
+      el('dt', {}, 'Opcode'), el('dd', { id: 'frame-opcode' }, `${opcodeName(frame.opcode)} (${frame.opcode})`),
+      el('dt', {}, 'Duration'), el('dd', { id: 'frame-duration' }, frame.filter_us == null ? '—' : `${frame.filter_us} µs in filters`),
+      el('dt', {}, 'Length'), el('dd', { id: 'frame-length' }, `${frame.length} bytes${frame.truncated ? ' (payload truncated)' : ''}`),
+      el('dt', {}, 'Masking key'), el('dd', { id: 'frame-mask' }, frame.masking_key || 'none'),
+      el('dt', {}, 'FIN / RSV'), el('dd', {}, `${frame.fin ? 1 : 0} / ${frame.rsv.map((b) => (b ? 1 : 0)).join('')}`),
+      el('dt', {}, 'Verdict'), el('dd', { id: 'frame-verdict' }, frame.verdict || '—')),
+    el('h3', {}, 'Payload'), tabs, payload);
+  show(json ? 'json' : 'text');
+}
+
+// ---- endpoints and plugins ----
+
+async function loadOverview() {
+  state.overview = await api('/api/endpoints');
+  for (const id of ['#http-endpoint', '#ws-endpoint']) {
+    const select = $(id);
+    const current = select.value;
+    select.replaceChildren(el('option', { value: '' }, 'all'),
+      ...state.overview.endpoints.map((e) => el('option', { value: e.path }, e.path)));
+    select.value = current;
+  }
+}
+
+function chainText(chain) {
+  return chain.map((entry) => entry.plugin).join(' → ') || '—';
+}
+
+async function renderEndpoints() {
+  await loadOverview();
+  const o = state.overview;
+  $('#endpoints-summary').textContent = `Listening on ${o.listen}, configuration generation ${o.generation}; monitor history ${o.monitor_database ? 'in ' + o.monitor_database : 'in memory only'}.`;
+  $('#endpoints-table tbody').replaceChildren(...o.endpoints.map((e) => el('tr', {},
+    el('td', {}, `${e.path}${e.match === 'prefix' ? ' (prefix)' : ''}${e.enabled ? '' : ' (disabled)'}`),
+    el('td', {}, e.monitor),
+    el('td', {}, String(e.connections)),
+    el('td', { class: 'wrap' }, chainText(e.upgrade)),
+    el('td', { class: 'wrap' }, chainText(e.client_messages)),
+    el('td', { class: 'wrap' }, chainText(e.server_messages)),
+    el('td', { class: 'wrap' }, e.allowed_upstreams.join(', ')))));
+  $('#plugins-table tbody').replaceChildren(...o.plugins.map((p) => el('tr', {},
+    el('td', {}, p.id),
+    el('td', {}, [p.upgrade && 'upgrade', p.message && 'message'].filter(Boolean).join(', ')),
+    el('td', {}, p.grants.join(', ') || 'none'),
+    el('td', {}, p.signed_by || 'unsigned'),
+    el('td', {}, p.digest))));
+}
+
+// ---- test client ----
+
+function gatewayUrl(path) {
+  const port = state.overview.listen.split(':').pop();
+  return `ws://${location.hostname}:${port}${path}`;
+}
+
+async function renderClientEndpoints() {
+  await loadOverview();
+  const select = $('#client-endpoint');
+  const current = select.value;
+  select.replaceChildren(...state.overview.endpoints.filter((e) => e.enabled).map((e) => el('option', { value: e.path }, e.path)));
+  if (current) select.value = current;
+  if (!$('#client-url').value || !state.client) $('#client-url').value = gatewayUrl(select.value || '/');
+}
+
+function logLine(kind, text) {
+  const when = new Date().toLocaleTimeString([], { hour12: false });
+  $('#client-log').prepend(el('li', { class: `log-${kind}` }, el('span', { class: 'when' }, when), text));
+}
+
+function setConnected(connected, status) {
+  $('#client-status').textContent = status;
+  $('#client-connect').disabled = connected;
+  $('#client-disconnect').disabled = !connected;
+  $('#client-send').disabled = !connected;
+}
+
+function connectClient() {
+  const url = $('#client-url').value.trim();
+  const protocols = $('#client-protocols').value.split(',').map((p) => p.trim()).filter(Boolean);
+  let socket;
+  try {
+    socket = new WebSocket(url, protocols);
+  } catch (error) {
+    logLine('event', `cannot connect: ${error.message}`);
+    return;
+  }
+  state.client = socket;
+  setConnected(true, 'connecting…');
+  socket.onopen = () => {
+    setConnected(true, `connected${socket.protocol ? ' (' + socket.protocol + ')' : ''}`);
+    logLine('event', `connected to ${url}`);
+  };
+  socket.onmessage = async (event) => {
+    const text = typeof event.data === 'string' ? event.data : `(binary, ${(await event.data.arrayBuffer()).byteLength} bytes)`;
+    logLine('received', text);
+  };
+  socket.onclose = (event) => {
+    logLine('event', `closed: code ${event.code}${event.reason ? ' ' + event.reason : ''}`);
+    setConnected(false, 'disconnected');
+    state.client = null;
+  };
+  socket.onerror = () => logLine('event', 'connection error');
+}
+
+// ---- live updates ----
+
+function connectTail() {
+  const scheme = location.protocol === 'https:' ? 'wss' : 'ws';
+  const socket = new WebSocket(`${scheme}://${location.host}/api/tail${query({ token: state.token })}`);
+  state.endpointOf = state.endpointOf || new Map();
+  socket.onopen = () => { $('#live').textContent = 'live'; $('#live').className = 'live on'; };
+  socket.onclose = () => {
+    $('#live').textContent = 'offline';
+    $('#live').className = 'live off';
+    setTimeout(connectTail, 2000);
+  };
+  socket.onmessage = (event) => {
+    const record = JSON.parse(event.data);
+    if (record.type === 'upgrade') {
+      state.endpointOf.set(record.connection, record.endpoint);
+      const connection = { upgrade: record, end: null, frames: 0 };
+      if (upgradeMatches(connection)) {
+        state.upgrades.unshift(connection);
+        renderUpgrades();
+      }
+    } else if (record.type === 'end') {
+      const connection = state.upgrades.find((c) => c.upgrade.connection === record.connection);
+      if (connection) { connection.end = record; renderUpgrades(); }
+    } else if (record.type === 'frame') {
+      const connection = state.upgrades.find((c) => c.upgrade.connection === record.connection);
+      if (connection) connection.frames += 1;
+      if (frameMatches(record)) {
+        state.frames.push(record);
+        if (state.frames.length > 2000) state.frames.shift();
+        if ($('#view-ws').classList.contains('active')) renderFrames();
+      }
+      if (connection && $('#view-http').classList.contains('active')) renderUpgrades();
+    }
+  };
+}
+
+// ---- wiring ----
+
+window.addEventListener('hashchange', route);
+$('#http-refresh').addEventListener('click', loadUpgrades);
+$('#http-endpoint').addEventListener('change', loadUpgrades);
+$('#ws-refresh').addEventListener('click', loadFrames);
+$('#ws-endpoint').addEventListener('change', loadFrames);
+$('#ws-opcode').addEventListener('change', loadFrames);
+$('#ws-connection').addEventListener('change', loadFrames);
+$('#client-endpoint').addEventListener('change', () => { $('#client-url').value = gatewayUrl($('#client-endpoint').value); });
+$('#client-connect').addEventListener('click', connectClient);
+$('#client-disconnect').addEventListener('click', () => state.client?.close(1000, 'closed from the console'));
+$('#client-send').addEventListener('click', () => {
+  const text = $('#client-message').value;
+  if (state.client && state.client.readyState === WebSocket.OPEN) {
+    state.client.send(text);
+    logLine('sent', text);
+  }
+});
+
+loadOverview().then(route, (error) => { $('#http-detail').textContent = error.message; route(); });
+connectTail();

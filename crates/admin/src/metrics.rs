@@ -1,0 +1,262 @@
+//! `/metrics` in the Prometheus text format: each family once, with its
+//! HELP and TYPE lines, then all of its samples.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use wsgate_proxy::Gateway;
+use wsgate_proxy::counters::{MESSAGE_VERDICTS, UPGRADE_VERDICTS};
+use wsgate_runtime::LATENCY_BUCKETS_US;
+
+/// One metric family being written.
+struct Family<'a> {
+    out: &'a mut String,
+    name: &'static str,
+}
+
+impl Family<'_> {
+    /// A sample; `labels` are (name, value) pairs, escaped here.
+    fn sample(&mut self, suffix: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+        let _ = write!(self.out, "{}{suffix}", self.name);
+        if !labels.is_empty() {
+            let joined: Vec<String> = labels
+                .iter()
+                .map(|(name, value)| format!("{name}=\"{}\"", escape(value)))
+                .collect();
+            let _ = write!(self.out, "{{{}}}", joined.join(","));
+        }
+        let _ = writeln!(self.out, " {value}");
+    }
+}
+
+fn family<'a>(out: &'a mut String, name: &'static str, kind: &str, help: &str) -> Family<'a> {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+    Family { out, name }
+}
+
+fn load(counter: &AtomicU64) -> u64 {
+    counter.load(Ordering::Relaxed)
+}
+
+/// The whole exposition.
+pub fn render(gateway: &Gateway) -> String {
+    let mut out = String::new();
+    let generation = gateway.generation();
+    let counters = gateway.counters();
+
+    family(
+        &mut out,
+        "wsgate_connections_active",
+        "gauge",
+        "Proxied connections open.",
+    )
+    .sample("", &[], gateway.active_connections());
+
+    let mut f = family(
+        &mut out,
+        "wsgate_generation_connections",
+        "gauge",
+        "Connections open per live configuration generation.",
+    );
+    for g in gateway.generations() {
+        let (id, current) = (g.id.to_string(), g.current.to_string());
+        f.sample(
+            "",
+            &[("generation", &id), ("current", &current)],
+            g.connections,
+        );
+    }
+
+    let mut f = family(
+        &mut out,
+        "wsgate_endpoint_connections",
+        "gauge",
+        "Connections open per endpoint (current generation).",
+    );
+    for endpoint in &generation.endpoints {
+        f.sample(
+            "",
+            &[("endpoint", endpoint.config.path.get_ref())],
+            endpoint.active_connections(),
+        );
+    }
+
+    let mut f = family(
+        &mut out,
+        "wsgate_upgrades_total",
+        "counter",
+        "Upgrade requests answered, by endpoint and HTTP status.",
+    );
+    for ((endpoint, status), count) in counters.upgrades() {
+        f.sample(
+            "",
+            &[("endpoint", &endpoint), ("status", &status.to_string())],
+            count,
+        );
+    }
+
+    let directions = [("client_to_server", 0), ("server_to_client", 1)];
+    let mut f = family(
+        &mut out,
+        "wsgate_messages_total",
+        "counter",
+        "Messages read, by direction.",
+    );
+    for (direction, i) in directions {
+        f.sample("", &[("direction", direction)], load(&counters.messages[i]));
+    }
+    let mut f = family(
+        &mut out,
+        "wsgate_message_bytes_total",
+        "counter",
+        "Message payload bytes read, by direction.",
+    );
+    for (direction, i) in directions {
+        f.sample("", &[("direction", direction)], load(&counters.bytes[i]));
+    }
+
+    let mut f = family(
+        &mut out,
+        "wsgate_message_verdicts_total",
+        "counter",
+        "Message plugin verdicts, by kind (fault: the call failed).",
+    );
+    for (kind, counter) in MESSAGE_VERDICTS.iter().zip(&counters.message_verdicts) {
+        f.sample("", &[("verdict", kind)], load(counter));
+    }
+    let mut f = family(
+        &mut out,
+        "wsgate_upgrade_verdicts_total",
+        "counter",
+        "Upgrade plugin verdicts, by kind (fault: the call failed).",
+    );
+    for (kind, counter) in UPGRADE_VERDICTS.iter().zip(&counters.upgrade_verdicts) {
+        f.sample("", &[("verdict", kind)], load(counter));
+    }
+
+    let pools: Vec<(String, String, &wsgate_runtime::PluginStats)> = generation
+        .pools
+        .iter()
+        .enumerate()
+        .map(|(i, pool)| (pool.plugin().id().to_string(), i.to_string(), pool.stats()))
+        .collect();
+    let mut f = family(
+        &mut out,
+        "wsgate_plugin_calls_total",
+        "counter",
+        "Plugin calls (current generation).",
+    );
+    for (plugin, pool, stats) in &pools {
+        f.sample(
+            "",
+            &[("plugin", plugin), ("pool", pool)],
+            load(&stats.calls),
+        );
+    }
+    let mut f = family(
+        &mut out,
+        "wsgate_plugin_call_duration_seconds",
+        "histogram",
+        "Plugin call latency, taking an instance included (current generation).",
+    );
+    for (plugin, pool, stats) in &pools {
+        let mut cumulative = 0;
+        for (bound, counter) in LATENCY_BUCKETS_US.iter().zip(&stats.latency.buckets) {
+            cumulative += load(counter);
+            let le = format!("{}", *bound as f64 / 1e6);
+            f.sample(
+                "_bucket",
+                &[("plugin", plugin), ("pool", pool), ("le", &le)],
+                cumulative,
+            );
+        }
+        cumulative += stats.latency.buckets.last().map_or(0, load);
+        f.sample(
+            "_bucket",
+            &[("plugin", plugin), ("pool", pool), ("le", "+Inf")],
+            cumulative,
+        );
+        let sum = load(&stats.latency.sum_ns) as f64 / 1e9;
+        f.sample("_sum", &[("plugin", plugin), ("pool", pool)], sum);
+        f.sample("_count", &[("plugin", plugin), ("pool", pool)], cumulative);
+    }
+    let mut f = family(
+        &mut out,
+        "wsgate_plugin_faults_total",
+        "counter",
+        "Plugin calls that failed, by kind (current generation).",
+    );
+    for (plugin, pool, stats) in &pools {
+        for (kind, counter) in [
+            ("deadline", &stats.deadline_faults),
+            ("memory", &stats.memory_faults),
+            ("trap", &stats.trap_faults),
+            ("instantiate", &stats.instantiate_faults),
+            ("output", &stats.output_faults),
+        ] {
+            f.sample(
+                "",
+                &[("plugin", plugin), ("pool", pool), ("kind", kind)],
+                load(counter),
+            );
+        }
+    }
+    let mut f = family(
+        &mut out,
+        "wsgate_plugin_log_lines_dropped_total",
+        "counter",
+        "Plugin log lines over the log rate (current generation).",
+    );
+    for (plugin, pool, stats) in &pools {
+        f.sample(
+            "",
+            &[("plugin", plugin), ("pool", pool)],
+            load(&stats.log_lines_dropped),
+        );
+    }
+
+    let monitor = gateway.monitor();
+    family(
+        &mut out,
+        "wsgate_monitor_records_dropped_total",
+        "counter",
+        "Monitor records dropped because the store fell behind (traffic is never slowed down).",
+    )
+    .sample("", &[], monitor.dropped());
+    family(
+        &mut out,
+        "wsgate_monitor_records_stored_total",
+        "counter",
+        "Monitor records written to the database.",
+    )
+    .sample("", &[], monitor.stored());
+
+    let deploys = gateway.deploys();
+    let ok = deploys.iter().filter(|d| d.generation.is_some()).count();
+    let mut f = family(
+        &mut out,
+        "wsgate_deploys_total",
+        "counter",
+        "Deploy attempts by result.",
+    );
+    f.sample("", &[("result", "ok")], ok);
+    f.sample("", &[("result", "refused")], deploys.len() - ok);
+    out
+}
+
+/// Escape a Prometheus label value.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(super::escape("a\"b\\c"), "a\\\"b\\\\c");
+    }
+}

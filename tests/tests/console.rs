@@ -1,0 +1,138 @@
+//! The web console in a real browser (headless Chromium through
+//! chromedriver): the test client page opens a connection through the
+//! gateway and sends a message; Traffic > HTTP shows the upgrade, live;
+//! Traffic > WebSockets shows its frames, and a frame's detail has the
+//! seed's fields.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use wsgate_tests::webdriver::Browser;
+use wsgate_tests::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_shows_the_upgrade_and_each_frame_of_a_test_client_connection() {
+    let echo = start_echo().await;
+    let gateway = start_gateway(&endpoint(
+        "/chat",
+        echo,
+        "monitor = \"full\"\n\
+         client-messages = [{ plugin = \"json-mask@1.0.0\", config = { fields = [\"password\"] } }]",
+    ))
+    .await;
+    let (admin, _stop) = start_admin(&gateway, None).await;
+    let browser = Browser::start().await;
+    browser
+        .goto(&format!(
+            "http://127.0.0.1:{}/console/#/client",
+            admin.port()
+        ))
+        .await;
+
+    // The test client page: connect to /chat through the gateway, send, see the reply.
+    browser
+        .wait_for("#client-endpoint option", |t| t == "/chat")
+        .await;
+    browser.wait_for("#live", |t| t == "live").await;
+    let connect_button = browser.wait_for("#client-connect", |_| true).await;
+    browser.click(&connect_button).await;
+    browser
+        .wait_for("#client-status", |t| t.starts_with("connected"))
+        .await;
+    let sent = r#"{"text":"hi","password":"p4ss"}"#;
+    let message = browser.wait_for("#client-message", |_| true).await;
+    browser.type_into(&message, sent).await;
+    let send = browser.wait_for("#client-send", |_| true).await;
+    browser.click(&send).await;
+    browser
+        .wait_for("#client-log .log-received", |t| {
+            t.contains(r#"{"password":"***","text":"hi"}"#)
+        })
+        .await;
+
+    // Traffic > HTTP: the upgrade, with its status.
+    let nav = browser.wait_for("#nav-http", |_| true).await;
+    browser.click(&nav).await;
+    let row = browser
+        .wait_for("#http-table tbody tr[data-endpoint='/chat']", |t| {
+            t.contains("101")
+        })
+        .await;
+    browser.click(&row).await;
+    browser.wait_for("#upgrade-status", |t| t == "101").await;
+    let key = browser
+        .text(
+            &browser
+                .wait_for("#upgrade-connection", |t| !t.is_empty())
+                .await,
+        )
+        .await;
+    assert_eq!(key, gateway.monitor().key(1));
+
+    // Live: a connection opened now appears without a reload.
+    let mut other = connect(&gateway, "/chat").await;
+    let second = gateway.monitor().key(2);
+    browser
+        .wait_for("#http-table tbody tr", |t| t.contains(&second))
+        .await;
+    send_text(&mut other, "bye").await;
+    assert_eq!(next_text(&mut other).await, "bye");
+
+    // Traffic > WebSockets: the client's text frame and its fields.
+    let frames = browser.wait_for("#upgrade-frames", |_| true).await;
+    browser.click(&frames).await;
+    let client_frame = browser
+        .wait_for(
+            "#ws-table tbody tr[data-origin='client'][data-opcode='text']",
+            |t| t.contains(&key),
+        )
+        .await;
+    browser.click(&client_frame).await;
+    browser.wait_for("#frame-origin", |t| t == "client").await;
+    browser.wait_for("#frame-opcode", |t| t == "text (1)").await;
+    browser
+        .wait_for("#frame-length", |t| t == format!("{} bytes", sent.len()))
+        .await;
+    browser
+        .wait_for("#frame-mask", |t| {
+            t.len() == 8 && t.chars().all(|c| c.is_ascii_hexdigit())
+        })
+        .await;
+    browser
+        .wait_for("#frame-duration", |t| t.ends_with("µs in filters"))
+        .await;
+    browser
+        .wait_for("#frame-verdict", |t| t == "json-mask@1.0.0 replace (1)")
+        .await;
+    // The payload as pretty JSON (the default for JSON), text and hex.
+    browser
+        .wait_for("#frame-payload", |t| t.contains("\"password\": \"p4ss\""))
+        .await;
+    let hex = browser.wait_for("#payload-hex", |_| true).await;
+    browser.click(&hex).await;
+    browser
+        .wait_for("#frame-payload", |t| {
+            t.starts_with("00000000  7b 22 74 65 78 74 22")
+        })
+        .await;
+    let text = browser.wait_for("#payload-text", |_| true).await;
+    browser.click(&text).await;
+    browser.wait_for("#frame-payload", |t| t == sent).await;
+
+    // The frame the client received: no mask, the filtered payload.
+    let server_frame = browser
+        .wait_for(
+            "#ws-table tbody tr[data-origin='server'][data-opcode='text']",
+            |_| true,
+        )
+        .await;
+    browser.click(&server_frame).await;
+    browser.wait_for("#frame-origin", |t| t == "server").await;
+    browser.wait_for("#frame-mask", |t| t == "none").await;
+    browser
+        .wait_for("#frame-payload", |t| t.contains("\"password\": \"***\""))
+        .await;
+
+    let shot = browser.screenshot().await;
+    let _ = std::fs::write(repo_root().join("target/console.png"), shot);
+    browser.quit().await;
+}
