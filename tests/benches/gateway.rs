@@ -178,5 +178,83 @@ fn round_trip(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, plugin_call, json_mask_by_language, round_trip);
+/// Messages per iteration of the throughput benchmark.
+const BURST: usize = 256;
+
+/// Throughput of 32-byte messages (a burst of [`BURST`] sent, then all
+/// echoes read) at each monitor level, with the history in memory and in
+/// SQLite; level `off` is the baseline.
+fn monitor_overhead(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let echo = runtime.block_on(start_echo());
+    let levels = ["off", "headers", "metadata", "full"];
+    let body: String = levels
+        .iter()
+        .map(|level| {
+            endpoint(
+                &format!("/{level}"),
+                echo,
+                &format!("monitor = \"{level}\""),
+            )
+        })
+        .collect();
+    let memory = runtime.block_on(start_gateway(&body));
+    let database = tempfile::tempdir().unwrap();
+    let stored = runtime.block_on(start_gateway(&format!(
+        "[monitor]\ndatabase = \"{}\"\n\n{}",
+        database.path().join("bench.db").display(),
+        endpoint("/full", echo, "monitor = \"full\"")
+    )));
+    let mut targets: Vec<(String, String)> = levels
+        .iter()
+        .map(|level| {
+            (
+                level.to_string(),
+                format!("ws://{}/{level}", memory.local_addr()),
+            )
+        })
+        .collect();
+    targets.push((
+        "full_sqlite".to_string(),
+        format!("ws://{}/full", stored.local_addr()),
+    ));
+    let mut group = c.benchmark_group("monitor_overhead_32B");
+    group.throughput(Throughput::Elements(BURST as u64));
+    for (name, url) in targets {
+        let (client, _) = runtime
+            .block_on(tokio_tungstenite::connect_async(url))
+            .unwrap();
+        let client = tokio::sync::Mutex::new(client);
+        group.bench_function(name, |b| {
+            b.to_async(&runtime).iter(|| async {
+                let mut client = client.lock().await;
+                for _ in 0..BURST {
+                    client.feed(WsMessage::binary(vec![1u8; 32])).await.unwrap();
+                }
+                client.flush().await.unwrap();
+                for _ in 0..BURST {
+                    client.next().await.unwrap().unwrap();
+                }
+            });
+        });
+    }
+    group.finish();
+    println!(
+        "monitor records dropped: memory {}, sqlite {}",
+        memory.monitor().dropped(),
+        stored.monitor().dropped()
+    );
+}
+
+criterion_group!(
+    benches,
+    plugin_call,
+    json_mask_by_language,
+    round_trip,
+    monitor_overhead
+);
 criterion_main!(benches);

