@@ -134,6 +134,14 @@ fn json_mask_by_language(c: &mut Criterion) {
     group.finish();
 }
 
+/// A client connected to `url`, shareable with criterion's async iterations.
+fn bench_client(runtime: &tokio::runtime::Runtime, url: &str) -> tokio::sync::Mutex<Client> {
+    let (client, _) = runtime
+        .block_on(tokio_tungstenite::connect_async(url))
+        .unwrap();
+    tokio::sync::Mutex::new(client)
+}
+
 fn round_trip(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -163,10 +171,7 @@ fn round_trip(c: &mut Criterion) {
     ];
     let mut group = c.benchmark_group("round_trip_32B");
     for (name, url) in targets {
-        let (client, _) = runtime
-            .block_on(tokio_tungstenite::connect_async(url))
-            .unwrap();
-        let client = tokio::sync::Mutex::new(client);
+        let client = bench_client(&runtime, &url);
         group.bench_function(name, |b| {
             b.to_async(&runtime).iter(|| async {
                 let mut client = client.lock().await;
@@ -225,10 +230,7 @@ fn monitor_overhead(c: &mut Criterion) {
     let mut group = c.benchmark_group("monitor_overhead_32B");
     group.throughput(Throughput::Elements(BURST as u64));
     for (name, url) in targets {
-        let (client, _) = runtime
-            .block_on(tokio_tungstenite::connect_async(url))
-            .unwrap();
-        let client = tokio::sync::Mutex::new(client);
+        let client = bench_client(&runtime, &url);
         group.bench_function(name, |b| {
             b.to_async(&runtime).iter(|| async {
                 let mut client = client.lock().await;
@@ -243,7 +245,7 @@ fn monitor_overhead(c: &mut Criterion) {
         });
     }
     group.finish();
-    println!(
+    eprintln!(
         "monitor records dropped: memory {}, sqlite {}",
         memory.monitor().dropped(),
         stored.monitor().dropped()

@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 
 mod common;
-use common::{check, run_with_path, stderr, wsgate};
+use common::{check, keygen_and_sign, stderr, wsgate};
 
 fn write_config(name: &str, text: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("wsgate-cli-{}-{name}", std::process::id()));
@@ -115,21 +115,7 @@ fn keygen_and_sign_produce_what_check_accepts() {
     std::fs::create_dir_all(&dir).unwrap();
     let component = dir.join("static_router.wasm");
     std::fs::copy(wsgate_tests::plugin_path("static-router"), &component).unwrap();
-    let key = dir.join("acme.key");
-    let output = run_with_path(&["plugin", "keygen", "--name", "acme", "--out"], &key);
-    assert!(output.status.success());
-    let printed = String::from_utf8_lossy(&output.stdout).to_string();
-    let trusted = printed
-        .lines()
-        .find(|l| l.starts_with("trusted-keys"))
-        .unwrap();
-    let output = wsgate()
-        .args(["plugin", "sign", "--name", "acme", "--key"])
-        .arg(&key)
-        .arg(&component)
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{}", stderr(&output));
+    let trusted = keygen_and_sign(&dir, &component);
     let config = write_config(
         "signed",
         &format!(
@@ -158,20 +144,7 @@ fn plugin_store_workflow_add_list_inspect_verify_then_check_pins_from_it() {
         |output: &std::process::Output| String::from_utf8_lossy(&output.stdout).to_string();
 
     // Sign, then add: the signature travels into the store with the component.
-    let key = dir.join("acme.key");
-    let output = run_with_path(&["plugin", "keygen", "--name", "acme", "--out"], &key);
-    let trusted = stdout(&output)
-        .lines()
-        .find(|l| l.starts_with("trusted-keys"))
-        .unwrap()
-        .to_string();
-    let output = wsgate()
-        .args(["plugin", "sign", "--name", "acme", "--key"])
-        .arg(&key)
-        .arg(&component)
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{}", stderr(&output));
+    let trusted = keygen_and_sign(&dir, &component);
     let output = wsgate()
         .args(["plugin", "add", "--store", store_arg, "--manifest"])
         .arg(&manifest)

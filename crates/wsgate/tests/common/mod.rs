@@ -24,3 +24,24 @@ pub fn check(path: &Path) -> Output {
 pub fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
+
+/// Create key `acme` in `dir` and sign `component` with it; the
+/// `trusted-keys = [...]` line for a configuration.
+pub fn keygen_and_sign(dir: &Path, component: &Path) -> String {
+    let key = dir.join("acme.key");
+    let output = run_with_path(&["plugin", "keygen", "--name", "acme", "--out"], &key);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let trusted = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .find(|l| l.starts_with("trusted-keys"))
+        .unwrap()
+        .to_string();
+    let output = wsgate()
+        .args(["plugin", "sign", "--name", "acme", "--key"])
+        .arg(&key)
+        .arg(component)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    trusted
+}
