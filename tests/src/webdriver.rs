@@ -26,7 +26,7 @@ pub struct Browser {
 
 /// An element in the page.
 #[derive(Clone)]
-pub struct Element(String);
+struct Element(String);
 
 impl Browser {
     /// Start chromedriver on a free port and open a headless Chromium.
@@ -69,7 +69,9 @@ impl Browser {
             "browserName": "chrome",
             "goog:chromeOptions": { "binary": "/usr/bin/chromium", "args": args },
         }}});
-        let created = request(port, "POST", "/session", Some(&capabilities)).await;
+        let created = request(port, "POST", "/session", Some(&capabilities))
+            .await
+            .unwrap_or_else(|error| panic!("cannot start Chromium: {error}"));
         let session = created["sessionId"]
             .as_str()
             .unwrap_or_else(|| panic!("no session: {created}"))
@@ -83,6 +85,20 @@ impl Browser {
     }
 
     async fn command(&self, method: &str, path: &str, body: Option<&Value>) -> Value {
+        self.try_command(method, path, body)
+            .await
+            .unwrap_or_else(|error| panic!("{method} {path}: {error}"))
+    }
+
+    /// A command that may find its element gone: the console re-renders
+    /// lists on live updates, so an element found a moment ago can be
+    /// replaced before it is read or clicked.
+    async fn try_command(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, Value> {
         let path = format!("/session/{}{path}", self.session);
         request(self.port, method, &path, body).await
     }
@@ -104,7 +120,7 @@ impl Browser {
     }
 
     /// Every element matching the CSS `selector`.
-    pub async fn find_all(&self, selector: &str) -> Vec<Element> {
+    async fn find_all(&self, selector: &str) -> Vec<Element> {
         let found = self
             .command(
                 "POST",
@@ -122,19 +138,48 @@ impl Browser {
             .unwrap_or_default()
     }
 
-    /// The first element matching `selector` whose text satisfies `check`,
-    /// waiting for the page to produce it.
-    pub async fn wait_for(&self, selector: &str, check: impl Fn(&str) -> bool) -> Element {
+    /// The text of the first element matching `selector` whose text
+    /// satisfies `check`, waiting for the page to produce it.
+    pub async fn wait_for(&self, selector: &str, check: impl Fn(&str) -> bool) -> String {
+        self.find_then(selector, check, false).await
+    }
+
+    /// Click the first element matching `selector` whose text satisfies
+    /// `check`, waiting for the page to produce it.
+    pub async fn click_on(&self, selector: &str, check: impl Fn(&str) -> bool) {
+        self.find_then(selector, check, true).await;
+    }
+
+    async fn find_then(&self, selector: &str, check: impl Fn(&str) -> bool, click: bool) -> String {
         let deadline = Instant::now() + PATIENCE;
         let mut last = Vec::new();
         loop {
             last.clear();
             for element in self.find_all(selector).await {
-                let text = self.text(&element).await;
-                if check(&text) {
-                    return element;
+                let Ok(text) = self
+                    .try_command("GET", &format!("/element/{}/text", element.0), None)
+                    .await
+                else {
+                    continue; // replaced meanwhile: look again
+                };
+                let text = text.as_str().unwrap_or_default().to_string();
+                if !check(&text) {
+                    last.push(text);
+                    continue;
                 }
-                last.push(text);
+                if !click {
+                    return text;
+                }
+                let clicked = self
+                    .try_command(
+                        "POST",
+                        &format!("/element/{}/click", element.0),
+                        Some(&json!({})),
+                    )
+                    .await;
+                if clicked.is_ok() {
+                    return text;
+                }
             }
             assert!(
                 Instant::now() < deadline,
@@ -144,26 +189,14 @@ impl Browser {
         }
     }
 
-    /// An element's visible text.
-    pub async fn text(&self, element: &Element) -> String {
-        let text = self
-            .command("GET", &format!("/element/{}/text", element.0), None)
-            .await;
-        text.as_str().unwrap_or_default().to_string()
-    }
-
-    /// Click an element.
-    pub async fn click(&self, element: &Element) {
-        self.command(
-            "POST",
-            &format!("/element/{}/click", element.0),
-            Some(&json!({})),
-        )
-        .await;
-    }
-
-    /// Replace an input's text.
-    pub async fn type_into(&self, element: &Element, text: &str) {
+    /// Replace the text of the input matching `selector`.
+    pub async fn type_into(&self, selector: &str, text: &str) {
+        let element = self
+            .find_all(selector)
+            .await
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| panic!("no `{selector}`"));
         self.command(
             "POST",
             &format!("/element/{}/clear", element.0),
@@ -195,7 +228,12 @@ impl Browser {
 }
 
 /// One WebDriver call; the response's `value`. Errors fail the test.
-async fn request(port: u16, method: &str, path: &str, body: Option<&Value>) -> Value {
+async fn request(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> Result<Value, Value> {
     let body = body.map(Value::to_string).unwrap_or_default();
     let mut stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     let head = format!(
@@ -243,10 +281,8 @@ async fn request(port: u16, method: &str, path: &str, body: Option<&Value>) -> V
     };
     let value: Value =
         serde_json::from_str(&body).unwrap_or_else(|e| panic!("{method} {path}: {e}: {body}"));
-    assert!(
-        value["value"].get("error").is_none(),
-        "{method} {path}: {}",
-        value["value"]
-    );
-    value["value"].clone()
+    match value["value"].get("error") {
+        None => Ok(value["value"].clone()),
+        Some(_) => Err(value["value"].clone()),
+    }
 }

@@ -33,16 +33,13 @@ async fn the_console_shows_the_upgrade_and_each_frame_of_a_test_client_connectio
         .wait_for("#client-endpoint option", |t| t == "/chat")
         .await;
     browser.wait_for("#live", |t| t == "live").await;
-    let connect_button = browser.wait_for("#client-connect", |_| true).await;
-    browser.click(&connect_button).await;
+    browser.click_on("#client-connect", |_| true).await;
     browser
         .wait_for("#client-status", |t| t.starts_with("connected"))
         .await;
     let sent = r#"{"text":"hi","password":"p4ss"}"#;
-    let message = browser.wait_for("#client-message", |_| true).await;
-    browser.type_into(&message, sent).await;
-    let send = browser.wait_for("#client-send", |_| true).await;
-    browser.click(&send).await;
+    browser.type_into("#client-message", sent).await;
+    browser.click_on("#client-send", |_| true).await;
     browser
         .wait_for("#client-log .log-received", |t| {
             t.contains(r#"{"password":"***","text":"hi"}"#)
@@ -50,21 +47,15 @@ async fn the_console_shows_the_upgrade_and_each_frame_of_a_test_client_connectio
         .await;
 
     // Traffic > HTTP: the upgrade, with its status.
-    let nav = browser.wait_for("#nav-http", |_| true).await;
-    browser.click(&nav).await;
-    let row = browser
-        .wait_for("#http-table tbody tr[data-endpoint='/chat']", |t| {
+    browser.click_on("#nav-http", |_| true).await;
+    browser
+        .click_on("#http-table tbody tr[data-endpoint='/chat']", |t| {
             t.contains("101")
         })
         .await;
-    browser.click(&row).await;
     browser.wait_for("#upgrade-status", |t| t == "101").await;
     let key = browser
-        .text(
-            &browser
-                .wait_for("#upgrade-connection", |t| !t.is_empty())
-                .await,
-        )
+        .wait_for("#upgrade-connection", |t| !t.is_empty())
         .await;
     assert_eq!(key, gateway.monitor().key(1));
 
@@ -78,15 +69,13 @@ async fn the_console_shows_the_upgrade_and_each_frame_of_a_test_client_connectio
     assert_eq!(next_text(&mut other).await, "bye");
 
     // Traffic > WebSockets: the client's text frame and its fields.
-    let frames = browser.wait_for("#upgrade-frames", |_| true).await;
-    browser.click(&frames).await;
-    let client_frame = browser
-        .wait_for(
+    browser.click_on("#upgrade-frames", |_| true).await;
+    browser
+        .click_on(
             "#ws-table tbody tr[data-origin='client'][data-opcode='text']",
             |t| t.contains(&key),
         )
         .await;
-    browser.click(&client_frame).await;
     browser.wait_for("#frame-origin", |t| t == "client").await;
     browser.wait_for("#frame-opcode", |t| t == "text (1)").await;
     browser
@@ -103,29 +92,26 @@ async fn the_console_shows_the_upgrade_and_each_frame_of_a_test_client_connectio
     browser
         .wait_for("#frame-verdict", |t| t == "json-mask@1.0.0 replace (1)")
         .await;
-    // The payload as pretty JSON (the default for JSON), text and hex.
+    // The payload as pretty JSON (the default for JSON), hex and text.
     browser
         .wait_for("#frame-payload", |t| t.contains("\"password\": \"p4ss\""))
         .await;
-    let hex = browser.wait_for("#payload-hex", |_| true).await;
-    browser.click(&hex).await;
+    browser.click_on("#payload-hex", |_| true).await;
     browser
         .wait_for("#frame-payload", |t| {
             t.starts_with("00000000  7b 22 74 65 78 74 22")
         })
         .await;
-    let text = browser.wait_for("#payload-text", |_| true).await;
-    browser.click(&text).await;
+    browser.click_on("#payload-text", |_| true).await;
     browser.wait_for("#frame-payload", |t| t == sent).await;
 
     // The frame the client received: no mask, the filtered payload.
-    let server_frame = browser
-        .wait_for(
+    browser
+        .click_on(
             "#ws-table tbody tr[data-origin='server'][data-opcode='text']",
-            |_| true,
+            |t| t.contains(&key),
         )
         .await;
-    browser.click(&server_frame).await;
     browser.wait_for("#frame-origin", |t| t == "server").await;
     browser.wait_for("#frame-mask", |t| t == "none").await;
     browser
