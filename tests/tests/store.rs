@@ -166,8 +166,13 @@ fn every_plugin_in_the_repository_has_a_truthful_manifest() {
         }
     }
     for (manifest_path, component) in components {
-        let (manifest, _) = Manifest::read(&manifest_path)
+        let (manifest, schema) = Manifest::read(&manifest_path)
             .unwrap_or_else(|e| panic!("{}: {e}", manifest_path.display()));
+        assert!(
+            schema.is_some() || manifest.name.starts_with("test-"),
+            "{}: no config-schema",
+            manifest_path.display()
+        );
         let info = cached_runtime()
             .inspect(&std::fs::read(&component).unwrap())
             .unwrap_or_else(|e| panic!("{}: {e}", component.display()));

@@ -68,6 +68,8 @@ pub use helpers::{
 };
 pub mod host;
 pub use host::{context, log, state};
+#[cfg(feature = "schema")]
+pub mod schema;
 
 /// Everything a plugin usually needs, in one `use`.
 pub mod prelude {

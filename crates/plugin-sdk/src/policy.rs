@@ -4,6 +4,7 @@ use crate::{Message, MessageVerdict};
 
 /// What a validator does with a message that fails it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum Action {
     /// Close both sides with the plugin's close code.
@@ -30,6 +31,7 @@ impl Action {
 
 /// What a JSON plugin does with binary messages and text that is not JSON.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum NonJson {
     /// Forward it unchanged.

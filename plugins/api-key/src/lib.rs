@@ -8,6 +8,7 @@ use wsgate_plugin_sdk::prelude::*;
 
 /// One accepted key.
 #[derive(serde::Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct Key {
     /// Who the key belongs to (published as `api-key.name`).
@@ -18,6 +19,7 @@ struct Key {
 
 /// Configuration of `api-key`.
 #[derive(serde::Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct Config {
     /// Header carrying the key (default `x-api-key`).
@@ -117,5 +119,14 @@ mod tests {
             ApiKey::validate(&bad).err().unwrap().field,
             "/keys/0/sha256"
         );
+    }
+}
+
+#[cfg(test)]
+mod config_schema {
+    /// `config.schema.json` is generated from `Config`; this keeps it current.
+    #[test]
+    fn the_config_schema_is_current() {
+        wsgate_plugin_sdk::schema::check::<super::Config>(env!("CARGO_MANIFEST_DIR")).unwrap();
     }
 }

@@ -10,6 +10,7 @@ use wsgate_plugin_sdk::prelude::*;
 
 /// One user.
 #[derive(serde::Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct User {
     /// User name.
@@ -23,6 +24,7 @@ struct User {
 
 /// Configuration of `basic-auth`.
 #[derive(serde::Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct Config {
     /// Realm shown to clients (default `wsgate`).
@@ -131,5 +133,14 @@ mod tests {
         );
         assert_eq!(credentials(&request("Bearer abc")), None);
         assert_eq!(credentials(&request("Basic !!!")), None);
+    }
+}
+
+#[cfg(test)]
+mod config_schema {
+    /// `config.schema.json` is generated from `Config`; this keeps it current.
+    #[test]
+    fn the_config_schema_is_current() {
+        wsgate_plugin_sdk::schema::check::<super::Config>(env!("CARGO_MANIFEST_DIR")).unwrap();
     }
 }

@@ -14,6 +14,7 @@ use wsgate_plugin_sdk::{render_template, template_names};
 
 /// Configuration of `connect-to-url`.
 #[derive(serde::Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct Config {
     /// URL template of the upstream.
@@ -179,5 +180,14 @@ mod tests {
                 && !known("segment.x")
                 && !known("env.HOME")
         );
+    }
+}
+
+#[cfg(test)]
+mod config_schema {
+    /// `config.schema.json` is generated from `Config`; this keeps it current.
+    #[test]
+    fn the_config_schema_is_current() {
+        wsgate_plugin_sdk::schema::check::<super::Config>(env!("CARGO_MANIFEST_DIR")).unwrap();
     }
 }

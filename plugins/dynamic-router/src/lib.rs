@@ -6,6 +6,7 @@ use wsgate_plugin_sdk::prelude::*;
 
 /// One routing rule: exactly one selector, the value it must equal, and the upstream.
 #[derive(serde::Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct Rule {
     /// Match the Host header (without port), case-insensitively.
@@ -32,6 +33,7 @@ struct Rule {
 
 /// Configuration of `dynamic-router`.
 #[derive(serde::Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct Config {
     /// Rules, tried in order; the first match routes.
@@ -198,5 +200,14 @@ mod tests {
             let config: Config = serde_json::from_str(bad).unwrap();
             assert!(DynamicRouter::validate(&config).is_err(), "{bad}");
         }
+    }
+}
+
+#[cfg(test)]
+mod config_schema {
+    /// `config.schema.json` is generated from `Config`; this keeps it current.
+    #[test]
+    fn the_config_schema_is_current() {
+        wsgate_plugin_sdk::schema::check::<super::Config>(env!("CARGO_MANIFEST_DIR")).unwrap();
     }
 }

@@ -11,6 +11,7 @@ use wsgate_plugin_sdk::prelude::*;
 use wsgate_plugin_sdk::{render_template, template_names};
 
 #[derive(serde::Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(rename_all = "kebab-case")]
 enum Missing {
     /// Leave that header out.
@@ -22,6 +23,7 @@ enum Missing {
 
 /// Configuration of `header-rewrite`.
 #[derive(serde::Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct Config {
     /// Headers to set (replacing same-named ones): name -> template.
@@ -153,5 +155,14 @@ mod tests {
             HeaderRewrite::validate(&bad).err().unwrap().field,
             "/append/x"
         );
+    }
+}
+
+#[cfg(test)]
+mod config_schema {
+    /// `config.schema.json` is generated from `Config`; this keeps it current.
+    #[test]
+    fn the_config_schema_is_current() {
+        wsgate_plugin_sdk::schema::check::<super::Config>(env!("CARGO_MANIFEST_DIR")).unwrap();
     }
 }

@@ -8,6 +8,7 @@ use wsgate_plugin_sdk::prelude::*;
 
 /// Configuration of `ip-filter`.
 #[derive(serde::Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct Config {
     /// Addresses allowed (empty: everyone not denied).
@@ -151,5 +152,14 @@ mod tests {
         assert!(allowed(&config, "127.0.0.1".parse().unwrap()));
         assert!(!allowed(&config, "127.0.0.2".parse().unwrap()));
         assert!(!allowed(&config, "192.168.1.1".parse().unwrap()));
+    }
+}
+
+#[cfg(test)]
+mod config_schema {
+    /// `config.schema.json` is generated from `Config`; this keeps it current.
+    #[test]
+    fn the_config_schema_is_current() {
+        wsgate_plugin_sdk::schema::check::<super::Config>(env!("CARGO_MANIFEST_DIR")).unwrap();
     }
 }

@@ -8,9 +8,11 @@ use wsgate_plugin_sdk::prelude::*;
 
 /// Configuration of `json-mask`.
 #[derive(serde::Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct Config {
     /// Keys whose values are masked, wherever they appear.
+    #[cfg_attr(test, schemars(length(min = 1)))]
     fields: Vec<String>,
     /// What replaces a masked value (a JSON string).
     #[serde(default = "default_mask")]
@@ -95,5 +97,14 @@ mod tests {
             serde_json::json!({"a": {"password": "***", "b": [{"password": "***"}]}, "c": 2})
         );
         assert!(!mask(&config, &mut serde_json::json!({"other": 1})));
+    }
+}
+
+#[cfg(test)]
+mod config_schema {
+    /// `config.schema.json` is generated from `Config`; this keeps it current.
+    #[test]
+    fn the_config_schema_is_current() {
+        wsgate_plugin_sdk::schema::check::<super::Config>(env!("CARGO_MANIFEST_DIR")).unwrap();
     }
 }

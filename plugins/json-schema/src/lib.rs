@@ -8,6 +8,7 @@ use wsgate_plugin_sdk::prelude::*;
 
 /// What to do with binary messages and text that is not JSON.
 #[derive(serde::Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(rename_all = "kebab-case")]
 enum NotJson {
     /// Treat it as a validation failure (default).
@@ -19,6 +20,7 @@ enum NotJson {
 
 /// Configuration of `json-schema`.
 #[derive(serde::Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct Config {
     /// The schema: a table, or JSON text.
@@ -113,5 +115,14 @@ mod tests {
         assert!(!validator.is_valid(&serde_json::json!({"type": "spam"})));
         let bad: Config = serde_json::from_str(r#"{"schema": {"type": 12}}"#).unwrap();
         assert!(JsonSchema::validate(&bad).is_err());
+    }
+}
+
+#[cfg(test)]
+mod config_schema {
+    /// `config.schema.json` is generated from `Config`; this keeps it current.
+    #[test]
+    fn the_config_schema_is_current() {
+        wsgate_plugin_sdk::schema::check::<super::Config>(env!("CARGO_MANIFEST_DIR")).unwrap();
     }
 }

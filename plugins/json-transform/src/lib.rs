@@ -16,6 +16,7 @@ use wsgate_plugin_sdk::{
 
 /// Configuration of `json-transform`.
 #[derive(serde::Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct Config {
     /// Fields to set: JSON Pointer -> value (strings are templates).
@@ -216,5 +217,14 @@ mod tests {
         assert_eq!(take_at(&mut value, "/list/1"), Some(json!(2)));
         assert_eq!(value, json!({"a": {}, "list": [1, 3]}));
         assert_eq!(take_at(&mut value, "/missing/x"), None);
+    }
+}
+
+#[cfg(test)]
+mod config_schema {
+    /// `config.schema.json` is generated from `Config`; this keeps it current.
+    #[test]
+    fn the_config_schema_is_current() {
+        wsgate_plugin_sdk::schema::check::<super::Config>(env!("CARGO_MANIFEST_DIR")).unwrap();
     }
 }

@@ -24,6 +24,7 @@ use wsgate_plugin_sdk::prelude::*;
 
 /// A key, in JWK form (RFC 7517) with the fields each algorithm needs.
 #[derive(serde::Deserialize, Clone)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 struct Jwk {
     /// Key id, matched against the token header's `kid`.
     #[serde(default)]
@@ -59,12 +60,14 @@ struct Jwk {
 
 /// A JWKS document.
 #[derive(serde::Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 struct Jwks {
     keys: Vec<Jwk>,
 }
 
 /// Configuration of `jwt`.
 #[derive(serde::Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct Config {
     /// Inline keys.
@@ -416,5 +419,14 @@ mod tests {
         let config: Config =
             serde_json::from_str(r#"{"jwks": {"keys": [{"kty": "RSA", "n": "AQAB"}]}}"#).unwrap();
         assert_eq!(Jwt::validate(&config).err().unwrap().field, "/jwks/keys/0");
+    }
+}
+
+#[cfg(test)]
+mod config_schema {
+    /// `config.schema.json` is generated from `Config`; this keeps it current.
+    #[test]
+    fn the_config_schema_is_current() {
+        wsgate_plugin_sdk::schema::check::<super::Config>(env!("CARGO_MANIFEST_DIR")).unwrap();
     }
 }

@@ -7,6 +7,7 @@ use wsgate_plugin_sdk::prelude::*;
 
 /// Configuration of `message-filter`.
 #[derive(serde::Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct Config {
     /// The field, as a JSON Pointer (e.g. `/type`).
@@ -110,5 +111,14 @@ mod tests {
         let both: Config =
             serde_json::from_str(r#"{"field": "/t", "allow": [], "deny": []}"#).unwrap();
         assert!(MessageFilterPlugin::validate(&both).is_err());
+    }
+}
+
+#[cfg(test)]
+mod config_schema {
+    /// `config.schema.json` is generated from `Config`; this keeps it current.
+    #[test]
+    fn the_config_schema_is_current() {
+        wsgate_plugin_sdk::schema::check::<super::Config>(env!("CARGO_MANIFEST_DIR")).unwrap();
     }
 }

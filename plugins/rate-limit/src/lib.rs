@@ -7,6 +7,7 @@ use wsgate_plugin_sdk::prelude::*;
 
 /// Configuration of `rate-limit`.
 #[derive(serde::Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct Config {
     /// Sustained messages per second (none: unlimited).
@@ -181,5 +182,14 @@ mod tests {
         };
         assert_eq!(Buckets::decode(&buckets.encode()), Some(buckets));
         assert_eq!(Buckets::decode(&[1, 2]), None);
+    }
+}
+
+#[cfg(test)]
+mod config_schema {
+    /// `config.schema.json` is generated from `Config`; this keeps it current.
+    #[test]
+    fn the_config_schema_is_current() {
+        wsgate_plugin_sdk::schema::check::<super::Config>(env!("CARGO_MANIFEST_DIR")).unwrap();
     }
 }

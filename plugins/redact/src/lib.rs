@@ -7,6 +7,7 @@ use wsgate_plugin_sdk::prelude::*;
 
 /// A custom pattern.
 #[derive(serde::Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct Pattern {
     /// Name, for logs.
@@ -17,6 +18,7 @@ struct Pattern {
 
 /// Configuration of `redact`.
 #[derive(serde::Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct Config {
     /// Mask card numbers (default true).
@@ -205,5 +207,14 @@ mod tests {
             Redact::validate(&config).err().unwrap().field,
             "/patterns/0/regex"
         );
+    }
+}
+
+#[cfg(test)]
+mod config_schema {
+    /// `config.schema.json` is generated from `Config`; this keeps it current.
+    #[test]
+    fn the_config_schema_is_current() {
+        wsgate_plugin_sdk::schema::check::<super::Config>(env!("CARGO_MANIFEST_DIR")).unwrap();
     }
 }

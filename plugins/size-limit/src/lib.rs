@@ -7,6 +7,7 @@ use wsgate_plugin_sdk::prelude::*;
 
 /// Configuration of `size-limit`.
 #[derive(serde::Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct Config {
     /// Largest text or binary payload allowed, in bytes.
@@ -63,5 +64,14 @@ mod tests {
         assert_eq!(verdict, MessageVerdict::Forward);
         let zero: Config = serde_json::from_str(r#"{"max-bytes": 0}"#).unwrap();
         assert!(SizeLimit::validate(&zero).is_err());
+    }
+}
+
+#[cfg(test)]
+mod config_schema {
+    /// `config.schema.json` is generated from `Config`; this keeps it current.
+    #[test]
+    fn the_config_schema_is_current() {
+        wsgate_plugin_sdk::schema::check::<super::Config>(env!("CARGO_MANIFEST_DIR")).unwrap();
     }
 }

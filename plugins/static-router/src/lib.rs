@@ -4,6 +4,7 @@ use wsgate_plugin_sdk::prelude::*;
 
 /// Configuration of `static-router`.
 #[derive(serde::Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct Config {
     /// `ws://` or `wss://` URL of the upstream.
@@ -68,5 +69,14 @@ mod tests {
                 .field,
             "/url"
         );
+    }
+}
+
+#[cfg(test)]
+mod config_schema {
+    /// `config.schema.json` is generated from `Config`; this keeps it current.
+    #[test]
+    fn the_config_schema_is_current() {
+        wsgate_plugin_sdk::schema::check::<super::Config>(env!("CARGO_MANIFEST_DIR")).unwrap();
     }
 }

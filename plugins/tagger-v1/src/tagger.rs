@@ -4,6 +4,7 @@ use wsgate_plugin_sdk::prelude::*;
 
 /// The tagger takes no configuration.
 #[derive(serde::Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct Config {}
 
@@ -35,3 +36,12 @@ impl MessageFilter for Tagger {
 }
 
 wsgate_plugin_sdk::export_message_filter!(Tagger);
+
+#[cfg(test)]
+mod config_schema {
+    /// `config.schema.json` is generated from `Config`; this keeps it current.
+    #[test]
+    fn the_config_schema_is_current() {
+        wsgate_plugin_sdk::schema::check::<super::Config>(env!("CARGO_MANIFEST_DIR")).unwrap();
+    }
+}

@@ -6,6 +6,7 @@ use wsgate_plugin_sdk::prelude::*;
 
 /// One rewrite rule.
 #[derive(serde::Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct Rule {
     /// Regular expression (Rust `regex` syntax).
@@ -16,6 +17,7 @@ struct Rule {
 
 /// Configuration of `text-replace`.
 #[derive(serde::Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct Config {
     /// Rules, applied in order.
@@ -84,5 +86,14 @@ mod tests {
             apply(&config, config.compiled.get().unwrap(), "to ann@old"),
             "to ann@NEW"
         );
+    }
+}
+
+#[cfg(test)]
+mod config_schema {
+    /// `config.schema.json` is generated from `Config`; this keeps it current.
+    #[test]
+    fn the_config_schema_is_current() {
+        wsgate_plugin_sdk::schema::check::<super::Config>(env!("CARGO_MANIFEST_DIR")).unwrap();
     }
 }
