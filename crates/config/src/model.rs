@@ -63,6 +63,10 @@ pub struct Gateway {
     /// It must be writable only by the gateway's user.
     #[serde(default)]
     pub plugin_cache_dir: Option<PathBuf>,
+    /// Most proxied connections open at once, all endpoints together;
+    /// upgrades over it get 503. None: unlimited.
+    #[serde(default)]
+    pub max_connections: Option<u32>,
     /// The plugin store (`wsgate plugin add`) that `[[plugin]]` entries
     /// without a `path` load from; relative to the configuration file.
     #[serde(default)]
@@ -348,6 +352,22 @@ pub struct Endpoint {
     /// URL prefixes routes may point at (`ws://host:port` or longer); routes elsewhere are refused.
     #[serde(default)]
     pub allowed_upstreams: Vec<Spanned<String>>,
+    /// `Origin` values allowed to open connections (browsers always send
+    /// one: this stops cross-site WebSocket hijacking); others get 403.
+    /// Empty: any origin, and requests without one.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+    /// Close both sides with 1001 after this long without a message either
+    /// way (pings count); `0` means never.
+    #[serde(default)]
+    pub idle_timeout: HumanDuration,
+    /// Most connections open on this endpoint at once; over it: 503.
+    #[serde(default)]
+    pub max_connections: Option<u32>,
+    /// Most connections open on this endpoint from one client address;
+    /// over it: 429.
+    #[serde(default)]
+    pub max_connections_per_ip: Option<u32>,
     /// What the traffic monitor records of this endpoint's connections.
     #[serde(default)]
     pub monitor: MonitorLevel,
@@ -369,6 +389,21 @@ impl Endpoint {
     /// The connection lifetime, or `None` when unlimited.
     pub fn lifetime(&self) -> Option<Duration> {
         (!self.expire.0.is_zero()).then_some(self.expire.0)
+    }
+
+    /// The idle timeout, or `None` when connections may stay idle.
+    pub fn idle_limit(&self) -> Option<Duration> {
+        (!self.idle_timeout.0.is_zero()).then_some(self.idle_timeout.0)
+    }
+
+    /// Whether a request with this `Origin` header (if any) may connect.
+    pub fn origin_allowed(&self, origin: Option<&str>) -> bool {
+        self.allowed_origins.is_empty()
+            || origin.is_some_and(|origin| {
+                self.allowed_origins
+                    .iter()
+                    .any(|allowed| allowed.eq_ignore_ascii_case(origin))
+            })
     }
 
     /// Whether `request_path` belongs to this endpoint.

@@ -11,6 +11,7 @@
 //! 5. `relay::run` moves messages both ways through the message chains and
 //!    carries the close handshake, expiry and shutdown.
 
+pub mod admission;
 mod convert;
 pub mod counters;
 pub mod echo;
@@ -91,6 +92,8 @@ pub struct Shared {
     monitor: Monitor,
     /// Traffic counters for `/metrics`.
     counters: counters::TrafficCounters,
+    /// Open connections under the gateway, endpoint and client limits.
+    admissions: Arc<admission::Admissions>,
 }
 
 impl Shared {
@@ -172,6 +175,7 @@ impl Gateway {
             tracker: TaskTracker::new(),
             monitor,
             counters: counters::TrafficCounters::default(),
+            admissions: Arc::default(),
         });
         let gateway = Self { shared };
         gateway.apply_listeners(&generation.config).await?;

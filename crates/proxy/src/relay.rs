@@ -8,7 +8,7 @@
 //! * a protocol error: 1002 (1007 for invalid UTF-8) to its sender, 1001 to the other;
 //! * a plugin's `close` verdict: its code and reason to both sides;
 //! * a plugin fault under fail-closed: 1011 to both sides;
-//! * the endpoint's expire time: 1001 to both sides;
+//! * the endpoint's expire time or idle timeout: 1001 to both sides;
 //! * gateway shutdown: 1001 to the client, 1000 to the upstream.
 
 use std::sync::Arc;
@@ -40,8 +40,19 @@ pub struct Session {
     endpoint: Arc<LiveEndpoint>,
     contexts: Vec<CallContext>,
     shared: Arc<Shared>,
-    _permit: Option<OwnedSemaphorePermit>,
+    /// Places the connection holds until it ends (given back in `drop`).
+    held: Option<Held>,
     watch: Option<Watch>,
+}
+
+/// What a connection holds while open: its remote host's permit and its
+/// place under the connection limits.
+#[allow(dead_code, reason = "never read: dropping them gives the places back")]
+pub struct Held {
+    /// The remote host's `max-connections` permit, if it has a limit.
+    pub permit: Option<OwnedSemaphorePermit>,
+    /// The connection's place under the gateway, endpoint and client limits.
+    pub admission: crate::admission::Admission,
 }
 
 /// What the monitor learns of a connection after its upgrade: how it ends,
@@ -109,7 +120,7 @@ impl Session {
         endpoint: Arc<LiveEndpoint>,
         contexts: Vec<CallContext>,
         shared: Arc<Shared>,
-        permit: Option<OwnedSemaphorePermit>,
+        held: Held,
         watch: Option<Watch>,
     ) -> Self {
         endpoint.active.fetch_add(1, Ordering::Relaxed);
@@ -121,7 +132,7 @@ impl Session {
             endpoint,
             contexts,
             shared,
-            _permit: permit,
+            held: Some(held),
             watch,
         }
     }
@@ -129,6 +140,9 @@ impl Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
+        // Give the places back before anyone waiting for this connection
+        // to end is told it has.
+        drop(self.held.take());
         self.endpoint.active.fetch_sub(1, Ordering::Relaxed);
         self.generation.active.fetch_sub(1, Ordering::Relaxed);
         self.shared.active.fetch_sub(1, Ordering::Relaxed);
@@ -264,6 +278,9 @@ pub async fn run(mut session: Session, client: WsStream, upstream: WsStream) {
     let endpoint = session.endpoint.clone();
     let expires_at = tokio::time::sleep(expiry.unwrap_or(Duration::ZERO));
     tokio::pin!(expires_at);
+    let idle_limit = session.endpoint.config.idle_limit();
+    let idle_at = tokio::time::sleep(idle_limit.unwrap_or(Duration::ZERO));
+    tokio::pin!(idle_at);
     // Armed once either side starts closing, goes away, or breaks.
     let mut closing = false;
     let close_timeout = tokio::time::sleep(CLOSE_TIMEOUT);
@@ -286,15 +303,27 @@ pub async fn run(mut session: Session, client: WsStream, upstream: WsStream) {
                 client.close(1001, "connection expired").await;
                 upstream.close(1001, "connection expired").await;
             }
+            () = &mut idle_at, if idle_limit.is_some() && !closing => {
+                tracing::info!(connection = session.id, "connection idle");
+                session.closing("gateway", Some(1001), "idle timeout");
+                client.close(1001, "idle timeout").await;
+                upstream.close(1001, "idle timeout").await;
+            }
             () = &mut close_timeout, if closing => {
                 tracing::debug!(connection = session.id, "close handshake timed out");
                 break;
             }
             read = client.stream.next(), if client.readable => {
                 on_read(&endpoint, &mut session, read, &mut client, &mut upstream).await;
+                if let Some(idle) = idle_limit {
+                    idle_at.as_mut().reset(Instant::now() + idle);
+                }
             }
             read = upstream.stream.next(), if upstream.readable => {
                 on_read(&endpoint, &mut session, read, &mut upstream, &mut client).await;
+                if let Some(idle) = idle_limit {
+                    idle_at.as_mut().reset(Instant::now() + idle);
+                }
             }
         }
         if !client.readable && !upstream.readable {

@@ -22,9 +22,10 @@ use wsgate_runtime::{
 };
 
 use crate::Shared;
+use crate::admission::Limits;
 use crate::counters::TrafficCounters;
 use crate::generation::{DEFAULT_CONNECT_TIMEOUT, Generation, LiveEndpoint};
-use crate::relay::{self, Session, Watch};
+use crate::relay::{self, Held, Session, Watch};
 use crate::tap::{Recorder, Tap};
 use crate::upstream::{self, UpstreamUrl};
 
@@ -153,6 +154,31 @@ async fn upgrade(
     mut request: Request<Incoming>,
     trace: &mut UpgradeTrace,
 ) -> HttpResponse {
+    // Cheap refusals first: a foreign origin, then the connection limits.
+    let origin = request
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok());
+    if !endpoint.config.origin_allowed(origin) {
+        tracing::warn!(origin = origin.unwrap_or(""), "origin not allowed");
+        return plain(
+            StatusCode::FORBIDDEN,
+            "this origin may not open connections here\n",
+        );
+    }
+    let limits = Limits {
+        gateway: generation.config.gateway.max_connections,
+        endpoint: endpoint.config.path.get_ref(),
+        per_endpoint: endpoint.config.max_connections,
+        per_client: endpoint.config.max_connections_per_ip,
+    };
+    let admission = match shared.admissions.admit(&limits, client.ip()) {
+        Ok(admission) => admission,
+        Err(refusal) => {
+            tracing::warn!(?refusal, "connection limit reached");
+            return plain(refusal.status(), refusal.body());
+        }
+    };
     let upgrade_request = describe(&request, id, client);
     let info = Arc::new(ConnectionInfo {
         id,
@@ -259,7 +285,7 @@ async fn upgrade(
         endpoint,
         contexts,
         shared.clone(),
-        permit,
+        Held { permit, admission },
         watch,
     );
     let relay = async move {
