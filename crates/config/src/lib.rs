@@ -14,8 +14,9 @@ use std::path::{Path, PathBuf};
 
 pub use error::{ConfigError, ConfigErrors, SourceMap};
 pub use model::{
-    Admin, Capability, ChainEntry, Config, EchoServer, Endpoint, FailPolicy, Gateway, MonitorLevel,
-    MonitorSettings, PathMatch, PluginDecl, PluginRef, RemoteHost, Signing, TrustedKey,
+    Admin, Capability, ChainEntry, Config, EchoServer, Endpoint, FailPolicy, Gateway, ListenerTls,
+    MonitorLevel, MonitorSettings, PathMatch, PluginDecl, PluginRef, RemoteHost, Signing,
+    TrustedKey,
 };
 pub use units::{ByteSize, HumanDuration, parse_duration, parse_size};
 
@@ -75,6 +76,27 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
             && signature.is_relative()
         {
             *signature = base_dir.join(&*signature);
+        }
+    }
+    let resolve = |path: &mut PathBuf| {
+        if path.is_relative() {
+            *path = base_dir.join(&*path);
+        }
+    };
+    if let Some(tls) = config.gateway.tls.as_mut() {
+        resolve(&mut tls.certificate);
+        resolve(&mut tls.key);
+    }
+    for host in &mut config.remote_hosts {
+        for path in [
+            host.ca_bundle.as_mut(),
+            host.client_certificate.as_mut(),
+            host.client_key.as_mut(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            resolve(path);
         }
     }
     if let Some(database) = config.monitor.database.as_mut()

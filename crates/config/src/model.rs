@@ -67,10 +67,24 @@ pub struct Gateway {
     /// upgrades over it get 503. None: unlimited.
     #[serde(default)]
     pub max_connections: Option<u32>,
+    /// Serve `wss://`: the listener's certificate chain and key (PEM).
+    /// None: plain `ws://`.
+    #[serde(default)]
+    pub tls: Option<ListenerTls>,
     /// The plugin store (`wsgate plugin add`) that `[[plugin]]` entries
     /// without a `path` load from; relative to the configuration file.
     #[serde(default)]
     pub plugin_store: Option<PathBuf>,
+}
+
+/// The listener's TLS identity (paths relative to the configuration file).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ListenerTls {
+    /// The certificate chain, leaf first (PEM).
+    pub certificate: PathBuf,
+    /// The private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
 }
 
 /// The admin listener: deploys, generations, health, metrics.
@@ -219,6 +233,16 @@ pub struct RemoteHost {
     /// Longest time to establish the connection and its WebSocket handshake.
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout: HumanDuration,
+    /// For `wss://`: trust these CA certificates (PEM) instead of the
+    /// built-in web roots.
+    #[serde(default)]
+    pub ca_bundle: Option<PathBuf>,
+    /// For `wss://`: present this client certificate chain (PEM)…
+    #[serde(default)]
+    pub client_certificate: Option<PathBuf>,
+    /// …with this private key (PEM).
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
 }
 
 impl RemoteHost {

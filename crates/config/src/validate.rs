@@ -95,6 +95,13 @@ pub(crate) fn validate(config: &Config) -> Result<(), ConfigErrors> {
                 format!("remote host `{address}` is listed twice"),
             );
         }
+        if host.client_certificate.is_some() != host.client_key.is_some() {
+            at(
+                host.address.span(),
+                format!("remote-host[{i}].client-certificate"),
+                "client-certificate and client-key go together".to_string(),
+            );
+        }
         if host.max_connections < -1 {
             at(
                 host.address.span(),

@@ -53,6 +53,9 @@ pub struct RemoteLimit {
     pub max_connections: Option<usize>,
     /// Longest time to connect and finish the upstream handshake.
     pub connect_timeout: Duration,
+    /// TLS settings for `wss://` (its CA bundle, client certificate);
+    /// `None`: the web roots, no client certificate.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// A validated configuration with its plugins loaded.
@@ -78,6 +81,8 @@ pub struct Generation {
     pub pools: Vec<Arc<PluginPool>>,
     /// Every declared plugin, loaded, in configuration order.
     pub plugins: Vec<Arc<Plugin>>,
+    /// The listener's TLS settings (`[gateway] tls`); `None`: plain `ws://`.
+    pub listener_tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Generation {
@@ -213,23 +218,51 @@ impl Generation {
             }));
         }
 
+        // TLS identities and trust, read now so a bad file refuses the
+        // configuration instead of failing connections later.
+        let listener_tls = match &config.gateway.tls {
+            Some(tls) => match crate::tls::server_config(&tls.certificate, &tls.key) {
+                Ok(server) => Some(server),
+                Err(message) => {
+                    errors.push(source.error(0..0, "gateway.tls".to_string(), message));
+                    None
+                }
+            },
+            None => None,
+        };
+        let mut remote_hosts = HashMap::new();
+        for (i, host) in config.remote_hosts.iter().enumerate() {
+            let client = host
+                .client_certificate
+                .as_deref()
+                .zip(host.client_key.as_deref());
+            let tls = if host.ca_bundle.is_some() || client.is_some() {
+                match crate::tls::client_config(host.ca_bundle.as_deref(), client) {
+                    Ok(tls) => Some(tls),
+                    Err(message) => {
+                        errors.push(source.error(
+                            host.address.span(),
+                            format!("remote-host[{i}]"),
+                            message,
+                        ));
+                        None
+                    }
+                }
+            } else {
+                None
+            };
+            let limit = RemoteLimit {
+                permits: host.connection_limit().map(|n| Arc::new(Semaphore::new(n))),
+                max_connections: host.connection_limit(),
+                connect_timeout: host.connect_timeout.0,
+                tls,
+            };
+            remote_hosts.insert(host.address.get_ref().to_ascii_lowercase(), Arc::new(limit));
+        }
         if !errors.is_empty() {
             errors.sort_by_key(|e| (e.line, e.column));
             return Err(ConfigErrors(errors));
         }
-
-        let remote_hosts = config
-            .remote_hosts
-            .iter()
-            .map(|host| {
-                let limit = RemoteLimit {
-                    permits: host.connection_limit().map(|n| Arc::new(Semaphore::new(n))),
-                    max_connections: host.connection_limit(),
-                    connect_timeout: host.connect_timeout.0,
-                };
-                (host.address.get_ref().to_ascii_lowercase(), Arc::new(limit))
-            })
-            .collect();
         let mut pools: Vec<_> = pools.into_values().collect();
         pools.sort_by(|a, b| a.plugin().id().cmp(b.plugin().id()));
         let plugins = config
@@ -246,6 +279,7 @@ impl Generation {
             remote_hosts,
             pools,
             plugins,
+            listener_tls,
         })
     }
 
@@ -261,6 +295,7 @@ impl Generation {
                     permits: old.permits.clone(),
                     max_connections: limit.max_connections,
                     connect_timeout: limit.connect_timeout,
+                    tls: limit.tls.clone(),
                 });
             }
         }

@@ -18,6 +18,7 @@ pub mod echo;
 pub mod generation;
 mod relay;
 pub mod tap;
+pub mod tls;
 pub mod upgrade;
 pub mod upstream;
 
@@ -470,6 +471,31 @@ async fn bind(address: SocketAddr) -> Result<(TcpListener, SocketAddr), StartErr
     Ok((listener, local))
 }
 
+/// Serve HTTP/1.1 (and upgrades) on one client connection, plain or TLS.
+async fn serve_http<IO>(
+    shared: Arc<Shared>,
+    io: IO,
+    client: SocketAddr,
+    tls: bool,
+    header_timeout: Duration,
+) where
+    IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let service = service_fn(move |mut request| {
+        let shared = shared.clone();
+        request.extensions_mut().insert(upgrade::Secure(tls));
+        async move { Ok::<_, std::convert::Infallible>(upgrade::handle(shared, client, request).await) }
+    });
+    let connection = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .serve_connection(io, service)
+        .with_upgrades();
+    if let Err(error) = connection.await {
+        tracing::debug!(%client, %error, "http connection ended with an error");
+    }
+}
+
 async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, stop: CancellationToken) {
     loop {
         let accepted = tokio::select! {
@@ -486,24 +512,42 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, stop: Cancellat
             }
         };
         let _ = stream.set_nodelay(true);
-        let header_timeout = shared.generation().config.gateway.handshake_timeout.0;
+        let generation = shared.generation();
+        let header_timeout = generation.config.gateway.handshake_timeout.0;
+        let tls = generation.listener_tls.clone();
+        drop(generation);
         let task_shared = shared.clone();
         shared.tracker.spawn(async move {
-            let service = service_fn(move |request| {
-                let shared = task_shared.clone();
-                async move {
-                    Ok::<_, std::convert::Infallible>(
-                        upgrade::handle(shared, client, request).await,
+            let Some(tls) = tls else {
+                serve_http(
+                    task_shared,
+                    TokioIo::new(stream),
+                    client,
+                    false,
+                    header_timeout,
+                )
+                .await;
+                return;
+            };
+            // The TLS handshake counts against the handshake timeout too.
+            let accepted = tokio::time::timeout(
+                header_timeout,
+                tokio_rustls::TlsAcceptor::from(tls).accept(stream),
+            )
+            .await;
+            match accepted {
+                Ok(Ok(stream)) => {
+                    serve_http(
+                        task_shared,
+                        TokioIo::new(stream),
+                        client,
+                        true,
+                        header_timeout,
                     )
+                    .await;
                 }
-            });
-            let connection = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(header_timeout)
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades();
-            if let Err(error) = connection.await {
-                tracing::debug!(%client, %error, "http connection ended with an error");
+                Ok(Err(error)) => tracing::info!(%client, %error, "TLS handshake failed"),
+                Err(_) => tracing::info!(%client, "TLS handshake timed out"),
             }
         });
     }

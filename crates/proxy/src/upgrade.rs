@@ -29,6 +29,10 @@ use crate::relay::{self, Held, Session, Watch};
 use crate::tap::{Recorder, Tap};
 use crate::upstream::{self, UpstreamUrl};
 
+/// Request extension: the request came over TLS (`wss://`).
+#[derive(Debug, Clone, Copy)]
+pub struct Secure(pub bool);
+
 /// The response type of the client-facing listener.
 pub type HttpResponse = Response<Full<Bytes>>;
 
@@ -242,11 +246,14 @@ async fn upgrade(
         },
         None => None,
     };
-    let timeout = remote.map_or(DEFAULT_CONNECT_TIMEOUT, |r| r.connect_timeout);
+    let timeout = remote
+        .as_ref()
+        .map_or(DEFAULT_CONNECT_TIMEOUT, |r| r.connect_timeout);
+    let tls = remote.and_then(|r| r.tls.clone());
     let headers = upstream_headers(&request, &upgrade_request, header_ops, &route, client);
     let ws_config = Shared::ws_config(&generation, &endpoint);
     let connected =
-        tokio::time::timeout(timeout, upstream::connect(&url, headers, ws_config)).await;
+        tokio::time::timeout(timeout, upstream::connect(&url, headers, ws_config, tls)).await;
     let upstream = match connected {
         Ok(Ok(upstream)) => upstream,
         Ok(Err(error)) => {
@@ -475,7 +482,10 @@ fn describe(request: &Request<Incoming>, id: u64, client: SocketAddr) -> Upgrade
             })
             .collect(),
         client_addr: client.to_string(),
-        tls: false,
+        tls: request
+            .extensions()
+            .get::<Secure>()
+            .is_some_and(|secure| secure.0),
     }
 }
 

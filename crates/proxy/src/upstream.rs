@@ -1,6 +1,6 @@
 //! Connecting to the upstream WebSocket server the upgrade chain chose.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -130,6 +130,7 @@ pub async fn connect(
     url: &UpstreamUrl,
     headers: HeaderMap,
     ws_config: WebSocketConfig,
+    tls: Option<Arc<rustls::ClientConfig>>,
 ) -> Result<Upstream, UpstreamError> {
     let address = url.address();
     let connect_error = |reason: String| UpstreamError::Connect {
@@ -144,10 +145,11 @@ pub async fn connect(
     let sender = if url.tls {
         let name = rustls::pki_types::ServerName::try_from(url.host.clone())
             .map_err(|e| connect_error(format!("invalid TLS server name: {e}")))?;
-        let tls = tokio_rustls::TlsConnector::from(tls_config())
-            .connect(name, tcp)
-            .await
-            .map_err(|e| connect_error(format!("TLS handshake failed: {e}")))?;
+        let tls =
+            tokio_rustls::TlsConnector::from(tls.unwrap_or_else(crate::tls::default_client_config))
+                .connect(name, tcp)
+                .await
+                .map_err(|e| connect_error(format!("TLS handshake failed: {e}")))?;
         handshake(TokioIo::new(tls), &address).await?
     } else {
         handshake(TokioIo::new(tcp), &address).await?
@@ -239,31 +241,6 @@ async fn upgrade(
     )
     .await;
     Ok(Upstream { stream, protocol })
-}
-
-/// TLS client settings: the Mozilla root store via webpki-roots, HTTP/1.1 ALPN.
-fn tls_config() -> Arc<rustls::ClientConfig> {
-    static CONFIG: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
-    CONFIG
-        .get_or_init(|| {
-            let roots = rustls::RootCertStore {
-                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-            };
-            let provider = Arc::new(rustls::crypto::ring::default_provider());
-            let mut config = match rustls::ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-            {
-                Ok(builder) => builder.with_root_certificates(roots).with_no_client_auth(),
-                // ring supports the default versions; fall back to the
-                // process default provider if that ever changes.
-                Err(_) => rustls::ClientConfig::builder()
-                    .with_root_certificates(rustls::RootCertStore::empty())
-                    .with_no_client_auth(),
-            };
-            config.alpn_protocols = vec![b"http/1.1".to_vec()];
-            Arc::new(config)
-        })
-        .clone()
 }
 
 #[cfg(test)]

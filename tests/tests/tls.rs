@@ -1,0 +1,299 @@
+//! TLS both ways, with certificates made at test time: a `wss://`
+//! listener; `wss://` upstreams verified against a configured CA bundle,
+//! with SNI and an optional client certificate; bad certificates upstream
+//! answered with 502.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use futures_util::{SinkExt, StreamExt};
+use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::Message;
+use wsgate_tests::*;
+
+/// A certificate authority that issues certificates into a directory.
+struct Authority {
+    issuer: Issuer<'static, KeyPair>,
+    pem: String,
+}
+
+impl Authority {
+    fn new(name: &str) -> Self {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let certificate = params.self_signed(&key).unwrap();
+        Self {
+            pem: certificate.pem(),
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    /// Issue a certificate for `names` (a client certificate when
+    /// `client`); write `<file>.pem` and `<file>.key` into `dir`.
+    fn issue(&self, dir: &Path, file: &str, names: &[&str], client: bool) -> (PathBuf, PathBuf) {
+        let key = KeyPair::generate().unwrap();
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        params.extended_key_usages = vec![if client {
+            ExtendedKeyUsagePurpose::ClientAuth
+        } else {
+            ExtendedKeyUsagePurpose::ServerAuth
+        }];
+        let certificate = params.signed_by(&key, &self.issuer).unwrap();
+        let (cert_path, key_path) = (
+            dir.join(format!("{file}.pem")),
+            dir.join(format!("{file}.key")),
+        );
+        std::fs::write(&cert_path, certificate.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        (cert_path, key_path)
+    }
+
+    fn write(&self, dir: &Path, file: &str) -> PathBuf {
+        let path = dir.join(file);
+        std::fs::write(&path, &self.pem).unwrap();
+        path
+    }
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn roots(ca: &Path) -> rustls::RootCertStore {
+    let mut roots = rustls::RootCertStore::empty();
+    for certificate in CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(certificate.unwrap()).unwrap();
+    }
+    roots
+}
+
+/// A `wss://` echo server with `certificate`; when `client_ca` is given it
+/// requires a client certificate issued by it.
+async fn tls_echo(certificate: &(PathBuf, PathBuf), client_ca: Option<&Path>) -> SocketAddr {
+    let chain: Vec<_> = CertificateDer::pem_file_iter(&certificate.0)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let key = PrivateKeyDer::from_pem_file(&certificate.1).unwrap();
+    let builder = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap();
+    let config = match client_ca {
+        Some(ca) => builder.with_client_cert_verifier(
+            rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots(ca)),
+                provider(),
+            )
+            .build()
+            .unwrap(),
+        ),
+        None => builder.with_no_client_auth(),
+    }
+    .with_single_cert(chain, key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let Ok(mut ws) = tokio_tungstenite::accept_async(tls).await else {
+                    return;
+                };
+                while let Some(Ok(message)) = ws.next().await {
+                    if message.is_text() || message.is_binary() {
+                        let _ = ws.send(message).await;
+                    }
+                }
+            });
+        }
+    });
+    address
+}
+
+/// Connect to `wss://localhost:<port><path>` trusting `ca`.
+async fn wss_client(port: u16, path: &str, ca: &Path) -> Client2 {
+    let config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots(ca))
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    tokio_tungstenite::client_async(format!("wss://localhost:{port}{path}"), tls)
+        .await
+        .unwrap()
+        .0
+}
+
+type Client2 =
+    tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+
+#[tokio::test]
+async fn the_listener_serves_wss_and_marks_requests_as_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Authority::new("wsgate test CA");
+    let (cert, key) = ca.issue(dir.path(), "gateway", &["localhost"], false);
+    let ca_path = ca.write(dir.path(), "ca.pem");
+    let mut upstream = TestUpstream::start().await;
+    let text = config_text(&endpoint("/secure", upstream.address, "")).replace(
+        "listen = \"127.0.0.1:0\"\n",
+        &format!(
+            "listen = \"127.0.0.1:0\"\ntls = {{ certificate = \"{}\", key = \"{}\" }}\n",
+            cert.display(),
+            key.display()
+        ),
+    );
+    init_logging();
+    let gateway = wsgate_proxy::Gateway::start(parse_config(&text), runtime())
+        .await
+        .unwrap();
+    let port = gateway.local_addr().port();
+    let mut client = wss_client(port, "/secure", &ca_path).await;
+    let mut server = upstream.accept().await;
+    // The upgrade request plugins see has `tls` set; the gateway passes it on.
+    assert_eq!(server.header("x-forwarded-proto"), Some("wss"));
+    client.send(Message::text("hello over tls")).await.unwrap();
+    assert_eq!(next_text(&mut server.ws).await, "hello over tls");
+    server.ws.send(Message::text("and back")).await.unwrap();
+    assert_eq!(next_text(&mut client).await, "and back");
+
+    // Plain HTTP to the TLS port gets no WebSocket.
+    let plain = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/secure")).await;
+    assert!(plain.is_err());
+    drop((client, server));
+    gateway.wait_for_connections(0).await;
+}
+
+#[tokio::test]
+async fn wss_upstreams_are_verified_against_the_configured_ca_with_optional_client_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Authority::new("upstream CA");
+    let stranger = Authority::new("some other CA");
+    let ca_path = ca.write(dir.path(), "ca.pem");
+    let trusted = tls_echo(
+        &ca.issue(dir.path(), "trusted", &["localhost"], false),
+        None,
+    )
+    .await;
+    let untrusted = tls_echo(
+        &stranger.issue(dir.path(), "untrusted", &["localhost"], false),
+        None,
+    )
+    .await;
+    let wrong_name = tls_echo(
+        &ca.issue(dir.path(), "elsewhere", &["elsewhere.test"], false),
+        None,
+    )
+    .await;
+    let mutual = tls_echo(
+        &ca.issue(dir.path(), "mutual", &["localhost"], false),
+        Some(&ca_path),
+    )
+    .await;
+    let mutual_too = tls_echo(
+        &ca.issue(dir.path(), "mutual-too", &["localhost"], false),
+        Some(&ca_path),
+    )
+    .await;
+    let (client_cert, client_key) = ca.issue(dir.path(), "client", &["wsgate"], true);
+
+    let remote = |port: u16, client: bool| {
+        let mut text = format!(
+            "[[remote-host]]\naddress = \"localhost:{port}\"\nca-bundle = \"{}\"\n",
+            ca_path.display()
+        );
+        if client {
+            text += &format!(
+                "client-certificate = \"{}\"\nclient-key = \"{}\"\n",
+                client_cert.display(),
+                client_key.display()
+            );
+        }
+        text + "\n"
+    };
+    let routed = |path: &str, port: u16| {
+        format!(
+            "[[endpoint]]\npath = \"{path}\"\nallowed-upstreams = [\"wss://localhost:{port}\"]\n\
+             upgrade = [{{ plugin = \"static-router@1.0.0\", config = {{ url = \"wss://localhost:{port}/\" }} }}]\n\n"
+        )
+    };
+    // Two upstreams that require a client certificate: one remote host
+    // presents ours, the other presents none.
+    let body = remote(trusted.port(), false)
+        + &remote(untrusted.port(), false)
+        + &remote(wrong_name.port(), false)
+        + &remote(mutual.port(), true)
+        + &remote(mutual_too.port(), false)
+        + &routed("/trusted", trusted.port())
+        + &routed("/untrusted", untrusted.port())
+        + &routed("/wrong-name", wrong_name.port())
+        + &routed("/mutual", mutual.port())
+        + &routed("/mutual-without-certificate", mutual_too.port());
+    let gateway = start_gateway(&body).await;
+
+    for path in ["/trusted", "/mutual"] {
+        let mut client = connect(&gateway, path).await;
+        send_text(&mut client, "through tls").await;
+        assert_eq!(next_text(&mut client).await, "through tls", "{path}");
+    }
+    for path in ["/untrusted", "/wrong-name", "/mutual-without-certificate"] {
+        let (status, body) = try_upgrade(&gateway, path, &[]).await.err().unwrap();
+        assert_eq!(status, 502, "{path}: {body}");
+    }
+}
+
+#[tokio::test]
+async fn unreadable_tls_files_refuse_the_configuration_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.pem");
+    let text = format!(
+        "[gateway]\nlisten = \"127.0.0.1:0\"\ntls = {{ certificate = \"{0}\", key = \"{0}\" }}\n\n\
+         [[remote-host]]\naddress = \"localhost:1\"\nca-bundle = \"{0}\"\nclient-certificate = \"{0}\"\n",
+        missing.display()
+    );
+    let errors = wsgate_config::parse(&text, Path::new("tls.toml"))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        errors.contains("remote-host[0].client-certificate"),
+        "{errors}"
+    );
+    let text = text.replace(
+        &format!("client-certificate = \"{}\"\n", missing.display()),
+        "",
+    );
+    let config = wsgate_config::parse(&text, Path::new("tls.toml")).unwrap();
+    let error = wsgate_proxy::Gateway::start(config, runtime())
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        error.contains("gateway.tls") && error.contains("missing.pem"),
+        "{error}"
+    );
+    assert!(error.contains("remote-host[0]"), "{error}");
+}
