@@ -97,13 +97,91 @@ async fn an_idle_connection_is_closed_on_both_sides() {
     send_text(&mut client, "still here").await;
     assert_eq!(next_text(&mut server.ws).await, "still here");
     // Then nothing either way: the gateway closes both sides.
-    assert_eq!(
-        expect_close(&mut client).await,
-        (1001, "idle timeout".to_string())
-    );
-    assert_eq!(
-        expect_close(&mut server.ws).await,
-        (1001, "idle timeout".to_string())
-    );
+    let (client_close, server_close) =
+        tokio::join!(expect_close(&mut client), expect_close(&mut server.ws));
+    assert_eq!(client_close, (1001, "idle timeout".to_string()));
+    assert_eq!(server_close, (1001, "idle timeout".to_string()));
     gateway.wait_for_connections(0).await;
+}
+
+#[tokio::test]
+async fn an_oversized_request_head_gets_431() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let echo = start_echo().await;
+    let text = config_text(&endpoint("/ws", echo, "")).replace(
+        "listen = \"127.0.0.1:0\"\n",
+        "listen = \"127.0.0.1:0\"\nmax-header-bytes = \"8KiB\"\n",
+    );
+    init_logging();
+    let gateway = wsgate_proxy::Gateway::start(parse_config(&text), runtime())
+        .await
+        .unwrap();
+    let mut stream = tokio::net::TcpStream::connect(gateway.local_addr())
+        .await
+        .unwrap();
+    let request = format!(
+        "GET /ws HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\nconnection: upgrade\r\n\
+         sec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         x-padding: {}\r\n\r\n",
+        "a".repeat(20_000)
+    );
+    // The gateway may answer and close before reading everything.
+    let _ = stream.write_all(request.as_bytes()).await;
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response).await;
+    let response = String::from_utf8_lossy(&response);
+    assert!(response.starts_with("HTTP/1.1 431"), "{response}");
+
+    let too_small = config_text("").replace(
+        "listen = \"127.0.0.1:0\"\n",
+        "listen = \"127.0.0.1:0\"\nmax-header-bytes = \"1KiB\"\n",
+    );
+    let error = wsgate_config::parse(&too_small, std::path::Path::new("small.toml"))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(error.contains("gateway.max-header-bytes"), "{error}");
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_dropped_and_the_upstream_closed() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let mut upstream = TestUpstream::start().await;
+    let gateway = start_gateway(&endpoint(
+        "/firehose",
+        upstream.address,
+        "send-timeout = \"300ms\"\nmax-message-size = \"1MiB\"",
+    ))
+    .await;
+    // A client that connects and then never reads.
+    let _deaf = connect(&gateway, "/firehose").await;
+    let server = upstream.accept().await;
+    let (mut sink, mut stream) = server.ws.split();
+    // The upstream sends until the gateway stops taking its messages and
+    // closes it; the gateway holds at most the sockets' buffers meanwhile.
+    let sender = tokio::spawn(async move {
+        let mut sent = 0usize;
+        while sink
+            .send(Message::binary(vec![7u8; 64 * 1024]))
+            .await
+            .is_ok()
+        {
+            sent += 1;
+        }
+        sent
+    });
+    let close = loop {
+        match stream.next().await {
+            Some(Ok(Message::Close(frame))) => break frame.unwrap(),
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    assert_eq!(u16::from(close.code), 1001);
+    assert_eq!(close.reason.as_str(), "client not reading");
+    drop(stream);
+    gateway.wait_for_connections(0).await;
+    let sent = sender.await.unwrap();
+    assert!(sent > 0);
 }

@@ -51,6 +51,10 @@ pub struct Gateway {
     /// Time a client has to send a complete upgrade request.
     #[serde(default = "default_handshake_timeout")]
     pub handshake_timeout: HumanDuration,
+    /// Largest upgrade request head (request line and headers); larger
+    /// ones get 431. At least 8 KiB.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: Spanned<ByteSize>,
     /// Time open connections get to finish their close handshake at shutdown.
     #[serde(default = "default_shutdown_timeout")]
     pub shutdown_timeout: HumanDuration,
@@ -319,6 +323,12 @@ impl Default for MonitorSettings {
     }
 }
 
+fn default_send_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30))
+}
+fn default_max_header_bytes() -> Spanned<ByteSize> {
+    Spanned::new(0..0, ByteSize(16 << 10))
+}
 fn default_capture() -> ByteSize {
     ByteSize(4096)
 }
@@ -385,6 +395,12 @@ pub struct Endpoint {
     /// way (pings count); `0` means never.
     #[serde(default)]
     pub idle_timeout: HumanDuration,
+    /// A peer that takes longer than this to accept what is sent to it (it
+    /// stopped reading) is dropped, and the other side closed with 1001;
+    /// the gateway never buffers more than a socket's worth for it.
+    /// `0` means wait forever.
+    #[serde(default = "default_send_timeout")]
+    pub send_timeout: HumanDuration,
     /// Most connections open on this endpoint at once; over it: 503.
     #[serde(default)]
     pub max_connections: Option<u32>,
@@ -413,6 +429,11 @@ impl Endpoint {
     /// The connection lifetime, or `None` when unlimited.
     pub fn lifetime(&self) -> Option<Duration> {
         (!self.expire.0.is_zero()).then_some(self.expire.0)
+    }
+
+    /// The send timeout, or `None` to wait forever for a peer to read.
+    pub fn send_limit(&self) -> Option<Duration> {
+        (!self.send_timeout.0.is_zero()).then_some(self.send_timeout.0)
     }
 
     /// The idle timeout, or `None` when connections may stay idle.

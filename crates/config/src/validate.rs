@@ -75,6 +75,15 @@ pub(crate) fn validate(config: &Config) -> Result<(), ConfigErrors> {
         }
     }
 
+    let max_header = &config.gateway.max_header_bytes;
+    if max_header.get_ref().0 < 8192 {
+        at(
+            max_header.span(),
+            "gateway.max-header-bytes".to_string(),
+            "must be at least 8KiB".to_string(),
+        );
+    }
+
     let mut remote_hosts = HashSet::new();
     for (i, host) in config.remote_hosts.iter().enumerate() {
         let address = host.address.get_ref();

@@ -471,13 +471,22 @@ async fn bind(address: SocketAddr) -> Result<(TcpListener, SocketAddr), StartErr
     Ok((listener, local))
 }
 
+/// Limits on an upgrade request before it reaches the gateway's code.
+#[derive(Debug, Clone, Copy)]
+struct HttpLimits {
+    /// Time to send the request head (slowloris).
+    header_timeout: Duration,
+    /// Largest request head; larger: 431.
+    max_header_bytes: usize,
+}
+
 /// Serve HTTP/1.1 (and upgrades) on one client connection, plain or TLS.
 async fn serve_http<IO>(
     shared: Arc<Shared>,
     io: IO,
     client: SocketAddr,
     tls: bool,
-    header_timeout: Duration,
+    limits: HttpLimits,
 ) where
     IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
@@ -488,7 +497,8 @@ async fn serve_http<IO>(
     });
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout)
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(limits.max_header_bytes.max(8192))
         .serve_connection(io, service)
         .with_upgrades();
     if let Err(error) = connection.await {
@@ -513,20 +523,20 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, stop: Cancellat
         };
         let _ = stream.set_nodelay(true);
         let generation = shared.generation();
-        let header_timeout = generation.config.gateway.handshake_timeout.0;
+        let limits = HttpLimits {
+            header_timeout: generation.config.gateway.handshake_timeout.0,
+            max_header_bytes: usize::try_from(
+                generation.config.gateway.max_header_bytes.get_ref().0,
+            )
+            .unwrap_or(usize::MAX),
+        };
+        let header_timeout = limits.header_timeout;
         let tls = generation.listener_tls.clone();
         drop(generation);
         let task_shared = shared.clone();
         shared.tracker.spawn(async move {
             let Some(tls) = tls else {
-                serve_http(
-                    task_shared,
-                    TokioIo::new(stream),
-                    client,
-                    false,
-                    header_timeout,
-                )
-                .await;
+                serve_http(task_shared, TokioIo::new(stream), client, false, limits).await;
                 return;
             };
             // The TLS handshake counts against the handshake timeout too.
@@ -537,14 +547,7 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, stop: Cancellat
             .await;
             match accepted {
                 Ok(Ok(stream)) => {
-                    serve_http(
-                        task_shared,
-                        TokioIo::new(stream),
-                        client,
-                        true,
-                        header_timeout,
-                    )
-                    .await;
+                    serve_http(task_shared, TokioIo::new(stream), client, true, limits).await;
                 }
                 Ok(Err(error)) => tracing::info!(%client, %error, "TLS handshake failed"),
                 Err(_) => tracing::info!(%client, "TLS handshake timed out"),

@@ -184,6 +184,10 @@ struct Side {
     close_received: bool,
     /// A write failed: the connection is gone.
     broken: bool,
+    /// Longest wait for this side to accept a write.
+    send_timeout: Option<Duration>,
+    /// A write waited longer than `send_timeout`: this side stopped reading.
+    stalled: bool,
 }
 
 impl Side {
@@ -202,7 +206,7 @@ impl Side {
         }
     }
 
-    fn new(stream: WsStream, peer: Peer) -> Self {
+    fn new(stream: WsStream, peer: Peer, send_timeout: Option<Duration>) -> Self {
         Self {
             stream,
             peer,
@@ -210,6 +214,31 @@ impl Side {
             close_sent: false,
             close_received: false,
             broken: false,
+            send_timeout,
+            stalled: false,
+        }
+    }
+
+    /// Run a write, giving up after the send timeout: the peer stopped
+    /// reading, so it is treated as gone rather than buffered for.
+    async fn write(&mut self, message: Option<WsMessage>) -> Result<(), String> {
+        let write = async {
+            match message {
+                Some(message) => self.stream.feed(message).await,
+                None => self.stream.flush().await,
+            }
+        };
+        let written = match self.send_timeout {
+            Some(limit) => tokio::time::timeout(limit, write).await,
+            None => Ok(write.await),
+        };
+        match written {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(error.to_string()),
+            Err(_) => {
+                self.stalled = true;
+                Err("the peer stopped reading (send timeout)".to_string())
+            }
         }
     }
 
@@ -225,15 +254,15 @@ impl Side {
                 self.close_sent = true;
             }
             fed = true;
-            if let Err(error) = self.stream.feed(message).await {
-                tracing::debug!(peer = self.peer.name(), %error, "write failed");
+            if let Err(error) = self.write(Some(message)).await {
+                tracing::info!(peer = self.peer.name(), %error, "write failed");
                 self.broken = true;
                 self.readable = false;
                 return;
             }
         }
-        if fed && let Err(error) = self.stream.flush().await {
-            tracing::debug!(peer = self.peer.name(), %error, "flush failed");
+        if fed && let Err(error) = self.write(None).await {
+            tracing::info!(peer = self.peer.name(), %error, "flush failed");
             self.broken = true;
             self.readable = false;
         }
@@ -271,8 +300,9 @@ struct ChainResult {
 
 /// Relay between `client` and `upstream` until both are closed.
 pub async fn run(mut session: Session, client: WsStream, upstream: WsStream) {
-    let mut client = Side::new(client, Peer::Client);
-    let mut upstream = Side::new(upstream, Peer::Upstream);
+    let send_timeout = session.endpoint.config.send_limit();
+    let mut client = Side::new(client, Peer::Client, send_timeout);
+    let mut upstream = Side::new(upstream, Peer::Upstream, send_timeout);
     let shutdown = session.shared.shutdown.clone();
     let expiry = session.endpoint.config.lifetime();
     let endpoint = session.endpoint.clone();
@@ -315,12 +345,14 @@ pub async fn run(mut session: Session, client: WsStream, upstream: WsStream) {
             }
             read = client.stream.next(), if client.readable => {
                 on_read(&endpoint, &mut session, read, &mut client, &mut upstream).await;
+                close_stalled(&mut session, &mut client, &mut upstream).await;
                 if let Some(idle) = idle_limit {
                     idle_at.as_mut().reset(Instant::now() + idle);
                 }
             }
             read = upstream.stream.next(), if upstream.readable => {
                 on_read(&endpoint, &mut session, read, &mut upstream, &mut client).await;
+                close_stalled(&mut session, &mut client, &mut upstream).await;
                 if let Some(idle) = idle_limit {
                     idle_at.as_mut().reset(Instant::now() + idle);
                 }
@@ -349,9 +381,33 @@ pub async fn run(mut session: Session, client: WsStream, upstream: WsStream) {
     }
 }
 
+/// A side that stopped reading what it was sent is dropped (its socket
+/// closes with the relay) and the other side is closed with 1001.
+async fn close_stalled(session: &mut Session, client: &mut Side, upstream: &mut Side) {
+    if client.stalled {
+        close_other(session, client.peer, upstream).await;
+    }
+    if upstream.stalled {
+        close_other(session, upstream.peer, client).await;
+    }
+}
+
+async fn close_other(session: &mut Session, stalled: Peer, other: &mut Side) {
+    if !other.close_sent {
+        let reason = format!("{} not reading", stalled.name());
+        tracing::warn!(connection = session.id, %reason, "closing a peer that stopped reading");
+        session.closing("gateway", Some(1001), &reason);
+        other.close(1001, &reason).await;
+    }
+}
+
 /// The client's upgrade failed after the upstream connected: close the upstream.
 pub async fn abandon(mut session: Session, upstream: WsStream) {
-    let mut upstream = Side::new(upstream, Peer::Upstream);
+    let mut upstream = Side::new(
+        upstream,
+        Peer::Upstream,
+        session.endpoint.config.send_limit(),
+    );
     session.closing("client", None, "client upgrade failed after 101");
     upstream.close(1001, "client went away").await;
     if let Some(watch) = session.watch.take() {
