@@ -304,7 +304,8 @@ async function renderEndpoints() {
 
 function gatewayUrl(path) {
   const port = state.overview.listen.split(':').pop();
-  return `ws://${location.hostname}:${port}${path}`;
+  const scheme = state.overview.tls ? 'wss' : 'ws';
+  return `${scheme}://${location.hostname}:${port}${path}`;
 }
 
 async function renderClientEndpoints() {

@@ -248,6 +248,7 @@ pub fn endpoints(gateway: &Gateway) -> Value {
         .collect();
     json!({
         "listen": gateway.local_addr().to_string(),
+        "tls": generation.listener_tls.is_some(),
         "generation": generation.id,
         "monitor_database": gateway.monitor().database().map(|p| p.display().to_string()),
         "endpoints": endpoints,
