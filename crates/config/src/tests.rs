@@ -152,3 +152,72 @@ fn a_non_loopback_admin_listener_needs_a_token() {
     let text = format!("{GOOD}\n[admin]\nlisten = \"127.0.0.1:9900\"\n");
     assert!(parse_at(&text).is_ok());
 }
+
+/// Property tests ("fuzzing" in CI's budget; `scripts/fuzz` runs many more
+/// cases): no input makes the parser panic, and every error points inside
+/// the file.
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn check(text: &str) {
+        match parse_at(text) {
+            Ok(_) => {}
+            Err(errors) => {
+                let lines = text.lines().count().max(1);
+                for error in &errors.0 {
+                    assert!(!error.message.is_empty());
+                    assert!(
+                        error.line <= lines + 1,
+                        "line {} of {lines}: {error}",
+                        error.line
+                    );
+                }
+            }
+        }
+    }
+
+    /// Pieces that make a TOML file look like a configuration.
+    fn fragment() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("[gateway]\n".to_string()),
+            Just("[[endpoint]]\n".to_string()),
+            Just("[[plugin]]\n".to_string()),
+            Just("[[remote-host]]\n".to_string()),
+            Just("[monitor]\n".to_string()),
+            Just("[signing]\n".to_string()),
+            "[a-z-]{1,16} = \"[ -~]{0,24}\"\n",
+            "[a-z-]{1,16} = -?[0-9]{1,12}\n",
+            "[a-z-]{1,16} = \\[\"[ -~]{0,12}\"\\]\n",
+            "[a-z-]{1,16} = \\{ [a-z-]{1,8} = \"[ -~]{0,12}\" \\}\n",
+            Just("listen = \"127.0.0.1:0\"\n".to_string()),
+            Just("path = \"/x\"\n".to_string()),
+            Just("expire = \"1h\"\n".to_string()),
+            Just("max-message-size = \"1MiB\"\n".to_string()),
+            "[ -~\n]{0,40}",
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_text_never_panics(text in "[ -~\n\t]{0,400}") {
+            check(&text);
+        }
+
+        #[test]
+        fn configuration_like_files_never_panic(parts in prop::collection::vec(fragment(), 0..24)) {
+            check(&parts.concat());
+        }
+
+        #[test]
+        fn a_good_file_cut_or_edited_anywhere_never_panics(at in 0usize..GOOD.len(), insert in "[ -~\n]{0,8}", cut in 0usize..16) {
+            let mut text = GOOD.to_string();
+            let at = (0..=at).rev().find(|i| text.is_char_boundary(*i)).unwrap_or(0);
+            let end = (at + cut).min(text.len());
+            let end = (end..=text.len()).find(|i| text.is_char_boundary(*i)).unwrap_or(text.len());
+            text.replace_range(at..end, &insert);
+            check(&text);
+        }
+    }
+}

@@ -339,6 +339,108 @@ mod tests {
         }
     }
 
+    /// One frame to encode: opcode, FIN, RSV bits, mask, payload.
+    #[derive(Debug, Clone)]
+    struct Frame {
+        opcode: u8,
+        fin: bool,
+        rsv: u8,
+        mask: Option<[u8; 4]>,
+        payload: Vec<u8>,
+        /// Length encoding: 0 the shortest, 1 at least 16-bit, 2 64-bit.
+        wide: u8,
+    }
+
+    fn encode(frame: &Frame) -> Vec<u8> {
+        let mut wire = vec![u8::from(frame.fin) << 7 | (frame.rsv & 7) << 4 | frame.opcode];
+        let mask_bit = if frame.mask.is_some() { 0x80 } else { 0 };
+        let len = frame.payload.len();
+        if len < 126 && frame.wide == 0 {
+            wire.push(mask_bit | len as u8);
+        } else if len < 65536 && frame.wide < 2 {
+            wire.push(mask_bit | 126);
+            wire.extend((len as u16).to_be_bytes());
+        } else {
+            wire.push(mask_bit | 127);
+            wire.extend((len as u64).to_be_bytes());
+        }
+        if let Some(mask) = frame.mask {
+            wire.extend(mask);
+            wire.extend(
+                frame
+                    .payload
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| b ^ mask[i % 4]),
+            );
+        } else {
+            wire.extend(&frame.payload);
+        }
+        wire
+    }
+
+    fn frame() -> impl proptest::strategy::Strategy<Value = Frame> {
+        use proptest::prelude::*;
+        (
+            prop_oneof![
+                Just(0u8),
+                Just(1),
+                Just(2),
+                Just(8),
+                Just(9),
+                Just(10),
+                0u8..16
+            ],
+            any::<bool>(),
+            0u8..8,
+            proptest::option::of(any::<[u8; 4]>()),
+            proptest::collection::vec(any::<u8>(), 0..400),
+            0u8..3,
+        )
+            .prop_map(|(opcode, fin, rsv, mask, payload, wide)| Frame {
+                opcode,
+                fin,
+                rsv,
+                mask,
+                payload,
+                wide,
+            })
+    }
+
+    proptest::proptest! {
+        /// Any sequence of frames, cut into any chunks, comes out as the
+        /// same frames with the same fields and (unmasked) payload prefix.
+        #[test]
+        fn any_frames_in_any_chunks_are_parsed_exactly(
+            frames in proptest::collection::vec(frame(), 0..12),
+            chunk in 1usize..600,
+            capture in 0usize..64,
+        ) {
+            let wire: Vec<u8> = frames.iter().flat_map(encode).collect();
+            let got = self::frames(Origin::Client, capture, &wire, chunk);
+            proptest::prop_assert_eq!(got.len(), frames.len());
+            for (record, frame) in got.iter().zip(&frames) {
+                proptest::prop_assert_eq!(record.opcode, frame.opcode);
+                proptest::prop_assert_eq!(record.fin, frame.fin);
+                proptest::prop_assert_eq!(record.rsv, [frame.rsv & 4 != 0, frame.rsv & 2 != 0, frame.rsv & 1 != 0]);
+                proptest::prop_assert_eq!(record.length, frame.payload.len() as u64);
+                let key = frame.mask.map(|m| m.iter().map(|b| format!("{b:02x}")).collect::<String>());
+                proptest::prop_assert_eq!(&record.masking_key, &key);
+                if capture > 0 {
+                    let kept = STANDARD.decode(record.payload.as_ref().unwrap()).unwrap();
+                    proptest::prop_assert_eq!(&kept[..], &frame.payload[..frame.payload.len().min(capture)]);
+                    proptest::prop_assert_eq!(record.truncated, frame.payload.len() > capture);
+                }
+            }
+        }
+
+        /// Garbage never panics the parser (it may see frames in it).
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2000), chunk in 1usize..300) {
+            let _ = self::frames(Origin::Server, 32, &bytes, chunk);
+        }
+    }
+
     #[test]
     fn metadata_only_keeps_no_payload_and_reads_flags() {
         let got = frames(Origin::Server, 0, &[0x41, 0x01, b'x'], 1);
