@@ -134,6 +134,15 @@ fn json_mask_by_language(c: &mut Criterion) {
     group.finish();
 }
 
+/// The runtime the gateway benchmarks run client, gateway and echo on.
+fn bench_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 /// A client connected to `url`, shareable with criterion's async iterations.
 fn bench_client(runtime: &tokio::runtime::Runtime, url: &str) -> tokio::sync::Mutex<Client> {
     let (client, _) = runtime
@@ -143,11 +152,7 @@ fn bench_client(runtime: &tokio::runtime::Runtime, url: &str) -> tokio::sync::Mu
 }
 
 fn round_trip(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = bench_runtime();
     let echo = runtime.block_on(start_echo());
     let gateway = runtime.block_on(start_gateway(
         &(endpoint("/plain", echo, "")
@@ -190,11 +195,7 @@ const BURST: usize = 256;
 /// echoes read) at each monitor level, with the history in memory and in
 /// SQLite; level `off` is the baseline.
 fn monitor_overhead(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = bench_runtime();
     let echo = runtime.block_on(start_echo());
     let levels = ["off", "headers", "metadata", "full"];
     let body: String = levels

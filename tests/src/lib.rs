@@ -157,12 +157,17 @@ pub fn all_plugins() -> String {
 /// block for each plugin `body` references (so each test compiles only
 /// the plugins it uses).
 pub fn config_text(body: &str) -> String {
+    config_with_gateway("", body)
+}
+
+/// [`config_text`] with extra lines (`gateway_lines`) in the `[gateway]` table.
+pub fn config_with_gateway(gateway_lines: &str, body: &str) -> String {
     let plugins: String = PLUGINS
         .iter()
         .filter(|(name, version, _)| body.contains(&format!("\"{name}@{version}\"")))
         .map(|(name, version, krate)| named_plugin_block(name, version, krate))
         .collect();
-    format!("[gateway]\nlisten = \"127.0.0.1:0\"\n\n{plugins}{body}")
+    format!("[gateway]\nlisten = \"127.0.0.1:0\"\n{gateway_lines}\n{plugins}{body}")
 }
 
 /// Parse a whole configuration text.

@@ -42,10 +42,7 @@ async fn connection_limits_answer_503_or_429_and_places_come_back() {
         endpoint("/b", echo, "max-connections-per-ip = 1"),
         endpoint("/c", echo, ""),
     );
-    let text = config_text(&body).replace(
-        "listen = \"127.0.0.1:0\"\n",
-        "listen = \"127.0.0.1:0\"\nmax-connections = 3\n",
-    );
+    let text = config_with_gateway("max-connections = 3\n", &body);
     init_logging();
     let gateway = wsgate_proxy::Gateway::start(parse_config(&text), runtime())
         .await
@@ -108,10 +105,7 @@ async fn an_idle_connection_is_closed_on_both_sides() {
 async fn an_oversized_request_head_gets_431() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let echo = start_echo().await;
-    let text = config_text(&endpoint("/ws", echo, "")).replace(
-        "listen = \"127.0.0.1:0\"\n",
-        "listen = \"127.0.0.1:0\"\nmax-header-bytes = \"8KiB\"\n",
-    );
+    let text = config_with_gateway("max-header-bytes = \"8KiB\"\n", &endpoint("/ws", echo, ""));
     init_logging();
     let gateway = wsgate_proxy::Gateway::start(parse_config(&text), runtime())
         .await
@@ -132,10 +126,7 @@ async fn an_oversized_request_head_gets_431() {
     let response = String::from_utf8_lossy(&response);
     assert!(response.starts_with("HTTP/1.1 431"), "{response}");
 
-    let too_small = config_text("").replace(
-        "listen = \"127.0.0.1:0\"\n",
-        "listen = \"127.0.0.1:0\"\nmax-header-bytes = \"1KiB\"\n",
-    );
+    let too_small = config_with_gateway("max-header-bytes = \"1KiB\"\n", "");
     let error = wsgate_config::parse(&too_small, std::path::Path::new("small.toml"))
         .err()
         .unwrap()

@@ -157,13 +157,13 @@ async fn the_listener_serves_wss_and_marks_requests_as_tls() {
     let (cert, key) = ca.issue(dir.path(), "gateway", &["localhost"], false);
     let ca_path = ca.write(dir.path(), "ca.pem");
     let mut upstream = TestUpstream::start().await;
-    let text = config_text(&endpoint("/secure", upstream.address, "")).replace(
-        "listen = \"127.0.0.1:0\"\n",
+    let text = config_with_gateway(
         &format!(
-            "listen = \"127.0.0.1:0\"\ntls = {{ certificate = \"{}\", key = \"{}\" }}\n",
+            "tls = {{ certificate = \"{}\", key = \"{}\" }}\n",
             cert.display(),
             key.display()
         ),
+        &endpoint("/secure", upstream.address, ""),
     );
     init_logging();
     let gateway = wsgate_proxy::Gateway::start(parse_config(&text), runtime())

@@ -457,11 +457,9 @@ async fn on_read(
             tracing::info!(connection = session.id, peer = from.peer.name(), %error, code, "read failed");
             if code != 0 {
                 session.closing("gateway", Some(code), reason);
+                from.close(code, reason).await;
             } else {
                 session.closing(from.peer.name(), None, "connection failed");
-            }
-            if code != 0 {
-                from.close(code, reason).await;
             }
             let reason = format!("{} connection failed", from.peer.name());
             to.close(1001, &reason).await;
