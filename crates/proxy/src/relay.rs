@@ -506,15 +506,14 @@ async fn on_read(
         u64::try_from(s.elapsed().as_micros()).unwrap_or(u64::MAX)
     });
     from.verdict_on_read(result.verdict.clone(), filter_us);
+    // Notes for the monitor's record of what is written, made only for
+    // the writes that happen (and only when frames are recorded).
+    let verdict = result.verdict.take();
     let note = |what: &str| {
-        result
-            .verdict
+        verdict
             .as_ref()
             .map(|v| (format!("{what}: {v}"), filter_us))
     };
-    let forward_note = note("forwarded");
-    let reply_note = note("reply");
-    let close_note = note("closed");
     // A plugin that turns a data message into a close closes both sides.
     if !is_close
         && result.close.is_none()
@@ -528,7 +527,7 @@ async fn on_read(
                 (u16::from(f.code), f.reason.as_str().to_owned())
             }));
         }
-        to.note_writes(forward_note.clone());
+        to.note_writes(note("forwarded"));
         to.send_all(std::mem::take(&mut result.forward)).await;
         to.note_writes(None);
     }
@@ -536,8 +535,8 @@ async fn on_read(
     if let Some((code, reason)) = result.close {
         tracing::info!(connection = session.id, code, %reason, "closing both sides");
         session.closing("gateway", Some(code), &reason);
-        from.note_writes(close_note.clone());
-        to.note_writes(close_note);
+        from.note_writes(note("closed"));
+        to.note_writes(note("closed"));
         from.close(code, &reason).await;
         to.close(code, &reason).await;
         from.note_writes(None);
@@ -547,10 +546,12 @@ async fn on_read(
         }
         return;
     }
-    from.note_writes(reply_note);
-    from.send_all(result.replies).await;
-    from.note_writes(None);
-    to.note_writes(forward_note);
+    if !result.replies.is_empty() {
+        from.note_writes(note("reply"));
+        from.send_all(result.replies).await;
+        from.note_writes(None);
+    }
+    to.note_writes(note("forwarded"));
     to.send_all(result.forward).await;
     to.note_writes(None);
     if is_close {
