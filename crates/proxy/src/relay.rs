@@ -1,6 +1,9 @@
 //! The message pumps: one task per connection moves messages both ways,
 //! each through its direction's chain, and carries the close handshake.
 //!
+//! Pings are answered by the gateway and passed on through the chain; pongs
+//! stop at the gateway (each peer's own pings are answered once, by us).
+//!
 //! Closes, by cause (client side / upstream side):
 //! * a peer's close frame: forwarded to the other side with its code and reason;
 //! * a peer that vanishes without a close: 1001 to the other side;
@@ -471,6 +474,13 @@ async fn on_read(
         .shared
         .counters
         .message(from.peer == Peer::Client, message.len());
+    if let WsMessage::Pong(_) = message {
+        // Pings and pongs are answered hop by hop: tungstenite has already
+        // answered the peer's pings, and each pong answers a ping of ours or
+        // of the hop before; passing it on would answer a ping twice.
+        from.verdict_on_read(None, 0);
+        return;
+    }
     let is_close = matches!(message, WsMessage::Close(_));
     if let WsMessage::Close(frame) = &message {
         from.close_received = true;
