@@ -256,6 +256,34 @@ impl RemoteHost {
     }
 }
 
+/// With which peers an endpoint negotiates permessage-deflate. Either way,
+/// plugins see messages uncompressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Compression {
+    /// Neither: offers from clients are declined, upstreams are offered nothing.
+    Off,
+    /// Accepted when the client offers it (browsers do); upstreams are offered nothing.
+    #[default]
+    Client,
+    /// Offered to the upstream; declined with clients.
+    Upstream,
+    /// Both.
+    Both,
+}
+
+impl Compression {
+    /// Accept clients' offers.
+    pub fn with_client(self) -> bool {
+        matches!(self, Self::Client | Self::Both)
+    }
+
+    /// Offer it to upstreams.
+    pub fn with_upstream(self) -> bool {
+        matches!(self, Self::Upstream | Self::Both)
+    }
+}
+
 /// What the traffic monitor records of an endpoint's connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -408,6 +436,9 @@ pub struct Endpoint {
     /// over it: 429.
     #[serde(default)]
     pub max_connections_per_ip: Option<u32>,
+    /// With which peers permessage-deflate (RFC 7692) is negotiated.
+    #[serde(default)]
+    pub permessage_deflate: Compression,
     /// What the traffic monitor records of this endpoint's connections.
     #[serde(default)]
     pub monitor: MonitorLevel,

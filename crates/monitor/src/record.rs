@@ -100,6 +100,10 @@ pub struct FrameRecord {
     pub filter_us: Option<u64>,
     /// What the filters decided (last frame of a message).
     pub verdict: Option<String>,
+    /// The message's length uncompressed, on the last frame of a message
+    /// sent with permessage-deflate (`length` is what crossed the wire).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uncompressed_length: Option<u64>,
 }
 
 impl FrameRecord {

@@ -14,6 +14,7 @@
 pub mod admission;
 mod convert;
 pub mod counters;
+pub mod deflate;
 pub mod echo;
 pub mod generation;
 mod relay;

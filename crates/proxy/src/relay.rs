@@ -197,15 +197,20 @@ impl Side {
     /// Tell this side's monitor tap (the client's, when frames are
     /// recorded) what produced the frames written next.
     fn note_writes(&mut self, note: Option<(String, u64)>) {
-        if let Some(recorder) = self.stream.get_mut().recorder() {
+        if let Some(recorder) = self.recorder() {
             recorder.note_writes(note);
         }
     }
 
-    /// Tell this side's monitor tap the verdict on the message just read.
-    fn verdict_on_read(&mut self, verdict: Option<String>, filter_us: u64) {
-        if let Some(recorder) = self.stream.get_mut().recorder() {
-            recorder.verdict_on_read(verdict, filter_us);
+    fn recorder(&mut self) -> Option<&mut crate::tap::Recorder> {
+        self.stream.get_mut().get_mut().recorder()
+    }
+
+    /// Tell this side's monitor tap the verdict on the message just read,
+    /// `length` bytes long.
+    fn verdict_on_read(&mut self, verdict: Option<String>, filter_us: u64, length: usize) {
+        if let Some(recorder) = self.recorder() {
+            recorder.verdict_on_read(verdict, filter_us, length);
         }
     }
 
@@ -225,6 +230,13 @@ impl Side {
     /// Run a write, giving up after the send timeout: the peer stopped
     /// reading, so it is treated as gone rather than buffered for.
     async fn write(&mut self, message: Option<WsMessage>) -> Result<(), String> {
+        if let Some(message) = &message
+            && matches!(message, WsMessage::Text(_) | WsMessage::Binary(_))
+            && self.stream.get_ref().compresses()
+            && let Some(recorder) = self.recorder()
+        {
+            recorder.writing_compressed(message.len());
+        }
         let write = async {
             match message {
                 Some(message) => self.stream.feed(message).await,
@@ -452,6 +464,13 @@ async fn on_read(
         Some(Err(error)) => {
             from.readable = false;
             let (code, reason) = match &error {
+                WsError::Io(io)
+                    if io
+                        .get_ref()
+                        .is_some_and(|e| e.is::<crate::deflate::InflateError>()) =>
+                {
+                    (1007, "invalid compressed data")
+                }
                 WsError::Capacity(_) => (1009, "message too big"),
                 WsError::Utf8(_) => (1007, "invalid utf-8 in a text message"),
                 WsError::Protocol(_) => (1002, "websocket protocol error"),
@@ -470,15 +489,16 @@ async fn on_read(
         }
     };
 
+    let length = message.len();
     session
         .shared
         .counters
-        .message(from.peer == Peer::Client, message.len());
+        .message(from.peer == Peer::Client, length);
     if let WsMessage::Pong(_) = message {
         // Pings and pongs are answered hop by hop: tungstenite has already
         // answered the peer's pings, and each pong answers a ping of ours or
         // of the hop before; passing it on would answer a ping twice.
-        from.verdict_on_read(None, 0);
+        from.verdict_on_read(None, 0, length);
         return;
     }
     let is_close = matches!(message, WsMessage::Close(_));
@@ -495,7 +515,7 @@ async fn on_read(
     };
     if chain.is_empty() {
         // The fast path: nothing to run, nothing to convert.
-        from.verdict_on_read(None, 0);
+        from.verdict_on_read(None, 0, length);
         to.send_all([message]).await;
         if is_close {
             from.finish().await;
@@ -515,7 +535,7 @@ async fn on_read(
     let filter_us = started.map_or(0, |s| {
         u64::try_from(s.elapsed().as_micros()).unwrap_or(u64::MAX)
     });
-    from.verdict_on_read(result.verdict.clone(), filter_us);
+    from.verdict_on_read(result.verdict.clone(), filter_us, length);
     // Notes for the monitor's record of what is written, made only for
     // the writes that happen (and only when frames are recorded).
     let verdict = result.verdict.take();

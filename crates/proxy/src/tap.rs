@@ -86,10 +86,13 @@ pub struct Recorder {
     seq: u64,
     reads: FrameParser,
     writes: FrameParser,
-    /// Complete client frames that end a message, waiting for the relay's verdict.
-    awaiting: VecDeque<FrameRecord>,
+    /// Complete client frames that end a message, waiting for the relay's
+    /// verdict (and whether the message was compressed).
+    awaiting: VecDeque<(FrameRecord, bool)>,
     /// Verdict and filter time for the frames being written now.
     write_note: Option<(String, u64)>,
+    /// Uncompressed lengths of the compressed messages being written, in order.
+    writing: VecDeque<u64>,
 }
 
 impl Recorder {
@@ -104,21 +107,22 @@ impl Recorder {
             writes: FrameParser::new(Origin::Server, capture),
             awaiting: VecDeque::new(),
             write_note: None,
+            writing: VecDeque::new(),
         }
     }
 
     fn on_read(&mut self, bytes: &[u8]) {
         let mut done = Vec::new();
         self.reads.feed(bytes, &mut done);
-        for frame in done {
+        for (frame, compressed) in done {
             let frame = self.stamp(frame);
             if frame.fin {
                 if self.awaiting.len() == MAX_AWAITING
-                    && let Some(oldest) = self.awaiting.pop_front()
+                    && let Some((oldest, _)) = self.awaiting.pop_front()
                 {
                     self.monitor.record(Record::Frame(oldest));
                 }
-                self.awaiting.push_back(frame);
+                self.awaiting.push_back((frame, compressed));
             } else {
                 self.monitor.record(Record::Frame(frame));
             }
@@ -128,12 +132,15 @@ impl Recorder {
     fn on_write(&mut self, bytes: &[u8]) {
         let mut done = Vec::new();
         self.writes.feed(bytes, &mut done);
-        for mut frame in done {
+        for (mut frame, compressed) in done {
             if frame.fin
                 && let Some((verdict, filter_us)) = &self.write_note
             {
                 frame.verdict = Some(verdict.clone());
                 frame.filter_us = Some(*filter_us);
+            }
+            if compressed {
+                frame.uncompressed_length = self.writing.pop_front();
             }
             let frame = self.stamp(frame);
             self.monitor.record(Record::Frame(frame));
@@ -147,13 +154,22 @@ impl Recorder {
         frame
     }
 
-    /// The relay's verdict on the next client message.
-    pub fn verdict_on_read(&mut self, verdict: Option<String>, filter_us: u64) {
-        if let Some(mut frame) = self.awaiting.pop_front() {
+    /// The relay's verdict on the next client message, `length` bytes long
+    /// (uncompressed).
+    pub fn verdict_on_read(&mut self, verdict: Option<String>, filter_us: u64, length: usize) {
+        if let Some((mut frame, compressed)) = self.awaiting.pop_front() {
             frame.verdict = verdict;
             frame.filter_us = Some(filter_us);
+            if compressed {
+                frame.uncompressed_length = Some(length as u64);
+            }
             self.monitor.record(Record::Frame(frame));
         }
+    }
+
+    /// A message of `length` bytes is about to be written compressed.
+    pub fn writing_compressed(&mut self, length: usize) {
+        self.writing.push_back(length as u64);
     }
 
     /// The verdict and filter time behind the frames about to be written
@@ -165,7 +181,7 @@ impl Recorder {
 
 impl Drop for Recorder {
     fn drop(&mut self) {
-        for frame in self.awaiting.drain(..) {
+        for (frame, _) in self.awaiting.drain(..) {
             self.monitor.record(Record::Frame(frame));
         }
     }
@@ -181,6 +197,8 @@ struct FrameParser {
     need: usize,
     remaining: u64,
     frame: Option<FrameRecord>,
+    /// The current data message had RSV1 on its first frame (permessage-deflate).
+    compressed: bool,
     mask: Option<[u8; 4]>,
     offset: u64,
     payload: Vec<u8>,
@@ -196,13 +214,16 @@ impl FrameParser {
             need: 2,
             remaining: 0,
             frame: None,
+            compressed: false,
             mask: None,
             offset: 0,
             payload: Vec::new(),
         }
     }
 
-    fn feed(&mut self, mut bytes: &[u8], done: &mut Vec<FrameRecord>) {
+    /// Parse `bytes`; each complete frame goes to `done`, with whether it
+    /// ends a compressed message.
+    fn feed(&mut self, mut bytes: &[u8], done: &mut Vec<(FrameRecord, bool)>) {
         while !bytes.is_empty() {
             if self.frame.is_none() {
                 let take = (self.need - self.have).min(bytes.len());
@@ -242,7 +263,7 @@ impl FrameParser {
         }
     }
 
-    fn start_frame(&mut self, done: &mut Vec<FrameRecord>) {
+    fn start_frame(&mut self, done: &mut Vec<(FrameRecord, bool)>) {
         let h = &self.header;
         let masked = h[1] & 0x80 != 0;
         let (length, key_at) = match h[1] & 0x7f {
@@ -254,6 +275,9 @@ impl FrameParser {
             short => (u64::from(short), 2),
         };
         self.mask = masked.then(|| [h[key_at], h[key_at + 1], h[key_at + 2], h[key_at + 3]]);
+        if matches!(h[0] & 0x0f, 1 | 2) {
+            self.compressed = h[0] & 0x40 != 0;
+        }
         self.frame = Some(FrameRecord {
             connection: String::new(),
             seq: 0,
@@ -270,6 +294,7 @@ impl FrameParser {
             truncated: false,
             filter_us: None,
             verdict: None,
+            uncompressed_length: None,
         });
         self.remaining = length;
         self.offset = 0;
@@ -281,14 +306,15 @@ impl FrameParser {
         }
     }
 
-    fn finish_frame(&mut self, done: &mut Vec<FrameRecord>) {
+    fn finish_frame(&mut self, done: &mut Vec<(FrameRecord, bool)>) {
         if let Some(mut frame) = self.frame.take() {
             frame.time_us = now_us();
             if self.capture > 0 {
                 frame.truncated = frame.length > self.payload.len() as u64;
                 frame.payload = Some(STANDARD.encode(&self.payload));
             }
-            done.push(frame);
+            let ends_compressed = frame.fin && frame.opcode <= 2 && self.compressed;
+            done.push((frame, ends_compressed));
         }
     }
 }
@@ -303,7 +329,7 @@ mod tests {
         for piece in wire.chunks(chunk) {
             parser.feed(piece, &mut done);
         }
-        done
+        done.into_iter().map(|(frame, _)| frame).collect()
     }
 
     #[test]

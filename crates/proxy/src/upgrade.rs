@@ -24,6 +24,7 @@ use wsgate_runtime::{
 use crate::Shared;
 use crate::admission::Limits;
 use crate::counters::TrafficCounters;
+use crate::deflate::{self, Deflate, End};
 use crate::generation::{DEFAULT_CONNECT_TIMEOUT, Generation, LiveEndpoint};
 use crate::relay::{self, Held, Session, Watch};
 use crate::tap::{Recorder, Tap};
@@ -252,8 +253,17 @@ async fn upgrade(
     let tls = remote.and_then(|r| r.tls.clone());
     let headers = upstream_headers(&request, &upgrade_request, header_ops, &route, client);
     let ws_config = Shared::ws_config(&generation, &endpoint);
-    let connected =
-        tokio::time::timeout(timeout, upstream::connect(&url, headers, ws_config, tls)).await;
+    let connected = tokio::time::timeout(
+        timeout,
+        upstream::connect(
+            &url,
+            headers,
+            ws_config,
+            tls,
+            endpoint.config.permessage_deflate.with_upstream(),
+        ),
+    )
+    .await;
     let upstream = match connected {
         Ok(Ok(upstream)) => upstream,
         Ok(Err(error)) => {
@@ -272,8 +282,28 @@ async fn upgrade(
         }
     };
 
-    // The client gets 101 only now, with the upstream's subprotocol if the client offered it.
-    let response = switching_protocols(&request, upstream.protocol);
+    // The client gets 101 only now, with the upstream's subprotocol if the
+    // client offered it, and permessage-deflate if it offered that.
+    let deflate = endpoint
+        .config
+        .permessage_deflate
+        .with_client()
+        .then(|| {
+            deflate::accept_offer(
+                request
+                    .headers()
+                    .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok()),
+            )
+        })
+        .flatten();
+    let response = switching_protocols(
+        &request,
+        upstream.protocol,
+        deflate.as_ref().map(|(_, answer)| answer.as_str()),
+    );
+    let agreement = deflate.map(|(agreement, _)| agreement);
     let _ = info.route_url.set(route.url.clone());
     let on_upgrade = hyper::upgrade::on(&mut request);
     let level = endpoint.config.monitor;
@@ -299,7 +329,11 @@ async fn upgrade(
         match on_upgrade.await {
             Ok(upgraded) => {
                 let client = WebSocketStream::from_raw_socket(
-                    Tap::new(TokioIo::new(upgraded), recorder),
+                    Deflate::new(
+                        Tap::new(TokioIo::new(upgraded), recorder),
+                        agreement,
+                        End::Server,
+                    ),
                     Role::Server,
                     Some(ws_config),
                 )
@@ -319,8 +353,12 @@ async fn upgrade(
 }
 
 /// The client's 101, answering its key, with the upstream's subprotocol if
-/// the client offered it.
-fn switching_protocols(request: &Request<Incoming>, protocol: Option<HeaderValue>) -> HttpResponse {
+/// the client offered it, and the extensions agreed with it.
+fn switching_protocols(
+    request: &Request<Incoming>,
+    protocol: Option<HeaderValue>,
+    extensions: Option<&str>,
+) -> HttpResponse {
     let mut response = Response::new(Full::new(Bytes::new()));
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let key = request
@@ -336,6 +374,9 @@ fn switching_protocols(request: &Request<Incoming>, protocol: Option<HeaderValue
     }
     if let Some(protocol) = protocol.filter(|p| client_offered(request, p)) {
         headers.insert(header::SEC_WEBSOCKET_PROTOCOL, protocol);
+    }
+    if let Some(value) = extensions.and_then(|e| HeaderValue::from_str(e).ok()) {
+        headers.insert(header::SEC_WEBSOCKET_EXTENSIONS, value);
     }
     response
 }

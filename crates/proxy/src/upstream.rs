@@ -12,8 +12,11 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
-/// A WebSocket stream over an upgraded HTTP/1.1 connection (either side).
-pub type WsStream = WebSocketStream<crate::tap::Tap<TokioIo<hyper::upgrade::Upgraded>>>;
+use crate::deflate::{self, Deflate, End};
+
+/// A WebSocket stream over an upgraded HTTP/1.1 connection (either side):
+/// tungstenite over permessage-deflate (when agreed) over the monitor's tap.
+pub type WsStream = WebSocketStream<Deflate<crate::tap::Tap<TokioIo<hyper::upgrade::Upgraded>>>>;
 
 /// Why the upstream connection failed; each maps to the client's status.
 #[derive(Debug, thiserror::Error)]
@@ -125,12 +128,14 @@ pub struct Upstream {
 }
 
 /// Connect to `url`, send the upgrade request with `headers` (which must not
-/// include the handshake's own headers), and finish the WebSocket handshake.
+/// include the handshake's own headers), and finish the WebSocket handshake,
+/// offering permessage-deflate if `compress`.
 pub async fn connect(
     url: &UpstreamUrl,
     headers: HeaderMap,
     ws_config: WebSocketConfig,
     tls: Option<Arc<rustls::ClientConfig>>,
+    compress: bool,
 ) -> Result<Upstream, UpstreamError> {
     let address = url.address();
     let connect_error = |reason: String| UpstreamError::Connect {
@@ -154,7 +159,7 @@ pub async fn connect(
     } else {
         handshake(TokioIo::new(tcp), &address).await?
     };
-    upgrade(sender, url, headers, &address, ws_config).await
+    upgrade(sender, url, headers, &address, ws_config, compress).await
 }
 
 type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
@@ -185,6 +190,7 @@ async fn upgrade(
     headers: HeaderMap,
     address: &str,
     ws_config: WebSocketConfig,
+    compress: bool,
 ) -> Result<Upstream, UpstreamError> {
     let refused = |reason: String| UpstreamError::Handshake {
         address: address.to_string(),
@@ -216,6 +222,12 @@ async fn upgrade(
             .map_err(|e| refused(format!("invalid {name} header: {e}")))?;
         request_headers.insert(name, value);
     }
+    if compress {
+        request_headers.insert(
+            header::SEC_WEBSOCKET_EXTENSIONS,
+            HeaderValue::from_static(deflate::UPSTREAM_OFFER),
+        );
+    }
     let response = sender
         .send_request(request)
         .await
@@ -231,11 +243,27 @@ async fn upgrade(
         .headers()
         .get(header::SEC_WEBSOCKET_PROTOCOL)
         .cloned();
+    let answered = response
+        .headers()
+        .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
+        .iter()
+        .filter_map(|v| v.to_str().ok());
+    let agreement = deflate::accept_answer(answered).map_err(&refused)?;
+    if agreement.is_some() && !compress {
+        return Err(refused(format!(
+            "it answered {}, which was not offered",
+            deflate::EXTENSION
+        )));
+    }
     let upgraded = hyper::upgrade::on(response)
         .await
         .map_err(|e| refused(format!("upgrade failed: {e}")))?;
     let stream = WebSocketStream::from_raw_socket(
-        crate::tap::Tap::new(TokioIo::new(upgraded), None),
+        Deflate::new(
+            crate::tap::Tap::new(TokioIo::new(upgraded), None),
+            agreement,
+            End::Client,
+        ),
         Role::Client,
         Some(ws_config),
     )

@@ -1,0 +1,812 @@
+//! permessage-deflate (RFC 7692), under tungstenite: negotiated with each
+//! peer on its own, and applied to the bytes between tungstenite and the
+//! socket, so tungstenite, the relay and every plugin see plain messages.
+//!
+//! Reads: frames of a compressed message are inflated as their bytes
+//! arrive and handed up as plain frames (a long message may be handed up
+//! in several fragments; tungstenite joins them, and its message-size limit
+//! stops an inflation bomb after at most one chunk beyond the limit).
+//! Writes: each data frame tungstenite writes is deflated and written with
+//! RSV1 on the first frame of its message. Control frames pass unchanged,
+//! and a frame this layer cannot interpret (RSV1 where it does not belong)
+//! is passed up unchanged for tungstenite to refuse.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// The extension's name in `Sec-WebSocket-Extensions`.
+pub const EXTENSION: &str = "permessage-deflate";
+/// What the gateway offers an upstream.
+pub const UPSTREAM_OFFER: &str = "permessage-deflate; client_max_window_bits";
+
+/// Inflated bytes handed up per frame, at most.
+const INFLATE_CHUNK: usize = 16 * 1024;
+/// Bytes read from the socket at a time.
+const READ_CHUNK: usize = 16 * 1024;
+/// Frame bytes deflated per write call, at most.
+const WRITE_CHUNK: usize = 256 * 1024;
+/// Compressed bytes waiting for the socket before writes wait for it.
+const WRITE_HIGH_WATER: usize = 256 * 1024;
+/// The empty stored block that ends each message's data (RFC 7692 7.2.1).
+const TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
+
+/// Which end of the connection the gateway is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// We accepted the connection (the client side): frames read are masked.
+    Server,
+    /// We opened the connection (the upstream side): frames written are masked.
+    Client,
+}
+
+/// What was agreed with one peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Agreement {
+    /// The LZ77 window our compressor may use, in bits (9 to 15).
+    pub send_window_bits: u8,
+    /// Start each message we send with an empty window.
+    pub send_no_context_takeover: bool,
+    /// The peer starts each message it sends with an empty window.
+    pub receive_no_context_takeover: bool,
+}
+
+/// One offer's or answer's parameters.
+#[derive(Default)]
+struct Params {
+    server_no_context_takeover: bool,
+    client_no_context_takeover: bool,
+    server_max_window_bits: Option<u8>,
+    /// `Some(None)`: offered without a value.
+    client_max_window_bits: Option<Option<u8>>,
+}
+
+/// Parse one extension's parameters; `None` for anything RFC 7692 does not
+/// allow (unknown or repeated parameters, bad window sizes).
+fn parse_params<'a>(params: impl Iterator<Item = &'a str>) -> Option<Params> {
+    let mut parsed = Params::default();
+    for param in params {
+        let (name, value) = match param.split_once('=') {
+            Some((name, value)) => (name.trim(), Some(value.trim().trim_matches('"'))),
+            None => (param.trim(), None),
+        };
+        let bits = |value: Option<&str>| -> Option<u8> {
+            let bits: u8 = value?.parse().ok()?;
+            (8..=15).contains(&bits).then_some(bits)
+        };
+        match name {
+            "server_no_context_takeover" if value.is_none() => {
+                if std::mem::replace(&mut parsed.server_no_context_takeover, true) {
+                    return None;
+                }
+            }
+            "client_no_context_takeover" if value.is_none() => {
+                if std::mem::replace(&mut parsed.client_no_context_takeover, true) {
+                    return None;
+                }
+            }
+            "server_max_window_bits" => {
+                if parsed
+                    .server_max_window_bits
+                    .replace(bits(value)?)
+                    .is_some()
+                {
+                    return None;
+                }
+            }
+            "client_max_window_bits" => {
+                let bits = match value {
+                    None => None,
+                    Some(_) => Some(bits(value)?),
+                };
+                if parsed.client_max_window_bits.replace(bits).is_some() {
+                    return None;
+                }
+            }
+            _ => return None,
+        }
+    }
+    Some(parsed)
+}
+
+/// The extensions in `Sec-WebSocket-Extensions` values: name and parameters.
+fn extensions<'a>(
+    values: impl Iterator<Item = &'a str>,
+) -> impl Iterator<Item = (&'a str, Vec<&'a str>)> {
+    values.flat_map(|v| v.split(',')).filter_map(|extension| {
+        let mut parts = extension.split(';').map(str::trim);
+        let name = parts.next().filter(|n| !n.is_empty())?;
+        Some((name, parts.filter(|p| !p.is_empty()).collect()))
+    })
+}
+
+/// Choose among a client's offers (the values of its
+/// `Sec-WebSocket-Extensions` headers): the first permessage-deflate offer
+/// the gateway can honour, with the answer for the 101 response.
+pub fn accept_offer<'a>(values: impl Iterator<Item = &'a str>) -> Option<(Agreement, String)> {
+    extensions(values)
+        .filter(|(name, _)| name.eq_ignore_ascii_case(EXTENSION))
+        .find_map(|(_, params)| {
+            let offer = parse_params(params.into_iter())?;
+            // zlib cannot deflate within a 256-byte window.
+            let window = offer.server_max_window_bits.unwrap_or(15);
+            if window < 9 {
+                return None;
+            }
+            let mut answer = String::from(EXTENSION);
+            if offer.server_no_context_takeover {
+                answer.push_str("; server_no_context_takeover");
+            }
+            if offer.client_no_context_takeover {
+                answer.push_str("; client_no_context_takeover");
+            }
+            if let Some(bits) = offer.server_max_window_bits {
+                answer.push_str(&format!("; server_max_window_bits={bits}"));
+            }
+            Some((
+                Agreement {
+                    send_window_bits: window,
+                    send_no_context_takeover: offer.server_no_context_takeover,
+                    receive_no_context_takeover: offer.client_no_context_takeover,
+                },
+                answer,
+            ))
+        })
+}
+
+/// Read an upstream's answer to [`UPSTREAM_OFFER`]: `Ok(None)` if it
+/// declined, an error naming what it answered that cannot be honoured.
+pub fn accept_answer<'a>(
+    values: impl Iterator<Item = &'a str>,
+) -> Result<Option<Agreement>, String> {
+    let mut agreement = None;
+    for (name, params) in extensions(values) {
+        if !name.eq_ignore_ascii_case(EXTENSION) {
+            return Err(format!(
+                "it answered with the extension {name:?}, which was not offered"
+            ));
+        }
+        if agreement.is_some() {
+            return Err(format!("it answered {EXTENSION} twice"));
+        }
+        let answer = parse_params(params.into_iter())
+            .ok_or_else(|| format!("it answered {EXTENSION} with invalid parameters"))?;
+        let window = match answer.client_max_window_bits {
+            Some(Some(bits)) => bits,
+            _ => 15,
+        };
+        if window < 9 {
+            return Err("client_max_window_bits=8 cannot be honoured".to_string());
+        }
+        agreement = Some(Agreement {
+            send_window_bits: window,
+            send_no_context_takeover: answer.client_no_context_takeover,
+            receive_no_context_takeover: answer.server_no_context_takeover,
+        });
+    }
+    Ok(agreement)
+}
+
+/// Why reading a compressed message failed; carried inside the
+/// `io::Error` tungstenite hands the relay (close code 1007).
+#[derive(Debug, thiserror::Error)]
+#[error("invalid compressed data: {0}")]
+pub struct InflateError(String);
+
+/// The I/O under tungstenite for one peer: pass-through unless
+/// permessage-deflate was agreed with it.
+pub struct Deflate<S> {
+    inner: S,
+    codec: Option<Box<Codec>>,
+}
+
+struct Codec {
+    inflater: Inflater,
+    deflater: Deflater,
+}
+
+impl<S> Deflate<S> {
+    /// Wrap `inner`, applying `agreement` if there is one; we are `end`.
+    pub fn new(inner: S, agreement: Option<Agreement>, end: End) -> Self {
+        Self {
+            inner,
+            codec: agreement.map(|a| {
+                Box::new(Codec {
+                    inflater: Inflater::new(a, end),
+                    deflater: Deflater::new(a),
+                })
+            }),
+        }
+    }
+
+    /// The I/O underneath.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Messages written are compressed.
+    pub fn compresses(&self) -> bool {
+        self.codec.is_some()
+    }
+}
+
+/// A frame header as it is on the wire.
+#[derive(Debug, Clone, Copy)]
+struct Header {
+    fin: bool,
+    rsv: u8,
+    opcode: u8,
+    mask: Option<[u8; 4]>,
+    length: u64,
+    /// Bytes the header took.
+    size: usize,
+}
+
+impl Header {
+    /// Parse a header from the start of `bytes`, if all of it is there.
+    fn parse(bytes: &[u8]) -> Option<Header> {
+        let (&b0, rest) = bytes.split_first()?;
+        let &b1 = rest.first()?;
+        let masked = b1 & 0x80 != 0;
+        let (length, at) = match b1 & 0x7f {
+            126 => (
+                u64::from(u16::from_be_bytes([*bytes.get(2)?, *bytes.get(3)?])),
+                4,
+            ),
+            127 => {
+                let wide: [u8; 8] = bytes.get(2..10)?.try_into().ok()?;
+                (u64::from_be_bytes(wide), 10)
+            }
+            short => (u64::from(short), 2),
+        };
+        let (mask, size) = if masked {
+            let key: [u8; 4] = bytes.get(at..at + 4)?.try_into().ok()?;
+            (Some(key), at + 4)
+        } else {
+            (None, at)
+        };
+        Some(Header {
+            fin: b0 & 0x80 != 0,
+            rsv: (b0 >> 4) & 0x07,
+            opcode: b0 & 0x0f,
+            mask,
+            length,
+            size,
+        })
+    }
+
+    /// Append a header for a `length`-byte payload.
+    fn write(
+        out: &mut Vec<u8>,
+        fin: bool,
+        rsv1: bool,
+        opcode: u8,
+        mask: Option<[u8; 4]>,
+        length: usize,
+    ) {
+        out.push(u8::from(fin) << 7 | u8::from(rsv1) << 6 | opcode);
+        let mask_bit = if mask.is_some() { 0x80 } else { 0 };
+        match length {
+            0..=125 => out.push(mask_bit | length as u8),
+            126..=65535 => {
+                out.push(mask_bit | 126);
+                out.extend_from_slice(&(length as u16).to_be_bytes());
+            }
+            _ => {
+                out.push(mask_bit | 127);
+                out.extend_from_slice(&(length as u64).to_be_bytes());
+            }
+        }
+        if let Some(key) = mask {
+            out.extend_from_slice(&key);
+        }
+    }
+}
+
+/// XOR `bytes` with `key`, starting `offset` bytes into the payload.
+fn apply_mask(bytes: &mut [u8], key: [u8; 4], offset: u64) {
+    let start = (offset % 4) as usize;
+    for (i, byte) in bytes.iter_mut().enumerate() {
+        *byte ^= key[(start + i) % 4];
+    }
+}
+
+fn is_data(opcode: u8) -> bool {
+    matches!(opcode, 1 | 2)
+}
+
+/// The frame being read.
+struct Reading {
+    header: Header,
+    /// Payload bytes still to come.
+    remaining: u64,
+    offset: u64,
+    /// Part of a compressed message: inflate it.
+    inflate: bool,
+}
+
+/// The read half: socket bytes in, plain frames out.
+struct Inflater {
+    decompress: Decompress,
+    reset_each_message: bool,
+    /// Mask what we hand up (tungstenite, as a server, refuses unmasked
+    /// client frames); the key is zero, as the bytes never leave the process.
+    mask_up: bool,
+    input: Vec<u8>,
+    output: Vec<u8>,
+    handed: usize,
+    frame: Option<Reading>,
+    /// Inside a fragmented message: whether it is compressed.
+    message: Option<bool>,
+    /// The compressed message's opcode, until its first frame is handed up.
+    first_opcode: Option<u8>,
+    /// The peer ended the deflate stream (a final block) in this message.
+    ended: bool,
+    scratch: Vec<u8>,
+    inflated: Vec<u8>,
+}
+
+impl Inflater {
+    fn new(agreement: Agreement, end: End) -> Self {
+        Self {
+            decompress: Decompress::new(false),
+            reset_each_message: agreement.receive_no_context_takeover,
+            mask_up: end == End::Server,
+            input: Vec::new(),
+            output: Vec::new(),
+            handed: 0,
+            frame: None,
+            message: None,
+            first_opcode: None,
+            ended: false,
+            scratch: Vec::new(),
+            inflated: Vec::new(),
+        }
+    }
+
+    /// Turn buffered input into output until one or the other runs out.
+    fn process(&mut self) -> io::Result<()> {
+        let mut at = 0;
+        while self.output.len() < INFLATE_CHUNK {
+            let Some(frame) = self.frame.as_mut() else {
+                let Some(header) = Header::parse(&self.input[at..]) else {
+                    break;
+                };
+                let inflate = self.start(header);
+                if !inflate {
+                    self.output
+                        .extend_from_slice(&self.input[at..at + header.size]);
+                }
+                at += header.size;
+                self.frame = Some(Reading {
+                    header,
+                    remaining: header.length,
+                    offset: 0,
+                    inflate,
+                });
+                if header.length == 0 {
+                    self.end_frame()?;
+                }
+                continue;
+            };
+            let available = usize::try_from(frame.remaining)
+                .unwrap_or(usize::MAX)
+                .min(self.input.len() - at);
+            if available == 0 {
+                break;
+            }
+            if !frame.inflate {
+                self.output
+                    .extend_from_slice(&self.input[at..at + available]);
+                at += available;
+                frame.remaining -= available as u64;
+            } else {
+                self.scratch.clear();
+                self.scratch
+                    .extend_from_slice(&self.input[at..at + available]);
+                if let Some(key) = frame.header.mask {
+                    apply_mask(&mut self.scratch, key, frame.offset);
+                }
+                let before = self.decompress.total_in();
+                self.inflated.clear();
+                self.inflated.reserve(INFLATE_CHUNK);
+                let status = self
+                    .decompress
+                    .decompress_vec(&self.scratch, &mut self.inflated, FlushDecompress::None)
+                    .map_err(|e| invalid(e.to_string()))?;
+                let used = (self.decompress.total_in() - before) as usize;
+                at += used;
+                frame.offset += used as u64;
+                frame.remaining -= used as u64;
+                if status == Status::StreamEnd {
+                    self.ended = true;
+                }
+                if used == 0 && self.inflated.is_empty() {
+                    return Err(invalid(if self.ended {
+                        "data after the end of the compressed stream".into()
+                    } else {
+                        "the compressed data stopped making progress".into()
+                    }));
+                }
+                if !self.inflated.is_empty() {
+                    self.hand_up(false);
+                }
+            }
+            if self.frame.as_ref().is_some_and(|f| f.remaining == 0) {
+                self.end_frame()?;
+            }
+        }
+        self.input.drain(..at);
+        Ok(())
+    }
+
+    /// A frame starts: should its payload be inflated?
+    fn start(&mut self, header: Header) -> bool {
+        let rsv1 = header.rsv == 0b100;
+        match header.opcode {
+            opcode if is_data(opcode) && self.message.is_none() && (rsv1 || header.rsv == 0) => {
+                if !header.fin {
+                    self.message = Some(rsv1);
+                }
+                if rsv1 {
+                    self.first_opcode = Some(opcode);
+                }
+                rsv1
+            }
+            0 if header.rsv == 0 && self.message == Some(true) => {
+                if header.fin {
+                    self.message = None;
+                }
+                true
+            }
+            0 if header.rsv == 0 && self.message == Some(false) => {
+                if header.fin {
+                    self.message = None;
+                }
+                false
+            }
+            // Control frames, and anything tungstenite must refuse.
+            _ => false,
+        }
+    }
+
+    /// The current frame's payload is all read.
+    fn end_frame(&mut self) -> io::Result<()> {
+        let Some(frame) = self.frame.take() else {
+            return Ok(());
+        };
+        if !frame.inflate {
+            return Ok(());
+        }
+        if !frame.header.fin {
+            return Ok(());
+        }
+        // The message ends: inflate the tail, hand up the last frame.
+        let mut tail: &[u8] = &TAIL;
+        loop {
+            self.inflated.clear();
+            self.inflated.reserve(INFLATE_CHUNK);
+            let before = self.decompress.total_in();
+            let status = self
+                .decompress
+                .decompress_vec(tail, &mut self.inflated, FlushDecompress::Sync)
+                .map_err(|e| invalid(e.to_string()))?;
+            let used = (self.decompress.total_in() - before) as usize;
+            tail = &tail[used..];
+            let full = self.inflated.len() == self.inflated.capacity();
+            if status == Status::StreamEnd {
+                self.ended = true;
+            }
+            if !full || self.ended {
+                break;
+            }
+            self.hand_up(false);
+        }
+        self.hand_up(true);
+        // A peer may end a message's data with a final block; its next
+        // message then starts a fresh stream.
+        if self.reset_each_message || self.ended {
+            self.decompress.reset(false);
+            self.ended = false;
+        }
+        Ok(())
+    }
+
+    /// Hand up what was just inflated as one frame of the message.
+    fn hand_up(&mut self, fin: bool) {
+        let opcode = self.first_opcode.take().unwrap_or(0);
+        let mask = self.mask_up.then_some([0; 4]);
+        Header::write(
+            &mut self.output,
+            fin,
+            false,
+            opcode,
+            mask,
+            self.inflated.len(),
+        );
+        self.output.extend_from_slice(&self.inflated);
+    }
+}
+
+fn invalid(reason: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, InflateError(reason))
+}
+
+/// The frame being written.
+struct Writing {
+    header: Header,
+    remaining: u64,
+    offset: u64,
+    deflate: bool,
+    /// First frame of its message: gets RSV1.
+    first: bool,
+}
+
+/// The write half: frames from tungstenite in, compressed frames out.
+struct Deflater {
+    compress: Compress,
+    reset_each_message: bool,
+    header: Vec<u8>,
+    frame: Option<Writing>,
+    /// Inside a fragmented data message.
+    in_message: bool,
+    scratch: Vec<u8>,
+    deflated: Vec<u8>,
+    output: Vec<u8>,
+    written: usize,
+}
+
+impl Deflater {
+    fn new(agreement: Agreement) -> Self {
+        Self {
+            compress: Compress::new_with_window_bits(
+                Compression::fast(),
+                false,
+                agreement.send_window_bits,
+            ),
+            reset_each_message: agreement.send_no_context_takeover,
+            header: Vec::with_capacity(14),
+            frame: None,
+            in_message: false,
+            scratch: Vec::new(),
+            deflated: Vec::new(),
+            output: Vec::new(),
+            written: 0,
+        }
+    }
+
+    /// Take frame bytes from tungstenite; returns how many were taken.
+    fn consume(&mut self, mut bytes: &[u8]) -> io::Result<usize> {
+        let total = bytes.len();
+        while !bytes.is_empty() {
+            let Some(frame) = self.frame.as_mut() else {
+                // Headers are at most 14 bytes; take them a byte at a time
+                // until one parses (tungstenite writes them whole anyway).
+                self.header.push(bytes[0]);
+                bytes = &bytes[1..];
+                if let Some(header) = Header::parse(&self.header) {
+                    self.start(header)?;
+                }
+                continue;
+            };
+            let take = usize::try_from(frame.remaining)
+                .unwrap_or(usize::MAX)
+                .min(bytes.len());
+            let (chunk, rest) = bytes.split_at(take);
+            bytes = rest;
+            if frame.deflate {
+                self.scratch.clear();
+                self.scratch.extend_from_slice(chunk);
+                if let Some(key) = frame.header.mask {
+                    apply_mask(&mut self.scratch, key, frame.offset);
+                }
+                deflate_into(
+                    &mut self.compress,
+                    &self.scratch,
+                    &mut self.deflated,
+                    FlushCompress::None,
+                )?;
+            } else {
+                self.output.extend_from_slice(chunk);
+            }
+            frame.offset += take as u64;
+            frame.remaining -= take as u64;
+            if frame.remaining == 0 {
+                self.end_frame()?;
+            }
+        }
+        Ok(total)
+    }
+
+    /// A frame starts (its header is in `self.header`).
+    fn start(&mut self, header: Header) -> io::Result<()> {
+        let deflate = header.rsv == 0
+            && ((is_data(header.opcode) && !self.in_message)
+                || (header.opcode == 0 && self.in_message));
+        let first = is_data(header.opcode);
+        if is_data(header.opcode) || header.opcode == 0 {
+            self.in_message = !header.fin;
+        }
+        if !deflate {
+            self.output.extend_from_slice(&self.header);
+        }
+        self.header.clear();
+        self.frame = Some(Writing {
+            header,
+            remaining: header.length,
+            offset: 0,
+            deflate,
+            first,
+        });
+        if header.length == 0 {
+            self.end_frame()?;
+        }
+        Ok(())
+    }
+
+    fn end_frame(&mut self) -> io::Result<()> {
+        let Some(frame) = self.frame.take() else {
+            return Ok(());
+        };
+        if !frame.deflate {
+            return Ok(());
+        }
+        deflate_into(
+            &mut self.compress,
+            &[],
+            &mut self.deflated,
+            FlushCompress::Sync,
+        )?;
+        if frame.header.fin {
+            if self.deflated.ends_with(&TAIL) {
+                self.deflated.truncate(self.deflated.len() - TAIL.len());
+            }
+            if self.reset_each_message {
+                self.compress.reset();
+            }
+        }
+        let header = frame.header;
+        Header::write(
+            &mut self.output,
+            header.fin,
+            frame.first,
+            header.opcode,
+            header.mask,
+            self.deflated.len(),
+        );
+        let start = self.output.len();
+        self.output.extend_from_slice(&self.deflated);
+        if let Some(key) = header.mask {
+            apply_mask(&mut self.output[start..], key, 0);
+        }
+        self.deflated.clear();
+        Ok(())
+    }
+}
+
+/// Deflate `input` onto the end of `out`, with `flush`.
+fn deflate_into(
+    compress: &mut Compress,
+    mut input: &[u8],
+    out: &mut Vec<u8>,
+    flush: FlushCompress,
+) -> io::Result<()> {
+    loop {
+        out.reserve(input.len().max(64) + 64);
+        let before = compress.total_in();
+        compress
+            .compress_vec(input, out, flush)
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        let used = (compress.total_in() - before) as usize;
+        input = &input[used..];
+        if input.is_empty() && out.len() < out.capacity() {
+            return Ok(());
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Deflate<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        let Some(codec) = this.codec.as_deref_mut() else {
+            return Pin::new(&mut this.inner).poll_read(cx, buf);
+        };
+        let inflater = &mut codec.inflater;
+        loop {
+            if inflater.handed < inflater.output.len() {
+                let take = (inflater.output.len() - inflater.handed).min(buf.remaining());
+                buf.put_slice(&inflater.output[inflater.handed..inflater.handed + take]);
+                inflater.handed += take;
+                if inflater.handed == inflater.output.len() {
+                    inflater.output.clear();
+                    inflater.handed = 0;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            inflater.process()?;
+            if !inflater.output.is_empty() {
+                continue;
+            }
+            let mut chunk = [0u8; READ_CHUNK];
+            let mut read = ReadBuf::new(&mut chunk);
+            match Pin::new(&mut this.inner).poll_read(cx, &mut read) {
+                Poll::Ready(Ok(())) if read.filled().is_empty() => return Poll::Ready(Ok(())),
+                Poll::Ready(Ok(())) => inflater.input.extend_from_slice(read.filled()),
+                other => return other,
+            }
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> Deflate<S> {
+    /// Write out compressed bytes; `Ready` once none are waiting.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let Some(codec) = self.codec.as_deref_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        let deflater = &mut codec.deflater;
+        while deflater.written < deflater.output.len() {
+            match Pin::new(&mut self.inner).poll_write(cx, &deflater.output[deflater.written..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => deflater.written += n,
+                Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        deflater.output.clear();
+        deflater.written = 0;
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Deflate<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        if this.codec.is_none() {
+            return Pin::new(&mut this.inner).poll_write(cx, buf);
+        }
+        if let Poll::Pending = this.poll_drain(cx)? {
+            let waiting = this
+                .codec
+                .as_ref()
+                .map_or(0, |c| c.deflater.output.len() - c.deflater.written);
+            if waiting >= WRITE_HIGH_WATER {
+                return Poll::Pending;
+            }
+        }
+        let Some(codec) = this.codec.as_deref_mut() else {
+            return Poll::Ready(Ok(0));
+        };
+        let taken = codec.deflater.consume(&buf[..buf.len().min(WRITE_CHUNK)])?;
+        // Start sending now; the flush that follows finishes it.
+        let _ = this.poll_drain(cx)?;
+        Poll::Ready(Ok(taken))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if let Poll::Pending = this.poll_drain(cx)? {
+            return Poll::Pending;
+        }
+        Pin::new(&mut this.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if let Poll::Pending = this.poll_drain(cx)? {
+            return Poll::Pending;
+        }
+        Pin::new(&mut this.inner).poll_shutdown(cx)
+    }
+}
