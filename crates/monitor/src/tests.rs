@@ -47,6 +47,8 @@ fn frame(monitor: &Monitor, id: u64, seq: u64, opcode: u8, offset: u64) -> Recor
         truncated: false,
         filter_us: Some(3),
         verdict: Some("forward".to_string()),
+        // Text frames as if compressed: the field survives both stores.
+        uncompressed_length: (opcode == 1).then_some(9),
     })
 }
 
