@@ -37,6 +37,15 @@ function time(us) {
 const OPCODES = { 0: 'continuation', 1: 'text', 2: 'binary', 8: 'close', 9: 'ping', 10: 'pong' };
 const opcodeName = (opcode) => OPCODES[opcode] || `reserved (${opcode})`;
 
+// A compressed message (permessage-deflate) shows its wire length and its
+// length as the filters saw it; its payload is shown uncompressed.
+function frameLength(frame) {
+  const length = frame.uncompressed_length == null
+    ? `${frame.length} bytes`
+    : `${frame.length} bytes on the wire, ${frame.uncompressed_length} bytes uncompressed`;
+  return length + (frame.truncated ? ' (payload truncated)' : '');
+}
+
 async function api(path) {
   const headers = state.token ? { Authorization: `Bearer ${state.token}` } : {};
   const response = await fetch(path, { headers });
@@ -255,7 +264,7 @@ function showFrame(frame) {
       el('dt', {}, 'Origin'), el('dd', { id: 'frame-origin' }, frame.origin),
       el('dt', {}, 'Opcode'), el('dd', { id: 'frame-opcode' }, `${opcodeName(frame.opcode)} (${frame.opcode})`),
       el('dt', {}, 'Duration'), el('dd', { id: 'frame-duration' }, frame.filter_us == null ? '—' : `${frame.filter_us} µs in filters`),
-      el('dt', {}, 'Length'), el('dd', { id: 'frame-length' }, `${frame.length} bytes${frame.truncated ? ' (payload truncated)' : ''}`),
+      el('dt', {}, 'Length'), el('dd', { id: 'frame-length' }, frameLength(frame)),
       el('dt', {}, 'Masking key'), el('dd', { id: 'frame-mask' }, frame.masking_key || 'none'),
       el('dt', {}, 'FIN / RSV'), el('dd', {}, `${frame.fin ? 1 : 0} / ${frame.rsv.map((b) => (b ? 1 : 0)).join('')}`),
       el('dt', {}, 'Verdict'), el('dd', { id: 'frame-verdict' }, frame.verdict || '—')),

@@ -206,11 +206,10 @@ impl Side {
         self.stream.get_mut().get_mut().recorder()
     }
 
-    /// Tell this side's monitor tap the verdict on the message just read,
-    /// `length` bytes long.
-    fn verdict_on_read(&mut self, verdict: Option<String>, filter_us: u64, length: usize) {
+    /// Tell this side's monitor tap the verdict on the message just read.
+    fn verdict_on_read(&mut self, verdict: Option<String>, filter_us: u64, message: &WsMessage) {
         if let Some(recorder) = self.recorder() {
-            recorder.verdict_on_read(verdict, filter_us, length);
+            recorder.verdict_on_read(verdict, filter_us, payload(message));
         }
     }
 
@@ -235,7 +234,7 @@ impl Side {
             && self.stream.get_ref().compresses()
             && let Some(recorder) = self.recorder()
         {
-            recorder.writing_compressed(message.len());
+            recorder.writing_compressed(payload(message));
         }
         let write = async {
             match message {
@@ -297,6 +296,15 @@ impl Side {
             self.send_all([WsMessage::Close(Some(close_frame(code, reason)))])
                 .await;
         }
+    }
+}
+
+/// A message's payload bytes (a close frame's: none).
+fn payload(message: &WsMessage) -> &[u8] {
+    match message {
+        WsMessage::Text(text) => text.as_bytes(),
+        WsMessage::Binary(data) | WsMessage::Ping(data) | WsMessage::Pong(data) => data,
+        WsMessage::Close(_) | WsMessage::Frame(_) => &[],
     }
 }
 
@@ -489,16 +497,15 @@ async fn on_read(
         }
     };
 
-    let length = message.len();
     session
         .shared
         .counters
-        .message(from.peer == Peer::Client, length);
+        .message(from.peer == Peer::Client, message.len());
     if let WsMessage::Pong(_) = message {
         // Pings and pongs are answered hop by hop: tungstenite has already
         // answered the peer's pings, and each pong answers a ping of ours or
         // of the hop before; passing it on would answer a ping twice.
-        from.verdict_on_read(None, 0, length);
+        from.verdict_on_read(None, 0, &message);
         return;
     }
     let is_close = matches!(message, WsMessage::Close(_));
@@ -515,7 +522,7 @@ async fn on_read(
     };
     if chain.is_empty() {
         // The fast path: nothing to run, nothing to convert.
-        from.verdict_on_read(None, 0, length);
+        from.verdict_on_read(None, 0, &message);
         to.send_all([message]).await;
         if is_close {
             from.finish().await;
@@ -524,6 +531,9 @@ async fn on_read(
     }
     let describe = session.describes_verdicts();
     let started = describe.then(std::time::Instant::now);
+    // The tap records the message as read, after the chain has had it (a
+    // clone shares the payload).
+    let read = describe.then(|| message.clone());
     let mut result = run_chain(
         chain,
         &mut session.contexts,
@@ -535,7 +545,9 @@ async fn on_read(
     let filter_us = started.map_or(0, |s| {
         u64::try_from(s.elapsed().as_micros()).unwrap_or(u64::MAX)
     });
-    from.verdict_on_read(result.verdict.clone(), filter_us, length);
+    if let Some(read) = &read {
+        from.verdict_on_read(result.verdict.clone(), filter_us, read);
+    }
     // Notes for the monitor's record of what is written, made only for
     // the writes that happen (and only when frames are recorded).
     let verdict = result.verdict.take();

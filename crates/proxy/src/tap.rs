@@ -91,8 +91,9 @@ pub struct Recorder {
     awaiting: VecDeque<(FrameRecord, bool)>,
     /// Verdict and filter time for the frames being written now.
     write_note: Option<(String, u64)>,
-    /// Uncompressed lengths of the compressed messages being written, in order.
-    writing: VecDeque<u64>,
+    /// The compressed messages being written, in order: their uncompressed
+    /// length and captured payload.
+    writing: VecDeque<(u64, Option<String>)>,
 }
 
 impl Recorder {
@@ -139,8 +140,10 @@ impl Recorder {
                 frame.verdict = Some(verdict.clone());
                 frame.filter_us = Some(*filter_us);
             }
-            if compressed {
-                frame.uncompressed_length = self.writing.pop_front();
+            if compressed && let Some((length, payload)) = self.writing.pop_front() {
+                frame.uncompressed_length = Some(length);
+                frame.truncated = payload.is_some() && length > self.writes.capture as u64;
+                frame.payload = payload;
             }
             let frame = self.stamp(frame);
             self.monitor.record(Record::Frame(frame));
@@ -154,22 +157,26 @@ impl Recorder {
         frame
     }
 
-    /// The relay's verdict on the next client message, `length` bytes long
-    /// (uncompressed).
-    pub fn verdict_on_read(&mut self, verdict: Option<String>, filter_us: u64, length: usize) {
+    /// The relay's verdict on the next client message, `data` being its
+    /// (uncompressed) payload: a compressed message's record carries its
+    /// uncompressed length and payload, as the filters saw it.
+    pub fn verdict_on_read(&mut self, verdict: Option<String>, filter_us: u64, data: &[u8]) {
         if let Some((mut frame, compressed)) = self.awaiting.pop_front() {
             frame.verdict = verdict;
             frame.filter_us = Some(filter_us);
             if compressed {
-                frame.uncompressed_length = Some(length as u64);
+                frame.uncompressed_length = Some(data.len() as u64);
+                frame.payload = self.reads.capture(data);
+                frame.truncated = frame.payload.is_some() && data.len() > self.reads.capture;
             }
             self.monitor.record(Record::Frame(frame));
         }
     }
 
-    /// A message of `length` bytes is about to be written compressed.
-    pub fn writing_compressed(&mut self, length: usize) {
-        self.writing.push_back(length as u64);
+    /// A message with payload `data` is about to be written compressed.
+    pub fn writing_compressed(&mut self, data: &[u8]) {
+        let payload = self.writes.capture(data);
+        self.writing.push_back((data.len() as u64, payload));
     }
 
     /// The verdict and filter time behind the frames about to be written
@@ -304,6 +311,11 @@ impl FrameParser {
         if length == 0 {
             self.finish_frame(done);
         }
+    }
+
+    /// The captured start of `data` (level `full`), base64.
+    fn capture(&self, data: &[u8]) -> Option<String> {
+        (self.capture > 0).then(|| STANDARD.encode(&data[..data.len().min(self.capture)]))
     }
 
     fn finish_frame(&mut self, done: &mut Vec<(FrameRecord, bool)>) {
