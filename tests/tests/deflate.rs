@@ -9,6 +9,8 @@
 use std::io::Write as _;
 use std::process::Stdio;
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -121,7 +123,14 @@ async fn a_compressing_client_gets_compressed_answers_and_filters_see_plain_text
             frame["length"].as_u64().unwrap() < plain as u64 / 5,
             "{frame}"
         );
+        assert_eq!(frame["truncated"], true);
     }
+    // The captured payload is the message as the filters saw it, not the
+    // compressed bytes.
+    let captured = STANDARD
+        .decode(text_from("client")["payload"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(captured, sent.as_bytes()[..64]);
     let upgrade = &detail["connection"]["upgrade"];
     let answered = upgrade["response_headers"]
         .as_array()
