@@ -31,6 +31,9 @@ const READ_CHUNK: usize = 16 * 1024;
 const WRITE_CHUNK: usize = 256 * 1024;
 /// Compressed bytes waiting for the socket before writes wait for it.
 const WRITE_HIGH_WATER: usize = 256 * 1024;
+/// Buffers larger than this are given back once empty, so a connection
+/// that once sent a large message does not keep its buffers while idle.
+const KEEP: usize = 64 * 1024;
 /// The empty stored block that ends each message's data (RFC 7692 7.2.1).
 const TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
 
@@ -330,7 +333,9 @@ struct Reading {
 
 /// The read half: socket bytes in, plain frames out.
 struct Inflater {
-    decompress: Decompress,
+    /// Made on the first compressed message (an idle connection holds
+    /// none), and dropped after each message under no-context-takeover.
+    decompress: Option<Decompress>,
     reset_each_message: bool,
     /// Mask what we hand up (tungstenite, as a server, refuses unmasked
     /// client frames); the key is zero, as the bytes never leave the process.
@@ -352,7 +357,7 @@ struct Inflater {
 impl Inflater {
     fn new(agreement: Agreement, end: End) -> Self {
         Self {
-            decompress: Decompress::new(false),
+            decompress: None,
             reset_each_message: agreement.receive_no_context_takeover,
             mask_up: end == End::Server,
             input: Vec::new(),
@@ -410,14 +415,16 @@ impl Inflater {
                 if let Some(key) = frame.header.mask {
                     apply_mask(&mut self.scratch, key, frame.offset);
                 }
-                let before = self.decompress.total_in();
+                let decompress = self
+                    .decompress
+                    .get_or_insert_with(|| Decompress::new(false));
+                let before = decompress.total_in();
                 self.inflated.clear();
                 self.inflated.reserve(INFLATE_CHUNK);
-                let status = self
-                    .decompress
+                let status = decompress
                     .decompress_vec(&self.scratch, &mut self.inflated, FlushDecompress::None)
                     .map_err(|e| invalid(e.to_string()))?;
-                let used = (self.decompress.total_in() - before) as usize;
+                let used = (decompress.total_in() - before) as usize;
                 at += used;
                 frame.offset += used as u64;
                 frame.remaining -= used as u64;
@@ -489,12 +496,14 @@ impl Inflater {
         loop {
             self.inflated.clear();
             self.inflated.reserve(INFLATE_CHUNK);
-            let before = self.decompress.total_in();
-            let status = self
+            let decompress = self
                 .decompress
+                .get_or_insert_with(|| Decompress::new(false));
+            let before = decompress.total_in();
+            let status = decompress
                 .decompress_vec(tail, &mut self.inflated, FlushDecompress::Sync)
                 .map_err(|e| invalid(e.to_string()))?;
-            let used = (self.decompress.total_in() - before) as usize;
+            let used = (decompress.total_in() - before) as usize;
             tail = &tail[used..];
             let full = self.inflated.len() == self.inflated.capacity();
             if status == Status::StreamEnd {
@@ -509,7 +518,7 @@ impl Inflater {
         // A peer may end a message's data with a final block; its next
         // message then starts a fresh stream.
         if self.reset_each_message || self.ended {
-            self.decompress.reset(false);
+            self.decompress = None;
             self.ended = false;
         }
         Ok(())
@@ -547,7 +556,10 @@ struct Writing {
 
 /// The write half: frames from tungstenite in, compressed frames out.
 struct Deflater {
-    compress: Compress,
+    /// Made on the first message (an idle connection holds none), and
+    /// dropped after each message under no-context-takeover.
+    compress: Option<Compress>,
+    window_bits: u8,
     reset_each_message: bool,
     header: Vec<u8>,
     frame: Option<Writing>,
@@ -562,11 +574,8 @@ struct Deflater {
 impl Deflater {
     fn new(agreement: Agreement) -> Self {
         Self {
-            compress: Compress::new_with_window_bits(
-                Compression::fast(),
-                false,
-                agreement.send_window_bits,
-            ),
+            compress: None,
+            window_bits: agreement.send_window_bits,
             reset_each_message: agreement.send_no_context_takeover,
             header: Vec::with_capacity(14),
             frame: None,
@@ -604,7 +613,7 @@ impl Deflater {
                     apply_mask(&mut self.scratch, key, frame.offset);
                 }
                 deflate_into(
-                    &mut self.compress,
+                    compressor(&mut self.compress, self.window_bits),
                     &self.scratch,
                     &mut self.deflated,
                     FlushCompress::None,
@@ -655,7 +664,7 @@ impl Deflater {
             return Ok(());
         }
         deflate_into(
-            &mut self.compress,
+            compressor(&mut self.compress, self.window_bits),
             &[],
             &mut self.deflated,
             FlushCompress::Sync,
@@ -670,7 +679,7 @@ impl Deflater {
                 self.deflated.push(0x00);
             }
             if self.reset_each_message {
-                self.compress.reset();
+                self.compress = None;
             }
         }
         let header = frame.header;
@@ -688,8 +697,25 @@ impl Deflater {
             apply_mask(&mut self.output[start..], key, 0);
         }
         self.deflated.clear();
+        release(&mut self.deflated);
+        self.scratch.clear();
+        release(&mut self.scratch);
         Ok(())
     }
+}
+
+/// Give an empty buffer's memory back if it grew large.
+fn release(buffer: &mut Vec<u8>) {
+    if buffer.is_empty() && buffer.capacity() > KEEP {
+        *buffer = Vec::new();
+    }
+}
+
+/// The compressor, made when first needed.
+fn compressor(compress: &mut Option<Compress>, window_bits: u8) -> &mut Compress {
+    compress.get_or_insert_with(|| {
+        Compress::new_with_window_bits(Compression::fast(), false, window_bits)
+    })
 }
 
 /// Deflate `input` onto the end of `out`, with `flush`.
@@ -767,6 +793,7 @@ impl<S: AsyncWrite + Unpin> Deflate<S> {
         }
         deflater.output.clear();
         deflater.written = 0;
+        release(&mut deflater.output);
         Poll::Ready(Ok(()))
     }
 }
@@ -1040,8 +1067,50 @@ mod tests {
         ]
     }
 
+    /// Feed `wire` to an inflater (we are the server) in `chunk`-byte
+    /// pieces; what it hands up, or its error.
+    fn inflate_wire(wire: &[u8], chunk: usize, reset: bool) -> io::Result<Vec<u8>> {
+        let mut inflater = Inflater::new(agreement(15, false, reset), End::Server);
+        let mut up = Vec::new();
+        for piece in wire.chunks(chunk.max(1)) {
+            inflater.input.extend_from_slice(piece);
+            loop {
+                inflater.process()?;
+                if inflater.output.is_empty() {
+                    break;
+                }
+                up.append(&mut inflater.output);
+            }
+        }
+        Ok(up)
+    }
+
+    // 256 cases each by default; PROPTEST_CASES (scripts/fuzz) for more.
     proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+        /// Hostile compressed data: frames with any header bits and any
+        /// payload, in any chunks, never panic or stall the inflater; it
+        /// hands up plain frames or says the data is invalid.
+        #[test]
+        fn arbitrary_compressed_frames_never_panic(
+            frames in proptest::collection::vec(
+                (0u8..16, proptest::prelude::any::<bool>(), 0u8..8, proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)),
+                0..8,
+            ),
+            chunk in 1usize..400,
+            reset in proptest::prelude::any::<bool>(),
+        ) {
+            let mut wire = Vec::new();
+            for (opcode, fin, rsv, payload) in &frames {
+                let key = [1, 2, 3, 4];
+                wire.push(u8::from(*fin) << 7 | rsv << 4 | opcode);
+                let mut header = Vec::new();
+                Header::write(&mut header, false, false, 0, Some(key), payload.len());
+                wire.extend_from_slice(&header[1..]);
+                wire.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+            }
+            let _ = inflate_wire(&wire, chunk, reset);
+        }
+
         /// Any messages, with any parameters either end may have agreed,
         /// through a pipe of any size, arrive unchanged both ways.
         #[test]
