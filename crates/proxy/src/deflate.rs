@@ -521,6 +521,10 @@ impl Inflater {
             self.decompress = None;
             self.ended = false;
         }
+        // Working buffers are made again by the next message; a connection
+        // between messages keeps none.
+        self.scratch = Vec::new();
+        self.inflated = Vec::new();
         Ok(())
     }
 
@@ -756,8 +760,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for Deflate<S> {
                 buf.put_slice(&inflater.output[inflater.handed..inflater.handed + take]);
                 inflater.handed += take;
                 if inflater.handed == inflater.output.len() {
-                    inflater.output.clear();
+                    inflater.output = Vec::new();
                     inflater.handed = 0;
+                    if inflater.input.is_empty() {
+                        inflater.input = Vec::new();
+                    }
                 }
                 return Poll::Ready(Ok(()));
             }
