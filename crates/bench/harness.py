@@ -1,0 +1,390 @@
+"""The benchmark harness: wsgate side by side with nginx and HAProxy in front
+of the same echo server, driven by `wsgate-bench`. Run it with
+`scripts/bench` (which builds and installs what it needs).
+
+Fairness: the proxy under test runs alone on one core (taskset), the load
+generator and the echo server on the other; each run waits for a quiet
+machine; rounds alternate the order of targets; figures are medians of the
+rounds; CPU time is the proxy process's own (utime + stime, /proc).
+Writes target/bench/results.csv (every run), summary.md (medians and
+ratios) and chart.png.
+"""
+import argparse
+import csv
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+WSGATE = ROOT / "target/release/wsgate"
+BENCH = ROOT / "target/release/wsgate-bench"
+PLUGINS = ROOT / "plugins/target/wasm32-wasip2/release"
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, proc: subprocess.Popen) -> None:
+    for _ in range(300):
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on {port}")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def quiet_machine(limit: float = 30.0) -> bool:
+    """Wait until the machine is at least 90 % idle over half a second."""
+    def sample():
+        values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        return values[3] + values[4], sum(values)
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        idle0, total0 = sample()
+        time.sleep(0.5)
+        idle1, total1 = sample()
+        if total1 > total0 and (idle1 - idle0) / (total1 - total0) >= 0.90:
+            return True
+    return False
+
+
+def pinned(core: str, args: list, **kw) -> subprocess.Popen:
+    return subprocess.Popen(["taskset", "-c", core, *map(str, args)], **kw)
+
+
+GATEWAY = """
+[gateway]
+listen = "127.0.0.1:{port}"
+read-buffer-size = "4KiB"
+handshake-timeout = "10s"
+
+[[plugin]]
+name = "static-router"
+version = "1.0.0"
+path = "{plugins}/static_router.wasm"
+
+[[plugin]]
+name = "passthrough"
+version = "1.0.0"
+path = "{plugins}/passthrough.wasm"
+memory-limit = "64MiB"
+
+[[plugin]]
+name = "size-limit"
+version = "1.0.0"
+path = "{plugins}/size_limit.wasm"
+memory-limit = "64MiB"
+
+[[plugin]]
+name = "json-mask"
+version = "1.0.0"
+path = "{plugins}/json_mask.wasm"
+memory-limit = "64MiB"
+
+[[plugin]]
+name = "ip-filter"
+version = "1.0.0"
+path = "{plugins}/ip_filter.wasm"
+
+[[plugin]]
+name = "header-rewrite"
+version = "1.0.0"
+path = "{plugins}/header_rewrite.wasm"
+grants = ["context"]
+
+[[remote-host]]
+address = "127.0.0.1:{echo}"
+max-connections = -1
+
+[[endpoint]]
+path = "/"
+match = "prefix"
+monitor = "off"
+permessage-deflate = "off"
+max-message-size = "1MiB"
+allowed-upstreams = ["ws://127.0.0.1:{echo}"]
+{chains}
+"""
+ROUTER = """
+[[endpoint.upgrade]]
+plugin = "static-router@1.0.0"
+config = {{ url = "ws://127.0.0.1:{echo}/" }}
+"""
+PASSTHROUGH = """
+[[endpoint.client-messages]]
+plugin = "passthrough@1.0.0"
+[[endpoint.server-messages]]
+plugin = "passthrough@1.0.0"
+"""
+CHAIN3 = """
+[[endpoint.upgrade]]
+plugin = "ip-filter@1.0.0"
+config = {{ allow = ["127.0.0.0/8"] }}
+[[endpoint.upgrade]]
+plugin = "header-rewrite@1.0.0"
+config = {{ set = {{ "x-connection" = "${{connection-id}}" }} }}
+""" + ROUTER + "".join(f"""
+[[endpoint.{chain}]]
+plugin = "{plugin}"
+{config}""" for chain in ("client-messages", "server-messages") for plugin, config in (
+    ("passthrough@1.0.0", ""),
+    ("size-limit@1.0.0", 'config = { "max-bytes" = 1048576 }'),
+    ("json-mask@1.0.0", 'config = { fields = ["password"] }'),
+))
+
+NGINX = """
+daemon off;
+master_process off;
+worker_processes 1;
+worker_rlimit_nofile 40000;
+error_log {dir}/nginx-error.log warn;
+pid {dir}/nginx.pid;
+events {{ worker_connections 30000; }}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/nginx-tmp;
+    proxy_temp_path {dir}/nginx-tmp;
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://127.0.0.1:{echo};
+            proxy_http_version 1.1;
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection "upgrade";
+            proxy_buffer_size 128k;
+            proxy_read_timeout 3600s;
+            proxy_send_timeout 3600s;
+        }}
+    }}
+}}
+"""
+HAPROXY = """
+global
+    nbthread 1
+    maxconn 40000
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 1h
+    timeout server 1h
+    timeout tunnel 1h
+frontend ws
+    bind 127.0.0.1:{port}
+    default_backend echo
+backend echo
+    server echo 127.0.0.1:{echo}
+"""
+
+
+class Target:
+    """A proxy (or none) in front of the echo server."""
+
+    def __init__(self, name: str, out: Path, echo: int, proxy_core: str):
+        self.name, self.out, self.echo, self.core = name, out, echo, proxy_core
+        self.proc = None
+        self.port = echo
+
+    def start(self) -> None:
+        if self.name == "direct":
+            return
+        self.port = free_port()
+        log = open(self.out / f"{self.name}.log", "w")
+        if self.name == "nginx":
+            (self.out / "nginx-tmp").mkdir(exist_ok=True)
+            conf = self.out / "nginx.conf"
+            conf.write_text(NGINX.format(dir=self.out, port=self.port, echo=self.echo))
+            self.proc = pinned(self.core, ["nginx", "-c", conf, "-e", self.out / "nginx-error.log"], stdout=log, stderr=log)
+        elif self.name == "haproxy":
+            conf = self.out / "haproxy.cfg"
+            conf.write_text(HAPROXY.format(port=self.port, echo=self.echo))
+            self.proc = pinned(self.core, ["haproxy", "-f", conf], stdout=log, stderr=log)
+        else:
+            chains = {"wsgate": ROUTER, "wsgate+passthrough": ROUTER + PASSTHROUGH, "wsgate+3-plugin-chains": CHAIN3}[self.name]
+            conf = self.out / f"{self.name}.toml"
+            conf.write_text(GATEWAY.format(port=self.port, echo=self.echo, plugins=PLUGINS,
+                                           chains=chains.format(echo=self.echo)))
+            self.proc = pinned(self.core, [WSGATE, "run", "--config", conf], stdout=log, stderr=log,
+                               env={**os.environ, "RUST_LOG": "warn"})
+        wait_port(self.port, self.proc)
+
+    def stop(self) -> None:
+        if self.proc:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+            self.proc = None
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/"
+
+    @property
+    def pid(self):
+        return self.proc.pid if self.proc else None
+
+
+def bench(core: str, *args) -> dict:
+    out = subprocess.run(["taskset", "-c", core, BENCH, *map(str, args)], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def run_workload(workload: str, target: Target, core: str, seconds: float) -> dict:
+    pid = target.pid
+    cpu0 = cpu_seconds(pid) if pid else 0.0
+    if workload == "W1":
+        r = bench(core, "load", "--url", target.url, "--connections", 64, "--size", 32, "--rate", 20000, "--duration", seconds)
+    elif workload == "W2":
+        r = bench(core, "load", "--url", target.url, "--connections", 64, "--size", 32, "--in-flight", 1, "--duration", seconds)
+    elif workload == "W3":
+        r = bench(core, "load", "--url", target.url, "--connections", 8, "--size", 65536, "--in-flight", 1, "--duration", seconds)
+    elif workload == "W4":
+        r = bench(core, "load", "--url", target.url, "--connections", 1, "--size", 32, "--in-flight", 1, "--duration", seconds)
+    elif workload == "W5":
+        connections = 9000
+        before = rss_kib(pid) if pid else 0
+        idle = subprocess.Popen(["taskset", "-c", core, BENCH, "idle", "--url", target.url, "--connections", str(connections)],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        json.loads(idle.stdout.readline())
+        time.sleep(1.0)  # let the proxy settle after the last upgrade
+        after = rss_kib(pid) if pid else 0
+        idle.stdin.close()
+        idle.wait(60)
+        r = {"connections": connections, "kib_per_connection": (after - before) / connections if pid else None}
+    elif workload == "W6":
+        r = bench(core, "upgrades", "--url", target.url, "--concurrency", 16, "--duration", seconds)
+    else:
+        raise ValueError(workload)
+    if pid and workload != "W5":
+        cpu = cpu_seconds(pid) - cpu0
+        count = r.get("messages") or r.get("upgrades") or 0
+        # A message is counted once but crosses the proxy twice (there and back).
+        r["proxy_cpu_us_per_msg"] = cpu * 1e6 / count if count else None
+    return r
+
+
+PRIMARY = {
+    "W1": ("proxy_cpu_us_per_msg", "CPU µs per message (proxy)"),
+    "W2": ("rate", "messages/s"),
+    "W3": ("rate", "messages/s"),
+    "W4": ("p99_us", "p99 µs"),
+    "W5": ("kib_per_connection", "KiB per idle connection"),
+    "W6": ("rate", "upgrades/s"),
+}
+EXTRA = {"W1": ["p50_us", "p99_us", "rate"], "W2": ["proxy_cpu_us_per_msg", "p99_us"], "W3": ["proxy_cpu_us_per_msg"],
+         "W4": ["p50_us"], "W5": [], "W6": ["p99_us"]}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--workloads", default="W1,W2,W3,W4,W5,W6")
+    parser.add_argument("--targets", default="direct,nginx,haproxy,wsgate,wsgate+passthrough,wsgate+3-plugin-chains")
+    parser.add_argument("--out", default=str(ROOT / "target/bench"))
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cores = os.sched_getaffinity(0)
+    proxy_core = str(max(cores))
+    load_core = ",".join(str(c) for c in sorted(cores) if str(c) != proxy_core) or proxy_core
+    echo_port = free_port()
+    echo = pinned(load_core, [WSGATE, "echo", "--listen", f"127.0.0.1:{echo_port}"],
+                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(echo_port, echo)
+    workloads = args.workloads.split(",")
+    names = args.targets.split(",")
+    rows = []
+    try:
+        for round_ in range(1, args.rounds + 1):
+            order = names if round_ % 2 else list(reversed(names))
+            for name in order:
+                target = Target(name, out, echo_port, proxy_core)
+                target.start()
+                try:
+                    for workload in workloads:
+                        quiet = quiet_machine()
+                        result = run_workload(workload, target, load_core, args.seconds)
+                        row = {"round": round_, "workload": workload, "target": name, "quiet": quiet, **result}
+                        rows.append(row)
+                        print(json.dumps(row), flush=True)
+                finally:
+                    target.stop()
+    finally:
+        echo.terminate()
+        echo.wait(10)
+
+    keys = sorted({k for row in rows for k in row})
+    with open(out / "results.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+
+    def median(workload, target, key):
+        values = [r[key] for r in rows if r["workload"] == workload and r["target"] == target and r.get(key) is not None]
+        return statistics.median(values) if values else None
+
+    lines = [f"Medians of {args.rounds} rounds, {args.seconds:g} s each; ratios to nginx in the same run.", ""]
+    lines.append("| workload | figure | " + " | ".join(names) + " |")
+    lines.append("|---|---|" + "---|" * len(names))
+    for workload in workloads:
+        key, label = PRIMARY[workload]
+        for k, l in [(key, label)] + [(e, e) for e in EXTRA[workload]]:
+            base = median(workload, "nginx", k)
+            cells = []
+            for name in names:
+                value = median(workload, name, k)
+                if value is None:
+                    cells.append("—")
+                elif base and k == key:
+                    cells.append(f"{value:,.1f} ({value / base:.2f}x)")
+                else:
+                    cells.append(f"{value:,.1f}")
+            lines.append(f"| {workload} | {l} | " + " | ".join(cells) + " |")
+    summary = "\n".join(lines) + "\n"
+    (out / "summary.md").write_text(summary)
+    print(summary)
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        fig, axes = plt.subplots(1, len(workloads), figsize=(4 * len(workloads), 4))
+        for ax, workload in zip(axes if len(workloads) > 1 else [axes], workloads):
+            key, label = PRIMARY[workload]
+            values = [median(workload, n, key) or 0 for n in names]
+            ax.bar(range(len(names)), values)
+            ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
+            ax.set_title(f"{workload}: {label}", fontsize=9)
+        fig.tight_layout()
+        fig.savefig(out / "chart.png", dpi=110)
+    except ImportError:
+        print("matplotlib not installed: no chart", file=sys.stderr)
+    return 0
+
+
+sys.exit(main())
