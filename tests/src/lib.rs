@@ -462,3 +462,26 @@ pub async fn admin_json(address: SocketAddr, path: &str) -> serde_json::Value {
     assert_eq!(status, 200, "{path}: {body}");
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
 }
+
+/// Send `size`-byte binary messages on `ws` as fast as the peer takes
+/// them until it closes us; its close frame and how many messages went out.
+/// (For a gateway whose other side stopped reading.)
+pub async fn flood_until_closed(ws: ServerWs, size: usize) -> (CloseFrame, usize) {
+    let (mut sink, mut stream) = ws.split();
+    let sender = tokio::spawn(async move {
+        let mut sent = 0usize;
+        while sink.send(Message::binary(vec![7u8; size])).await.is_ok() {
+            sent += 1;
+        }
+        sent
+    });
+    let close = loop {
+        match stream.next().await {
+            Some(Ok(Message::Close(frame))) => break frame.expect("a close code"),
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    drop(stream);
+    (close, sender.await.expect("the sender task"))
+}

@@ -136,8 +136,6 @@ async fn an_oversized_request_head_gets_431() {
 
 #[tokio::test]
 async fn a_client_that_stops_reading_is_dropped_and_the_upstream_closed() {
-    use futures_util::{SinkExt, StreamExt};
-    use tokio_tungstenite::tungstenite::Message;
     let mut upstream = TestUpstream::start().await;
     let gateway = start_gateway(&endpoint(
         "/firehose",
@@ -148,31 +146,11 @@ async fn a_client_that_stops_reading_is_dropped_and_the_upstream_closed() {
     // A client that connects and then never reads.
     let _deaf = connect(&gateway, "/firehose").await;
     let server = upstream.accept().await;
-    let (mut sink, mut stream) = server.ws.split();
     // The upstream sends until the gateway stops taking its messages and
     // closes it; the gateway holds at most the sockets' buffers meanwhile.
-    let sender = tokio::spawn(async move {
-        let mut sent = 0usize;
-        while sink
-            .send(Message::binary(vec![7u8; 64 * 1024]))
-            .await
-            .is_ok()
-        {
-            sent += 1;
-        }
-        sent
-    });
-    let close = loop {
-        match stream.next().await {
-            Some(Ok(Message::Close(frame))) => break frame.unwrap(),
-            Some(Ok(_)) => continue,
-            other => panic!("expected a close frame, got {other:?}"),
-        }
-    };
+    let (close, sent) = flood_until_closed(server.ws, 64 * 1024).await;
     assert_eq!(u16::from(close.code), 1001);
     assert_eq!(close.reason.as_str(), "client not reading");
-    drop(stream);
     gateway.wait_for_connections(0).await;
-    let sent = sender.await.unwrap();
     assert!(sent > 0);
 }

@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use tokio_tungstenite::tungstenite::Message;
 use wsgate_tests::*;
 
@@ -41,26 +41,10 @@ async fn a_client_that_never_reads_does_not_grow_the_gateway() {
 
     // From now on the client reads nothing. The upstream sends 1 MiB
     // messages as fast as the gateway takes them, until it is closed.
-    let (mut sink, mut stream) = server.ws.split();
-    let sender = tokio::spawn(async move {
-        let mut sent = 0usize;
-        while sink.send(Message::binary(vec![7u8; MESSAGE])).await.is_ok() {
-            sent += 1;
-        }
-        sent
-    });
-    let close = loop {
-        match stream.next().await {
-            Some(Ok(Message::Close(frame))) => break frame.unwrap(),
-            Some(Ok(_)) => continue,
-            other => panic!("expected a close frame, got {other:?}"),
-        }
-    };
+    let (close, sent) = flood_until_closed(server.ws, MESSAGE).await;
     assert_eq!(u16::from(close.code), 1001);
     assert_eq!(close.reason.as_str(), "client not reading");
-    drop(stream);
     gateway.wait_for_connections(0).await;
-    let sent = sender.await.unwrap();
     let grown = peak_rss().saturating_sub(before);
     eprintln!(
         "a client that never reads: upstream got {sent} MiB in before the gateway stopped taking it; \
