@@ -98,6 +98,7 @@ name = "size-limit"
 version = "1.0.0"
 path = "{plugins}/size_limit.wasm"
 memory-limit = "64MiB"
+grants = ["log"]
 
 [[plugin]]
 name = "json-mask"
@@ -109,12 +110,13 @@ memory-limit = "64MiB"
 name = "ip-filter"
 version = "1.0.0"
 path = "{plugins}/ip_filter.wasm"
+grants = ["log"]
 
 [[plugin]]
 name = "header-rewrite"
 version = "1.0.0"
 path = "{plugins}/header_rewrite.wasm"
-grants = ["context"]
+grants = ["state"]
 
 [[remote-host]]
 address = "127.0.0.1:{echo}"
@@ -152,18 +154,18 @@ config = {{ set = {{ "x-connection" = "${{connection-id}}" }} }}
 plugin = "{plugin}"
 {config}""" for chain in ("client-messages", "server-messages") for plugin, config in (
     ("passthrough@1.0.0", ""),
-    ("size-limit@1.0.0", 'config = { "max-bytes" = 1048576 }'),
-    ("json-mask@1.0.0", 'config = { fields = ["password"] }'),
+    ("size-limit@1.0.0", 'config = {{ "max-bytes" = 1048576 }}'),
+    ("json-mask@1.0.0", 'config = {{ fields = ["password"] }}'),
 ))
 
 NGINX = """
 daemon off;
 master_process off;
 worker_processes 1;
-worker_rlimit_nofile 40000;
+worker_rlimit_nofile 20000;
 error_log {dir}/nginx-error.log warn;
 pid {dir}/nginx.pid;
-events {{ worker_connections 30000; }}
+events {{ worker_connections 19000; }}
 http {{
     access_log off;
     client_body_temp_path {dir}/nginx-tmp;
@@ -176,6 +178,8 @@ http {{
             proxy_set_header Upgrade $http_upgrade;
             proxy_set_header Connection "upgrade";
             proxy_buffer_size 128k;
+            proxy_buffers 4 128k;
+            proxy_busy_buffers_size 256k;
             proxy_read_timeout 3600s;
             proxy_send_timeout 3600s;
         }}
@@ -185,7 +189,7 @@ http {{
 HAPROXY = """
 global
     nbthread 1
-    maxconn 40000
+    maxconn 9900
 defaults
     mode http
     timeout connect 5s
