@@ -463,17 +463,12 @@ impl Inflater {
                 }
                 rsv1
             }
-            0 if header.rsv == 0 && self.message == Some(true) => {
+            0 if header.rsv == 0 && self.message.is_some() => {
+                let compressed = self.message == Some(true);
                 if header.fin {
                     self.message = None;
                 }
-                true
-            }
-            0 if header.rsv == 0 && self.message == Some(false) => {
-                if header.fin {
-                    self.message = None;
-                }
-                false
+                compressed
             }
             // Control frames, and anything tungstenite must refuse.
             _ => false,
