@@ -22,6 +22,7 @@ pub mod tap;
 pub mod tls;
 pub mod upgrade;
 pub mod upstream;
+pub mod websocket;
 
 use std::net::SocketAddr;
 use std::path::Path;

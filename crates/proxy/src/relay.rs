@@ -16,9 +16,10 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::Poll;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::error::ProtocolError;
@@ -191,6 +192,8 @@ struct Side {
     send_timeout: Option<Duration>,
     /// A write waited longer than `send_timeout`: this side stopped reading.
     stalled: bool,
+    /// Messages were fed since the last flush.
+    unflushed: bool,
 }
 
 impl Side {
@@ -223,6 +226,7 @@ impl Side {
             broken: false,
             send_timeout,
             stalled: false,
+            unflushed: false,
         }
     }
 
@@ -236,15 +240,21 @@ impl Side {
         {
             recorder.writing_compressed(payload(message));
         }
+        let limit = self.send_timeout;
         let write = async {
             match message {
                 Some(message) => self.stream.feed(message).await,
                 None => self.stream.flush().await,
             }
         };
-        let written = match self.send_timeout {
-            Some(limit) => tokio::time::timeout(limit, write).await,
-            None => Ok(write.await),
+        let mut write = std::pin::pin!(write);
+        // Most writes complete at once: the send timeout's timer is only
+        // armed for one that has to wait.
+        let first = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
+        let written = match (first, limit) {
+            (Poll::Ready(result), _) => Ok(result),
+            (Poll::Pending, Some(limit)) => tokio::time::timeout(limit, write).await,
+            (Poll::Pending, None) => Ok(write.await),
         };
         match written {
             Ok(Ok(())) => Ok(()),
@@ -256,10 +266,9 @@ impl Side {
         }
     }
 
-    /// Send messages; nothing goes out after a close either way, and a
-    /// failed write means this side is gone.
+    /// Queue messages (sent by the next [`Side::flush`]); nothing goes out
+    /// after a close either way, and a failed write means this side is gone.
     async fn send_all(&mut self, messages: impl IntoIterator<Item = WsMessage>) {
-        let mut fed = false;
         for message in messages {
             if self.close_sent || self.close_received || self.broken {
                 break;
@@ -267,7 +276,7 @@ impl Side {
             if matches!(message, WsMessage::Close(_)) {
                 self.close_sent = true;
             }
-            fed = true;
+            self.unflushed = true;
             if let Err(error) = self.write(Some(message)).await {
                 tracing::info!(peer = self.peer.name(), %error, "write failed");
                 self.broken = true;
@@ -275,7 +284,14 @@ impl Side {
                 return;
             }
         }
-        if fed && let Err(error) = self.write(None).await {
+    }
+
+    /// Send what was queued since the last flush.
+    async fn flush(&mut self) {
+        if !std::mem::take(&mut self.unflushed) || self.broken {
+            return;
+        }
+        if let Err(error) = self.write(None).await {
             tracing::info!(peer = self.peer.name(), %error, "flush failed");
             self.broken = true;
             self.readable = false;
@@ -286,6 +302,7 @@ impl Side {
     /// its): flush our answer and stop reading. Dropping the stream then
     /// closes the TCP connection, as RFC 6455 7.1.1 asks of a server.
     async fn finish(&mut self) {
+        self.unflushed = false;
         let _ = self.stream.flush().await;
         self.readable = false;
     }
@@ -295,6 +312,7 @@ impl Side {
         if !self.close_sent && !self.close_received {
             self.send_all([WsMessage::Close(Some(close_frame(code, reason)))])
                 .await;
+            self.flush().await;
         }
     }
 }
@@ -327,6 +345,8 @@ pub async fn run(mut session: Session, client: WsStream, upstream: WsStream) {
     let mut client = Side::new(client, Peer::Client, send_timeout);
     let mut upstream = Side::new(upstream, Peer::Upstream, send_timeout);
     let shutdown = session.shared.shutdown.clone();
+    let shutting_down = shutdown.cancelled();
+    tokio::pin!(shutting_down);
     let expiry = session.endpoint.config.lifetime();
     let endpoint = session.endpoint.clone();
     let expires_at = tokio::time::sleep(expiry.unwrap_or(Duration::ZERO));
@@ -342,7 +362,7 @@ pub async fn run(mut session: Session, client: WsStream, upstream: WsStream) {
     tracing::debug!(connection = session.id, "relay started");
     loop {
         tokio::select! {
-            () = shutdown.cancelled(), if !closing => {
+            () = &mut shutting_down, if !closing => {
                 session.closing("gateway", Some(1001), "gateway shutting down");
                 client.close(1001, "gateway shutting down").await;
                 upstream.close(1000, "gateway shutting down").await;
@@ -367,14 +387,14 @@ pub async fn run(mut session: Session, client: WsStream, upstream: WsStream) {
                 break;
             }
             read = client.stream.next(), if client.readable => {
-                on_read(&endpoint, &mut session, read, &mut client, &mut upstream).await;
+                pump(&endpoint, &mut session, read, &mut client, &mut upstream).await;
                 close_stalled(&mut session, &mut client, &mut upstream).await;
                 if let Some(idle) = idle_limit {
                     idle_at.as_mut().reset(Instant::now() + idle);
                 }
             }
             read = upstream.stream.next(), if upstream.readable => {
-                on_read(&endpoint, &mut session, read, &mut upstream, &mut client).await;
+                pump(&endpoint, &mut session, read, &mut upstream, &mut client).await;
                 close_stalled(&mut session, &mut client, &mut upstream).await;
                 if let Some(idle) = idle_limit {
                     idle_at.as_mut().reset(Instant::now() + idle);
@@ -436,6 +456,35 @@ pub async fn abandon(mut session: Session, upstream: WsStream) {
     if let Some(watch) = session.watch.take() {
         watch.finish();
     }
+}
+
+/// Most messages one wake-up handles from one side before both sides are
+/// flushed and the other side gets its turn.
+const BATCH: usize = 32;
+
+/// Handle a read from `from` and every further message it has ready (up to
+/// [`BATCH`]), then flush both sides once: a burst costs one write per side,
+/// not one per message.
+async fn pump(
+    endpoint: &LiveEndpoint,
+    session: &mut Session,
+    read: Option<Result<WsMessage, WsError>>,
+    from: &mut Side,
+    to: &mut Side,
+) {
+    on_read(endpoint, session, read, from, to).await;
+    for _ in 1..BATCH {
+        if !from.readable {
+            break;
+        }
+        let ready = std::future::poll_fn(|cx| Poll::Ready(from.stream.poll_next_unpin(cx))).await;
+        let Poll::Ready(read) = ready else {
+            break;
+        };
+        on_read(endpoint, session, read, from, to).await;
+    }
+    to.flush().await;
+    from.flush().await;
 }
 
 /// Handle one read from `from`; `to` is the other side.

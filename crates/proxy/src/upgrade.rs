@@ -11,7 +11,6 @@ use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tracing::Instrument;
@@ -328,16 +327,15 @@ async fn upgrade(
     let relay = async move {
         match on_upgrade.await {
             Ok(upgraded) => {
-                let client = WebSocketStream::from_raw_socket(
+                let client = crate::websocket::WebSocket::new(
                     Deflate::new(
                         Tap::new(TokioIo::new(upgraded), recorder),
                         agreement,
                         End::Server,
                     ),
                     Role::Server,
-                    Some(ws_config),
-                )
-                .await;
+                    ws_config,
+                );
                 relay::run(session, client, upstream.stream).await;
             }
             Err(error) => {

@@ -8,7 +8,6 @@ use http::{Request, StatusCode, Uri};
 use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
@@ -16,7 +15,8 @@ use crate::deflate::{self, Deflate, End};
 
 /// A WebSocket stream over an upgraded HTTP/1.1 connection (either side):
 /// tungstenite over permessage-deflate (when agreed) over the monitor's tap.
-pub type WsStream = WebSocketStream<Deflate<crate::tap::Tap<TokioIo<hyper::upgrade::Upgraded>>>>;
+pub type WsStream =
+    crate::websocket::WebSocket<Deflate<crate::tap::Tap<TokioIo<hyper::upgrade::Upgraded>>>>;
 
 /// Why the upstream connection failed; each maps to the client's status.
 #[derive(Debug, thiserror::Error)]
@@ -258,16 +258,15 @@ async fn upgrade(
     let upgraded = hyper::upgrade::on(response)
         .await
         .map_err(|e| refused(format!("upgrade failed: {e}")))?;
-    let stream = WebSocketStream::from_raw_socket(
+    let stream = crate::websocket::WebSocket::new(
         Deflate::new(
             crate::tap::Tap::new(TokioIo::new(upgraded), None),
             agreement,
             End::Client,
         ),
         Role::Client,
-        Some(ws_config),
-    )
-    .await;
+        ws_config,
+    );
     Ok(Upstream { stream, protocol })
 }
 
