@@ -269,10 +269,12 @@ def run_workload(workload: str, target: Target, core: str, seconds: float) -> di
         r = bench(core, "load", "--url", target.url, "--connections", 8, "--size", 65536, "--in-flight", 1, "--duration", seconds)
     elif workload == "W4":
         r = bench(core, "load", "--url", target.url, "--connections", 1, "--size", 32, "--in-flight", 1, "--duration", seconds)
-    elif workload == "W5":
+    elif workload in ("W5", "W5b"):
         connections = 9000
         before = rss_kib(pid) if pid else 0
-        idle = subprocess.Popen(["taskset", "-c", core, BENCH, "idle", "--url", target.url, "--connections", str(connections)],
+        # W5b: each connection echoes one message before it idles.
+        echo_first = ["--echo-first"] if workload == "W5b" else []
+        idle = subprocess.Popen(["taskset", "-c", core, BENCH, "idle", "--url", target.url, "--connections", str(connections), *echo_first],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         json.loads(idle.stdout.readline())
         time.sleep(1.0)  # let the proxy settle after the last upgrade
@@ -284,7 +286,7 @@ def run_workload(workload: str, target: Target, core: str, seconds: float) -> di
         r = bench(core, "upgrades", "--url", target.url, "--concurrency", 16, "--duration", seconds)
     else:
         raise ValueError(workload)
-    if pid and workload != "W5":
+    if pid and workload not in ("W5", "W5b"):
         cpu = cpu_seconds(pid) - cpu0
         count = r.get("messages") or r.get("upgrades") or 0
         # A message is counted once but crosses the proxy twice (there and back).
@@ -298,17 +300,18 @@ PRIMARY = {
     "W3": ("rate", "messages/s"),
     "W4": ("p99_us", "p99 µs"),
     "W5": ("kib_per_connection", "KiB per idle connection"),
+    "W5b": ("kib_per_connection", "KiB per connection idle after one echo"),
     "W6": ("rate", "upgrades/s"),
 }
 EXTRA = {"W1": ["p50_us", "p99_us", "rate"], "W2": ["proxy_cpu_us_per_msg", "p99_us"], "W3": ["proxy_cpu_us_per_msg"],
-         "W4": ["p50_us"], "W5": [], "W6": ["p99_us"]}
+         "W4": ["p50_us"], "W5": [], "W5b": [], "W6": ["p99_us"]}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=10)
-    parser.add_argument("--workloads", default="W1,W2,W3,W4,W5,W6")
+    parser.add_argument("--workloads", default="W1,W2,W3,W4,W5,W5b,W6")
     parser.add_argument("--targets", default="direct,nginx,haproxy,wsgate,wsgate+passthrough,wsgate+3-plugin-chains")
     parser.add_argument("--out", default=str(ROOT / "target/bench"))
     args = parser.parse_args()

@@ -67,6 +67,10 @@ enum Command {
         url: String,
         #[arg(long)]
         connections: usize,
+        /// Send one 32-byte message on each connection and wait for its
+        /// echo before holding it (idle after activity).
+        #[arg(long)]
+        echo_first: bool,
     },
     /// Open and close connections with C workers; report upgrades per second.
     Upgrades {
@@ -105,7 +109,11 @@ fn main() -> anyhow::Result<()> {
                 };
                 load(&url, connections, plan).await
             }
-            Command::Idle { url, connections } => idle(&url, connections).await,
+            Command::Idle {
+                url,
+                connections,
+                echo_first,
+            } => idle(&url, connections, echo_first).await,
             Command::Upgrades {
                 url,
                 concurrency,
@@ -288,10 +296,22 @@ async fn drive(
     Ok(tally)
 }
 
-async fn idle(url: &str, connections: usize) -> anyhow::Result<serde_json::Value> {
+async fn idle(
+    url: &str,
+    connections: usize,
+    echo_first: bool,
+) -> anyhow::Result<serde_json::Value> {
     let mut held = Vec::with_capacity(connections);
     for _ in 0..connections {
-        held.push(open(url).await?);
+        let mut ws = open(url).await?;
+        if echo_first {
+            ws.send(Message::binary(vec![7u8; 32])).await?;
+            match ws.next().await {
+                Some(Ok(Message::Binary(_))) => {}
+                other => anyhow::bail!("no echo on an idle connection: {other:?}"),
+            }
+        }
+        held.push(ws);
     }
     // Tell the harness they are open, then wait for it to close stdin.
     println!("{}", serde_json::json!({ "open": held.len() }));

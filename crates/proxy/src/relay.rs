@@ -462,9 +462,10 @@ pub async fn abandon(mut session: Session, upstream: WsStream) {
 /// flushed and the other side gets its turn.
 const BATCH: usize = 32;
 
-/// Handle a read from `from` and every further message it has ready (up to
-/// [`BATCH`]), then flush both sides once: a burst costs one write per side,
-/// not one per message.
+/// Handle a read from `from` and, in a burst, every further message it
+/// has ready (up to [`BATCH`]); then flush both sides once: a burst costs
+/// one write per side, not one per message. A lone message does not pay for
+/// a second read attempt.
 async fn pump(
     endpoint: &LiveEndpoint,
     session: &mut Session,
@@ -474,7 +475,7 @@ async fn pump(
 ) {
     on_read(endpoint, session, read, from, to).await;
     for _ in 1..BATCH {
-        if !from.readable {
+        if !from.readable || !from.stream.probably_more() {
             break;
         }
         let ready = std::future::poll_fn(|cx| Poll::Ready(from.stream.poll_next_unpin(cx))).await;

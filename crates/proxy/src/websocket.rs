@@ -5,6 +5,10 @@
 //! stream to be split across tasks, so every poll re-registers read and
 //! write wakers in proxies of its own; a relay owns both halves of both
 //! connections in one task and needs none of that.
+//!
+//! tungstenite's context holds a read buffer of `read-buffer-size`; it is
+//! made when the connection first has something to read or write, so a
+//! connection that stays idle holds none.
 
 use std::io::{self, Read, Write};
 use std::pin::Pin;
@@ -15,14 +19,23 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
+/// Bytes of the first read from an idle connection, taken on the stack.
+const FIRST_READ: usize = 512;
+
 /// One end of a WebSocket connection over `S`.
 pub struct WebSocket<S> {
     io: S,
-    context: WebSocketContext,
+    /// Made on first use (see the module's note).
+    context: Option<WebSocketContext>,
+    role: Role,
+    config: WebSocketConfig,
     /// The connection closed or failed: reads yield nothing more.
     ended: bool,
     /// Nothing is queued that has to be written before another message.
     ready: bool,
+    /// The last read from `io` filled tungstenite's buffer: more is
+    /// probably waiting.
+    read_full: bool,
 }
 
 /// `S` seen as blocking I/O for tungstenite, within one poll: "would block"
@@ -30,13 +43,18 @@ pub struct WebSocket<S> {
 struct Blocking<'a, 'b, S> {
     io: &'a mut S,
     cx: &'a mut Context<'b>,
+    /// Set when a read fills the buffer it was given.
+    read_full: &'a mut bool,
 }
 
 impl<S: AsyncRead + Unpin> Read for Blocking<'_, '_, S> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let mut buf = ReadBuf::new(buf);
         match Pin::new(&mut *self.io).poll_read(self.cx, &mut buf) {
-            Poll::Ready(Ok(())) => Ok(buf.filled().len()),
+            Poll::Ready(Ok(())) => {
+                *self.read_full = buf.remaining() == 0;
+                Ok(buf.filled().len())
+            }
             Poll::Ready(Err(error)) => Err(error),
             Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
         }
@@ -72,10 +90,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     pub fn new(io: S, role: Role, config: WebSocketConfig) -> Self {
         Self {
             io,
-            context: WebSocketContext::new(role, Some(config)),
+            context: None,
+            role,
+            config,
             ended: false,
             ready: true,
+            read_full: false,
         }
+    }
+
+    /// Whether another message is probably ready to read at once: the
+    /// last read filled the buffer, so the socket may hold more.
+    pub fn probably_more(&self) -> bool {
+        self.read_full
     }
 
     /// The I/O under the connection.
@@ -89,11 +116,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     }
 
     fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+        let Some(context) = self.context.as_mut() else {
+            // Nothing was ever written.
+            return Poll::Ready(Ok(()));
+        };
         let mut io = Blocking {
             io: &mut self.io,
             cx,
+            read_full: &mut self.read_full,
         };
-        let result = std::task::ready!(pending_on_block(self.context.flush(&mut io)));
+        let result = std::task::ready!(pending_on_block(context.flush(&mut io)));
         self.ready = true;
         Poll::Ready(match result {
             // The connection has just closed: the flush is complete.
@@ -113,11 +145,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             let Some(message) = message.take() else {
                 return Poll::Ready(Ok(()));
             };
+            let (role, config) = (self.role, self.config);
+            let context = self
+                .context
+                .get_or_insert_with(|| WebSocketContext::new(role, Some(config)));
             let mut io = Blocking {
                 io: &mut self.io,
                 cx,
+                read_full: &mut self.read_full,
             };
-            match self.context.write(&mut io, message) {
+            match context.write(&mut io, message) {
                 Ok(()) => Poll::Ready(Ok(())),
                 // Queued, but the socket is full: the next feed or flush
                 // writes it.
@@ -147,11 +184,33 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Stream for WebSocket<S> {
         if this.ended {
             return Poll::Ready(None);
         }
+        if this.context.is_none() {
+            // Idle so far: wait for the first bytes without a buffer.
+            let mut first = [0u8; FIRST_READ];
+            let mut buf = ReadBuf::new(&mut first);
+            match std::task::ready!(Pin::new(&mut this.io).poll_read(cx, &mut buf)) {
+                Ok(()) => {
+                    this.context = Some(WebSocketContext::from_partially_read(
+                        buf.filled().to_vec(),
+                        this.role,
+                        Some(this.config),
+                    ));
+                }
+                Err(error) => {
+                    this.ended = true;
+                    return Poll::Ready(Some(Err(WsError::Io(error))));
+                }
+            }
+        }
+        let Some(context) = this.context.as_mut() else {
+            return Poll::Ready(None);
+        };
         let mut io = Blocking {
             io: &mut this.io,
             cx,
+            read_full: &mut this.read_full,
         };
-        match std::task::ready!(pending_on_block(this.context.read(&mut io))) {
+        match std::task::ready!(pending_on_block(context.read(&mut io))) {
             Ok(message) => Poll::Ready(Some(Ok(message))),
             Err(error) => {
                 this.ended = true;
