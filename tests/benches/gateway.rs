@@ -1,4 +1,5 @@
-//! Micro-benchmarks: one plugin call, and a message round trip through the
+//! Micro-benchmarks: one plugin call, taking an instance from a pool, the
+//! upgrade chain, the message pump, and a message round trip through the
 //! gateway against the same round trip straight to the echo server (the
 //! baseline measured in the same run).
 //!
@@ -11,7 +12,9 @@ use std::sync::Arc;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
-use wsgate_runtime::{CallContext, ConnectionInfo, Direction, Message};
+use wsgate_runtime::{
+    CallContext, ConnectionInfo, Direction, Header, Message, UpgradeRequest, UpgradeVerdict,
+};
 use wsgate_tests::*;
 
 /// Each message plugin with a representative configuration.
@@ -134,6 +137,202 @@ fn json_mask_by_language(c: &mut Criterion) {
     group.finish();
 }
 
+/// Taking an idle instance from a pool and giving it back: from one thread,
+/// and from two threads taking from the same pool at once (contention;
+/// two new threads per sample, so they have neighbouring thread numbers and
+/// so different shards, as a runtime's workers do).
+fn pool_take(c: &mut Criterion) {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let generation = runtime.block_on(async {
+        wsgate_proxy::Generation::build(
+            0,
+            parse_config(&config_text(&endpoint(
+                "/",
+                "127.0.0.1:1".parse().unwrap(),
+                "client-messages = [{ plugin = \"passthrough@1.0.0\" }]",
+            ))),
+            wsgate_tests::runtime(),
+        )
+        .unwrap()
+    });
+    let pool = generation.endpoints[0].client_messages[0].pool.clone();
+    // A second idle instance, so two threads never wait for instantiation.
+    let mut context = CallContext::new(Arc::new(ConnectionInfo::default()));
+    std::thread::scope(|scope| {
+        let other = scope.spawn(|| {
+            let mut context = CallContext::new(Arc::new(ConnectionInfo::default()));
+            for _ in 0..1000 {
+                pool.on_message(
+                    &mut context,
+                    Direction::ClientToServer,
+                    &Message::Binary(vec![]),
+                )
+                .unwrap();
+            }
+        });
+        for _ in 0..1000 {
+            pool.on_message(
+                &mut context,
+                Direction::ClientToServer,
+                &Message::Binary(vec![]),
+            )
+            .unwrap();
+        }
+        other.join().unwrap();
+    });
+    let mut group = c.benchmark_group("pool_take");
+    group.bench_function("one_thread", |b| {
+        b.iter(|| pool.take_and_put_back().unwrap());
+    });
+    group.bench_function("two_threads", |b| {
+        b.iter_custom(|iterations| {
+            let started = std::time::Instant::now();
+            std::thread::scope(|scope| {
+                let work = || {
+                    for _ in 0..iterations {
+                        pool.take_and_put_back().unwrap();
+                    }
+                };
+                let first = scope.spawn(work);
+                let second = scope.spawn(work);
+                first.join().unwrap();
+                second.join().unwrap();
+            });
+            started.elapsed()
+        });
+    });
+    group.finish();
+}
+
+/// The harness's 3-plugin upgrade chain (ip-filter, header-rewrite,
+/// static-router) run on one request, plugin by plugin as the gateway runs
+/// it; and a whole upgrade over a real socket (connect, 101, close) through
+/// that chain against the same upgrade straight to the echo server.
+fn upgrade_chain(c: &mut Criterion) {
+    let runtime = bench_runtime();
+    let echo = runtime.block_on(start_echo());
+    let chain = format!(
+        "upgrade = [\n\
+         {{ plugin = \"ip-filter@1.0.0\", config = {{ allow = [\"127.0.0.0/8\"] }} }},\n\
+         {{ plugin = \"header-rewrite@1.0.0\", config = {{ set = {{ \"x-connection\" = \"${{connection-id}}\" }} }} }},\n\
+         {{ plugin = \"static-router@1.0.0\", config = {{ url = \"ws://{echo}/\" }} }},\n]"
+    );
+    let body = format!(
+        "[[endpoint]]\npath = \"/chain\"\nallowed-upstreams = [\"ws://{echo}\"]\n{chain}\n"
+    );
+    let text = config_text(&body);
+    let generation = runtime.block_on(async {
+        wsgate_proxy::Generation::build(0, parse_config(&text), wsgate_tests::runtime()).unwrap()
+    });
+    let steps = &generation.endpoints[0].upgrade;
+    let request = UpgradeRequest {
+        connection_id: 1,
+        method: "GET".to_string(),
+        path: "/chain".to_string(),
+        query: String::new(),
+        headers: [
+            ("host", "127.0.0.1"),
+            ("upgrade", "websocket"),
+            ("connection", "Upgrade"),
+            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ("sec-websocket-version", "13"),
+        ]
+        .iter()
+        .map(|(name, value)| Header {
+            name: (*name).to_string(),
+            value: (*value).to_string(),
+        })
+        .collect(),
+        client_addr: "127.0.0.1:40000".to_string(),
+        tls: false,
+    };
+    let mut contexts: Vec<CallContext> = (0..steps.len())
+        .map(|_| CallContext::new(Arc::new(ConnectionInfo::default())))
+        .collect();
+    let mut group = c.benchmark_group("upgrade_chain");
+    group.bench_function("three_plugins_in_process", |b| {
+        b.iter(|| {
+            for (step, context) in steps.iter().zip(&mut contexts) {
+                match step.pool.on_upgrade(context, &request).unwrap() {
+                    UpgradeVerdict::Route(route) => return route,
+                    UpgradeVerdict::Continue | UpgradeVerdict::Modify(_) => {}
+                    UpgradeVerdict::Reject(rejection) => panic!("rejected: {rejection:?}"),
+                }
+            }
+            panic!("the chain did not route");
+        });
+    });
+    let gateway = runtime.block_on(start_gateway(&body));
+    for (name, url) in [
+        ("upgrade_direct_to_echo", format!("ws://{echo}/")),
+        (
+            "upgrade_through_three_plugins",
+            format!("ws://{}/chain", gateway.local_addr()),
+        ),
+    ] {
+        group.bench_function(name, |b| {
+            b.to_async(&runtime).iter(|| async {
+                let (mut client, _) = tokio_tungstenite::connect_async(url.as_str())
+                    .await
+                    .unwrap();
+                client.close(None).await.unwrap();
+                while let Some(Ok(_)) = client.next().await {}
+            });
+        });
+    }
+    group.finish();
+}
+
+/// The message pump: a burst of [`BURST`] 32-byte messages sent, then all
+/// echoes read, straight to the echo server (the baseline), through the
+/// gateway with no filters, and with `passthrough` on both chains.
+fn pump(c: &mut Criterion) {
+    let runtime = bench_runtime();
+    let echo = runtime.block_on(start_echo());
+    let gateway = runtime.block_on(start_gateway(
+        &(endpoint("/plain", echo, "")
+            + &endpoint(
+                "/filtered",
+                echo,
+                "client-messages = [{ plugin = \"passthrough@1.0.0\" }]\n\
+                 server-messages = [{ plugin = \"passthrough@1.0.0\" }]",
+            )),
+    ));
+    let mut group = c.benchmark_group("pump_32B");
+    group.throughput(Throughput::Elements(BURST as u64));
+    for (name, url) in [
+        ("direct_to_echo", format!("ws://{echo}/")),
+        (
+            "gateway_no_filters",
+            format!("ws://{}/plain", gateway.local_addr()),
+        ),
+        (
+            "gateway_passthrough_both_ways",
+            format!("ws://{}/filtered", gateway.local_addr()),
+        ),
+    ] {
+        let client = bench_client(&runtime, &url);
+        group.bench_function(name, |b| {
+            b.to_async(&runtime).iter(|| async {
+                let mut client = client.lock().await;
+                burst(&mut client).await;
+            });
+        });
+    }
+    group.finish();
+}
+
+/// Send [`BURST`] 32-byte messages, then read all their echoes.
+async fn burst(client: &mut Client) {
+    for _ in 0..BURST {
+        client.feed(WsMessage::binary(vec![1u8; 32])).await.unwrap();
+    }
+    client.flush().await.unwrap();
+    for _ in 0..BURST {
+        client.next().await.unwrap().unwrap();
+    }
+}
+
 /// The runtime the gateway benchmarks run client, gateway and echo on.
 fn bench_runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -235,13 +434,7 @@ fn monitor_overhead(c: &mut Criterion) {
         group.bench_function(name, |b| {
             b.to_async(&runtime).iter(|| async {
                 let mut client = client.lock().await;
-                for _ in 0..BURST {
-                    client.feed(WsMessage::binary(vec![1u8; 32])).await.unwrap();
-                }
-                client.flush().await.unwrap();
-                for _ in 0..BURST {
-                    client.next().await.unwrap().unwrap();
-                }
+                burst(&mut client).await;
             });
         });
     }
@@ -257,6 +450,9 @@ criterion_group!(
     benches,
     plugin_call,
     json_mask_by_language,
+    pool_take,
+    upgrade_chain,
+    pump,
     round_trip,
     monitor_overhead
 );

@@ -1,6 +1,6 @@
 //! Pools of fungible plugin instances, and fault containment per call.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use wasmtime::{Store, StoreLimitsBuilder, Trap};
@@ -11,6 +11,16 @@ use crate::{EPOCH_TICK, Plugin, RuntimeError};
 
 /// Most idle instances a pool keeps; more are created under load and dropped after.
 const MAX_IDLE: usize = 8;
+
+/// Most shards a pool's idle instances are split into.
+const MAX_SHARDS: usize = 16;
+
+/// Hands each thread its own number, to pick its shard of every pool.
+static NEXT_THREAD: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    static THREAD_NUMBER: usize = NEXT_THREAD.fetch_add(1, Ordering::Relaxed);
+}
 
 /// Why one plugin call failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -125,6 +135,11 @@ impl PluginStats {
     }
 }
 
+/// One shard of a pool's idle instances, on a cache line of its own so
+/// threads using neighbouring shards do not slow each other.
+#[repr(align(128))]
+struct Shard(Mutex<Vec<PluginInstance>>);
+
 struct PluginInstance {
     store: Store<HostState>,
     hooks: Hooks,
@@ -135,7 +150,12 @@ pub struct PluginPool {
     plugin: Arc<Plugin>,
     config_json: Arc<str>,
     deadline_ticks: u64,
-    idle: Mutex<Vec<PluginInstance>>,
+    /// Idle instances, in one shard per worker thread (up to
+    /// [`MAX_SHARDS`]): a thread takes from and gives back to its own
+    /// shard, so threads do not contend for one lock.
+    idle: Box<[Shard]>,
+    /// Most idle instances one shard keeps.
+    shard_cap: usize,
     stats: PluginStats,
     log_limiter: Arc<LogLimiter>,
 }
@@ -159,11 +179,15 @@ impl PluginPool {
         let deadline_ticks = u64::try_from(ticks).unwrap_or(u64::MAX).saturating_add(1);
         let plugin_log_rate = plugin.budget().log_rate;
         let stats = PluginStats::default();
+        let shards = std::thread::available_parallelism()
+            .map_or(1, usize::from)
+            .min(MAX_SHARDS);
         let pool = Self {
             plugin,
             config_json: config_json.into(),
             deadline_ticks,
-            idle: Mutex::new(Vec::new()),
+            idle: (0..shards).map(|_| Shard(Mutex::new(Vec::new()))).collect(),
+            shard_cap: MAX_IDLE.div_ceil(shards),
             log_limiter: Arc::new(LogLimiter::new(
                 plugin_log_rate,
                 stats.log_lines_dropped.clone(),
@@ -192,7 +216,10 @@ impl PluginPool {
 
     /// Idle instances held right now.
     pub fn idle_instances(&self) -> usize {
-        self.idle.lock().map_or(0, |idle| idle.len())
+        self.idle
+            .iter()
+            .map(|shard| shard.0.lock().map_or(0, |idle| idle.len()))
+            .sum()
     }
 
     /// Run the plugin's upgrade hook.
@@ -297,17 +324,42 @@ impl PluginPool {
         }
     }
 
-    fn take(&self) -> Result<PluginInstance, RuntimeError> {
-        let idle = self.idle.lock().ok().and_then(|mut idle| idle.pop());
-        match idle {
-            Some(instance) => Ok(instance),
-            None => self.instantiate(),
-        }
+    /// Take an idle instance (creating one if none is idle) and give it
+    /// back unused: what every call pays before the plugin runs.
+    pub fn take_and_put_back(&self) -> Result<(), RuntimeError> {
+        let instance = self.take()?;
+        self.put_back(instance);
+        Ok(())
     }
 
+    /// The index of this thread's shard.
+    fn own_shard(&self) -> usize {
+        THREAD_NUMBER.with(|number| *number) % self.idle.len()
+    }
+
+    /// An idle instance from this thread's shard, else from another's,
+    /// else a new one.
+    fn take(&self) -> Result<PluginInstance, RuntimeError> {
+        let own = self.own_shard();
+        let shards = self.idle.len();
+        for shard in (0..shards).map(|i| (own + i) % shards) {
+            let idle = self
+                .idle
+                .get(shard)
+                .and_then(|shard| shard.0.lock().ok())
+                .and_then(|mut idle| idle.pop());
+            if let Some(instance) = idle {
+                return Ok(instance);
+            }
+        }
+        self.instantiate()
+    }
+
+    /// Keep `instance` in this thread's shard, unless the shard is full.
     fn put_back(&self, instance: PluginInstance) {
-        if let Ok(mut idle) = self.idle.lock()
-            && idle.len() < MAX_IDLE
+        if let Some(shard) = self.idle.get(self.own_shard())
+            && let Ok(mut idle) = shard.0.lock()
+            && idle.len() < self.shard_cap
         {
             idle.push(instance);
         }
