@@ -20,6 +20,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use smallvec::SmallVec;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::error::ProtocolError;
@@ -326,11 +327,15 @@ fn payload(message: &WsMessage) -> &[u8] {
     }
 }
 
+/// Messages on their way through a chain: almost always one, kept inline
+/// so a message costs no allocation for the list that carries it.
+type Messages<T> = SmallVec<[T; 1]>;
+
 /// What the chain decided for one message.
 #[derive(Default)]
 struct ChainResult {
     /// Messages for the other side.
-    forward: Vec<WsMessage>,
+    forward: Messages<WsMessage>,
     /// Messages back to the sender.
     replies: Vec<WsMessage>,
     /// Close both sides with this code and reason.
@@ -675,12 +680,12 @@ fn run_chain(
             notes.push(format!("{} {what}", step.pool.plugin().id()));
         }
     };
-    let mut items = vec![Item::Wire(message)];
+    let mut items: Messages<Item> = smallvec::smallvec![Item::Wire(message)];
     for step in chain {
         let Some(context) = contexts.get_mut(step.slot) else {
             continue;
         };
-        let mut next = Vec::with_capacity(items.len());
+        let mut next = Messages::with_capacity(items.len());
         for item in items {
             let message = match item {
                 Item::Plugin(message) => message,

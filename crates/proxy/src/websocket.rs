@@ -8,7 +8,11 @@
 //!
 //! tungstenite's context holds a read buffer of `read-buffer-size`; it is
 //! made when the connection first has something to read or write, so a
-//! connection that stays idle holds none.
+//! connection that stays idle holds none. tungstenite reads at most that
+//! much per call, so a large message would take a system call per few KiB:
+//! once a read fills tungstenite's buffer, reads go through a read-ahead
+//! buffer of [`READ_AHEAD`] bytes instead, given back as soon as the socket
+//! has nothing more.
 
 use std::io::{self, Read, Write};
 use std::pin::Pin;
@@ -22,6 +26,9 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 /// Bytes of the first read from an idle connection, taken on the stack.
 const FIRST_READ: usize = 512;
 
+/// Bytes read at once while a large message (or a burst) streams in.
+pub const READ_AHEAD: usize = 64 * 1024;
+
 /// One end of a WebSocket connection over `S`.
 pub struct WebSocket<S> {
     io: S,
@@ -33,9 +40,42 @@ pub struct WebSocket<S> {
     ended: bool,
     /// Nothing is queued that has to be written before another message.
     ready: bool,
-    /// The last read from `io` filled tungstenite's buffer: more is
-    /// probably waiting.
-    read_full: bool,
+    reads: Reads,
+}
+
+/// What the reads from `io` left behind.
+#[derive(Default)]
+struct Reads {
+    /// The last read filled the buffer it was given: more is probably
+    /// waiting in the socket.
+    full: bool,
+    /// Read-ahead buffer (empty unless data is streaming in) and the unread
+    /// part of it, `ahead[at..end]`.
+    ahead: Vec<u8>,
+    at: usize,
+    end: usize,
+}
+
+impl Reads {
+    /// Hand out read-ahead bytes into `buf`; 0 when there are none.
+    fn take(&mut self, buf: &mut [u8]) -> usize {
+        let n = (self.end - self.at).min(buf.len());
+        if let (Some(to), Some(from)) = (buf.get_mut(..n), self.ahead.get(self.at..self.at + n)) {
+            to.copy_from_slice(from);
+        }
+        self.at += n;
+        if self.at == self.end && !self.full {
+            self.release();
+        }
+        n
+    }
+
+    /// Give the read-ahead buffer back.
+    fn release(&mut self) {
+        self.ahead = Vec::new();
+        self.at = 0;
+        self.end = 0;
+    }
 }
 
 /// `S` seen as blocking I/O for tungstenite, within one poll: "would block"
@@ -43,21 +83,46 @@ pub struct WebSocket<S> {
 struct Blocking<'a, 'b, S> {
     io: &'a mut S,
     cx: &'a mut Context<'b>,
-    /// Set when a read fills the buffer it was given.
-    read_full: &'a mut bool,
+    reads: &'a mut Reads,
+}
+
+impl<S: AsyncRead + Unpin> Blocking<'_, '_, S> {
+    /// Read from `io` into `buf`, noting whether it was filled.
+    fn read_into(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut buf = ReadBuf::new(buf);
+        match Pin::new(&mut *self.io).poll_read(self.cx, &mut buf) {
+            Poll::Ready(Ok(())) => {
+                self.reads.full = buf.remaining() == 0;
+                Ok(buf.filled().len())
+            }
+            Poll::Ready(Err(error)) => Err(error),
+            Poll::Pending => {
+                self.reads.full = false;
+                self.reads.release();
+                Err(io::ErrorKind::WouldBlock.into())
+            }
+        }
+    }
 }
 
 impl<S: AsyncRead + Unpin> Read for Blocking<'_, '_, S> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let mut buf = ReadBuf::new(buf);
-        match Pin::new(&mut *self.io).poll_read(self.cx, &mut buf) {
-            Poll::Ready(Ok(())) => {
-                *self.read_full = buf.remaining() == 0;
-                Ok(buf.filled().len())
-            }
-            Poll::Ready(Err(error)) => Err(error),
-            Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
+        if self.reads.at < self.reads.end {
+            return Ok(self.reads.take(buf));
         }
+        if !self.reads.full || buf.len() >= READ_AHEAD {
+            return self.read_into(buf);
+        }
+        // The last read filled its buffer: read ahead, in one call, what
+        // would otherwise take several.
+        let mut ahead = std::mem::take(&mut self.reads.ahead);
+        ahead.resize(READ_AHEAD, 0);
+        // On an error or `Pending` the buffer is dropped: nothing is waiting.
+        let got = self.read_into(&mut ahead)?;
+        self.reads.ahead = ahead;
+        self.reads.at = 0;
+        self.reads.end = got;
+        Ok(self.reads.take(buf))
     }
 }
 
@@ -95,14 +160,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             config,
             ended: false,
             ready: true,
-            read_full: false,
+            reads: Reads::default(),
         }
     }
 
-    /// Whether another message is probably ready to read at once: the
-    /// last read filled the buffer, so the socket may hold more.
+    /// Whether another message is probably ready to read at once: bytes
+    /// were read ahead, or the last read filled its buffer.
     pub fn probably_more(&self) -> bool {
-        self.read_full
+        self.reads.full || self.reads.at < self.reads.end
     }
 
     /// The I/O under the connection.
@@ -123,7 +188,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         let mut io = Blocking {
             io: &mut self.io,
             cx,
-            read_full: &mut self.read_full,
+            reads: &mut self.reads,
         };
         let result = std::task::ready!(pending_on_block(context.flush(&mut io)));
         self.ready = true;
@@ -152,7 +217,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             let mut io = Blocking {
                 io: &mut self.io,
                 cx,
-                read_full: &mut self.read_full,
+                reads: &mut self.reads,
             };
             match context.write(&mut io, message) {
                 Ok(()) => Poll::Ready(Ok(())),
@@ -208,7 +273,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Stream for WebSocket<S> {
         let mut io = Blocking {
             io: &mut this.io,
             cx,
-            read_full: &mut this.read_full,
+            reads: &mut this.reads,
         };
         match std::task::ready!(pending_on_block(context.read(&mut io))) {
             Ok(message) => Poll::Ready(Some(Ok(message))),
@@ -219,6 +284,116 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Stream for WebSocket<S> {
                     error => Poll::Ready(Some(Err(error))),
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::{SinkExt, StreamExt};
+    use proptest::prelude::*;
+    use tokio_tungstenite::WebSocketStream;
+
+    fn config() -> WebSocketConfig {
+        WebSocketConfig::default()
+            .read_buffer_size(4096)
+            .write_buffer_size(0)
+            .max_message_size(Some(1 << 20))
+    }
+
+    /// `messages` from a tokio-tungstenite client to our server end over an
+    /// in-memory pipe of `pipe` bytes, echoed back by our end; every message
+    /// arrives intact both ways.
+    fn echo(messages: &[Message], pipe: usize) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let (a, b) = tokio::io::duplex(pipe);
+            let mut server = WebSocket::new(a, Role::Server, config());
+            let client = WebSocketStream::from_raw_socket(b, Role::Client, Some(config())).await;
+            assert!(server.context.is_none(), "no context before first use");
+            let (mut sink, mut stream) = client.split();
+            let send = async {
+                for message in messages {
+                    sink.send(message.clone()).await.unwrap();
+                }
+                sink.close().await.unwrap();
+            };
+            let receive = async {
+                for expected in messages {
+                    assert_eq!(&stream.next().await.unwrap().unwrap(), expected);
+                }
+                // Our end answers the close; the stream then ends.
+                while let Some(Ok(_)) = stream.next().await {}
+            };
+            let relay = async move {
+                for expected in messages {
+                    let got = server.next().await.unwrap().unwrap();
+                    assert_eq!(&got, expected);
+                    server.feed(got).await.unwrap();
+                    server.flush().await.unwrap();
+                }
+                assert!(matches!(server.next().await, Some(Ok(Message::Close(_)))));
+                // The answer to the close, queued by tungstenite.
+                server.flush().await.unwrap();
+                // Nothing is streaming in: the read-ahead buffer was given back.
+                assert!(server.reads.ahead.is_empty());
+                // Dropping our end closes the pipe, as the relay does.
+            };
+            tokio::join!(send, receive, relay);
+        });
+    }
+
+    #[test]
+    fn small_and_large_messages_cross_both_ways() {
+        let messages = [
+            Message::text("hello"),
+            Message::binary(vec![1u8; 200 * 1024]),
+            Message::binary(Vec::new()),
+            Message::text("x".repeat(READ_AHEAD + 17)),
+            Message::text("é".repeat(3000)),
+        ];
+        for pipe in [64, 4096, 300 * 1024] {
+            echo(&messages, pipe);
+        }
+    }
+
+    #[test]
+    fn a_peer_that_vanishes_ends_the_stream_with_an_error() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let (a, b) = tokio::io::duplex(1024);
+            let mut server = WebSocket::new(a, Role::Server, config());
+            drop(b);
+            assert!(matches!(server.next().await, Some(Err(_))));
+            assert!(server.next().await.is_none());
+        });
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(32))]
+        /// Any sizes (around the read buffer and the read-ahead sizes) over
+        /// any pipe size arrive intact.
+        #[test]
+        fn any_sizes_over_any_pipe(
+            sizes in prop::collection::vec(
+                prop_oneof![0usize..64, 4000usize..4200, 65_000usize..67_000, 0usize..300_000],
+                1..8,
+            ),
+            pipe in prop_oneof![Just(7usize), 1usize..9000, Just(1usize << 20)],
+        ) {
+            let messages: Vec<Message> = sizes
+                .iter()
+                .enumerate()
+                .map(|(i, size)| {
+                    Message::binary((0..*size).map(|b| (b + i) as u8).collect::<Vec<u8>>())
+                })
+                .collect();
+            echo(&messages, pipe);
         }
     }
 }
