@@ -269,7 +269,7 @@ def run_workload(workload: str, target: Target, core: str, seconds: float) -> di
         r = bench(core, "load", "--url", target.url, "--connections", 8, "--size", 65536, "--in-flight", 1, "--duration", seconds)
     elif workload == "W4":
         r = bench(core, "load", "--url", target.url, "--connections", 1, "--size", 32, "--in-flight", 1, "--duration", seconds)
-    elif workload in ("W5", "W5b"):
+    elif workload in MEMORY:
         connections = 9000
         before = rss_kib(pid) if pid else 0
         # W5b: each connection echoes one message before it idles.
@@ -286,13 +286,16 @@ def run_workload(workload: str, target: Target, core: str, seconds: float) -> di
         r = bench(core, "upgrades", "--url", target.url, "--concurrency", 16, "--duration", seconds)
     else:
         raise ValueError(workload)
-    if pid and workload not in ("W5", "W5b"):
+    if pid and workload not in MEMORY:
         cpu = cpu_seconds(pid) - cpu0
         count = r.get("messages") or r.get("upgrades") or 0
         # A message is counted once but crosses the proxy twice (there and back).
         r["proxy_cpu_us_per_msg"] = cpu * 1e6 / count if count else None
     return r
 
+
+# Workloads measuring the proxy's memory, each on a fresh proxy process.
+MEMORY = ("W5", "W5b")
 
 PRIMARY = {
     "W1": ("proxy_cpu_us_per_msg", "CPU µs per message (proxy)"),
@@ -334,7 +337,12 @@ def main() -> int:
                 target = Target(name, out, echo_port, proxy_core)
                 target.start()
                 try:
-                    for workload in workloads:
+                    for index, workload in enumerate(workloads):
+                        if workload in MEMORY and index > 0:
+                            # RSS growth is measured on a fresh process: memory
+                            # freed by an earlier workload would be reused unseen.
+                            target.stop()
+                            target.start()
                         quiet = quiet_machine()
                         result = run_workload(workload, target, load_core, args.seconds)
                         row = {"round": round_, "workload": workload, "target": name, "quiet": quiet, **result}

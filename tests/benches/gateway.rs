@@ -288,29 +288,10 @@ fn upgrade_chain(c: &mut Criterion) {
 /// gateway with no filters, and with `passthrough` on both chains.
 fn pump(c: &mut Criterion) {
     let runtime = bench_runtime();
-    let echo = runtime.block_on(start_echo());
-    let gateway = runtime.block_on(start_gateway(
-        &(endpoint("/plain", echo, "")
-            + &endpoint(
-                "/filtered",
-                echo,
-                "client-messages = [{ plugin = \"passthrough@1.0.0\" }]\n\
-                 server-messages = [{ plugin = \"passthrough@1.0.0\" }]",
-            )),
-    ));
+    let (_gateway, targets) = three_ways(&runtime);
     let mut group = c.benchmark_group("pump_32B");
     group.throughput(Throughput::Elements(BURST as u64));
-    for (name, url) in [
-        ("direct_to_echo", format!("ws://{echo}/")),
-        (
-            "gateway_no_filters",
-            format!("ws://{}/plain", gateway.local_addr()),
-        ),
-        (
-            "gateway_passthrough_both_ways",
-            format!("ws://{}/filtered", gateway.local_addr()),
-        ),
-    ] {
+    for (name, url) in targets {
         let client = bench_client(&runtime, &url);
         group.bench_function(name, |b| {
             b.to_async(&runtime).iter(|| async {
@@ -350,8 +331,13 @@ fn bench_client(runtime: &tokio::runtime::Runtime, url: &str) -> tokio::sync::Mu
     tokio::sync::Mutex::new(client)
 }
 
-fn round_trip(c: &mut Criterion) {
-    let runtime = bench_runtime();
+/// An echo server and a gateway in front of it (kept running while the
+/// returned gateway lives), and three ways to it: directly (the baseline),
+/// through the gateway with no filters, and with `passthrough` on both
+/// chains.
+fn three_ways(
+    runtime: &tokio::runtime::Runtime,
+) -> (wsgate_proxy::Gateway, [(&'static str, String); 3]) {
     let echo = runtime.block_on(start_echo());
     let gateway = runtime.block_on(start_gateway(
         &(endpoint("/plain", echo, "")
@@ -373,6 +359,12 @@ fn round_trip(c: &mut Criterion) {
             format!("ws://{}/filtered", gateway.local_addr()),
         ),
     ];
+    (gateway, targets)
+}
+
+fn round_trip(c: &mut Criterion) {
+    let runtime = bench_runtime();
+    let (_gateway, targets) = three_ways(&runtime);
     let mut group = c.benchmark_group("round_trip_32B");
     for (name, url) in targets {
         let client = bench_client(&runtime, &url);
