@@ -156,30 +156,7 @@ fn pool_take(c: &mut Criterion) {
         .unwrap()
     });
     let pool = generation.endpoints[0].client_messages[0].pool.clone();
-    // A second idle instance, so two threads never wait for instantiation.
-    let mut context = CallContext::new(Arc::new(ConnectionInfo::default()));
-    std::thread::scope(|scope| {
-        let other = scope.spawn(|| {
-            let mut context = CallContext::new(Arc::new(ConnectionInfo::default()));
-            for _ in 0..1000 {
-                pool.on_message(
-                    &mut context,
-                    Direction::ClientToServer,
-                    &Message::Binary(vec![]),
-                )
-                .unwrap();
-            }
-        });
-        for _ in 0..1000 {
-            pool.on_message(
-                &mut context,
-                Direction::ClientToServer,
-                &Message::Binary(vec![]),
-            )
-            .unwrap();
-        }
-        other.join().unwrap();
-    });
+    // Criterion's warm-up creates the second thread's instance.
     let mut group = c.benchmark_group("pool_take");
     group.bench_function("one_thread", |b| {
         b.iter(|| pool.take_and_put_back().unwrap());
@@ -289,12 +266,22 @@ fn upgrade_chain(c: &mut Criterion) {
 fn pump(c: &mut Criterion) {
     let runtime = bench_runtime();
     let (_gateway, targets) = three_ways(&runtime);
-    let mut group = c.benchmark_group("pump_32B");
+    burst_group(c, &runtime, "pump_32B", targets);
+}
+
+/// A group `name` timing one [`burst`] on a connection to each target.
+fn burst_group<N: Into<String>>(
+    c: &mut Criterion,
+    runtime: &tokio::runtime::Runtime,
+    name: &str,
+    targets: impl IntoIterator<Item = (N, String)>,
+) {
+    let mut group = c.benchmark_group(name);
     group.throughput(Throughput::Elements(BURST as u64));
     for (name, url) in targets {
-        let client = bench_client(&runtime, &url);
+        let client = bench_client(runtime, &url);
         group.bench_function(name, |b| {
-            b.to_async(&runtime).iter(|| async {
+            b.to_async(runtime).iter(|| async {
                 let mut client = client.lock().await;
                 burst(&mut client).await;
             });
@@ -419,18 +406,7 @@ fn monitor_overhead(c: &mut Criterion) {
         "full_sqlite".to_string(),
         format!("ws://{}/full", stored.local_addr()),
     ));
-    let mut group = c.benchmark_group("monitor_overhead_32B");
-    group.throughput(Throughput::Elements(BURST as u64));
-    for (name, url) in targets {
-        let client = bench_client(&runtime, &url);
-        group.bench_function(name, |b| {
-            b.to_async(&runtime).iter(|| async {
-                let mut client = client.lock().await;
-                burst(&mut client).await;
-            });
-        });
-    }
-    group.finish();
+    burst_group(c, &runtime, "monitor_overhead_32B", targets);
     eprintln!(
         "monitor records dropped: memory {}, sqlite {}",
         memory.monitor().dropped(),
