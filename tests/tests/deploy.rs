@@ -183,7 +183,8 @@ async fn a_broken_deploy_is_refused_with_every_error_and_traffic_is_untouched() 
     ));
     let errors = match gateway.deploy(parse_config(&broken), "test").await {
         Ok(generation) => panic!("deployed generation {generation}"),
-        Err(errors) => errors.0,
+        Err(wsgate_proxy::DeployError::Config(errors)) => errors.0,
+        Err(error) => panic!("refused for another reason: {error}"),
     };
     let fields: Vec<_> = errors.iter().map(|e| e.field.as_str()).collect();
     assert_eq!(

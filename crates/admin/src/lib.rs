@@ -33,7 +33,7 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use wsgate_config::ConfigErrors;
-use wsgate_proxy::Gateway;
+use wsgate_proxy::{DeployError, Gateway};
 
 mod console;
 mod metrics;
@@ -179,7 +179,17 @@ async fn deploy(gateway: &Gateway, request: Request<Incoming>) -> AdminResponse 
     };
     match gateway.deploy_text(text_body, Path::new(&path)).await {
         Ok(generation) => json_response(StatusCode::OK, &json!({ "generation": generation })),
-        Err(errors) => json_response(StatusCode::UNPROCESSABLE_ENTITY, &errors_json(&errors)),
+        Err(DeployError::Config(errors)) => {
+            json_response(StatusCode::UNPROCESSABLE_ENTITY, &errors_json(&errors))
+        }
+        Err(DeployError::Bind(error)) => json_response(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &json!({ "errors": [{
+                "field": error.field,
+                "message": format!("cannot listen on {}: {}", error.address, error.source),
+                "text": error.to_string(),
+            }] }),
+        ),
     }
 }
 

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use wsgate_proxy::Gateway;
-use wsgate_proxy::counters::{MESSAGE_VERDICTS, UPGRADE_VERDICTS};
+use wsgate_proxy::Peer;
 use wsgate_runtime::LATENCY_BUCKETS_US;
 
 /// One metric family being written.
@@ -96,15 +96,19 @@ pub fn render(gateway: &Gateway) -> String {
         );
     }
 
-    let directions = [("client_to_server", 0), ("server_to_client", 1)];
+    // The released label values: "server" is the upstream.
+    let directions = [
+        ("client_to_server", Peer::Client),
+        ("server_to_client", Peer::Upstream),
+    ];
     let mut f = family(
         &mut out,
         "wsgate_messages_total",
         "counter",
         "Messages read, by direction.",
     );
-    for (direction, i) in directions {
-        f.sample("", &[("direction", direction)], load(&counters.messages[i]));
+    for (direction, from) in directions {
+        f.sample("", &[("direction", direction)], counters.messages_from(from).0);
     }
     let mut f = family(
         &mut out,
@@ -112,8 +116,8 @@ pub fn render(gateway: &Gateway) -> String {
         "counter",
         "Message payload bytes read, by direction.",
     );
-    for (direction, i) in directions {
-        f.sample("", &[("direction", direction)], load(&counters.bytes[i]));
+    for (direction, from) in directions {
+        f.sample("", &[("direction", direction)], counters.messages_from(from).1);
     }
 
     let mut f = family(
@@ -122,8 +126,8 @@ pub fn render(gateway: &Gateway) -> String {
         "counter",
         "Message plugin verdicts, by kind (fault: the call failed).",
     );
-    for (kind, counter) in MESSAGE_VERDICTS.iter().zip(&counters.message_verdicts) {
-        f.sample("", &[("verdict", kind)], load(counter));
+    for (kind, count) in counters.message_verdicts() {
+        f.sample("", &[("verdict", kind.as_str())], count);
     }
     let mut f = family(
         &mut out,
@@ -131,8 +135,8 @@ pub fn render(gateway: &Gateway) -> String {
         "counter",
         "Upgrade plugin verdicts, by kind (fault: the call failed).",
     );
-    for (kind, counter) in UPGRADE_VERDICTS.iter().zip(&counters.upgrade_verdicts) {
-        f.sample("", &[("verdict", kind)], load(counter));
+    for (kind, count) in counters.upgrade_verdicts() {
+        f.sample("", &[("verdict", kind.as_str())], count);
     }
 
     let pools: Vec<(String, String, &wsgate_runtime::PluginStats)> = generation

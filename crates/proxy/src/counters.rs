@@ -1,14 +1,114 @@
 //! Traffic counters for `/metrics`: upgrades by endpoint and status,
-//! messages and bytes per direction, verdicts by kind.
+//! messages and bytes per direction, plugin verdicts by kind.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Message verdict kinds, in the order of [`TrafficCounters::message_verdicts`].
-pub const MESSAGE_VERDICTS: [&str; 6] = ["forward", "replace", "drop", "close", "reply", "fault"];
-/// Upgrade verdict kinds, in the order of [`TrafficCounters::upgrade_verdicts`].
-pub const UPGRADE_VERDICTS: [&str; 5] = ["continue", "modify", "reject", "route", "fault"];
+use wsgate_runtime::{MessageVerdict, PluginFault, UpgradeVerdict};
+
+use crate::peer::Peer;
+
+/// What a message plugin's call decided, counted by kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageVerdictKind {
+    /// Passed the message on unchanged.
+    Forward,
+    /// Replaced it with messages of its own.
+    Replace,
+    /// Dropped it.
+    Drop,
+    /// Closed both sides.
+    Close,
+    /// Answered the sender.
+    Reply,
+    /// The call failed.
+    Fault,
+}
+
+impl MessageVerdictKind {
+    /// Every kind, in counter order.
+    pub const ALL: [Self; 6] = [
+        Self::Forward,
+        Self::Replace,
+        Self::Drop,
+        Self::Close,
+        Self::Reply,
+        Self::Fault,
+    ];
+
+    /// The kind of a call's outcome.
+    pub fn of(verdict: &Result<MessageVerdict, PluginFault>) -> Self {
+        match verdict {
+            Ok(MessageVerdict::Forward) => Self::Forward,
+            Ok(MessageVerdict::Replace(_)) => Self::Replace,
+            Ok(MessageVerdict::Drop) => Self::Drop,
+            Ok(MessageVerdict::Close(_)) => Self::Close,
+            Ok(MessageVerdict::Reply(_)) => Self::Reply,
+            Err(_) => Self::Fault,
+        }
+    }
+
+    /// The metric label and the monitor's word for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Forward => "forward",
+            Self::Replace => "replace",
+            Self::Drop => "drop",
+            Self::Close => "close",
+            Self::Reply => "reply",
+            Self::Fault => "fault",
+        }
+    }
+}
+
+/// What an upgrade plugin's call decided, counted by kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpgradeVerdictKind {
+    /// Let the next plugin decide.
+    Continue,
+    /// Changed the upstream request's headers.
+    Modify,
+    /// Refused the upgrade with a status.
+    Reject,
+    /// Chose the upstream.
+    Route,
+    /// The call failed.
+    Fault,
+}
+
+impl UpgradeVerdictKind {
+    /// Every kind, in counter order.
+    pub const ALL: [Self; 5] = [
+        Self::Continue,
+        Self::Modify,
+        Self::Reject,
+        Self::Route,
+        Self::Fault,
+    ];
+
+    /// The kind of a call's outcome.
+    pub fn of(verdict: &Result<UpgradeVerdict, PluginFault>) -> Self {
+        match verdict {
+            Ok(UpgradeVerdict::Continue) => Self::Continue,
+            Ok(UpgradeVerdict::Modify(_)) => Self::Modify,
+            Ok(UpgradeVerdict::Reject(_)) => Self::Reject,
+            Ok(UpgradeVerdict::Route(_)) => Self::Route,
+            Err(_) => Self::Fault,
+        }
+    }
+
+    /// The metric label and the monitor's word for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Continue => "continue",
+            Self::Modify => "modify",
+            Self::Reject => "reject",
+            Self::Route => "route",
+            Self::Fault => "fault",
+        }
+    }
+}
 
 /// Counters shared by every connection of a gateway.
 #[derive(Debug, Default)]
@@ -16,13 +116,13 @@ pub struct TrafficCounters {
     /// Upgrade answers by (endpoint, status).
     upgrades: Mutex<BTreeMap<(String, u16), u64>>,
     /// Messages read from clients, then from upstreams.
-    pub messages: [AtomicU64; 2],
+    messages: [AtomicU64; 2],
     /// Payload bytes read from clients, then from upstreams.
-    pub bytes: [AtomicU64; 2],
-    /// Message plugin verdicts by kind ([`MESSAGE_VERDICTS`]).
-    pub message_verdicts: [AtomicU64; 6],
-    /// Upgrade plugin verdicts by kind ([`UPGRADE_VERDICTS`]).
-    pub upgrade_verdicts: [AtomicU64; 5],
+    bytes: [AtomicU64; 2],
+    /// Message plugin verdicts, in [`MessageVerdictKind::ALL`] order.
+    message_verdicts: [AtomicU64; 6],
+    /// Upgrade plugin verdicts, in [`UpgradeVerdictKind::ALL`] order.
+    upgrade_verdicts: [AtomicU64; 5],
 }
 
 impl TrafficCounters {
@@ -41,23 +141,53 @@ impl TrafficCounters {
             .unwrap_or_default()
     }
 
-    /// Count one message of `bytes` payload bytes read from the client
-    /// (`from_client`) or the upstream.
-    pub fn message(&self, from_client: bool, bytes: usize) {
-        let side = usize::from(!from_client);
-        self.messages[side].fetch_add(1, Ordering::Relaxed);
-        self.bytes[side].fetch_add(bytes as u64, Ordering::Relaxed);
+    /// Count one message of `bytes` payload bytes read from `from`.
+    pub fn message(&self, from: Peer, bytes: usize) {
+        let side = usize::from(from == Peer::Upstream);
+        if let (Some(messages), Some(total)) = (self.messages.get(side), self.bytes.get(side)) {
+            messages.fetch_add(1, Ordering::Relaxed);
+            total.fetch_add(bytes as u64, Ordering::Relaxed);
+        }
     }
 
-    pub(crate) fn message_verdict(&self, kind: usize) {
-        if let Some(counter) = self.message_verdicts.get(kind) {
+    /// Messages and payload bytes read from `from`.
+    pub fn messages_from(&self, from: Peer) -> (u64, u64) {
+        let side = usize::from(from == Peer::Upstream);
+        let load = |counters: &[AtomicU64; 2]| {
+            counters
+                .get(side)
+                .map_or(0, |counter| counter.load(Ordering::Relaxed))
+        };
+        (load(&self.messages), load(&self.bytes))
+    }
+
+    /// Count a message plugin's verdict.
+    pub fn message_verdict(&self, kind: MessageVerdictKind) {
+        if let Some(counter) = self.message_verdicts.get(kind as usize) {
             counter.fetch_add(1, Ordering::Relaxed);
         }
     }
 
-    pub(crate) fn upgrade_verdict(&self, kind: usize) {
-        if let Some(counter) = self.upgrade_verdicts.get(kind) {
+    /// Count an upgrade plugin's verdict.
+    pub fn upgrade_verdict(&self, kind: UpgradeVerdictKind) {
+        if let Some(counter) = self.upgrade_verdicts.get(kind as usize) {
             counter.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Message plugin verdicts by kind.
+    pub fn message_verdicts(&self) -> impl Iterator<Item = (MessageVerdictKind, u64)> + '_ {
+        MessageVerdictKind::ALL
+            .into_iter()
+            .zip(&self.message_verdicts)
+            .map(|(kind, counter)| (kind, counter.load(Ordering::Relaxed)))
+    }
+
+    /// Upgrade plugin verdicts by kind.
+    pub fn upgrade_verdicts(&self) -> impl Iterator<Item = (UpgradeVerdictKind, u64)> + '_ {
+        UpgradeVerdictKind::ALL
+            .into_iter()
+            .zip(&self.upgrade_verdicts)
+            .map(|(kind, counter)| (kind, counter.load(Ordering::Relaxed)))
     }
 }

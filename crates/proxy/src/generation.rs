@@ -10,6 +10,7 @@ use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use tokio::sync::Semaphore;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use wsgate_config::{ChainEntry, Config, ConfigError, ConfigErrors, Endpoint, FailPolicy};
 use wsgate_runtime::{Plugin, PluginPool, Runtime, RuntimeError};
 
@@ -42,6 +43,25 @@ pub struct LiveEndpoint {
     pub slots: usize,
     /// Connections open on this endpoint.
     pub active: AtomicU64,
+}
+
+impl LiveEndpoint {
+    /// Connections open on this endpoint right now.
+    pub fn active_connections(&self) -> u64 {
+        self.active.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// WebSocket settings for either side of a connection on this endpoint.
+    pub fn ws_config(&self, generation: &Generation) -> WebSocketConfig {
+        let read_buffer =
+            usize::try_from(generation.config.gateway.read_buffer_size.0).unwrap_or(4096);
+        let max_message = usize::try_from(self.config.max_message_size.0).ok();
+        WebSocketConfig::default()
+            .read_buffer_size(read_buffer)
+            .write_buffer_size(0)
+            .max_message_size(max_message)
+            .max_frame_size(max_message)
+    }
 }
 
 /// Connection limit and timeout of one upstream `host:port`.

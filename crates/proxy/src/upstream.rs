@@ -10,13 +10,11 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use wsgate_wire::deflate;
 
-use crate::deflate::{self, Deflate, End};
-
-/// A WebSocket stream over an upgraded HTTP/1.1 connection (either side):
-/// tungstenite over permessage-deflate (when agreed) over the monitor's tap.
-pub type WsStream =
-    crate::websocket::WebSocket<Deflate<crate::tap::Tap<TokioIo<hyper::upgrade::Upgraded>>>>;
+/// A WebSocket stream over an upgraded HTTP/1.1 connection (either side),
+/// as [`wsgate_wire::open`] builds it.
+pub type WsStream = wsgate_wire::WsStream<TokioIo<hyper::upgrade::Upgraded>>;
 
 /// Why the upstream connection failed; each maps to the client's status.
 #[derive(Debug, thiserror::Error)]
@@ -258,13 +256,11 @@ async fn upgrade(
     let upgraded = hyper::upgrade::on(response)
         .await
         .map_err(|e| refused(format!("upgrade failed: {e}")))?;
-    let stream = crate::websocket::WebSocket::new(
-        Deflate::new(
-            crate::tap::Tap::new(TokioIo::new(upgraded), None),
-            agreement,
-            End::Client,
-        ),
+    let stream = wsgate_wire::open(
+        TokioIo::new(upgraded),
         Role::Client,
+        agreement,
+        None,
         ws_config,
     );
     Ok(Upstream { stream, protocol })

@@ -1,13 +1,14 @@
 //! The monitor's view of a connection: the I/O under the client's WebSocket
 //! stream, parsing frame headers as bytes go by. Reads are frames from the
 //! client (origin `client`, with their masking keys); writes are frames the
-//! gateway sends the client (origin `server`). The relay adds each message's
-//! verdict and time in filters. With monitoring off the tap is a plain
-//! pass-through.
+//! gateway sends the client (origin `server`). The connection's observer
+//! adds each message's verdict and time in filters to the same
+//! [`FrameLog`]. With monitoring off the tap is a plain pass-through.
 
 use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 
 use base64::Engine;
@@ -15,27 +16,38 @@ use base64::engine::general_purpose::STANDARD;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use wsgate_monitor::{FrameRecord, Monitor, Origin, Record, now_us};
 
+use crate::frame::{FrameHeader, MAX_HEADER, apply_mask};
+
 /// Client frames waiting for a verdict before they are recorded without one.
 const MAX_AWAITING: usize = 1024;
 
-/// Pass-through I/O that reports every frame to the monitor.
+/// A connection's frame log, shared by its tap (which feeds it the bytes
+/// that cross the wire) and its observer (which adds the verdicts).
+#[derive(Clone)]
+pub struct SharedFrameLog(Arc<Mutex<FrameLog>>);
+
+impl SharedFrameLog {
+    /// Share `log`.
+    pub fn new(log: FrameLog) -> Self {
+        Self(Arc::new(Mutex::new(log)))
+    }
+
+    /// The log, for one update.
+    pub fn lock(&self) -> MutexGuard<'_, FrameLog> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Pass-through I/O that reports every frame to a [`FrameLog`].
 pub struct Tap<S> {
     inner: S,
-    recorder: Option<Box<Recorder>>,
+    log: Option<SharedFrameLog>,
 }
 
 impl<S> Tap<S> {
-    /// Wrap `inner`; frames are recorded when `recorder` is given.
-    pub fn new(inner: S, recorder: Option<Recorder>) -> Self {
-        Self {
-            inner,
-            recorder: recorder.map(Box::new),
-        }
-    }
-
-    /// The recorder, when this connection is monitored at frame level.
-    pub fn recorder(&mut self) -> Option<&mut Recorder> {
-        self.recorder.as_deref_mut()
+    /// Wrap `inner`; frames are recorded when `log` is given.
+    pub fn new(inner: S, log: Option<SharedFrameLog>) -> Self {
+        Self { inner, log }
     }
 }
 
@@ -48,8 +60,10 @@ impl<S: AsyncRead + Unpin> AsyncRead for Tap<S> {
         let before = buf.filled().len();
         let this = &mut *self;
         let result = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if let (Poll::Ready(Ok(())), Some(recorder)) = (&result, this.recorder.as_deref_mut()) {
-            recorder.on_read(&buf.filled()[before..]);
+        if let (Poll::Ready(Ok(())), Some(log)) = (&result, &this.log)
+            && let Some(read) = buf.filled().get(before..)
+        {
+            log.lock().on_read(read);
         }
         result
     }
@@ -63,9 +77,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tap<S> {
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
         let result = Pin::new(&mut this.inner).poll_write(cx, buf);
-        if let (Poll::Ready(Ok(written)), Some(recorder)) = (&result, this.recorder.as_deref_mut())
+        if let (Poll::Ready(Ok(written)), Some(log)) = (&result, &this.log)
+            && let Some(written) = buf.get(..*written)
         {
-            recorder.on_write(&buf[..*written]);
+            log.lock().on_write(written);
         }
         result
     }
@@ -80,7 +95,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tap<S> {
 }
 
 /// Turns a connection's bytes into frame records.
-pub struct Recorder {
+pub struct FrameLog {
     monitor: Monitor,
     connection: String,
     seq: u64,
@@ -96,7 +111,7 @@ pub struct Recorder {
     writing: VecDeque<(u64, Option<String>)>,
 }
 
-impl Recorder {
+impl FrameLog {
     /// Record connection `connection`'s frames with up to `capture` payload
     /// bytes each (0: metadata only).
     pub fn new(monitor: Monitor, connection: String, capture: usize) -> Self {
@@ -186,7 +201,7 @@ impl Recorder {
     }
 }
 
-impl Drop for Recorder {
+impl Drop for FrameLog {
     fn drop(&mut self) {
         for (frame, _) in self.awaiting.drain(..) {
             self.monitor.record(Record::Frame(frame));
@@ -194,14 +209,14 @@ impl Drop for Recorder {
     }
 }
 
-/// A streaming parser of RFC 6455 frame headers that captures the start
-/// of each payload, unmasked.
+/// A streaming parser of RFC 6455 frames that captures the start of each
+/// payload, unmasked.
 struct FrameParser {
     origin: Origin,
     capture: usize,
-    header: [u8; 14],
+    /// The header read so far.
+    header: [u8; MAX_HEADER],
     have: usize,
-    need: usize,
     remaining: u64,
     frame: Option<FrameRecord>,
     /// The current data message had RSV1 on its first frame (permessage-deflate).
@@ -216,9 +231,8 @@ impl FrameParser {
         Self {
             origin,
             capture,
-            header: [0; 14],
+            header: [0; MAX_HEADER],
             have: 0,
-            need: 2,
             remaining: 0,
             frame: None,
             compressed: false,
@@ -233,89 +247,76 @@ impl FrameParser {
     fn feed(&mut self, mut bytes: &[u8], done: &mut Vec<(FrameRecord, bool)>) {
         while !bytes.is_empty() {
             if self.frame.is_none() {
-                let take = (self.need - self.have).min(bytes.len());
-                self.header[self.have..self.have + take].copy_from_slice(&bytes[..take]);
-                self.have += take;
-                bytes = &bytes[take..];
-                if self.have == 2 {
-                    let masked = self.header[1] & 0x80 != 0;
-                    let extra = match self.header[1] & 0x7f {
-                        126 => 2,
-                        127 => 8,
-                        _ => 0,
-                    };
-                    self.need = 2 + extra + if masked { 4 } else { 0 };
+                let need = match self.header.get(..self.have) {
+                    Some(&[_, b1, ..]) => FrameHeader::size_from(b1),
+                    _ => 2,
+                };
+                let take = need.saturating_sub(self.have).min(bytes.len());
+                let (head, rest) = bytes.split_at(take);
+                if let Some(slot) = self.header.get_mut(self.have..self.have + take) {
+                    slot.copy_from_slice(head);
                 }
-                if self.have == self.need {
-                    self.start_frame(done);
+                self.have += take;
+                bytes = rest;
+                if let Some(header) = self.header.get(..self.have).and_then(FrameHeader::parse) {
+                    self.start_frame(header, done);
                 }
                 continue;
             }
             let take = usize::try_from(self.remaining)
                 .unwrap_or(usize::MAX)
                 .min(bytes.len());
+            let (chunk, rest) = bytes.split_at(take);
             let room = self.capture.saturating_sub(self.payload.len()).min(take);
-            for (i, byte) in bytes[..room].iter().enumerate() {
-                let key = self
-                    .mask
-                    .map_or(0, |mask| mask[((self.offset + i as u64) % 4) as usize]);
-                self.payload.push(byte ^ key);
+            let start = self.payload.len();
+            self.payload.extend_from_slice(chunk.get(..room).unwrap_or_default());
+            if let (Some(key), Some(kept)) = (self.mask, self.payload.get_mut(start..)) {
+                apply_mask(kept, key, self.offset);
             }
             self.offset += take as u64;
             self.remaining -= take as u64;
-            bytes = &bytes[take..];
+            bytes = rest;
             if self.remaining == 0 {
                 self.finish_frame(done);
             }
         }
     }
 
-    fn start_frame(&mut self, done: &mut Vec<(FrameRecord, bool)>) {
-        let h = &self.header;
-        let masked = h[1] & 0x80 != 0;
-        let (length, key_at) = match h[1] & 0x7f {
-            126 => (u64::from(u16::from_be_bytes([h[2], h[3]])), 4),
-            127 => (
-                u64::from_be_bytes([h[2], h[3], h[4], h[5], h[6], h[7], h[8], h[9]]),
-                10,
-            ),
-            short => (u64::from(short), 2),
-        };
-        self.mask = masked.then(|| [h[key_at], h[key_at + 1], h[key_at + 2], h[key_at + 3]]);
-        if matches!(h[0] & 0x0f, 1 | 2) {
-            self.compressed = h[0] & 0x40 != 0;
+    fn start_frame(&mut self, header: FrameHeader, done: &mut Vec<(FrameRecord, bool)>) {
+        self.mask = header.mask;
+        if crate::frame::is_data(header.opcode) {
+            self.compressed = header.rsv1();
         }
         self.frame = Some(FrameRecord {
             connection: String::new(),
             seq: 0,
             time_us: 0,
             origin: self.origin,
-            opcode: h[0] & 0x0f,
-            fin: h[0] & 0x80 != 0,
-            rsv: [h[0] & 0x40 != 0, h[0] & 0x20 != 0, h[0] & 0x10 != 0],
-            masking_key: self
+            opcode: header.opcode,
+            fin: header.fin,
+            rsv: [header.rsv & 4 != 0, header.rsv & 2 != 0, header.rsv & 1 != 0],
+            masking_key: header
                 .mask
                 .map(|m| m.iter().map(|b| format!("{b:02x}")).collect()),
-            length,
+            length: header.length,
             payload: None,
             truncated: false,
             filter_us: None,
             verdict: None,
             uncompressed_length: None,
         });
-        self.remaining = length;
+        self.remaining = header.length;
         self.offset = 0;
         self.payload.clear();
         self.have = 0;
-        self.need = 2;
-        if length == 0 {
+        if header.length == 0 {
             self.finish_frame(done);
         }
     }
 
     /// The captured start of `data` (level `full`), base64.
     fn capture(&self, data: &[u8]) -> Option<String> {
-        (self.capture > 0).then(|| STANDARD.encode(&data[..data.len().min(self.capture)]))
+        (self.capture > 0).then(|| STANDARD.encode(data.get(..self.capture).unwrap_or(data)))
     }
 
     fn finish_frame(&mut self, done: &mut Vec<(FrameRecord, bool)>) {

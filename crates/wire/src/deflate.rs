@@ -18,6 +18,8 @@ use std::task::{Context, Poll};
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use crate::frame::{FrameHeader, apply_mask, is_data};
+
 /// The extension's name in `Sec-WebSocket-Extensions`.
 pub const EXTENSION: &str = "permessage-deflate";
 /// What the gateway offers an upstream.
@@ -236,94 +238,9 @@ impl<S> Deflate<S> {
     }
 }
 
-/// A frame header as it is on the wire.
-#[derive(Debug, Clone, Copy)]
-struct Header {
-    fin: bool,
-    rsv: u8,
-    opcode: u8,
-    mask: Option<[u8; 4]>,
-    length: u64,
-    /// Bytes the header took.
-    size: usize,
-}
-
-impl Header {
-    /// Parse a header from the start of `bytes`, if all of it is there.
-    fn parse(bytes: &[u8]) -> Option<Header> {
-        let (&b0, rest) = bytes.split_first()?;
-        let &b1 = rest.first()?;
-        let masked = b1 & 0x80 != 0;
-        let (length, at) = match b1 & 0x7f {
-            126 => (
-                u64::from(u16::from_be_bytes([*bytes.get(2)?, *bytes.get(3)?])),
-                4,
-            ),
-            127 => {
-                let wide: [u8; 8] = bytes.get(2..10)?.try_into().ok()?;
-                (u64::from_be_bytes(wide), 10)
-            }
-            short => (u64::from(short), 2),
-        };
-        let (mask, size) = if masked {
-            let key: [u8; 4] = bytes.get(at..at + 4)?.try_into().ok()?;
-            (Some(key), at + 4)
-        } else {
-            (None, at)
-        };
-        Some(Header {
-            fin: b0 & 0x80 != 0,
-            rsv: (b0 >> 4) & 0x07,
-            opcode: b0 & 0x0f,
-            mask,
-            length,
-            size,
-        })
-    }
-
-    /// Append a header for a `length`-byte payload.
-    fn write(
-        out: &mut Vec<u8>,
-        fin: bool,
-        rsv1: bool,
-        opcode: u8,
-        mask: Option<[u8; 4]>,
-        length: usize,
-    ) {
-        out.push(u8::from(fin) << 7 | u8::from(rsv1) << 6 | opcode);
-        let mask_bit = if mask.is_some() { 0x80 } else { 0 };
-        match length {
-            0..=125 => out.push(mask_bit | length as u8),
-            126..=65535 => {
-                out.push(mask_bit | 126);
-                out.extend_from_slice(&(length as u16).to_be_bytes());
-            }
-            _ => {
-                out.push(mask_bit | 127);
-                out.extend_from_slice(&(length as u64).to_be_bytes());
-            }
-        }
-        if let Some(key) = mask {
-            out.extend_from_slice(&key);
-        }
-    }
-}
-
-/// XOR `bytes` with `key`, starting `offset` bytes into the payload.
-fn apply_mask(bytes: &mut [u8], key: [u8; 4], offset: u64) {
-    let start = (offset % 4) as usize;
-    for (i, byte) in bytes.iter_mut().enumerate() {
-        *byte ^= key[(start + i) % 4];
-    }
-}
-
-fn is_data(opcode: u8) -> bool {
-    matches!(opcode, 1 | 2)
-}
-
 /// The frame being read.
 struct Reading {
-    header: Header,
+    header: FrameHeader,
     /// Payload bytes still to come.
     remaining: u64,
     offset: u64,
@@ -377,7 +294,7 @@ impl Inflater {
         let mut at = 0;
         while self.output.len() < INFLATE_CHUNK {
             let Some(frame) = self.frame.as_mut() else {
-                let Some(header) = Header::parse(&self.input[at..]) else {
+                let Some(header) = FrameHeader::parse(&self.input[at..]) else {
                     break;
                 };
                 let inflate = self.start(header);
@@ -451,7 +368,7 @@ impl Inflater {
     }
 
     /// A frame starts: should its payload be inflated?
-    fn start(&mut self, header: Header) -> bool {
+    fn start(&mut self, header: FrameHeader) -> bool {
         let rsv1 = header.rsv == 0b100;
         match header.opcode {
             opcode if is_data(opcode) && self.message.is_none() && (rsv1 || header.rsv == 0) => {
@@ -527,7 +444,7 @@ impl Inflater {
     fn hand_up(&mut self, fin: bool) {
         let opcode = self.first_opcode.take().unwrap_or(0);
         let mask = self.mask_up.then_some([0; 4]);
-        Header::write(
+        FrameHeader::write(
             &mut self.output,
             fin,
             false,
@@ -545,7 +462,7 @@ fn invalid(reason: String) -> io::Error {
 
 /// The frame being written.
 struct Writing {
-    header: Header,
+    header: FrameHeader,
     remaining: u64,
     offset: u64,
     deflate: bool,
@@ -595,7 +512,7 @@ impl Deflater {
                 // until one parses (tungstenite writes them whole anyway).
                 self.header.push(bytes[0]);
                 bytes = &bytes[1..];
-                if let Some(header) = Header::parse(&self.header) {
+                if let Some(header) = FrameHeader::parse(&self.header) {
                     self.start(header)?;
                 }
                 continue;
@@ -630,7 +547,7 @@ impl Deflater {
     }
 
     /// A frame starts (its header is in `self.header`).
-    fn start(&mut self, header: Header) -> io::Result<()> {
+    fn start(&mut self, header: FrameHeader) -> io::Result<()> {
         let deflate = header.rsv == 0
             && ((is_data(header.opcode) && !self.in_message)
                 || (header.opcode == 0 && self.in_message));
@@ -682,7 +599,7 @@ impl Deflater {
             }
         }
         let header = frame.header;
-        Header::write(
+        FrameHeader::write(
             &mut self.output,
             header.fin,
             frame.first,
@@ -1106,7 +1023,7 @@ mod tests {
                 let key = [1, 2, 3, 4];
                 wire.push(u8::from(*fin) << 7 | rsv << 4 | opcode);
                 let mut header = Vec::new();
-                Header::write(&mut header, false, false, 0, Some(key), payload.len());
+                FrameHeader::write(&mut header, false, false, 0, Some(key), payload.len());
                 wire.extend_from_slice(&header[1..]);
                 wire.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
             }

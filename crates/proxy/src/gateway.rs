@@ -1,0 +1,276 @@
+//! A running gateway's lifecycle: start, deploy (with its history), the
+//! live generations, shutdown.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, PoisonError, Weak};
+use std::time::SystemTime;
+
+use wsgate_config::{Config, ConfigErrors};
+use wsgate_monitor::Monitor;
+use wsgate_runtime::Runtime;
+
+use crate::counters::TrafficCounters;
+use crate::generation::Generation;
+use crate::listener::{self, BindError};
+use crate::shared::Shared;
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration is invalid or a plugin failed to load.
+    #[error("{0}")]
+    Config(#[from] ConfigErrors),
+    /// A listener could not be bound.
+    #[error("{0}")]
+    Bind(#[from] BindError),
+    /// The traffic monitor could not start.
+    #[error("{0}")]
+    Monitor(#[from] wsgate_monitor::MonitorError),
+}
+
+/// Why a deploy was refused; the running configuration keeps serving.
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    /// The configuration is invalid or a plugin failed to load.
+    #[error("{0}")]
+    Config(#[from] ConfigErrors),
+    /// A listener the configuration adds could not be bound.
+    #[error("{0}")]
+    Bind(#[from] BindError),
+}
+
+impl DeployError {
+    /// Each problem, one line each.
+    pub fn problems(&self) -> Vec<String> {
+        match self {
+            Self::Config(errors) => errors.0.iter().map(ToString::to_string).collect(),
+            Self::Bind(error) => vec![error.to_string()],
+        }
+    }
+}
+
+/// One deploy attempt, for the deploy history.
+#[derive(Debug, Clone)]
+pub struct DeployRecord {
+    /// When it was attempted.
+    pub at: SystemTime,
+    /// The generation it installed, if it succeeded.
+    pub generation: Option<u64>,
+    /// Where the configuration came from (a path, `SIGHUP`, the admin API).
+    pub source: String,
+    /// The problems that refused it, one per line.
+    pub errors: Vec<String>,
+}
+
+/// A live generation and its open connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GenerationStatus {
+    /// The generation's id.
+    pub id: u64,
+    /// Connections open on it.
+    pub connections: u64,
+    /// Whether new connections use it.
+    pub current: bool,
+}
+
+/// A running gateway. Clones share it.
+#[derive(Clone)]
+pub struct Gateway {
+    shared: Arc<Shared>,
+}
+
+impl Gateway {
+    /// Load `config` (every plugin compiled and configured), bind the listener
+    /// and the configured echo servers, and start serving.
+    pub async fn start(config: Config, runtime: &Runtime) -> Result<Self, StartError> {
+        let monitor = Monitor::start(&config.monitor)?;
+        let generation = Arc::new(Generation::build(1, config, runtime)?);
+        let shared = Arc::new(Shared::new(generation.clone(), runtime.clone(), monitor));
+        listener::apply(&shared, &generation.config).await?;
+        Ok(Self { shared })
+    }
+
+    /// Validate `config`, compile and configure every plugin, and only then
+    /// make it the generation new connections use. Open connections keep the
+    /// generation they started with. On any problem nothing changes and every
+    /// problem is returned.
+    pub async fn deploy(&self, config: Config, source: &str) -> Result<u64, DeployError> {
+        self.deploy_parsed(Ok(config), source).await
+    }
+
+    /// [`Gateway::deploy`] the configuration `text`, read from `path`
+    /// (relative plugin paths resolve against its directory).
+    pub async fn deploy_text(&self, text: &str, path: &Path) -> Result<u64, DeployError> {
+        let source = path.display().to_string();
+        self.deploy_parsed(wsgate_config::parse(text, path), &source)
+            .await
+    }
+
+    /// [`Gateway::deploy`] the configuration file at `path`.
+    pub async fn deploy_file(&self, path: &Path, source: &str) -> Result<u64, DeployError> {
+        self.deploy_parsed(wsgate_config::load(path), source).await
+    }
+
+    /// Deploy, and record the attempt (refused ones too) in the history.
+    async fn deploy_parsed(
+        &self,
+        config: Result<Config, ConfigErrors>,
+        source: &str,
+    ) -> Result<u64, DeployError> {
+        let _deploying = self.shared.deploying.lock().await;
+        let id = self.shared.next_generation.load(Ordering::Relaxed);
+        let result = self.build_and_install(id, config).await;
+        match &result {
+            Ok(id) => tracing::info!(generation = id, source, "deployed"),
+            Err(error) => tracing::warn!(
+                source,
+                problems = error.problems().len(),
+                "deploy refused; the running configuration keeps serving"
+            ),
+        }
+        let record = DeployRecord {
+            at: SystemTime::now(),
+            generation: result.as_ref().ok().copied(),
+            source: source.to_string(),
+            errors: result.as_ref().err().map(DeployError::problems).unwrap_or_default(),
+        };
+        self.shared
+            .deploys
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(record);
+        result
+    }
+
+    /// Build generation `id` from `config`, bind what it adds, install it.
+    async fn build_and_install(
+        &self,
+        id: u64,
+        config: Result<Config, ConfigErrors>,
+    ) -> Result<u64, DeployError> {
+        let mut generation = Generation::build(id, config?, &self.shared.runtime)?;
+        generation.carry_limits_from(&self.shared.generation());
+        let generation = Arc::new(generation);
+        listener::apply(&self.shared, &generation.config).await?;
+        self.install(generation);
+        Ok(id)
+    }
+
+    fn install(&self, generation: Arc<Generation>) {
+        self.shared
+            .next_generation
+            .store(generation.id + 1, Ordering::Relaxed);
+        {
+            let mut generations = self
+                .shared
+                .generations
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            generations.retain(|g| g.strong_count() > 0);
+            generations.push(Arc::downgrade(&generation));
+        }
+        *self
+            .shared
+            .generation
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = generation;
+    }
+
+    /// The client-facing listener's address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.shared
+            .listeners
+            .local_addr()
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// Addresses of the embedded echo servers, in configuration order.
+    pub fn echo_addrs(&self) -> Vec<SocketAddr> {
+        self.shared.listeners.echo_addrs()
+    }
+
+    /// Proxied connections open right now.
+    pub fn active_connections(&self) -> u64 {
+        self.shared.ledger.active()
+    }
+
+    /// Wait until fewer than or exactly `count` connections are open.
+    pub async fn wait_for_connections(&self, count: u64) {
+        self.shared.ledger.wait_for_at_most(count).await;
+    }
+
+    /// The generation new connections use.
+    pub fn generation(&self) -> Arc<Generation> {
+        self.shared.generation()
+    }
+
+    /// Every generation still alive (the current one, and older ones with
+    /// open connections), oldest first.
+    pub fn generations(&self) -> Vec<GenerationStatus> {
+        let current = self.generation().id;
+        let mut generations = self
+            .shared
+            .generations
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        generations.retain(|g| g.strong_count() > 0);
+        generations
+            .iter()
+            .filter_map(Weak::upgrade)
+            .map(|g| GenerationStatus {
+                id: g.id,
+                connections: g.active.load(Ordering::Relaxed),
+                current: g.id == current,
+            })
+            .collect()
+    }
+
+    /// Every deploy attempt since start, oldest first.
+    pub fn deploys(&self) -> Vec<DeployRecord> {
+        self.shared
+            .deploys
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// False once shutdown has begun.
+    pub fn is_ready(&self) -> bool {
+        self.shared.ready.load(Ordering::Relaxed)
+    }
+
+    /// The traffic monitor.
+    pub fn monitor(&self) -> &Monitor {
+        &self.shared.monitor
+    }
+
+    /// Traffic counters: upgrades, messages, bytes, verdicts.
+    pub fn counters(&self) -> &TrafficCounters {
+        &self.shared.counters
+    }
+
+    /// Stop accepting, close every connection (1001 to clients, 1000 to
+    /// upstreams) and wait for them up to the shutdown timeout.
+    pub async fn shutdown(self) {
+        self.shared.ready.store(false, Ordering::Relaxed);
+        let drain = self.generation().config.gateway.shutdown_timeout.0;
+        tracing::info!(
+            connections = self.active_connections(),
+            "shutting down: closing connections"
+        );
+        self.shared.shutdown.cancel();
+        self.shared.tracker.close();
+        if tokio::time::timeout(drain, self.shared.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                connections = self.active_connections(),
+                "shutdown timeout reached with connections still open"
+            );
+        }
+        self.shared.monitor.flush().await;
+    }
+}

@@ -1,0 +1,242 @@
+//! The client-facing listener and the embedded echo servers: binding them
+//! as a configuration asks, the accept loop, TLS accept, and serving
+//! HTTP/1.1 on each accepted connection until it upgrades.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use wsgate_config::Config;
+
+use crate::echo;
+use crate::shared::Shared;
+use crate::upgrade;
+
+/// A listener could not be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("{field}: cannot listen on {address}: {source}")]
+pub struct BindError {
+    /// The configuration field that asked for it (`gateway.listen`, `echo-server[0].listen`).
+    pub field: String,
+    /// The address.
+    pub address: SocketAddr,
+    /// The error.
+    pub source: std::io::Error,
+}
+
+/// A bound listener and the token that stops its accept loop.
+struct Bound {
+    /// The address as configured (may have port 0).
+    configured: SocketAddr,
+    /// The address actually bound.
+    local: SocketAddr,
+    stop: CancellationToken,
+}
+
+/// The gateway's listener and its echo servers, as bound now.
+#[derive(Default)]
+pub(crate) struct Listeners {
+    gateway: Mutex<Option<Bound>>,
+    echo_servers: Mutex<Vec<Bound>>,
+}
+
+impl Listeners {
+    /// The client-facing listener's address.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.gateway
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(|l| l.local)
+    }
+
+    /// Addresses of the embedded echo servers, in configuration order.
+    pub fn echo_addrs(&self) -> Vec<SocketAddr> {
+        self.echo_servers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|e| e.local)
+            .collect()
+    }
+}
+
+/// Bind what `config` adds (the gateway listener if it moved, new echo
+/// servers) before stopping what it removes; connections already accepted
+/// are never touched. On a bind failure nothing changes.
+pub(crate) async fn apply(shared: &Arc<Shared>, config: &Config) -> Result<(), BindError> {
+    let listeners = &shared.listeners;
+    let listen = config.gateway.listen;
+    let moved = listeners
+        .gateway
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .as_ref()
+        .is_none_or(|l| l.configured != listen);
+    let new_listener = if moved {
+        Some(bind("gateway.listen", listen).await?)
+    } else {
+        None
+    };
+    let running: Vec<SocketAddr> = listeners
+        .echo_servers
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .iter()
+        .map(|e| e.configured)
+        .collect();
+    let mut new_echo = Vec::new();
+    for (i, echo) in config.echo_servers.iter().enumerate() {
+        if !running.contains(&echo.listen) {
+            let field = format!("echo-server[{i}].listen");
+            new_echo.push((echo.listen, bind(&field, echo.listen).await?));
+        }
+    }
+
+    // Everything bound: start the new, stop the old.
+    if let Some((listener, local)) = new_listener {
+        let stop = shared.shutdown.child_token();
+        tracing::info!(address = %local, "gateway listening");
+        shared
+            .tracker
+            .spawn(accept_loop(shared.clone(), listener, stop.clone()));
+        let replaced = listeners
+            .gateway
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .replace(Bound {
+                configured: listen,
+                local,
+                stop,
+            });
+        if let Some(old) = replaced {
+            tracing::info!(address = %old.local, "listener moved; the old address stops accepting");
+            old.stop.cancel();
+        }
+    }
+    let mut echo_servers = listeners
+        .echo_servers
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    for (configured, (listener, local)) in new_echo {
+        let stop = shared.shutdown.child_token();
+        tracing::info!(address = %local, "embedded echo server listening");
+        shared.tracker.spawn(echo::serve(listener, stop.clone()));
+        echo_servers.push(Bound {
+            configured,
+            local,
+            stop,
+        });
+    }
+    echo_servers.retain(|echo| {
+        let keep = config
+            .echo_servers
+            .iter()
+            .any(|e| e.listen == echo.configured);
+        if !keep {
+            echo.stop.cancel();
+        }
+        keep
+    });
+    Ok(())
+}
+
+async fn bind(field: &str, address: SocketAddr) -> Result<(TcpListener, SocketAddr), BindError> {
+    let failed = |source| BindError {
+        field: field.to_string(),
+        address,
+        source,
+    };
+    let listener = TcpListener::bind(address).await.map_err(failed)?;
+    let local = listener.local_addr().map_err(failed)?;
+    Ok((listener, local))
+}
+
+/// Limits on an upgrade request before it reaches the gateway's code.
+#[derive(Debug, Clone, Copy)]
+struct HttpLimits {
+    /// Time to send the request head (slowloris), TLS handshake included.
+    header_timeout: Duration,
+    /// Largest request head; larger: 431.
+    max_header_bytes: usize,
+}
+
+async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, stop: CancellationToken) {
+    loop {
+        let accepted = tokio::select! {
+            () = stop.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, client) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Out of file descriptors and the like: back off briefly.
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let generation = shared.generation();
+        let limits = HttpLimits {
+            header_timeout: generation.config.gateway.handshake_timeout.0,
+            max_header_bytes: usize::try_from(
+                generation.config.gateway.max_header_bytes.get_ref().0,
+            )
+            .unwrap_or(usize::MAX),
+        };
+        let tls = generation.listener_tls.clone();
+        drop(generation);
+        let task_shared = shared.clone();
+        shared.tracker.spawn(async move {
+            let Some(tls) = tls else {
+                serve_http(task_shared, TokioIo::new(stream), client, false, limits).await;
+                return;
+            };
+            // The TLS handshake counts against the handshake timeout too.
+            let accepted = tokio::time::timeout(
+                limits.header_timeout,
+                tokio_rustls::TlsAcceptor::from(tls).accept(stream),
+            )
+            .await;
+            match accepted {
+                Ok(Ok(stream)) => {
+                    serve_http(task_shared, TokioIo::new(stream), client, true, limits).await;
+                }
+                Ok(Err(error)) => tracing::info!(%client, %error, "TLS handshake failed"),
+                Err(_) => tracing::info!(%client, "TLS handshake timed out"),
+            }
+        });
+    }
+}
+
+/// Serve HTTP/1.1 (and upgrades) on one client connection, plain or TLS.
+async fn serve_http<IO>(
+    shared: Arc<Shared>,
+    io: IO,
+    client: SocketAddr,
+    tls: bool,
+    limits: HttpLimits,
+) where
+    IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let service = service_fn(move |mut request| {
+        let shared = shared.clone();
+        request.extensions_mut().insert(upgrade::Secure(tls));
+        async move { Ok::<_, std::convert::Infallible>(upgrade::handle(shared, client, request).await) }
+    });
+    let connection = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        .serve_connection(io, service)
+        .with_upgrades();
+    if let Err(error) = connection.await {
+        tracing::debug!(%client, %error, "http connection ended with an error");
+    }
+}

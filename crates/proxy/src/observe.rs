@@ -1,0 +1,299 @@
+//! One observer per connection: everything the counters and the traffic
+//! monitor learn of a connection goes through it, so the upgrade and the
+//! relay forward traffic and report what happened, and nothing else.
+//!
+//! At monitor level `headers` it records the upgrade (request, each upgrade
+//! plugin's verdict, route, answer) and how the connection ended; from
+//! `metadata` on, the client's frames too, through a [`SharedFrameLog`] it
+//! shares with the tap in the client's stream stack, and each message's
+//! plugin verdicts with them.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::HeaderMap;
+use wsgate_config::{FailPolicy, MonitorLevel};
+use wsgate_monitor::{EndRecord, Monitor, PluginVerdict, Record, UpgradeRecord, now_us};
+use wsgate_runtime::{MessageVerdict, PluginFault, UpgradeVerdict};
+use wsgate_wire::{FrameLog, SharedFrameLog};
+
+use crate::counters::{MessageVerdictKind, TrafficCounters, UpgradeVerdictKind};
+use crate::peer::Peer;
+
+/// Who started closing a connection, as the monitor records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClosedBy {
+    /// One of the peers sent a close frame or went away.
+    Peer(Peer),
+    /// The gateway closed it (a plugin, a limit, expiry, shutdown).
+    Gateway,
+}
+
+impl ClosedBy {
+    fn name(self) -> &'static str {
+        match self {
+            ClosedBy::Peer(peer) => peer.name(),
+            ClosedBy::Gateway => "gateway",
+        }
+    }
+}
+
+/// The upgrade request as the monitor records it.
+pub struct RequestSummary<'a> {
+    /// Request method.
+    pub method: &'a str,
+    /// Request path.
+    pub path: &'a str,
+    /// Query string, without `?`.
+    pub query: &'a str,
+    /// Request headers.
+    pub headers: &'a HeaderMap,
+}
+
+/// A connection's observer (see the module's note).
+pub struct Observer {
+    counters: Arc<TrafficCounters>,
+    /// The endpoint's path, the upgrade counter's label.
+    endpoint: String,
+    /// The monitor and this connection's key there, when it records anything.
+    monitor: Option<(Monitor, String)>,
+    /// The upgrade being recorded, and when it started.
+    upgrade: Option<(Instant, UpgradeRecord)>,
+    /// The client's frames (monitor level `metadata` and above).
+    frames: Option<SharedFrameLog>,
+    /// The plugin verdicts on the message in the chains now.
+    notes: Vec<String>,
+    /// Who started closing first, with the code and reason.
+    first_close: Option<(ClosedBy, Option<u16>, String)>,
+    expired: bool,
+}
+
+impl Observer {
+    /// Observe connection `id` on `endpoint` (recorded at `level`, frames
+    /// keeping `capture` payload bytes), from its upgrade `request`.
+    #[allow(clippy::too_many_arguments, reason = "each is one fact of the connection")]
+    pub fn new(
+        counters: Arc<TrafficCounters>,
+        monitor: &Monitor,
+        level: MonitorLevel,
+        capture: usize,
+        id: u64,
+        generation: u64,
+        endpoint: &str,
+        client: SocketAddr,
+        request: RequestSummary<'_>,
+    ) -> Self {
+        let key = (level > MonitorLevel::Off).then(|| monitor.key(id));
+        let upgrade = key.as_ref().map(|key| {
+            let record = UpgradeRecord {
+                connection: key.clone(),
+                id,
+                generation,
+                time_us: now_us(),
+                endpoint: endpoint.to_string(),
+                client: client.to_string(),
+                method: request.method.to_string(),
+                path: request.path.to_string(),
+                query: request.query.to_string(),
+                request_headers: header_pairs(request.headers),
+                status: 0,
+                response_headers: Vec::new(),
+                duration_us: 0,
+                route: None,
+                verdicts: Vec::new(),
+                level: level.as_str().to_string(),
+            };
+            (Instant::now(), record)
+        });
+        let frames = key.as_ref().and_then(|key| {
+            (level >= MonitorLevel::Metadata).then(|| {
+                let capture = if level == MonitorLevel::Full { capture } else { 0 };
+                SharedFrameLog::new(FrameLog::new(monitor.clone(), key.clone(), capture))
+            })
+        });
+        Self {
+            counters,
+            endpoint: endpoint.to_string(),
+            monitor: key.map(|key| (monitor.clone(), key)),
+            upgrade,
+            frames,
+            notes: Vec::new(),
+            first_close: None,
+            expired: false,
+        }
+    }
+
+    /// An upgrade plugin's verdict, `started` when its call did.
+    pub fn upgrade_verdict(
+        &mut self,
+        plugin: &str,
+        fail: FailPolicy,
+        verdict: &Result<UpgradeVerdict, PluginFault>,
+        started: Instant,
+    ) {
+        self.counters
+            .upgrade_verdict(UpgradeVerdictKind::of(verdict));
+        if let Some((_, record)) = self.upgrade.as_mut() {
+            record.verdicts.push(PluginVerdict {
+                plugin: plugin.to_string(),
+                verdict: match verdict {
+                    Ok(UpgradeVerdict::Continue) => "continue".to_string(),
+                    Ok(UpgradeVerdict::Modify(ops)) => format!("modify ({} header ops)", ops.len()),
+                    Ok(UpgradeVerdict::Reject(rejection)) => format!("reject {}", rejection.status),
+                    Ok(UpgradeVerdict::Route(route)) => format!("route {}", route.url),
+                    Err(fault) => format!("fault {} (fail {fail:?})", fault.kind.as_str()),
+                },
+                duration_us: micros_since(started),
+            });
+        }
+    }
+
+    /// The upgrade chain routed to `url`.
+    pub fn routed(&mut self, url: &str) {
+        if let Some((_, record)) = self.upgrade.as_mut() {
+            record.route = Some(url.to_string());
+        }
+    }
+
+    /// The client got `status` with `headers`: count it, record the upgrade.
+    pub fn answered(&mut self, status: u16, headers: &HeaderMap) {
+        self.counters.upgrade(&self.endpoint, status);
+        if let (Some((started, mut record)), Some((monitor, _))) =
+            (self.upgrade.take(), &self.monitor)
+        {
+            record.status = status;
+            record.response_headers = header_pairs(headers);
+            record.duration_us = micros_since(started);
+            monitor.record(Record::Upgrade(record));
+        }
+    }
+
+    /// Where the tap in the client's stream stack records its frames.
+    pub fn frame_log(&self) -> Option<SharedFrameLog> {
+        self.frames.clone()
+    }
+
+    /// A message of `bytes` payload bytes was read from `from`.
+    pub fn message(&self, from: Peer, bytes: usize) {
+        self.counters.message(from, bytes);
+    }
+
+    /// Whether message verdicts are described for the frame records (and
+    /// so worth the time and the text).
+    pub fn describes_verdicts(&self) -> bool {
+        self.frames.is_some()
+    }
+
+    /// A message plugin's verdict on the message in the chains now.
+    pub fn message_verdict(
+        &mut self,
+        plugin: &str,
+        fail: FailPolicy,
+        verdict: &Result<MessageVerdict, PluginFault>,
+    ) {
+        self.counters
+            .message_verdict(MessageVerdictKind::of(verdict));
+        if !self.describes_verdicts() {
+            return;
+        }
+        let note = match verdict {
+            Ok(MessageVerdict::Forward) => "forward".to_string(),
+            Ok(MessageVerdict::Replace(messages)) => format!("replace ({})", messages.len()),
+            Ok(MessageVerdict::Drop) => "drop".to_string(),
+            Ok(MessageVerdict::Close(frame)) => format!("close {}", frame.code),
+            Ok(MessageVerdict::Reply(messages)) => format!("reply ({})", messages.len()),
+            Err(fault) => format!("fault {} (fail {fail:?})", fault.kind.as_str()),
+        };
+        self.notes.push(format!("{plugin} {note}"));
+    }
+
+    /// The verdicts on the message that just left the chains, as one text.
+    pub fn take_verdicts(&mut self) -> Option<String> {
+        self.describes_verdicts().then(|| {
+            let text = self.notes.join(", ");
+            self.notes.clear();
+            text
+        })
+    }
+
+    /// The message with `payload` read from `from` got `verdict` after
+    /// `filter_us` in its chain (`None`: no chain ran).
+    pub fn read(&self, from: Peer, verdict: Option<String>, filter_us: u64, payload: &[u8]) {
+        if from == Peer::Client
+            && let Some(frames) = &self.frames
+        {
+            frames.lock().verdict_on_read(verdict, filter_us, payload);
+        }
+    }
+
+    /// What produced the frames written to `to` next (`None`: the gateway
+    /// on its own, such as pongs).
+    pub fn writing(&self, to: Peer, note: Option<(String, u64)>) {
+        if to == Peer::Client
+            && let Some(frames) = &self.frames
+        {
+            frames.lock().note_writes(note);
+        }
+    }
+
+    /// A message with `payload` is about to be written to `to` compressed.
+    pub fn writing_compressed(&self, to: Peer, payload: &[u8]) {
+        if to == Peer::Client
+            && let Some(frames) = &self.frames
+        {
+            frames.lock().writing_compressed(payload);
+        }
+    }
+
+    /// Note who started the close, unless someone already did.
+    pub fn closing(&mut self, by: ClosedBy, code: Option<u16>, reason: &str) {
+        if self.first_close.is_none() {
+            self.first_close = Some((by, code, reason.to_string()));
+        }
+    }
+
+    /// The connection reached its endpoint's `expire` time.
+    pub fn expired(&mut self) {
+        self.expired = true;
+    }
+
+    /// The connection ended: record the frames still waiting for a
+    /// verdict, then how it ended.
+    pub fn finish(mut self) {
+        drop(self.frames.take());
+        let Some((monitor, connection)) = self.monitor.take() else {
+            return;
+        };
+        let (closed_by, code, reason) = self
+            .first_close
+            .take()
+            .unwrap_or((ClosedBy::Gateway, None, String::from("closed")));
+        monitor.record(Record::End(EndRecord {
+            connection,
+            time_us: now_us(),
+            closed_by: closed_by.name().to_string(),
+            code,
+            reason,
+            expired: self.expired,
+        }));
+    }
+}
+
+/// Microseconds since `started`.
+pub fn micros_since(started: Instant) -> u64 {
+    u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX)
+}
+
+/// Headers as (name, value) pairs, values lossily as text.
+fn header_pairs(headers: &HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|(name, value)| {
+            (
+                name.as_str().to_string(),
+                String::from_utf8_lossy(value.as_bytes()).into_owned(),
+            )
+        })
+        .collect()
+}

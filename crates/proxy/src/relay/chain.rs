@@ -1,0 +1,110 @@
+//! One message through its direction's message chain.
+
+use smallvec::SmallVec;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use wsgate_config::FailPolicy;
+use wsgate_runtime::{CallContext, Direction, Message, MessageVerdict};
+
+use crate::convert::{from_plugin, to_plugin};
+use crate::generation::ChainStep;
+use crate::observe::Observer;
+
+/// Messages on their way through a chain: almost always one, kept inline
+/// so a message costs no allocation for the list that carries it.
+pub type Messages<T> = SmallVec<[T; 1]>;
+
+/// What the chain decided for one message.
+#[derive(Default)]
+pub struct ChainResult {
+    /// Messages for the other side.
+    pub forward: Messages<WsMessage>,
+    /// Messages back to the sender.
+    pub replies: Vec<WsMessage>,
+    /// Close both sides with this code and reason.
+    pub close: Option<(u16, String)>,
+}
+
+/// A message on its way through a chain: still in wire form, or already
+/// converted for plugins (converted once, then passed along).
+enum Item {
+    Wire(WsMessage),
+    Plugin(Message),
+}
+
+/// Run `message` through `chain`, each verdict reported to `observer`.
+/// Close frames always go through: plugins see them and may only change
+/// their code and reason.
+pub fn run_chain(
+    chain: &[ChainStep],
+    contexts: &mut [CallContext],
+    direction: Direction,
+    message: WsMessage,
+    observer: &mut Observer,
+) -> ChainResult {
+    let mut result = ChainResult::default();
+    let mut items: Messages<Item> = smallvec::smallvec![Item::Wire(message)];
+    for step in chain {
+        let Some(context) = contexts.get_mut(step.slot) else {
+            continue;
+        };
+        let plugin = step.pool.plugin().id();
+        let mut next = Messages::with_capacity(items.len());
+        for item in items {
+            let message = match item {
+                Item::Plugin(message) => message,
+                Item::Wire(wire) => match to_plugin(&wire) {
+                    Some(message) => message,
+                    None => {
+                        next.push(Item::Wire(wire));
+                        continue;
+                    }
+                },
+            };
+            let is_close = matches!(message, Message::Close(_));
+            let called = step.pool.on_message(context, direction, &message);
+            observer.message_verdict(plugin, step.fail, &called);
+            let verdict = match called {
+                Ok(verdict) => verdict,
+                Err(fault) => {
+                    tracing::error!(plugin = %fault.plugin, kind = fault.kind.as_str(), error = %fault.message, fail = ?step.fail, "message plugin failed");
+                    match step.fail {
+                        FailPolicy::Open => MessageVerdict::Forward,
+                        FailPolicy::Closed => {
+                            result.close = Some((1011, format!("filter {} failed", fault.plugin)));
+                            return result;
+                        }
+                    }
+                }
+            };
+            match verdict {
+                MessageVerdict::Close(frame) if is_close => {
+                    next.push(Item::Plugin(Message::Close(Some(frame))));
+                }
+                _ if is_close => next.push(Item::Plugin(message)),
+                MessageVerdict::Forward => next.push(Item::Plugin(message)),
+                MessageVerdict::Replace(messages) => {
+                    next.extend(messages.into_iter().map(Item::Plugin));
+                }
+                MessageVerdict::Drop => {
+                    tracing::debug!(plugin, "message dropped by plugin");
+                }
+                MessageVerdict::Close(frame) => {
+                    result.close = Some((frame.code, frame.reason));
+                    return result;
+                }
+                MessageVerdict::Reply(messages) => {
+                    result.replies.extend(messages.into_iter().map(from_plugin));
+                }
+            }
+        }
+        items = next;
+    }
+    result.forward = items
+        .into_iter()
+        .map(|item| match item {
+            Item::Wire(wire) => wire,
+            Item::Plugin(message) => from_plugin(message),
+        })
+        .collect();
+    result
+}

@@ -1,0 +1,375 @@
+//! The message pumps: one task per connection moves messages both ways,
+//! each through its direction's chain, and carries the close handshake.
+//!
+//! Pings are answered by the gateway and passed on through the chain; pongs
+//! stop at the gateway (each peer's own pings are answered once, by us).
+//!
+//! Closes, by cause (client side / upstream side):
+//! * a peer's close frame: forwarded to the other side with its code and reason;
+//! * a peer that vanishes without a close: 1001 to the other side;
+//! * a message over the endpoint's max size: 1009 to its sender, 1001 to the other;
+//! * a protocol error: 1002 (1007 for invalid UTF-8) to its sender, 1001 to the other;
+//! * a plugin's `close` verdict: its code and reason to both sides;
+//! * a plugin fault under fail-closed: 1011 to both sides;
+//! * the endpoint's expire time or idle timeout: 1001 to both sides;
+//! * gateway shutdown: 1001 to the client, 1000 to the upstream.
+
+mod chain;
+mod side;
+
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
+use tokio_util::sync::CancellationToken;
+use wsgate_runtime::CallContext;
+use wsgate_wire::ReadFailure;
+
+use crate::generation::{Generation, LiveEndpoint};
+use crate::ledger::Place;
+use crate::observe::{ClosedBy, Observer, micros_since};
+use crate::peer::Peer;
+use crate::upstream::WsStream;
+use chain::run_chain;
+use side::{Side, payload};
+
+/// How long the close handshake may take once a close has started.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One proxied connection's state, owned by its relay task.
+pub struct Session {
+    /// The connection's id.
+    pub id: u64,
+    /// Keeps the connection's generation (and its plugin pools) alive.
+    #[allow(dead_code, reason = "held, never read: it keeps the generation alive")]
+    pub generation: Arc<Generation>,
+    /// The endpoint it was accepted on.
+    pub endpoint: Arc<LiveEndpoint>,
+    /// Each plugin's per-connection state, by slot.
+    pub contexts: Vec<CallContext>,
+    /// Its place under every connection limit, given back when it ends.
+    #[allow(dead_code, reason = "held, never read: dropping it gives the places back")]
+    pub place: Place,
+    /// What the counters and the monitor learn of it.
+    pub observer: Observer,
+    /// Cancelled when the gateway shuts down.
+    pub shutdown: CancellationToken,
+}
+
+impl Session {
+    /// The connection ended: the observer records how, then every place
+    /// the connection held is given back.
+    fn finish(self) {
+        self.observer.finish();
+    }
+}
+
+/// Relay between `client` and `upstream` until both are closed.
+pub async fn run(mut session: Session, client: WsStream, upstream: WsStream) {
+    let send_timeout = session.endpoint.config.send_limit();
+    let mut client = Side::new(client, Peer::Client, send_timeout);
+    let mut upstream = Side::new(upstream, Peer::Upstream, send_timeout);
+    let shutdown = session.shutdown.clone();
+    let shutting_down = shutdown.cancelled();
+    tokio::pin!(shutting_down);
+    let expiry = session.endpoint.config.lifetime();
+    let endpoint = session.endpoint.clone();
+    let expires_at = tokio::time::sleep(expiry.unwrap_or(Duration::ZERO));
+    tokio::pin!(expires_at);
+    let idle_limit = session.endpoint.config.idle_limit();
+    let idle_at = tokio::time::sleep(idle_limit.unwrap_or(Duration::ZERO));
+    tokio::pin!(idle_at);
+    // Armed once either side starts closing, goes away, or breaks.
+    let mut closing = false;
+    let close_timeout = tokio::time::sleep(CLOSE_TIMEOUT);
+    tokio::pin!(close_timeout);
+
+    tracing::debug!(connection = session.id, "relay started");
+    loop {
+        tokio::select! {
+            () = &mut shutting_down, if !closing => {
+                session.observer.closing(ClosedBy::Gateway, Some(1001), "gateway shutting down");
+                client.close(1001, "gateway shutting down", &session.observer).await;
+                upstream.close(1000, "gateway shutting down", &session.observer).await;
+            }
+            () = &mut expires_at, if expiry.is_some() && !closing => {
+                tracing::info!(connection = session.id, "connection expired");
+                session.observer.closing(ClosedBy::Gateway, Some(1001), "connection expired");
+                session.observer.expired();
+                client.close(1001, "connection expired", &session.observer).await;
+                upstream.close(1001, "connection expired", &session.observer).await;
+            }
+            () = &mut idle_at, if idle_limit.is_some() && !closing => {
+                tracing::info!(connection = session.id, "connection idle");
+                session.observer.closing(ClosedBy::Gateway, Some(1001), "idle timeout");
+                client.close(1001, "idle timeout", &session.observer).await;
+                upstream.close(1001, "idle timeout", &session.observer).await;
+            }
+            () = &mut close_timeout, if closing => {
+                tracing::debug!(connection = session.id, "close handshake timed out");
+                break;
+            }
+            read = client.stream.next(), if client.readable => {
+                pump(&endpoint, &mut session, read, &mut client, &mut upstream).await;
+                close_stalled(&mut session, &mut client, &mut upstream).await;
+                if let Some(idle) = idle_limit {
+                    idle_at.as_mut().reset(Instant::now() + idle);
+                }
+            }
+            read = upstream.stream.next(), if upstream.readable => {
+                pump(&endpoint, &mut session, read, &mut upstream, &mut client).await;
+                close_stalled(&mut session, &mut client, &mut upstream).await;
+                if let Some(idle) = idle_limit {
+                    idle_at.as_mut().reset(Instant::now() + idle);
+                }
+            }
+        }
+        if !client.readable && !upstream.readable {
+            break;
+        }
+        let started_closing = client.close_sent
+            || client.close_received
+            || upstream.close_sent
+            || upstream.close_received
+            || !client.readable
+            || !upstream.readable;
+        if started_closing && !closing {
+            closing = true;
+            close_timeout.as_mut().reset(Instant::now() + CLOSE_TIMEOUT);
+        }
+    }
+    tracing::info!(connection = session.id, "connection closed");
+    drop(client);
+    drop(upstream);
+    session.finish();
+}
+
+/// A side that stopped reading what it was sent is dropped (its socket
+/// closes with the relay) and the other side is closed with 1001.
+async fn close_stalled(session: &mut Session, client: &mut Side, upstream: &mut Side) {
+    if client.stalled {
+        close_other(session, client.peer, upstream).await;
+    }
+    if upstream.stalled {
+        close_other(session, upstream.peer, client).await;
+    }
+}
+
+async fn close_other(session: &mut Session, stalled: Peer, other: &mut Side) {
+    if !other.close_sent {
+        let reason = format!("{} not reading", stalled.name());
+        tracing::warn!(connection = session.id, %reason, "closing a peer that stopped reading");
+        session.observer.closing(ClosedBy::Gateway, Some(1001), &reason);
+        other.close(1001, &reason, &session.observer).await;
+    }
+}
+
+/// The client's upgrade failed after the upstream connected: close the upstream.
+pub async fn abandon(mut session: Session, upstream: WsStream) {
+    let mut upstream = Side::new(
+        upstream,
+        Peer::Upstream,
+        session.endpoint.config.send_limit(),
+    );
+    session
+        .observer
+        .closing(ClosedBy::Peer(Peer::Client), None, "client upgrade failed after 101");
+    upstream.close(1001, "client went away", &session.observer).await;
+    drop(upstream);
+    session.finish();
+}
+
+/// Most messages one wake-up handles from one side before both sides are
+/// flushed and the other side gets its turn.
+const BATCH: usize = 32;
+
+/// Handle a read from `from` and, in a burst, every further message it
+/// has ready (up to [`BATCH`]); then flush both sides once: a burst costs
+/// one write per side, not one per message. A lone message does not pay for
+/// a second read attempt.
+async fn pump(
+    endpoint: &LiveEndpoint,
+    session: &mut Session,
+    read: Option<Result<WsMessage, WsError>>,
+    from: &mut Side,
+    to: &mut Side,
+) {
+    on_read(endpoint, session, read, from, to).await;
+    for _ in 1..BATCH {
+        if !from.readable || !from.stream.probably_more() {
+            break;
+        }
+        let ready = std::future::poll_fn(|cx| Poll::Ready(from.stream.poll_next_unpin(cx))).await;
+        let Poll::Ready(read) = ready else {
+            break;
+        };
+        on_read(endpoint, session, read, from, to).await;
+    }
+    to.flush().await;
+    from.flush().await;
+}
+
+/// Handle one read from `from`; `to` is the other side.
+async fn on_read(
+    endpoint: &LiveEndpoint,
+    session: &mut Session,
+    read: Option<Result<WsMessage, WsError>>,
+    from: &mut Side,
+    to: &mut Side,
+) {
+    let observer = &mut session.observer;
+    let message = match read {
+        Some(Ok(message)) => message,
+        None => {
+            read_failed(session, ReadFailure::Vanished, None, from, to).await;
+            return;
+        }
+        Some(Err(error)) => {
+            read_failed(session, ReadFailure::of(&error), Some(error), from, to).await;
+            return;
+        }
+    };
+
+    observer.message(from.peer, message.len());
+    if let WsMessage::Pong(_) = message {
+        // Pings and pongs are answered hop by hop: tungstenite has already
+        // answered the peer's pings, and each pong answers a ping of ours or
+        // of the hop before; passing it on would answer a ping twice.
+        observer.read(from.peer, None, 0, payload(&message));
+        return;
+    }
+    let is_close = matches!(message, WsMessage::Close(_));
+    if let WsMessage::Close(frame) = &message {
+        from.close_received = true;
+        let (code, reason) = frame
+            .as_ref()
+            .map_or((None, ""), |f| (Some(u16::from(f.code)), f.reason.as_str()));
+        observer.closing(ClosedBy::Peer(from.peer), code, reason);
+    }
+    let chain = match from.peer {
+        Peer::Client => &endpoint.client_messages,
+        Peer::Upstream => &endpoint.server_messages,
+    };
+    if chain.is_empty() {
+        // The fast path: nothing to run, nothing to convert.
+        observer.read(from.peer, None, 0, payload(&message));
+        to.send_all([message], observer).await;
+        if is_close {
+            from.finish().await;
+        }
+        return;
+    }
+    let describe = observer.describes_verdicts();
+    let started = describe.then(std::time::Instant::now);
+    // The monitor records the message as read, after the chain has had it
+    // (a clone shares the payload).
+    let read = describe.then(|| message.clone());
+    let mut result = run_chain(
+        chain,
+        &mut session.contexts,
+        from.peer.direction_from(),
+        message,
+        observer,
+    );
+    let filter_us = started.map_or(0, micros_since);
+    let verdict = observer.take_verdicts();
+    if let Some(read) = &read {
+        observer.read(from.peer, verdict.clone(), filter_us, payload(read));
+    }
+    // Notes for the monitor's record of what is written, made only for
+    // the writes that happen (and only when frames are recorded).
+    let note = |what: &str| {
+        verdict
+            .as_ref()
+            .map(|v| (format!("{what}: {v}"), filter_us))
+    };
+    // A plugin that turns a data message into a close closes both sides.
+    if !is_close
+        && result.close.is_none()
+        && let Some(at) = result
+            .forward
+            .iter()
+            .position(|m| matches!(m, WsMessage::Close(_)))
+    {
+        if let Some(WsMessage::Close(frame)) = result.forward.drain(at..).next() {
+            result.close = Some(frame.map_or((1000, String::new()), |f| {
+                (u16::from(f.code), f.reason.as_str().to_owned())
+            }));
+        }
+        observer.writing(to.peer, note("forwarded"));
+        to.send_all(std::mem::take(&mut result.forward), observer)
+            .await;
+        observer.writing(to.peer, None);
+    }
+
+    if let Some((code, reason)) = result.close {
+        tracing::info!(connection = session.id, code, %reason, "closing both sides");
+        observer.closing(ClosedBy::Gateway, Some(code), &reason);
+        observer.writing(from.peer, note("closed"));
+        observer.writing(to.peer, note("closed"));
+        from.close(code, &reason, observer).await;
+        to.close(code, &reason, observer).await;
+        observer.writing(from.peer, None);
+        observer.writing(to.peer, None);
+        if is_close {
+            from.finish().await;
+        }
+        return;
+    }
+    if !result.replies.is_empty() {
+        observer.writing(from.peer, note("reply"));
+        from.send_all(result.replies, observer).await;
+        observer.writing(from.peer, None);
+    }
+    observer.writing(to.peer, note("forwarded"));
+    to.send_all(result.forward, observer).await;
+    observer.writing(to.peer, None);
+    if is_close {
+        from.finish().await;
+    }
+}
+
+/// Reading from `from` ended with `failure`: close it with the code it is
+/// owed (if any) and the other side with 1001.
+async fn read_failed(
+    session: &mut Session,
+    failure: ReadFailure,
+    error: Option<WsError>,
+    from: &mut Side,
+    to: &mut Side,
+) {
+    let observer = &mut session.observer;
+    from.readable = false;
+    if failure == ReadFailure::Vanished {
+        if !from.close_received && !from.close_sent {
+            tracing::info!(
+                connection = session.id,
+                peer = from.peer.name(),
+                "peer vanished without a close frame"
+            );
+        }
+        if !from.close_received {
+            let reason = format!("{} went away", from.peer.name());
+            observer.closing(ClosedBy::Peer(from.peer), None, &reason);
+            to.close(1001, &reason, observer).await;
+        }
+        return;
+    }
+    let error = error.map(|e| e.to_string()).unwrap_or_default();
+    match failure.close() {
+        Some((code, reason)) => {
+            tracing::info!(connection = session.id, peer = from.peer.name(), %error, code, "read failed");
+            observer.closing(ClosedBy::Gateway, Some(code), reason);
+            from.close(code, reason, observer).await;
+        }
+        None => {
+            tracing::info!(connection = session.id, peer = from.peer.name(), %error, "read failed");
+            observer.closing(ClosedBy::Peer(from.peer), None, "connection failed");
+        }
+    }
+    let reason = format!("{} connection failed", from.peer.name());
+    to.close(1001, &reason, observer).await;
+}

@@ -1,0 +1,276 @@
+//! One HTTP request on the client-facing listener, as the phases of
+//! `docs/phases.md`: find the endpoint, check the upgrade and the origin,
+//! admit the connection under its limits, run the upgrade chain, check the
+//! route, connect upstream, answer the client 101, hand both sides to the
+//! relay. Each phase is one function; a refusal at any phase is a
+//! [`Refused`] that says who failed and what the client gets.
+
+mod answer;
+mod chain;
+mod headers;
+mod refused;
+mod request;
+mod route;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::Request;
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tracing::Instrument;
+use wsgate_runtime::{CallContext, ConnectionInfo, HeaderOp, Route};
+use wsgate_wire::deflate::Agreement;
+
+use crate::generation::{DEFAULT_CONNECT_TIMEOUT, Generation, LiveEndpoint};
+use crate::ledger::{Limits, Place};
+use crate::observe::{Observer, RequestSummary};
+use crate::relay::{self, Session};
+use crate::shared::Shared;
+use crate::upstream::{self, Upstream, UpstreamError, UpstreamUrl};
+
+pub use refused::{HttpResponse, Refused};
+
+/// Request extension: the request came over TLS (`wss://`).
+#[derive(Debug, Clone, Copy)]
+pub struct Secure(pub bool);
+
+/// Handle one request on the client-facing listener.
+pub async fn handle(
+    shared: Arc<Shared>,
+    client: SocketAddr,
+    request: Request<Incoming>,
+) -> HttpResponse {
+    // 1-3: the endpoint by path, and a WebSocket upgrade at all.
+    let generation = shared.generation();
+    let Some(endpoint) = generation.endpoint_for(request.uri().path()).cloned() else {
+        return Refused::NotFound.response();
+    };
+    if let Err(refused) = request::check_websocket(&request) {
+        return refused.response();
+    }
+    let id = shared.next_connection_id();
+    let path = endpoint.config.path.get_ref();
+    let span = tracing::info_span!("connection", id, endpoint = %path, %client);
+    let observer = Observer::new(
+        shared.counters.clone(),
+        &shared.monitor,
+        endpoint.config.monitor,
+        usize::try_from(endpoint.config.monitor_capture.0).unwrap_or(usize::MAX),
+        id,
+        generation.id,
+        path,
+        client,
+        RequestSummary {
+            method: request.method().as_str(),
+            path: request.uri().path(),
+            query: request.uri().query().unwrap_or(""),
+            headers: request.headers(),
+        },
+    );
+    let connection = Connection {
+        shared,
+        generation,
+        endpoint,
+        id,
+        client,
+    };
+    connection
+        .upgrade(request, observer)
+        .instrument(span)
+        .await
+}
+
+/// What every phase of one upgrade works on.
+struct Connection {
+    shared: Arc<Shared>,
+    generation: Arc<Generation>,
+    endpoint: Arc<LiveEndpoint>,
+    id: u64,
+    client: SocketAddr,
+}
+
+/// An upgrade that got through every phase: what the relay takes over.
+struct Accepted {
+    response: HttpResponse,
+    upstream: Upstream,
+    deflate: Option<Agreement>,
+    contexts: Vec<CallContext>,
+    place: Place,
+    on_upgrade: OnUpgrade,
+}
+
+impl Connection {
+    /// Every phase after the request's own checks; the answer the client gets.
+    async fn upgrade(self, mut request: Request<Incoming>, mut observer: Observer) -> HttpResponse {
+        match self.phases(&mut request, &mut observer).await {
+            Ok(accepted) => {
+                let status = accepted.response.status().as_u16();
+                observer.answered(status, accepted.response.headers());
+                tracing::info!(status, "upgrade answered");
+                self.hand_to_relay(accepted, observer)
+            }
+            Err(refused) => {
+                let failed = refused.culprit().name();
+                let reason = refused.to_string();
+                let response = refused.response();
+                let status = response.status().as_u16();
+                observer.answered(status, response.headers());
+                tracing::info!(status, failed, %reason, "upgrade answered");
+                response
+            }
+        }
+    }
+
+    async fn phases(
+        &self,
+        request: &mut Request<Incoming>,
+        observer: &mut Observer,
+    ) -> Result<Accepted, Refused> {
+        request::check_origin(&self.endpoint, request)?;
+        let mut place = self.admit()?;
+        let view = request::plugin_view(request, self.id, self.client);
+        let info = Arc::new(ConnectionInfo {
+            id: self.id,
+            endpoint_path: self.endpoint.config.path.get_ref().clone(),
+            content_type: self.endpoint.config.content_type.clone(),
+            request_headers: view.headers.clone(),
+            ..ConnectionInfo::default()
+        });
+        let mut contexts: Vec<CallContext> = (0..self.endpoint.slots)
+            .map(|_| CallContext::new(info.clone()))
+            .collect();
+        let (route, header_ops) =
+            chain::run_upgrade_chain(&self.endpoint, &view, &mut contexts, observer)?;
+        observer.routed(&route.url);
+        let url = route::check_route(&self.endpoint, &route)?;
+        let upstream = self
+            .connect(request, &view, header_ops, &route, &url, &mut place)
+            .await?;
+        let (response, deflate) = answer::answer(request, &self.endpoint, upstream.protocol.clone());
+        let _ = info.route_url.set(route.url);
+        Ok(Accepted {
+            response,
+            upstream,
+            deflate,
+            contexts,
+            place,
+            on_upgrade: hyper::upgrade::on(&mut *request),
+        })
+    }
+
+    /// Take the connection's place under the gateway, endpoint and client limits.
+    fn admit(&self) -> Result<Place, Refused> {
+        let limits = Limits {
+            gateway: self.generation.config.gateway.max_connections,
+            endpoint: self.endpoint.config.path.get_ref(),
+            per_endpoint: self.endpoint.config.max_connections,
+            per_client: self.endpoint.config.max_connections_per_ip,
+        };
+        self.shared
+            .ledger
+            .admit(&limits, self.client.ip())
+            .map_err(|refusal| {
+                tracing::warn!(?refusal, "connection limit reached");
+                Refused::Limit(refusal)
+            })
+    }
+
+    /// Connect to the routed upstream under its remote host's limit and
+    /// connect timeout, and finish its WebSocket handshake.
+    async fn connect(
+        &self,
+        request: &Request<Incoming>,
+        view: &wsgate_runtime::UpgradeRequest,
+        header_ops: Vec<HeaderOp>,
+        route: &Route,
+        url: &UpstreamUrl,
+        place: &mut Place,
+    ) -> Result<Upstream, Refused> {
+        let address = url.address();
+        let remote = self.generation.remote_hosts.get(&address);
+        place
+            .take_remote_permit(remote.map(Arc::as_ref))
+            .map_err(|refusal| {
+                tracing::warn!(%address, "remote host at its max-connections");
+                Refused::Limit(refusal)
+            })?;
+        let timeout = remote.map_or(DEFAULT_CONNECT_TIMEOUT, |r| r.connect_timeout);
+        let tls = remote.and_then(|r| r.tls.clone());
+        let headers = headers::upstream_headers(request, view, header_ops, route, self.client);
+        let connected = tokio::time::timeout(
+            timeout,
+            upstream::connect(
+                url,
+                headers,
+                self.endpoint.ws_config(&self.generation),
+                tls,
+                self.endpoint.config.permessage_deflate.with_upstream(),
+            ),
+        )
+        .await;
+        let error = match connected {
+            Ok(Ok(upstream)) => return Ok(upstream),
+            Ok(Err(error)) => error,
+            Err(_) => UpstreamError::Timeout { address, timeout },
+        };
+        tracing::warn!(%error, "upstream connection failed");
+        Err(Refused::Upstream(error))
+    }
+
+    /// Spawn the relay: once the client's connection is upgraded (after
+    /// our 101 is written), its stream stack is built and the relay runs.
+    fn hand_to_relay(self, accepted: Accepted, observer: Observer) -> HttpResponse {
+        let Self {
+            shared,
+            generation,
+            endpoint,
+            id,
+            client: _,
+        } = self;
+        let Accepted {
+            response,
+            upstream,
+            deflate,
+            contexts,
+            mut place,
+            on_upgrade,
+        } = accepted;
+        place.open(endpoint.clone(), generation.clone());
+        let ws_config = endpoint.ws_config(&generation);
+        let frames = observer.frame_log();
+        let session = Session {
+            id,
+            generation,
+            endpoint,
+            contexts,
+            place,
+            observer,
+            shutdown: shared.shutdown.clone(),
+        };
+        let relay = async move {
+            match on_upgrade.await {
+                Ok(upgraded) => {
+                    let client = wsgate_wire::open(
+                        TokioIo::new(upgraded),
+                        Role::Server,
+                        deflate,
+                        frames,
+                        ws_config,
+                    );
+                    relay::run(session, client, upstream.stream).await;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "client upgrade failed after 101");
+                    relay::abandon(session, upstream.stream).await;
+                }
+            }
+        };
+        shared
+            .tracker
+            .spawn(relay.instrument(tracing::Span::current()));
+        response
+    }
+}
