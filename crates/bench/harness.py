@@ -139,7 +139,7 @@ config = {{ url = "ws://127.0.0.1:{echo}/" }}
 PASSTHROUGH = """
 [[endpoint.client-messages]]
 plugin = "passthrough@1.0.0"
-[[endpoint.server-messages]]
+[[endpoint.upstream-messages]]
 plugin = "passthrough@1.0.0"
 """
 CHAIN3 = """
@@ -152,7 +152,7 @@ config = {{ set = {{ "x-connection" = "${{connection-id}}" }} }}
 """ + ROUTER + "".join(f"""
 [[endpoint.{chain}]]
 plugin = "{plugin}"
-{config}""" for chain in ("client-messages", "server-messages") for plugin, config in (
+{config}""" for chain in ("client-messages", "upstream-messages") for plugin, config in (
     ("passthrough@1.0.0", ""),
     ("size-limit@1.0.0", 'config = {{ "max-bytes" = 1048576 }}'),
     ("json-mask@1.0.0", 'config = {{ fields = ["password"] }}'),

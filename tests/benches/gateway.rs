@@ -332,7 +332,7 @@ fn three_ways(
                 "/filtered",
                 echo,
                 "client-messages = [{ plugin = \"passthrough@1.0.0\" }]\n\
-                 server-messages = [{ plugin = \"passthrough@1.0.0\" }]",
+                 upstream-messages = [{ plugin = \"passthrough@1.0.0\" }]",
             )),
     ));
     let targets = [

@@ -61,7 +61,7 @@ max-message-size = "1MiB"
 permessage-deflate = "both"
 allowed-upstreams = ["ws://127.0.0.1:{upstream}"]
 client-messages = [{{ plugin = "json-mask@1.0.0", config = {{ fields = ["password"] }} }}, {{ plugin = "passthrough@1.0.0" }}]
-server-messages = [{{ plugin = "passthrough@1.0.0" }}]
+upstream-messages = [{{ plugin = "passthrough@1.0.0" }}]
 
 [[endpoint.upgrade]]
 plugin = "static-router@1.0.0"

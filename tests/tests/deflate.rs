@@ -166,7 +166,7 @@ async fn a_compressing_upstream_is_negotiated_on_its_own() {
         "/u",
         address,
         "permessage-deflate = \"both\"\n\
-         server-messages = [{ plugin = \"json-mask@1.0.0\", config = { fields = [\"password\"] } }]",
+         upstream-messages = [{ plugin = \"json-mask@1.0.0\", config = { fields = [\"password\"] } }]",
     ))
     .await;
     // This client offers no compression: it gets none.

@@ -179,7 +179,7 @@ async fn a_broken_deploy_is_refused_with_every_error_and_traffic_is_untouched() 
         "/load",
         echo,
         "client-messages = [{ plugin = \"static-router@1.0.0\", config = { url = \"ws://x/\" } }]\n\
-         server-messages = [{ plugin = \"json-transform@1.0.0\", config = { set = { \"no-slash\" = 1 } } }]",
+         upstream-messages = [{ plugin = \"json-transform@1.0.0\", config = { set = { \"no-slash\" = 1 } } }]",
     ));
     let errors = match gateway.deploy(parse_config(&broken), "test").await {
         Ok(generation) => panic!("deployed generation {generation}"),
@@ -191,7 +191,7 @@ async fn a_broken_deploy_is_refused_with_every_error_and_traffic_is_untouched() 
         fields,
         [
             "endpoint[0].client-messages[0].plugin",
-            "endpoint[0].server-messages[0].config.set.no-slash"
+            "endpoint[0].upstream-messages[0].config.set.no-slash"
         ]
     );
     assert_eq!(gateway.generation().id, 1);

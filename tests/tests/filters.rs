@@ -337,7 +337,7 @@ async fn envelope_wraps_toward_the_server_and_unwraps_toward_the_client() {
         "/e",
         upstream.address,
         "client-messages = [{ plugin = \"envelope@1.0.0\", config = { mode = \"wrap\", field = \"data\", metadata = { kind = \"chat\", endpoint = \"${endpoint}\" } } }]\n\
-         server-messages = [{ plugin = \"envelope@1.0.0\", config = { mode = \"unwrap\", field = \"data\", non-json = \"drop\" } }]",
+         upstream-messages = [{ plugin = \"envelope@1.0.0\", config = { mode = \"unwrap\", field = \"data\", non-json = \"drop\" } }]",
     ))
     .await;
     let mut client = connect(&gateway, "/e").await;
@@ -363,6 +363,8 @@ async fn redact_and_text_replace_rewrite_server_text() {
     let gateway = start_gateway(&endpoint(
         "/t",
         upstream.address,
+        // Deliberately the deprecated key `server-messages` (now
+        // `upstream-messages`): the old name must keep working end to end.
         "server-messages = [{ plugin = \"text-replace@1.0.0\", config = { rules = [{ pattern = \"internal-(\\\\w+)\", replacement = \"public-$1\" }] } }, { plugin = \"redact@1.0.0\" }]",
     ))
     .await;
@@ -469,7 +471,7 @@ async fn composition_jwt_rewrite_route_then_schema_rate_transform_and_redact() {
            {{ plugin = \"rate-limit@1.0.0\", config = {{ messages-per-second = 100 }} }},\
            {{ plugin = \"json-transform@1.0.0\", config = {{ set = {{ \"/from\" = \"${{attribute.claim.sub}}\" }} }} }}\
          ]\n\
-         server-messages = [{{ plugin = \"redact@1.0.0\" }}]\n",
+         upstream-messages = [{{ plugin = \"redact@1.0.0\" }}]\n",
         eu = eu.address,
         us = us.address,
         jwt = jwt_entry(&signers, ", publish-claims = [\"sub\", \"tenant\"]"),

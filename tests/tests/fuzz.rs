@@ -140,7 +140,7 @@ fn arbitrary_messages_through_a_filter_chain_come_back_as_filtered() {
             "/ws",
             echo,
             "client-messages = [{ plugin = \"passthrough@1.0.0\" }, { plugin = \"json-mask@1.0.0\", config = { fields = [\"password\"] } }]\n\
-             server-messages = [{ plugin = \"passthrough@1.0.0\" }]",
+             upstream-messages = [{ plugin = \"passthrough@1.0.0\" }]",
         ))
         .await
     });

@@ -36,7 +36,7 @@ fn config_for(
     let router = plugin_path("static-router");
     let chains = format!(
         "client-messages = [{{ plugin = \"{name}@1.0.0\", config = {config} }}]\n\
-         server-messages = [{{ plugin = \"{name}@1.0.0\", config = {config} }}]"
+         upstream-messages = [{{ plugin = \"{name}@1.0.0\", config = {config} }}]"
     );
     format!(
         "[gateway]\nlisten = \"127.0.0.1:0\"\n\n\

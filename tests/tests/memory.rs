@@ -24,7 +24,7 @@ async fn a_client_that_never_reads_does_not_grow_the_gateway() {
         "/firehose",
         upstream.address,
         "send-timeout = \"1s\"\nmax-message-size = \"1MiB\"\n\
-         server-messages = [{ plugin = \"passthrough@1.0.0\" }]",
+         upstream-messages = [{ plugin = \"passthrough@1.0.0\" }]",
     ))
     .await;
     // Warm up: one message each way through the same path, so what the

@@ -140,7 +140,7 @@ fn verdicts_endpoint(upstream: std::net::SocketAddr) -> String {
         "/v",
         upstream,
         "client-messages = [{ plugin = \"test-verdicts@0.1.0\", config = { tag = \"+c\" } }]\n\
-         server-messages = [{ plugin = \"test-verdicts@0.1.0\", config = { tag = \"+s\" } }]",
+         upstream-messages = [{ plugin = \"test-verdicts@0.1.0\", config = { tag = \"+s\" } }]",
     )
 }
 
@@ -198,7 +198,7 @@ async fn plugins_see_the_read_only_connection_context() {
         "[[endpoint]]\npath = \"/v\"\ncontent-type = \"text/plain\"\nallowed-upstreams = [\"ws://{0}\"]\n\
          upgrade = [{{ plugin = \"test-verdicts@0.1.0\" }}, {{ plugin = \"static-router@1.0.0\", config = {{ url = \"ws://{0}/\" }} }}]\n\
          client-messages = [{{ plugin = \"test-verdicts@0.1.0\" }}]\n\
-         server-messages = [{{ plugin = \"json-transform@1.0.0\", config = {{ set = {{ \"/marker\" = \"${{attribute.marker}}\" }} }} }}]\n",
+         upstream-messages = [{{ plugin = \"json-transform@1.0.0\", config = {{ set = {{ \"/marker\" = \"${{attribute.marker}}\" }} }} }}]\n",
         upstream.address
     ))
     .await;
@@ -267,7 +267,7 @@ async fn bad_plugin_configs_and_roles_are_reported_with_line_and_field() {
          [[endpoint]]\npath = \"/x\"\nallowed-upstreams = [\"ws://127.0.0.1:1\"]\n\
          upgrade = [{{ plugin = \"dynamic-router@1.0.0\", config = {{ rules = [{{ host = \"a\", url = \"http://nope\" }}] }} }}]\n\
          client-messages = [{{ plugin = \"static-router@1.0.0\", config = {{ url = \"ws://a/\" }} }}]\n\
-         server-messages = [{{ plugin = \"json-transform@1.0.0\", config = {{ sett = {{}} }} }}]\n",
+         upstream-messages = [{{ plugin = \"json-transform@1.0.0\", config = {{ sett = {{}} }} }}]\n",
         all_plugins()
     );
     let config = wsgate_config::parse(&text, Path::new("bad.toml")).unwrap();
@@ -289,8 +289,8 @@ async fn bad_plugin_configs_and_roles_are_reported_with_line_and_field() {
                 line_of("client-messages")
             ),
             (
-                "endpoint[0].server-messages[0].config.sett",
-                line_of("server-messages")
+                "endpoint[0].upstream-messages[0].config.sett",
+                line_of("upstream-messages")
             ),
         ]
     );

@@ -13,7 +13,7 @@ use wsgate_tests::*;
 #[tokio::test]
 async fn the_seed_scenario_client_gateway_echo_and_back_transformed() {
     let echo = start_echo().await;
-    let gateway = start_gateway(&(endpoint("/echo", echo, "") + "[[endpoint.server-messages]]\nplugin = \"json-transform@1.0.0\"\nconfig = { set = { \"/via\" = \"wsgate\", \"/endpoint\" = \"${endpoint}\" }, remove = [\"/secret\"] }\n"))
+    let gateway = start_gateway(&(endpoint("/echo", echo, "") + "[[endpoint.upstream-messages]]\nplugin = \"json-transform@1.0.0\"\nconfig = { set = { \"/via\" = \"wsgate\", \"/endpoint\" = \"${endpoint}\" }, remove = [\"/secret\"] }\n"))
     .await;
     let mut client = connect(&gateway, "/echo").await;
     send_text(&mut client, r#"{"hello":"world","secret":"s3cr3t"}"#).await;

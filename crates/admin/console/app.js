@@ -299,7 +299,7 @@ async function renderEndpoints() {
     el('td', {}, String(e.connections)),
     el('td', { class: 'wrap' }, chainText(e.upgrade)),
     el('td', { class: 'wrap' }, chainText(e.client_messages)),
-    el('td', { class: 'wrap' }, chainText(e.server_messages)),
+    el('td', { class: 'wrap' }, chainText(e.upstream_messages)),
     el('td', { class: 'wrap' }, e.allowed_upstreams.join(', ')))));
   $('#plugins-table tbody').replaceChildren(...o.plugins.map((p) => el('tr', {},
     el('td', {}, p.id),

@@ -225,7 +225,7 @@ pub fn endpoints(gateway: &Gateway) -> Value {
                 "max_message_size": c.max_message_size.0,
                 "upgrade": chain(&c.upgrade),
                 "client_messages": chain(&c.client_messages),
-                "server_messages": chain(&c.server_messages),
+                "upstream_messages": chain(&c.upstream_messages),
                 "connections": e.active_connections(),
             })
         })

@@ -3,8 +3,10 @@
 //! [`load`] reads and validates a configuration file; every error names the
 //! file, the line and column, and the field (as a dotted path such as
 //! `endpoint[0].upgrade[1].plugin`). Unknown keys are errors, so a misspelt
-//! key never silently falls back to a default.
+//! key never silently falls back to a default. Renamed keys are still
+//! accepted under their old names; [`Config::warnings`] lists each use.
 
+mod deprecated;
 mod error;
 mod model;
 mod units;
@@ -36,9 +38,14 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
 /// Relative plugin paths are resolved against the directory of `path`.
 pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
     let source = SourceMap::new(path, text);
+    let document = toml::de::DeTable::parse(text)
+        .map_err(|error| ConfigErrors::from(source.toml_error(&error, "")))?;
+    let renamed = deprecated::check(document.get_ref(), &source);
+    if !renamed.errors.is_empty() {
+        return Err(ConfigErrors(renamed.errors));
+    }
     let mut config: Config = {
-        let deserializer = toml::Deserializer::parse(text)
-            .map_err(|error| ConfigErrors::from(source.toml_error(&error, "")))?;
+        let deserializer = toml::Deserializer::from(document);
         serde_path_to_error::deserialize(deserializer).map_err(|error| {
             let field = error.path().to_string();
             ConfigErrors::from(source.toml_error(error.inner(), &field))
@@ -110,7 +117,9 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
         *cache = base_dir.join(&*cache);
     }
     config.source = source;
-    validate::validate(&config)?;
+    validate::validate(&config, &renamed)?;
+    config.warnings = renamed.warnings;
+    config.warnings.sort_by_key(|w| (w.line, w.column));
     Ok(config)
 }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::error::SourceMap;
+use crate::error::{ConfigError, SourceMap};
 use crate::units::{ByteSize, HumanDuration};
 
 /// A whole gateway configuration.
@@ -40,6 +40,10 @@ pub struct Config {
     /// Where the configuration came from, for error positions.
     #[serde(skip)]
     pub source: SourceMap,
+    /// Problems that do not stop the configuration from loading (deprecated
+    /// keys), in file order; the caller shows them as warnings.
+    #[serde(skip)]
+    pub warnings: Vec<ConfigError>,
 }
 
 /// Gateway-wide settings.
@@ -451,9 +455,11 @@ pub struct Endpoint {
     /// Plugins run on messages from the client, in order.
     #[serde(default)]
     pub client_messages: Vec<ChainEntry>,
-    /// Plugins run on messages from the upstream server, in order.
-    #[serde(default)]
-    pub server_messages: Vec<ChainEntry>,
+    /// Plugins run on messages from the upstream, in order
+    /// (`upstream-messages`; the deprecated name `server-messages` is
+    /// accepted with a warning).
+    #[serde(default, alias = "server-messages")]
+    pub upstream_messages: Vec<ChainEntry>,
 }
 
 impl Endpoint {

@@ -153,6 +153,87 @@ fn a_non_loopback_admin_listener_needs_a_token() {
     assert!(parse_at(&text).is_ok());
 }
 
+/// `GOOD` with a chain for upstream messages on the first endpoint, under `key`.
+fn with_upstream_chain(key: &str) -> String {
+    GOOD.replace(
+        "\n[[endpoint]]\npath = \"/chat\"",
+        &format!(
+            "\n[[endpoint.{key}]]\nplugin = \"static-router@1.0.0\"\n\n[[endpoint]]\npath = \"/chat\""
+        ),
+    )
+}
+
+#[test]
+fn upstream_messages_is_the_chain_for_upstream_messages() {
+    let config = parse_at(&with_upstream_chain("upstream-messages")).unwrap();
+    let chain = &config.endpoints[0].upstream_messages;
+    assert_eq!(chain.len(), 1);
+    assert_eq!(chain[0].plugin.get_ref(), "static-router@1.0.0");
+    assert!(config.endpoints[1].upstream_messages.is_empty());
+    assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+}
+
+#[test]
+fn server_messages_still_works_and_warns_at_its_line() {
+    let text = with_upstream_chain("server-messages");
+    let config = parse_at(&text).unwrap();
+    let chain = &config.endpoints[0].upstream_messages;
+    assert_eq!(chain.len(), 1);
+    assert_eq!(chain[0].plugin.get_ref(), "static-router@1.0.0");
+    assert_eq!(config.warnings.len(), 1, "{:?}", config.warnings);
+    let warning = &config.warnings[0];
+    let line = 1 + text
+        .lines()
+        .position(|l| l == "[[endpoint.server-messages]]")
+        .unwrap();
+    assert_eq!(line, 16);
+    assert_eq!((warning.line, warning.column), (line, 1));
+    assert_eq!(warning.field, "endpoint[0].server-messages");
+    assert_eq!(
+        warning.to_string(),
+        "conf/host-config.toml:16:1: field `endpoint[0].server-messages`: \
+         deprecated, use `upstream-messages`"
+    );
+
+    // Inline, as a key of the endpoint table: the key's own position.
+    let text = GOOD.replace(
+        "expire = \"1h\"",
+        "expire = \"1h\"\n  server-messages = [{ plugin = \"static-router@1.0.0\" }]",
+    );
+    let config = parse_at(&text).unwrap();
+    assert_eq!(config.endpoints[0].upstream_messages.len(), 1);
+    let warning = &config.warnings[0];
+    assert_eq!((warning.line, warning.column), (13, 3));
+}
+
+#[test]
+fn errors_in_a_server_messages_chain_name_the_key_as_written() {
+    let text = with_upstream_chain("server-messages").replace(
+        "plugin = \"static-router@1.0.0\"\n\n",
+        "plugin = \"static-router@9\"\n\n",
+    );
+    let error = single_error(&text);
+    assert_eq!(error.field, "endpoint[0].server-messages[0].plugin");
+    assert_eq!(error.line, 17);
+    let text = with_upstream_chain("server-messages").replace(
+        "plugin = \"static-router@1.0.0\"\n\n",
+        "plugin = \"static-router@1.0.0\"\nfial = \"open\"\n\n",
+    );
+    let error = single_error(&text);
+    assert_eq!(error.field, "endpoint[0].server-messages[0].fial");
+}
+
+#[test]
+fn server_messages_and_upstream_messages_together_are_an_error() {
+    let text = with_upstream_chain("server-messages")
+        .replace("expire = \"1h\"", "expire = \"1h\"\nupstream-messages = []");
+    let error = single_error(&text);
+    assert_eq!(error.field, "endpoint[0].server-messages");
+    assert_eq!(error.line, 17);
+    assert!(error.message.contains("not both"), "{error}");
+    assert!(error.message.contains("upstream-messages"), "{error}");
+}
+
 /// Property tests ("fuzzing" in CI's budget; `scripts/fuzz` runs many more
 /// cases): no input makes the parser panic, and every error points inside
 /// the file.
@@ -162,10 +243,14 @@ mod fuzz {
     use super::*;
 
     fn check(text: &str) {
+        let lines = text.lines().count().max(1);
         match parse_at(text) {
-            Ok(_) => {}
+            Ok(config) => {
+                for warning in &config.warnings {
+                    assert!(warning.line >= 1 && warning.line <= lines + 1, "{warning}");
+                }
+            }
             Err(errors) => {
-                let lines = text.lines().count().max(1);
                 for error in &errors.0 {
                     assert!(!error.message.is_empty());
                     assert!(
@@ -184,6 +269,9 @@ mod fuzz {
             Just("[gateway]\n".to_string()),
             Just("[[endpoint]]\n".to_string()),
             Just("[[plugin]]\n".to_string()),
+            Just("[[endpoint.server-messages]]\n".to_string()),
+            Just("[[endpoint.upstream-messages]]\n".to_string()),
+            Just("server-messages = []\n".to_string()),
             Just("[[remote-host]]\n".to_string()),
             Just("[monitor]\n".to_string()),
             Just("[signing]\n".to_string()),

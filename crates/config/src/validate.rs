@@ -4,11 +4,13 @@ use std::collections::HashSet;
 
 use toml::Spanned;
 
+use crate::deprecated::Renamed;
 use crate::error::{ConfigError, ConfigErrors};
 use crate::model::{ChainEntry, Config};
 
-/// Collect every cross-field problem in `config`, in file order.
-pub(crate) fn validate(config: &Config) -> Result<(), ConfigErrors> {
+/// Collect every cross-field problem in `config`, in file order; `renamed`
+/// says which keys were written under their old names.
+pub(crate) fn validate(config: &Config, renamed: &Renamed) -> Result<(), ConfigErrors> {
     let mut errors = Vec::new();
     let source = &config.source;
     let mut at = |span: std::ops::Range<usize>, field: String, message: String| {
@@ -173,7 +175,10 @@ pub(crate) fn validate(config: &Config) -> Result<(), ConfigErrors> {
         let chains: [(&str, &[ChainEntry]); 3] = [
             ("upgrade", &endpoint.upgrade),
             ("client-messages", &endpoint.client_messages),
-            ("server-messages", &endpoint.server_messages),
+            (
+                renamed.endpoint_key(i, "upstream-messages"),
+                &endpoint.upstream_messages,
+            ),
         ];
         for (chain, entries) in chains {
             for (j, entry) in entries.iter().enumerate() {

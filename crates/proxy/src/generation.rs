@@ -38,7 +38,7 @@ pub struct LiveEndpoint {
     /// The chain for messages from the client.
     pub client_messages: Vec<ChainStep>,
     /// The chain for messages from the upstream.
-    pub server_messages: Vec<ChainStep>,
+    pub upstream_messages: Vec<ChainStep>,
     /// How many distinct plugins the endpoint uses (per-connection state slots).
     pub slots: usize,
     /// Connections open on this endpoint.
@@ -226,13 +226,16 @@ impl Generation {
             let upgrade = build_chain("upgrade", &endpoint.upgrade, &mut errors);
             let client_messages =
                 build_chain("client-messages", &endpoint.client_messages, &mut errors);
-            let server_messages =
-                build_chain("server-messages", &endpoint.server_messages, &mut errors);
+            let upstream_messages = build_chain(
+                "upstream-messages",
+                &endpoint.upstream_messages,
+                &mut errors,
+            );
             endpoints.push(Arc::new(LiveEndpoint {
                 config: endpoint.clone(),
                 upgrade,
                 client_messages,
-                server_messages,
+                upstream_messages,
                 slots: slots.len(),
                 active: AtomicU64::new(0),
             }));

@@ -20,6 +20,7 @@ pub async fn run(
         .with_context(|| format!("cannot read {}", path.display()))?;
     // Parse locally first: a file that does not parse never leaves this machine.
     let config = wsgate_config::parse(&text, &path).map_err(anyhow::Error::msg)?;
+    crate::print_warnings(&config);
     let admin = admin
         .or_else(|| config.admin.as_ref().map(|a| *a.listen.get_ref()))
         .context("no admin address: pass --admin or set [admin] listen in the file")?;

@@ -105,6 +105,7 @@ fn main() -> ExitCode {
 async fn run(path: &Path) -> anyhow::Result<()> {
     let mut signals = ShutdownSignals::install().context("cannot listen for signals")?;
     let config = wsgate_config::load(path).map_err(anyhow::Error::msg)?;
+    print_warnings(&config);
     let runtime = Runtime::with_cache(config.gateway.plugin_cache_dir.clone())?;
     let gateway = Gateway::start(config, &runtime).await?;
     let generation = gateway.generation();
@@ -150,10 +151,24 @@ async fn run(path: &Path) -> anyhow::Result<()> {
 async fn reload(gateway: &Gateway, path: &Path) {
     let source = format!("SIGHUP {}", path.display());
     match gateway.deploy_file(path, &source).await {
-        Ok(generation) => eprintln!("deployed {} as generation {generation}", path.display()),
+        Ok(generation) => {
+            eprintln!("deployed {} as generation {generation}", path.display());
+            let deployed = gateway.generation();
+            if deployed.id == generation {
+                print_warnings(&deployed.config);
+            }
+        }
         Err(errors) => {
             eprintln!("deploy refused; still serving the previous configuration:\n{errors}")
         }
+    }
+}
+
+/// Print a loaded configuration's warnings (deprecated keys) to stderr, one
+/// `warning: file:line:column: …` line each.
+fn print_warnings(config: &wsgate_config::Config) {
+    for warning in &config.warnings {
+        eprintln!("warning: {warning}");
     }
 }
 
@@ -161,6 +176,7 @@ async fn reload(gateway: &Gateway, path: &Path) {
 #[allow(clippy::print_stdout)]
 fn check(path: &Path) -> anyhow::Result<()> {
     let config = wsgate_config::load(path).map_err(anyhow::Error::msg)?;
+    print_warnings(&config);
     let runtime = Runtime::with_cache(config.gateway.plugin_cache_dir.clone())?;
     let generation = Generation::build(0, config, &runtime).map_err(anyhow::Error::msg)?;
     println!(

@@ -61,6 +61,39 @@ fn check_reports_every_problem_and_accepts_a_good_config() {
 }
 
 #[test]
+fn check_warns_about_a_deprecated_key_and_still_succeeds() {
+    let endpoint =
+        "[gateway]\nlisten = \"127.0.0.1:0\"\n\n[[endpoint]]\npath = \"/x\"\nenabled = false\n";
+    let path = write_config("deprecated", &format!("{endpoint}server-messages = []\n"));
+    let output = check(&path);
+    let errors = stderr(&output);
+    assert!(output.status.success(), "{errors}");
+    let expected = format!(
+        "warning: {}:7:1: field `endpoint[0].server-messages`: deprecated, use `upstream-messages`",
+        path.display()
+    );
+    assert!(errors.contains(&expected), "{errors}");
+
+    let path = write_config("renamed", &format!("{endpoint}upstream-messages = []\n"));
+    let output = check(&path);
+    let errors = stderr(&output);
+    assert!(output.status.success(), "{errors}");
+    assert!(!errors.contains("warning:"), "{errors}");
+
+    let path = write_config(
+        "both",
+        &format!("{endpoint}upstream-messages = []\nserver-messages = []\n"),
+    );
+    let output = check(&path);
+    assert!(!output.status.success());
+    let errors = stderr(&output);
+    assert!(
+        errors.contains(":8:1: field `endpoint[0].server-messages`"),
+        "{errors}"
+    );
+}
+
+#[test]
 fn echo_serves_and_stops_on_sigterm() {
     let mut child = wsgate()
         .args(["echo", "--listen", "127.0.0.1:0"])
@@ -105,6 +138,11 @@ fn the_demo_configurations_check_clean() {
     for file in ["host-config.toml", "host-config.v2.toml"] {
         let output = check(&wsgate_tests::repo_root().join(file));
         assert!(output.status.success(), "{file}: {}", stderr(&output));
+        assert!(
+            !stderr(&output).contains("warning:"),
+            "{file}: {}",
+            stderr(&output)
+        );
     }
 }
 

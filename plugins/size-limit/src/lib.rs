@@ -1,6 +1,6 @@
 //! `size-limit`: messages larger than `max-bytes` close the connection with
 //! 1009 (message too big), or are dropped. Put it on the client-messages
-//! and/or server-messages chain for a per-direction limit.
+//! and/or upstream-messages chain for a per-direction limit.
 
 use wsgate_plugin_sdk::policy::{Action, data_len};
 use wsgate_plugin_sdk::prelude::*;

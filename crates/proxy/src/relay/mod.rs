@@ -251,7 +251,7 @@ async fn on_read(
     }
     let chain = match from.peer {
         Peer::Client => &endpoint.client_messages,
-        Peer::Upstream => &endpoint.server_messages,
+        Peer::Upstream => &endpoint.upstream_messages,
     };
     if chain.is_empty() {
         // The fast path: nothing to run, nothing to convert.
