@@ -32,30 +32,6 @@ pub struct ComponentInfo {
 }
 
 impl ComponentInfo {
-    /// Whether `manifest` tells the truth about this component: the same
-    /// role, and a request for every capability its imports need.
-    pub fn check_manifest(&self, manifest: &wsgate_store::Manifest) -> Result<(), String> {
-        let role = wsgate_store::Role::of_exports(self.roles.upgrade, self.roles.message);
-        if role != Some(manifest.role) {
-            return Err(format!(
-                "the manifest says role `{}`, but the component is {}",
-                manifest.role.as_str(),
-                role.map_or("neither", wsgate_store::Role::as_str)
-            ));
-        }
-        for (import, capability) in &self.imports {
-            if let Some(capability) = capability
-                && !manifest.capabilities.contains(capability)
-            {
-                return Err(format!(
-                    "the component imports {import}, which needs the `{}` capability; the manifest does not request it",
-                    capability.as_str()
-                ));
-            }
-        }
-        Ok(())
-    }
-
     /// The capabilities its imports need, each once, in grant order.
     pub fn capabilities(&self) -> Vec<wsgate_config::Capability> {
         let mut needed: Vec<_> = self.imports.iter().filter_map(|(_, c)| *c).collect();

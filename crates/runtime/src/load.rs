@@ -63,7 +63,7 @@ impl Runtime {
             message,
         };
         if let Some(entry) = &decl.store_entry {
-            check_store_entry(entry, &digest).map_err(invalid)?;
+            wsgate_store::check_entry(entry, &digest).map_err(invalid)?;
         }
         let signed_by =
             check_signature(decl, signing, &bytes).map_err(|message| RuntimeError::Signature {
@@ -153,24 +153,6 @@ impl std::fmt::Debug for Plugin {
             .field("roles", &self.roles)
             .finish_non_exhaustive()
     }
-}
-
-/// The plugin store's index entry must record the digest the configuration pins.
-fn check_store_entry(entry: &std::path::Path, digest: &str) -> Result<(), String> {
-    if !entry.exists() {
-        return Err(format!(
-            "not in the plugin store (no {}; add it with `wsgate plugin add`)",
-            entry.display()
-        ));
-    }
-    let recorded = wsgate_store::Entry::read(entry).map_err(|e| e.to_string())?;
-    if !recorded.digest.eq_ignore_ascii_case(digest) {
-        return Err(format!(
-            "the plugin store has it as {}, but the configuration pins {digest}",
-            recorded.digest
-        ));
-    }
-    Ok(())
 }
 
 /// The trusted key that signed `bytes`, `None` if unsigned (and allowed).

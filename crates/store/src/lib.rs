@@ -116,6 +116,25 @@ impl Entry {
     }
 }
 
+/// Check that the index entry at `path` exists and records `digest`, the
+/// digest a configuration pins for it.
+pub fn check_entry(path: &Path, digest: &str) -> Result<(), String> {
+    if !path.exists() {
+        return Err(format!(
+            "not in the plugin store (no {}; add it with `wsgate plugin add`)",
+            path.display()
+        ));
+    }
+    let recorded = Entry::read(path).map_err(|e| e.to_string())?;
+    if !recorded.digest.eq_ignore_ascii_case(digest) {
+        return Err(format!(
+            "the plugin store has it as {}, but the configuration pins {digest}",
+            recorded.digest
+        ));
+    }
+    Ok(())
+}
+
 /// A plugin store rooted at a directory.
 #[derive(Debug, Clone)]
 pub struct Store {
