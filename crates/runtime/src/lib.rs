@@ -16,6 +16,7 @@ mod cache;
 mod engine;
 mod host;
 mod inspect;
+mod limiter;
 mod load;
 mod pool;
 pub mod signing;
