@@ -327,7 +327,9 @@ impl PluginPool {
     }
 
     /// Take an idle instance (creating one if none is idle) and give it
-    /// back unused: what every call pays before the plugin runs.
+    /// back unused: what every call pays before the plugin runs. For the
+    /// pool benchmark (feature `bench`).
+    #[cfg(feature = "bench")]
     pub fn take_and_put_back(&self) -> Result<(), RuntimeError> {
         let instance = self.take()?;
         self.put_back(instance);
