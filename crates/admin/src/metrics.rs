@@ -96,15 +96,16 @@ pub fn render(gateway: &Gateway) -> String {
         );
     }
 
-    let directions = [("client_to_server", 0), ("server_to_client", 1)];
+    // In the order of the counters' arrays.
+    let directions = ["client_to_server", "server_to_client"];
     let mut f = family(
         &mut out,
         "wsgate_messages_total",
         "counter",
         "Messages read, by direction.",
     );
-    for (direction, i) in directions {
-        f.sample("", &[("direction", direction)], load(&counters.messages[i]));
+    for (direction, counter) in directions.into_iter().zip(&counters.messages) {
+        f.sample("", &[("direction", direction)], load(counter));
     }
     let mut f = family(
         &mut out,
@@ -112,8 +113,8 @@ pub fn render(gateway: &Gateway) -> String {
         "counter",
         "Message payload bytes read, by direction.",
     );
-    for (direction, i) in directions {
-        f.sample("", &[("direction", direction)], load(&counters.bytes[i]));
+    for (direction, counter) in directions.into_iter().zip(&counters.bytes) {
+        f.sample("", &[("direction", direction)], load(counter));
     }
 
     let mut f = family(

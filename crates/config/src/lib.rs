@@ -5,6 +5,8 @@
 //! `endpoint[0].upgrade[1].plugin`). Unknown keys are errors, so a misspelt
 //! key never silently falls back to a default.
 
+#![deny(clippy::indexing_slicing)]
+
 mod error;
 mod model;
 mod units;
@@ -115,4 +117,5 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing)]
 mod tests;

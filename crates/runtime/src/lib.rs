@@ -11,6 +11,8 @@
 //! * A call that traps, overruns its deadline or its memory cap returns a
 //!   [`PluginFault`]; the instance that failed is discarded, never reused.
 
+#![deny(clippy::indexing_slicing)]
+
 mod bindings;
 mod cache;
 mod engine;

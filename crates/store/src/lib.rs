@@ -11,6 +11,8 @@
 //! configuration pins each stored plugin as `name@version` with its digest
 //! and loads `blobs/sha256/<hex>`; the index entry must agree with the pin.
 
+#![deny(clippy::indexing_slicing)]
+
 mod manifest;
 
 use std::path::{Path, PathBuf};
