@@ -19,6 +19,8 @@
 //! console's files needs `Authorization: Bearer <token>` (`?token=` on
 //! `/api/tail`, which browsers open without headers).
 
+#![deny(clippy::indexing_slicing)]
+
 use std::path::Path;
 use std::time::UNIX_EPOCH;
 

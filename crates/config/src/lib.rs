@@ -6,6 +6,8 @@
 //! key never silently falls back to a default. Renamed keys are still
 //! accepted under their old names; [`Config::warnings`] lists each use.
 
+#![deny(clippy::indexing_slicing)]
+
 mod deprecated;
 mod error;
 mod model;
@@ -124,4 +126,5 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing)]
 mod tests;

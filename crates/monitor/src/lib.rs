@@ -10,6 +10,8 @@
 //! configured, stores them in SQLite (WAL, one transaction per batch,
 //! retention by age and size).
 
+#![deny(clippy::indexing_slicing)]
+
 mod memory;
 pub mod query;
 pub mod record;
@@ -314,4 +316,5 @@ fn take(item: Item, batch: &mut Vec<Arc<Record>>, flushes: &mut Vec<oneshot::Sen
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing)]
 mod tests;

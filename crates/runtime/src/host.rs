@@ -6,12 +6,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use wasmtime::Engine;
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
-use wasmtime::{Engine, StoreLimits};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::bindings::types::{Header, LogLevel};
 use crate::bindings::{Filter, wsgate};
+use crate::limiter::Limiter;
 
 /// Per-connection, per-plugin key-value state (the `state-*` host functions).
 pub type StateMap = HashMap<String, Vec<u8>>;
@@ -99,7 +100,7 @@ impl LogLimiter {
 pub struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
-    pub(crate) limits: StoreLimits,
+    pub(crate) limits: Limiter,
     pub(crate) plugin_id: Arc<str>,
     pub(crate) config_json: Arc<str>,
     /// The call in progress; `None` during `configure`.
@@ -111,7 +112,7 @@ impl HostState {
     pub(crate) fn new(
         plugin_id: Arc<str>,
         config_json: Arc<str>,
-        limits: StoreLimits,
+        limits: Limiter,
         log_limiter: Arc<LogLimiter>,
     ) -> Self {
         Self {

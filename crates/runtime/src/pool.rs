@@ -7,6 +7,7 @@ use wasmtime::{Store, StoreLimitsBuilder, Trap};
 
 use crate::bindings::{Hooks, types};
 use crate::host::{CallContext, HostState, LogLimiter};
+use crate::limiter::Limiter;
 use crate::{EPOCH_TICK, Plugin, RuntimeError};
 
 /// Most idle instances a pool keeps; more are created under load and dropped after.
@@ -301,6 +302,7 @@ impl PluginPool {
             connection: context.connection.clone(),
             state: std::mem::take(&mut context.state),
         });
+        data.limits.memory_refused = false;
         instance.store.set_epoch_deadline(self.deadline_ticks);
         let result = f(&mut instance);
         if let Some(call) = instance.store.data_mut().call.take() {
@@ -312,7 +314,7 @@ impl PluginPool {
                 Ok(value)
             }
             Err(error) => {
-                let kind = classify(&error);
+                let kind = classify(&error, instance.store.data().limits.memory_refused);
                 self.stats.count(kind);
                 // The instance is dropped here: its state may be corrupt.
                 Err(PluginFault {
@@ -325,7 +327,9 @@ impl PluginPool {
     }
 
     /// Take an idle instance (creating one if none is idle) and give it
-    /// back unused: what every call pays before the plugin runs.
+    /// back unused: what every call pays before the plugin runs. For the
+    /// pool benchmark (feature `bench`).
+    #[cfg(feature = "bench")]
     pub fn take_and_put_back(&self) -> Result<(), RuntimeError> {
         let instance = self.take()?;
         self.put_back(instance);
@@ -372,10 +376,12 @@ impl PluginPool {
             plugin: plugin.id().to_string(),
             message: format!("{error:#}"),
         };
-        let limits = StoreLimitsBuilder::new()
-            .memory_size(plugin.budget().memory_limit)
-            .trap_on_grow_failure(true)
-            .build();
+        let limits = Limiter::new(
+            StoreLimitsBuilder::new()
+                .memory_size(plugin.budget().memory_limit)
+                .trap_on_grow_failure(true)
+                .build(),
+        );
         let state = HostState::new(
             plugin.id.clone(),
             self.config_json.clone(),
@@ -449,11 +455,59 @@ fn upgrade_output(verdict: &types::UpgradeVerdict) -> usize {
     }
 }
 
-fn classify(error: &wasmtime::Error) -> FaultKind {
+/// What kind of fault `error` is: a deadline from wasmtime's typed trap, a
+/// memory fault when the instance's limiter refused to grow its memory
+/// during the call (`memory_refused`), else a trap.
+fn classify(error: &wasmtime::Error, memory_refused: bool) -> FaultKind {
     match error.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => FaultKind::Deadline,
-        Some(_) => FaultKind::Trap,
-        None if format!("{error:#}").contains("memory") => FaultKind::Memory,
-        None => FaultKind::Trap,
+        _ if memory_refused => FaultKind::Memory,
+        _ => FaultKind::Trap,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+
+    /// `test-faults` (built into plugins/target) faults on command; each
+    /// fault is told by its cause, not by its message.
+    #[test]
+    fn faults_are_classified_by_cause() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../plugins/target/wasm32-wasip2/release/test_faults.wasm"
+        );
+        let text = format!(
+            "[gateway]\nlisten = \"127.0.0.1:0\"\n\n[[plugin]]\nname = \"faults\"\nversion = \"1.0.0\"\npath = \"{path}\"\ngrants = [\"state\", \"log\", \"clocks\"]\n"
+        );
+        let config = wsgate_config::parse(&text, std::path::Path::new("test.toml")).unwrap();
+        let plugin = crate::Runtime::new()
+            .unwrap()
+            .load(&config.plugins[0])
+            .unwrap();
+        let pool = PluginPool::new(plugin, "{}").unwrap();
+        let mut context = CallContext::default();
+        let mut send = |text: &str| {
+            pool.on_message(
+                &mut context,
+                types::Direction::ClientToServer,
+                &types::Message::Text(text.into()),
+            )
+        };
+        for (command, kind) in [
+            ("alloc", FaultKind::Memory),
+            ("trap", FaultKind::Trap),
+            ("loop", FaultKind::Deadline),
+            ("alloc", FaultKind::Memory),
+            ("probe-file", FaultKind::Trap),
+        ] {
+            let fault = send(command).err().unwrap();
+            assert_eq!(fault.kind, kind, "{command}: {fault}");
+        }
+        assert!(matches!(send("hello"), Ok(types::MessageVerdict::Forward)));
+        assert_eq!(pool.stats().memory_faults.load(Ordering::Relaxed), 2);
+        assert_eq!(pool.stats().trap_faults.load(Ordering::Relaxed), 2);
     }
 }

@@ -11,6 +11,8 @@
 //! configuration pins each stored plugin as `name@version` with its digest
 //! and loads `blobs/sha256/<hex>`; the index entry must agree with the pin.
 
+#![deny(clippy::indexing_slicing)]
+
 mod manifest;
 
 use std::path::{Path, PathBuf};
@@ -114,6 +116,25 @@ impl Entry {
             message: error.to_string(),
         })
     }
+}
+
+/// Check that the index entry at `path` exists and records `digest`, the
+/// digest a configuration pins for it.
+pub fn check_entry(path: &Path, digest: &str) -> Result<(), String> {
+    if !path.exists() {
+        return Err(format!(
+            "not in the plugin store (no {}; add it with `wsgate plugin add`)",
+            path.display()
+        ));
+    }
+    let recorded = Entry::read(path).map_err(|e| e.to_string())?;
+    if !recorded.digest.eq_ignore_ascii_case(digest) {
+        return Err(format!(
+            "the plugin store has it as {}, but the configuration pins {digest}",
+            recorded.digest
+        ));
+    }
+    Ok(())
 }
 
 /// A plugin store rooted at a directory.

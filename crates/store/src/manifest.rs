@@ -112,4 +112,33 @@ impl Manifest {
         };
         Ok((manifest, schema))
     }
+
+    /// Whether this manifest tells the truth about a component whose exports
+    /// give it `role` (`None`: neither hook) and whose `imports` need the
+    /// capabilities paired with them: the same role, and a request for every
+    /// capability its imports need.
+    pub fn check_component(
+        &self,
+        role: Option<Role>,
+        imports: &[(String, Option<Capability>)],
+    ) -> Result<(), String> {
+        if role != Some(self.role) {
+            return Err(format!(
+                "the manifest says role `{}`, but the component is {}",
+                self.role.as_str(),
+                role.map_or("neither", Role::as_str)
+            ));
+        }
+        for (import, capability) in imports {
+            if let Some(capability) = capability
+                && !self.capabilities.contains(capability)
+            {
+                return Err(format!(
+                    "the component imports {import}, which needs the `{}` capability; the manifest does not request it",
+                    capability.as_str()
+                ));
+            }
+        }
+        Ok(())
+    }
 }

@@ -116,3 +116,48 @@ fn manifests_are_checked_when_read() {
     let error = Manifest::read(&path).unwrap_err().to_string();
     assert!(error.contains("name `../p`"), "{error}");
 }
+
+#[test]
+fn a_manifest_must_tell_the_truth_about_its_component() {
+    let manifest = manifest("p", "1.0.0");
+    let log = (
+        "wsgate:plugin/log".to_string(),
+        Some(wsgate_config::Capability::Log),
+    );
+    let plain = ("wasi:io/streams".to_string(), None);
+    assert_eq!(
+        manifest.check_component(Some(Role::Message), &[log.clone(), plain]),
+        Ok(())
+    );
+    let error = manifest
+        .check_component(Some(Role::Filter), &[log])
+        .unwrap_err();
+    assert!(error.contains("role `message`"), "{error}");
+    let error = manifest.check_component(None, &[]).unwrap_err();
+    assert!(error.contains("neither"), "{error}");
+    let mut quiet = manifest.clone();
+    quiet.capabilities.clear();
+    let log = (
+        "wsgate:plugin/log".to_string(),
+        Some(wsgate_config::Capability::Log),
+    );
+    let error = quiet
+        .check_component(Some(Role::Message), &[log])
+        .unwrap_err();
+    assert!(error.contains("does not request it"), "{error}");
+}
+
+#[test]
+fn an_index_entry_must_record_the_pinned_digest() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path());
+    let entry = store
+        .add(b"bytes", manifest("p", "1.0.0"), None, None)
+        .unwrap();
+    let path = store.entry_path("p", "1.0.0");
+    assert_eq!(check_entry(&path, &entry.digest.to_uppercase()), Ok(()));
+    let error = check_entry(&path, &digest_of(b"other")).unwrap_err();
+    assert!(error.contains("the plugin store has it as"), "{error}");
+    let error = check_entry(&store.entry_path("q", "1.0.0"), &entry.digest).unwrap_err();
+    assert!(error.contains("not in the plugin store"), "{error}");
+}

@@ -62,13 +62,14 @@ pub async fn run(
         eprintln!(
             "deployed {} as generation {}",
             path.display(),
-            reply["generation"]
+            reply.get("generation").unwrap_or(&serde_json::Value::Null)
         );
         return Ok(());
     }
-    if let Some(errors) = reply["errors"].as_array() {
+    if let Some(errors) = reply.get("errors").and_then(serde_json::Value::as_array) {
         for error in errors {
-            eprintln!("{}", error["text"].as_str().unwrap_or_default());
+            let text = error.get("text").and_then(serde_json::Value::as_str);
+            eprintln!("{}", text.unwrap_or_default());
         }
         bail!(
             "deploy refused ({} problems); the gateway keeps serving its current configuration",

@@ -1,5 +1,7 @@
 //! `wsgate`: a WebSocket gateway whose policies are WebAssembly components.
 
+#![deny(clippy::indexing_slicing)]
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

@@ -113,7 +113,11 @@ fn add(component: &Path, manifest_path: &Path, store: &Store) -> anyhow::Result<
     let info = Runtime::new()?
         .inspect(&bytes)
         .map_err(|e| anyhow::anyhow!("{}: {e}", component.display()))?;
-    info.check_manifest(&manifest)
+    manifest
+        .check_component(
+            Role::of_exports(info.roles.upgrade, info.roles.message),
+            &info.imports,
+        )
         .map_err(|e| anyhow::anyhow!("{}: {e}", manifest_path.display()))?;
     let signature = signature_path(component);
     let signature = std::fs::read_to_string(&signature).ok();

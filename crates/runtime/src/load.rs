@@ -1,0 +1,188 @@
+//! Loading a declared plugin: its bytes, pinned digest, store entry,
+//! signature and grants, then compiling it and resolving its hooks.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sha2::Digest;
+use wasmtime::Engine;
+use wasmtime::component::InstancePre;
+
+use crate::host::HostState;
+use crate::{Roles, Runtime, RuntimeError, bindings, signing};
+
+/// Sandbox budget of one plugin.
+#[derive(Debug, Clone, Copy)]
+pub struct Budget {
+    /// Longest time one call may run.
+    pub deadline: Duration,
+    /// Largest linear memory, in bytes.
+    pub memory_limit: usize,
+    /// Largest output of one call, in bytes.
+    pub max_output: usize,
+    /// Log lines per second, all instances together.
+    pub log_rate: u32,
+}
+
+impl Runtime {
+    /// Compile the plugin `decl`, check its pinned digest and tell its role.
+    /// Signatures are not checked; see [`Runtime::load_signed`].
+    pub fn load(&self, decl: &wsgate_config::PluginDecl) -> Result<Arc<Plugin>, RuntimeError> {
+        self.load_signed(decl, &wsgate_config::Signing::default())
+    }
+
+    /// [`Runtime::load`], also checking the plugin's detached signature
+    /// against `signing`: a signature that is present must verify with a
+    /// trusted key; an unsigned plugin is refused when `signing` requires
+    /// signatures.
+    pub fn load_signed(
+        &self,
+        decl: &wsgate_config::PluginDecl,
+        signing: &wsgate_config::Signing,
+    ) -> Result<Arc<Plugin>, RuntimeError> {
+        let id = decl.id();
+        let path = decl.path.display().to_string();
+        let bytes = std::fs::read(&decl.path).map_err(|e| RuntimeError::Read {
+            plugin: id.clone(),
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        let digest = format!("sha256:{:x}", sha2::Sha256::digest(&bytes));
+        if let Some(expected) = &decl.digest
+            && !expected.get_ref().eq_ignore_ascii_case(&digest)
+        {
+            return Err(RuntimeError::Digest {
+                plugin: id,
+                path,
+                expected: expected.get_ref().clone(),
+                actual: digest,
+            });
+        }
+        let invalid = |message: String| RuntimeError::Invalid {
+            plugin: id.clone(),
+            message,
+        };
+        if let Some(entry) = &decl.store_entry {
+            wsgate_store::check_entry(entry, &digest).map_err(invalid)?;
+        }
+        let signed_by =
+            check_signature(decl, signing, &bytes).map_err(|message| RuntimeError::Signature {
+                plugin: id.clone(),
+                message,
+            })?;
+        let component = self
+            .compile(&digest, &bytes)
+            .map_err(|e| invalid(format!("{path} is not a loadable component: {e:#}")))?;
+        let info = self.component_info(&component).map_err(invalid)?;
+        for (import, capability) in &info.imports {
+            if let Some(capability) = capability
+                && !decl.grants.contains(capability)
+            {
+                return Err(invalid(format!(
+                    "imports {import}, which needs the `{}` capability; it is not granted (add it to the plugin's grants)",
+                    capability.as_str()
+                )));
+            }
+        }
+        let roles = info.roles;
+        let pre = self.linker.instantiate_pre(&component).map_err(|e| {
+            invalid(format!(
+                "imports something the gateway does not offer: {e:#}"
+            ))
+        })?;
+        let exports = bindings::Exports::new(&pre, roles)
+            .map_err(|e| invalid(format!("exports do not match the contract: {e:#}")))?;
+        Ok(Arc::new(Plugin {
+            id: id.as_str().into(),
+            digest,
+            signed_by,
+            roles,
+            budget: Budget {
+                deadline: decl.deadline.0,
+                memory_limit: usize::try_from(decl.memory_limit.0).unwrap_or(usize::MAX),
+                max_output: usize::try_from(decl.max_output.0).unwrap_or(usize::MAX),
+                log_rate: decl.log_rate,
+            },
+            engine: self.engine.clone(),
+            pre,
+            exports,
+        }))
+    }
+}
+
+/// A compiled plugin, ready to be instantiated into pools.
+pub struct Plugin {
+    pub(crate) id: Arc<str>,
+    digest: String,
+    signed_by: Option<String>,
+    roles: Roles,
+    budget: Budget,
+    pub(crate) engine: Engine,
+    pub(crate) pre: InstancePre<HostState>,
+    pub(crate) exports: bindings::Exports,
+}
+
+impl Plugin {
+    /// `name@version`.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+    /// The component's content digest, `sha256:…`.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+    /// The trusted key that signed it, if it is signed.
+    pub fn signed_by(&self) -> Option<&str> {
+        self.signed_by.as_deref()
+    }
+    /// The hooks it implements.
+    pub fn roles(&self) -> Roles {
+        self.roles
+    }
+    /// Its sandbox budget.
+    pub fn budget(&self) -> Budget {
+        self.budget
+    }
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin")
+            .field("id", &self.id)
+            .field("digest", &self.digest)
+            .field("roles", &self.roles)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The trusted key that signed `bytes`, `None` if unsigned (and allowed).
+fn check_signature(
+    decl: &wsgate_config::PluginDecl,
+    signing: &wsgate_config::Signing,
+    bytes: &[u8],
+) -> Result<Option<String>, String> {
+    let path = decl.signature.clone().unwrap_or_else(|| {
+        let mut path = decl.path.clone().into_os_string();
+        path.push(".sig");
+        path.into()
+    });
+    match std::fs::read_to_string(&path) {
+        Ok(file) => {
+            let trusted = signing
+                .trusted_keys
+                .iter()
+                .map(|k| (k.name.as_str(), k.public_key.as_str()));
+            signing::verify(&file, bytes, trusted)
+                .map(Some)
+                .map_err(|e| format!("signature {}: {e}", path.display()))
+        }
+        Err(_) if decl.signature.is_some() => {
+            Err(format!("cannot read its signature file {}", path.display()))
+        }
+        Err(_) if signing.require_signed => Err(format!(
+            "unsigned (no {}), and [signing] require-signed is set",
+            path.display()
+        )),
+        Err(_) => Ok(None),
+    }
+}
