@@ -108,7 +108,11 @@ pub fn render(gateway: &Gateway) -> String {
         "Messages read, by direction.",
     );
     for (direction, from) in directions {
-        f.sample("", &[("direction", direction)], counters.messages_from(from).0);
+        f.sample(
+            "",
+            &[("direction", direction)],
+            counters.messages_from(from).0,
+        );
     }
     let mut f = family(
         &mut out,
@@ -117,7 +121,11 @@ pub fn render(gateway: &Gateway) -> String {
         "Message payload bytes read, by direction.",
     );
     for (direction, from) in directions {
-        f.sample("", &[("direction", direction)], counters.messages_from(from).1);
+        f.sample(
+            "",
+            &[("direction", direction)],
+            counters.messages_from(from).1,
+        );
     }
 
     let mut f = family(

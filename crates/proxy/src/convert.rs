@@ -55,6 +55,7 @@ pub fn close_frame(code: u16, reason: &str) -> WsCloseFrame {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing, reason = "tests index what they built")]
 mod tests {
     use super::*;
 

@@ -134,7 +134,11 @@ impl Gateway {
             at: SystemTime::now(),
             generation: result.as_ref().ok().copied(),
             source: source.to_string(),
-            errors: result.as_ref().err().map(DeployError::problems).unwrap_or_default(),
+            errors: result
+                .as_ref()
+                .err()
+                .map(DeployError::problems)
+                .unwrap_or_default(),
         };
         self.shared
             .deploys

@@ -356,6 +356,7 @@ fn pointer_to_path(pointer: &str) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing, reason = "tests index what they built")]
 mod tests {
     #[test]
     fn json_pointers_become_dotted_paths() {

@@ -15,6 +15,8 @@
 //! traffic monitor what happened. The bytes on the wire (WebSocket framing,
 //! permessage-deflate, the monitor's frame tap) are `wsgate-wire`'s job.
 
+#![deny(clippy::indexing_slicing)]
+
 mod convert;
 pub mod counters;
 pub mod echo;

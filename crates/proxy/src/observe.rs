@@ -72,7 +72,10 @@ pub struct Observer {
 impl Observer {
     /// Observe connection `id` on `endpoint` (recorded at `level`, frames
     /// keeping `capture` payload bytes), from its upgrade `request`.
-    #[allow(clippy::too_many_arguments, reason = "each is one fact of the connection")]
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "each is one fact of the connection"
+    )]
     pub fn new(
         counters: Arc<TrafficCounters>,
         monitor: &Monitor,
@@ -108,7 +111,11 @@ impl Observer {
         });
         let frames = key.as_ref().and_then(|key| {
             (level >= MonitorLevel::Metadata).then(|| {
-                let capture = if level == MonitorLevel::Full { capture } else { 0 };
+                let capture = if level == MonitorLevel::Full {
+                    capture
+                } else {
+                    0
+                };
                 SharedFrameLog::new(FrameLog::new(monitor.clone(), key.clone(), capture))
             })
         });
@@ -265,10 +272,10 @@ impl Observer {
         let Some((monitor, connection)) = self.monitor.take() else {
             return;
         };
-        let (closed_by, code, reason) = self
-            .first_close
-            .take()
-            .unwrap_or((ClosedBy::Gateway, None, String::from("closed")));
+        let (closed_by, code, reason) =
+            self.first_close
+                .take()
+                .unwrap_or((ClosedBy::Gateway, None, String::from("closed")));
         monitor.record(Record::End(EndRecord {
             connection,
             time_us: now_us(),

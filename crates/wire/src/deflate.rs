@@ -294,13 +294,14 @@ impl Inflater {
         let mut at = 0;
         while self.output.len() < INFLATE_CHUNK {
             let Some(frame) = self.frame.as_mut() else {
-                let Some(header) = FrameHeader::parse(&self.input[at..]) else {
+                let Some(header) = self.input.get(at..).and_then(FrameHeader::parse) else {
                     break;
                 };
                 let inflate = self.start(header);
                 if !inflate {
-                    self.output
-                        .extend_from_slice(&self.input[at..at + header.size]);
+                    self.output.extend_from_slice(
+                        self.input.get(at..at + header.size).unwrap_or_default(),
+                    );
                 }
                 at += header.size;
                 self.frame = Some(Reading {
@@ -322,13 +323,13 @@ impl Inflater {
             }
             if !frame.inflate {
                 self.output
-                    .extend_from_slice(&self.input[at..at + available]);
+                    .extend_from_slice(self.input.get(at..at + available).unwrap_or_default());
                 at += available;
                 frame.remaining -= available as u64;
             } else {
                 self.scratch.clear();
                 self.scratch
-                    .extend_from_slice(&self.input[at..at + available]);
+                    .extend_from_slice(self.input.get(at..at + available).unwrap_or_default());
                 if let Some(key) = frame.header.mask {
                     apply_mask(&mut self.scratch, key, frame.offset);
                 }
@@ -416,7 +417,7 @@ impl Inflater {
                 .decompress_vec(tail, &mut self.inflated, FlushDecompress::Sync)
                 .map_err(|e| invalid(e.to_string()))?;
             let used = (decompress.total_in() - before) as usize;
-            tail = &tail[used..];
+            tail = tail.get(used..).unwrap_or_default();
             let full = self.inflated.len() == self.inflated.capacity();
             if status == Status::StreamEnd {
                 self.ended = true;
@@ -510,8 +511,11 @@ impl Deflater {
             let Some(frame) = self.frame.as_mut() else {
                 // Headers are at most 14 bytes; take them a byte at a time
                 // until one parses (tungstenite writes them whole anyway).
-                self.header.push(bytes[0]);
-                bytes = &bytes[1..];
+                let Some((&first, rest)) = bytes.split_first() else {
+                    break;
+                };
+                self.header.push(first);
+                bytes = rest;
                 if let Some(header) = FrameHeader::parse(&self.header) {
                     self.start(header)?;
                 }
@@ -609,8 +613,8 @@ impl Deflater {
         );
         let start = self.output.len();
         self.output.extend_from_slice(&self.deflated);
-        if let Some(key) = header.mask {
-            apply_mask(&mut self.output[start..], key, 0);
+        if let (Some(key), Some(payload)) = (header.mask, self.output.get_mut(start..)) {
+            apply_mask(payload, key, 0);
         }
         self.deflated.clear();
         release(&mut self.deflated);
@@ -648,7 +652,7 @@ fn deflate_into(
             .compress_vec(input, out, flush)
             .map_err(|e| io::Error::other(e.to_string()))?;
         let used = (compress.total_in() - before) as usize;
-        input = &input[used..];
+        input = input.get(used..).unwrap_or_default();
         if input.is_empty() && out.len() < out.capacity() {
             return Ok(());
         }
@@ -669,7 +673,12 @@ impl<S: AsyncRead + Unpin> AsyncRead for Deflate<S> {
         loop {
             if inflater.handed < inflater.output.len() {
                 let take = (inflater.output.len() - inflater.handed).min(buf.remaining());
-                buf.put_slice(&inflater.output[inflater.handed..inflater.handed + take]);
+                buf.put_slice(
+                    inflater
+                        .output
+                        .get(inflater.handed..inflater.handed + take)
+                        .unwrap_or_default(),
+                );
                 inflater.handed += take;
                 if inflater.handed == inflater.output.len() {
                     inflater.output = Vec::new();
@@ -703,7 +712,10 @@ impl<S: AsyncWrite + Unpin> Deflate<S> {
         };
         let deflater = &mut codec.deflater;
         while deflater.written < deflater.output.len() {
-            match Pin::new(&mut self.inner).poll_write(cx, &deflater.output[deflater.written..]) {
+            match Pin::new(&mut self.inner).poll_write(
+                cx,
+                deflater.output.get(deflater.written..).unwrap_or_default(),
+            ) {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
                 Poll::Ready(Ok(n)) => deflater.written += n,
                 Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
@@ -739,7 +751,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Deflate<S> {
         let Some(codec) = this.codec.as_deref_mut() else {
             return Poll::Ready(Ok(0));
         };
-        let taken = codec.deflater.consume(&buf[..buf.len().min(WRITE_CHUNK)])?;
+        let taken = codec
+            .deflater
+            .consume(buf.get(..WRITE_CHUNK).unwrap_or(buf))?;
         // Start sending now; the flush that follows finishes it.
         let _ = this.poll_drain(cx)?;
         Poll::Ready(Ok(taken))
@@ -763,6 +777,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Deflate<S> {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing, reason = "tests index what they built")]
 mod tests {
     use super::*;
     use futures_util::{SinkExt, StreamExt};

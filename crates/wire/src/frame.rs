@@ -111,6 +111,7 @@ pub fn is_data(opcode: u8) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing, reason = "tests index what they built")]
 mod tests {
     use super::*;
 

@@ -10,6 +10,8 @@
 //!
 //! [`frame`] is the one frame-header codec the layers share.
 
+#![deny(clippy::indexing_slicing)]
+
 pub mod deflate;
 pub mod frame;
 pub mod stack;

@@ -2,9 +2,9 @@
 //! place: the relay's [`WebSocket`] over permessage-deflate (when agreed)
 //! over the monitor's tap over the socket.
 
+use tokio_tungstenite::tungstenite::Error as WsError;
 use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
-use tokio_tungstenite::tungstenite::Error as WsError;
 
 use crate::deflate::{Agreement, Deflate, End, InflateError};
 use crate::tap::{SharedFrameLog, Tap};
@@ -30,7 +30,11 @@ where
         Role::Server => End::Server,
         Role::Client => End::Client,
     };
-    WebSocket::new(Deflate::new(Tap::new(io, frames), deflate, end), role, config)
+    WebSocket::new(
+        Deflate::new(Tap::new(io, frames), deflate, end),
+        role,
+        config,
+    )
 }
 
 /// Why reading from a peer ended, classified for the close that follows.

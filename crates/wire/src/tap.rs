@@ -269,7 +269,8 @@ impl FrameParser {
             let (chunk, rest) = bytes.split_at(take);
             let room = self.capture.saturating_sub(self.payload.len()).min(take);
             let start = self.payload.len();
-            self.payload.extend_from_slice(chunk.get(..room).unwrap_or_default());
+            self.payload
+                .extend_from_slice(chunk.get(..room).unwrap_or_default());
             if let (Some(key), Some(kept)) = (self.mask, self.payload.get_mut(start..)) {
                 apply_mask(kept, key, self.offset);
             }
@@ -294,7 +295,11 @@ impl FrameParser {
             origin: self.origin,
             opcode: header.opcode,
             fin: header.fin,
-            rsv: [header.rsv & 4 != 0, header.rsv & 2 != 0, header.rsv & 1 != 0],
+            rsv: [
+                header.rsv & 4 != 0,
+                header.rsv & 2 != 0,
+                header.rsv & 1 != 0,
+            ],
             masking_key: header
                 .mask
                 .map(|m| m.iter().map(|b| format!("{b:02x}")).collect()),
@@ -333,6 +338,7 @@ impl FrameParser {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing, reason = "tests index what they built")]
 mod tests {
     use super::*;
 

@@ -51,7 +51,10 @@ pub struct Session {
     /// Each plugin's per-connection state, by slot.
     pub contexts: Vec<CallContext>,
     /// Its place under every connection limit, given back when it ends.
-    #[allow(dead_code, reason = "held, never read: dropping it gives the places back")]
+    #[allow(
+        dead_code,
+        reason = "held, never read: dropping it gives the places back"
+    )]
     pub place: Place,
     /// What the counters and the monitor learn of it.
     pub observer: Observer,
@@ -162,7 +165,9 @@ async fn close_other(session: &mut Session, stalled: Peer, other: &mut Side) {
     if !other.close_sent {
         let reason = format!("{} not reading", stalled.name());
         tracing::warn!(connection = session.id, %reason, "closing a peer that stopped reading");
-        session.observer.closing(ClosedBy::Gateway, Some(1001), &reason);
+        session
+            .observer
+            .closing(ClosedBy::Gateway, Some(1001), &reason);
         other.close(1001, &reason, &session.observer).await;
     }
 }
@@ -174,10 +179,14 @@ pub async fn abandon(mut session: Session, upstream: WsStream) {
         Peer::Upstream,
         session.endpoint.config.send_limit(),
     );
-    session
-        .observer
-        .closing(ClosedBy::Peer(Peer::Client), None, "client upgrade failed after 101");
-    upstream.close(1001, "client went away", &session.observer).await;
+    session.observer.closing(
+        ClosedBy::Peer(Peer::Client),
+        None,
+        "client upgrade failed after 101",
+    );
+    upstream
+        .close(1001, "client went away", &session.observer)
+        .await;
     drop(upstream);
     session.finish();
 }

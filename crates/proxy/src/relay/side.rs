@@ -143,8 +143,11 @@ impl Side {
     /// Start the close handshake with this side, unless one is under way.
     pub async fn close(&mut self, code: u16, reason: &str, observer: &Observer) {
         if !self.close_sent && !self.close_received {
-            self.send_all([WsMessage::Close(Some(close_frame(code, reason)))], observer)
-                .await;
+            self.send_all(
+                [WsMessage::Close(Some(close_frame(code, reason)))],
+                observer,
+            )
+            .await;
             self.flush().await;
         }
     }

@@ -80,4 +80,3 @@ fn client_offered<B>(request: &Request<B>, protocol: &HeaderValue) -> bool {
         .flat_map(|v| v.split(','))
         .any(|offered| offered.trim().as_bytes() == protocol.as_bytes())
 }
-

@@ -31,7 +31,11 @@ pub fn run_upgrade_chain(
             Ok(UpgradeVerdict::Continue) => {}
             Ok(UpgradeVerdict::Modify(ops)) => header_ops.extend(ops),
             Ok(UpgradeVerdict::Reject(rejection)) => {
-                tracing::info!(plugin, status = rejection.status, "upgrade rejected by plugin");
+                tracing::info!(
+                    plugin,
+                    status = rejection.status,
+                    "upgrade rejected by plugin"
+                );
                 return Err(Refused::Rejected(rejection));
             }
             Ok(UpgradeVerdict::Route(route)) => {

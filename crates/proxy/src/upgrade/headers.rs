@@ -3,8 +3,8 @@
 
 use std::net::SocketAddr;
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::Request;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use wsgate_runtime::{HeaderOp, Route, UpgradeRequest};
 
 /// Headers that describe one hop, or the client's own handshake; never forwarded upstream.
@@ -98,4 +98,3 @@ fn set(headers: &mut HeaderMap, name: &str, value: &str) {
         _ => tracing::warn!(name, "a plugin set an invalid header; ignored"),
     }
 }
-

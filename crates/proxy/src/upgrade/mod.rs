@@ -77,10 +77,7 @@ pub async fn handle(
         id,
         client,
     };
-    connection
-        .upgrade(request, observer)
-        .instrument(span)
-        .await
+    connection.upgrade(request, observer).instrument(span).await
 }
 
 /// What every phase of one upgrade works on.
@@ -149,7 +146,8 @@ impl Connection {
         let upstream = self
             .connect(request, &view, header_ops, &route, &url, &mut place)
             .await?;
-        let (response, deflate) = answer::answer(request, &self.endpoint, upstream.protocol.clone());
+        let (response, deflate) =
+            answer::answer(request, &self.endpoint, upstream.protocol.clone());
         let _ = info.route_url.set(route.url);
         Ok(Accepted {
             response,

@@ -3,8 +3,8 @@
 
 use std::net::SocketAddr;
 
-use http::header::{self, HeaderName, HeaderValue};
 use http::Request;
+use http::header::{self, HeaderName, HeaderValue};
 use wsgate_runtime::{Header, UpgradeRequest};
 
 use super::{Refused, Secure};

@@ -54,6 +54,7 @@ pub fn upstream_allowed(allowed: &str, url: &UpstreamUrl) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing, reason = "tests index what they built")]
 mod tests {
     use super::*;
 
