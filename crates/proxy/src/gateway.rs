@@ -19,12 +19,9 @@ use crate::shared::Shared;
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    /// The configuration is invalid or a plugin failed to load.
+    /// Its first configuration could not be deployed.
     #[error("{0}")]
-    Config(#[from] ConfigErrors),
-    /// A listener could not be bound.
-    #[error("{0}")]
-    Bind(#[from] BindError),
+    Deploy(#[from] DeployError),
     /// The traffic monitor could not start.
     #[error("{0}")]
     Monitor(#[from] wsgate_monitor::MonitorError),
@@ -86,9 +83,12 @@ impl Gateway {
     /// and the configured echo servers, and start serving.
     pub async fn start(config: Config, runtime: &Runtime) -> Result<Self, StartError> {
         let monitor = Monitor::start(&config.monitor)?;
-        let generation = Arc::new(Generation::build(1, config, runtime)?);
+        let generation =
+            Arc::new(Generation::build(1, config, runtime).map_err(DeployError::from)?);
         let shared = Arc::new(Shared::new(generation.clone(), runtime.clone(), monitor));
-        listener::apply(&shared, &generation.config).await?;
+        listener::apply(&shared, &generation.config)
+            .await
+            .map_err(DeployError::from)?;
         Ok(Self { shared })
     }
 

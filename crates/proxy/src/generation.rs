@@ -111,181 +111,24 @@ impl Generation {
     /// are reported, each with its position in the configuration file.
     pub fn build(id: u64, config: Config, runtime: &Runtime) -> Result<Self, ConfigErrors> {
         let mut errors = Vec::new();
-        let source = config.source.clone();
-
-        let mut plugins: HashMap<String, Arc<Plugin>> = HashMap::new();
-        for (i, decl) in config.plugins.iter().enumerate() {
-            match runtime.load_signed(decl, &config.signing) {
-                Ok(plugin) => {
-                    plugins.insert(decl.id(), plugin);
-                }
-                Err(error) => {
-                    let field = match error {
-                        RuntimeError::Digest { .. } => format!("plugin[{i}].digest"),
-                        RuntimeError::Signature { .. } => format!("plugin[{i}].signature"),
-                        _ => format!("plugin[{i}].path"),
-                    };
-                    errors.push(source.error(decl.name.span(), field, error.to_string()));
-                }
-            }
-        }
-
-        let mut pools: HashMap<(String, String), Arc<PluginPool>> = HashMap::new();
-        let mut endpoints = Vec::new();
-        for (i, endpoint) in config.endpoints.iter().enumerate() {
-            let mut slots: Vec<String> = Vec::new();
-            let mut build_chain =
-                |chain: &str, entries: &[ChainEntry], errors: &mut Vec<ConfigError>| {
-                    let mut steps = Vec::new();
-                    for (j, entry) in entries.iter().enumerate() {
-                        let id = entry.plugin.get_ref();
-                        let field = format!("endpoint[{i}].{chain}[{j}]");
-                        let at = |field: String, message: String| {
-                            source.error(entry.plugin.span(), field, message)
-                        };
-                        let Some(plugin) = plugins.get(id) else {
-                            // Not loaded: its load error is reported above.
-                            continue;
-                        };
-                        if endpoint.require_signed && plugin.signed_by().is_none() {
-                            errors.push(at(
-                                format!("{field}.plugin"),
-                                format!(
-                                    "{id} is unsigned, and endpoint {} requires signed plugins",
-                                    endpoint.path.get_ref()
-                                ),
-                            ));
-                            continue;
-                        }
-                        let roles = plugin.roles();
-                        let fits = if chain == "upgrade" {
-                            roles.upgrade
-                        } else {
-                            roles.message
-                        };
-                        if !fits {
-                            let hook = if chain == "upgrade" {
-                                "upgrade"
-                            } else {
-                                "message"
-                            };
-                            errors.push(at(
-                            format!("{field}.plugin"),
-                            format!(
-                                "{id} has no {hook} hook, so it cannot sit in the {chain} chain (it implements: {})",
-                                describe_roles(plugin)
-                            ),
-                        ));
-                            continue;
-                        }
-                        let config_json = entry.config_json();
-                        let key = (id.to_string(), config_json.clone());
-                        let pool = match pools.get(&key) {
-                            Some(pool) => pool.clone(),
-                            None => match PluginPool::new(plugin.clone(), &config_json) {
-                                Ok(pool) => {
-                                    let pool = Arc::new(pool);
-                                    pools.insert(key, pool.clone());
-                                    pool
-                                }
-                                Err(RuntimeError::Config {
-                                    plugin,
-                                    field: pointer,
-                                    message,
-                                }) => {
-                                    errors.push(at(
-                                        format!("{field}.config{}", pointer_to_path(&pointer)),
-                                        format!(
-                                            "plugin {plugin} on endpoint {} rejects its config: {message}",
-                                            endpoint.path.get_ref()
-                                        ),
-                                    ));
-                                    continue;
-                                }
-                                Err(error) => {
-                                    errors.push(at(format!("{field}.plugin"), error.to_string()));
-                                    continue;
-                                }
-                            },
-                        };
-                        let slot = match slots.iter().position(|s| s == id) {
-                            Some(slot) => slot,
-                            None => {
-                                slots.push(id.to_string());
-                                slots.len() - 1
-                            }
-                        };
-                        steps.push(ChainStep {
-                            pool,
-                            fail: entry.fail,
-                            slot,
-                        });
-                    }
-                    steps
-                };
-            let upgrade = build_chain("upgrade", &endpoint.upgrade, &mut errors);
-            let client_messages =
-                build_chain("client-messages", &endpoint.client_messages, &mut errors);
-            let upstream_messages = build_chain(
-                "upstream-messages",
-                &endpoint.upstream_messages,
-                &mut errors,
-            );
-            endpoints.push(Arc::new(LiveEndpoint {
-                config: endpoint.clone(),
-                upgrade,
-                client_messages,
-                upstream_messages,
-                slots: slots.len(),
-                active: AtomicU64::new(0),
-            }));
-        }
-
-        // TLS identities and trust, read now so a bad file refuses the
-        // configuration instead of failing connections later.
-        let listener_tls = match &config.gateway.tls {
-            Some(tls) => match crate::tls::server_config(&tls.certificate, &tls.key) {
-                Ok(server) => Some(server),
-                Err(message) => {
-                    errors.push(source.error(0..0, "gateway.tls".to_string(), message));
-                    None
-                }
-            },
-            None => None,
+        let mut chains = ChainBuilder {
+            source: &config.source,
+            plugins: load_plugins(&config, runtime, &mut errors),
+            pools: HashMap::new(),
         };
-        let mut remote_hosts = HashMap::new();
-        for (i, host) in config.remote_hosts.iter().enumerate() {
-            let client = host
-                .client_certificate
-                .as_deref()
-                .zip(host.client_key.as_deref());
-            let tls = if host.ca_bundle.is_some() || client.is_some() {
-                match crate::tls::client_config(host.ca_bundle.as_deref(), client) {
-                    Ok(tls) => Some(tls),
-                    Err(message) => {
-                        errors.push(source.error(
-                            host.address.span(),
-                            format!("remote-host[{i}]"),
-                            message,
-                        ));
-                        None
-                    }
-                }
-            } else {
-                None
-            };
-            let limit = RemoteLimit {
-                permits: host.connection_limit().map(|n| Arc::new(Semaphore::new(n))),
-                max_connections: host.connection_limit(),
-                connect_timeout: host.connect_timeout.0,
-                tls,
-            };
-            remote_hosts.insert(host.address.get_ref().to_ascii_lowercase(), Arc::new(limit));
-        }
+        let endpoints = config
+            .endpoints
+            .iter()
+            .enumerate()
+            .map(|(i, endpoint)| Arc::new(chains.endpoint(i, endpoint, &mut errors)))
+            .collect();
+        let listener_tls = listener_tls(&config, &mut errors);
+        let remote_hosts = remote_hosts(&config, &mut errors);
         if !errors.is_empty() {
             errors.sort_by_key(|e| (e.line, e.column));
             return Err(ConfigErrors(errors));
         }
+        let ChainBuilder { plugins, pools, .. } = chains;
         let mut pools: Vec<_> = pools.into_values().collect();
         pools.sort_by(|a, b| a.plugin().id().cmp(b.plugin().id()));
         let plugins = config
@@ -329,6 +172,232 @@ impl Generation {
         let (index, _) = self.config.endpoint_for(path)?;
         self.endpoints.get(index)
     }
+}
+
+/// Load and verify every declared plugin, by `name@version`.
+fn load_plugins(
+    config: &Config,
+    runtime: &Runtime,
+    errors: &mut Vec<ConfigError>,
+) -> HashMap<String, Arc<Plugin>> {
+    let mut plugins = HashMap::new();
+    for (i, decl) in config.plugins.iter().enumerate() {
+        match runtime.load_signed(decl, &config.signing) {
+            Ok(plugin) => {
+                plugins.insert(decl.id(), plugin);
+            }
+            Err(error) => {
+                let field = match error {
+                    RuntimeError::Digest { .. } => format!("plugin[{i}].digest"),
+                    RuntimeError::Signature { .. } => format!("plugin[{i}].signature"),
+                    _ => format!("plugin[{i}].path"),
+                };
+                errors.push(
+                    config
+                        .source
+                        .error(decl.name.span(), field, error.to_string()),
+                );
+            }
+        }
+    }
+    plugins
+}
+
+/// Which chain an entry sits in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChainKind {
+    Upgrade,
+    ClientMessages,
+    UpstreamMessages,
+}
+
+impl ChainKind {
+    /// The chain's configuration key.
+    fn key(self) -> &'static str {
+        match self {
+            Self::Upgrade => "upgrade",
+            Self::ClientMessages => "client-messages",
+            Self::UpstreamMessages => "upstream-messages",
+        }
+    }
+
+    /// The hook a plugin needs to sit in it.
+    fn hook(self) -> &'static str {
+        match self {
+            Self::Upgrade => "upgrade",
+            Self::ClientMessages | Self::UpstreamMessages => "message",
+        }
+    }
+}
+
+/// Builds every endpoint's chains from the loaded plugins, one pool per
+/// distinct (plugin, configuration).
+struct ChainBuilder<'a> {
+    source: &'a wsgate_config::SourceMap,
+    plugins: HashMap<String, Arc<Plugin>>,
+    pools: HashMap<(String, String), Arc<PluginPool>>,
+}
+
+impl ChainBuilder<'_> {
+    /// Endpoint `i` with its three chains.
+    fn endpoint(
+        &mut self,
+        i: usize,
+        endpoint: &Endpoint,
+        errors: &mut Vec<ConfigError>,
+    ) -> LiveEndpoint {
+        let mut slots: Vec<String> = Vec::new();
+        let mut chain = |kind, entries: &[ChainEntry]| {
+            entries
+                .iter()
+                .enumerate()
+                .filter_map(|(j, entry)| {
+                    let field = format!("endpoint[{i}].{}[{j}]", kind.key());
+                    self.step(kind, &field, endpoint, entry, &mut slots)
+                        .map_err(|error| errors.extend(error))
+                        .ok()
+                })
+                .collect()
+        };
+        let upgrade = chain(ChainKind::Upgrade, &endpoint.upgrade);
+        let client_messages = chain(ChainKind::ClientMessages, &endpoint.client_messages);
+        let upstream_messages = chain(ChainKind::UpstreamMessages, &endpoint.upstream_messages);
+        LiveEndpoint {
+            config: endpoint.clone(),
+            upgrade,
+            client_messages,
+            upstream_messages,
+            slots: slots.len(),
+            active: AtomicU64::new(0),
+        }
+    }
+
+    /// One chain entry at `field`: its plugin loaded, allowed on the
+    /// endpoint, with the hook the chain needs, and a configured pool.
+    /// `Err(None)`: its plugin did not load (that error is reported already).
+    fn step(
+        &mut self,
+        kind: ChainKind,
+        field: &str,
+        endpoint: &Endpoint,
+        entry: &ChainEntry,
+        slots: &mut Vec<String>,
+    ) -> Result<ChainStep, Option<ConfigError>> {
+        let id = entry.plugin.get_ref();
+        let at = |field: String, message: String| {
+            Some(self.source.error(entry.plugin.span(), field, message))
+        };
+        let plugin = self.plugins.get(id).cloned().ok_or(None)?;
+        if endpoint.require_signed && plugin.signed_by().is_none() {
+            return Err(at(
+                format!("{field}.plugin"),
+                format!(
+                    "{id} is unsigned, and endpoint {} requires signed plugins",
+                    endpoint.path.get_ref()
+                ),
+            ));
+        }
+        let fits = match kind {
+            ChainKind::Upgrade => plugin.roles().upgrade,
+            ChainKind::ClientMessages | ChainKind::UpstreamMessages => plugin.roles().message,
+        };
+        if !fits {
+            return Err(at(
+                format!("{field}.plugin"),
+                format!(
+                    "{id} has no {} hook, so it cannot sit in the {} chain (it implements: {})",
+                    kind.hook(),
+                    kind.key(),
+                    describe_roles(&plugin)
+                ),
+            ));
+        }
+        let config_json = entry.config_json();
+        let key = (id.to_string(), config_json.clone());
+        let pool = match self.pools.get(&key) {
+            Some(pool) => pool.clone(),
+            None => match PluginPool::new(plugin, &config_json) {
+                Ok(pool) => {
+                    let pool = Arc::new(pool);
+                    self.pools.insert(key, pool.clone());
+                    pool
+                }
+                Err(RuntimeError::Config {
+                    plugin,
+                    field: pointer,
+                    message,
+                }) => {
+                    return Err(at(
+                        format!("{field}.config{}", pointer_to_path(&pointer)),
+                        format!(
+                            "plugin {plugin} on endpoint {} rejects its config: {message}",
+                            endpoint.path.get_ref()
+                        ),
+                    ));
+                }
+                Err(error) => return Err(at(format!("{field}.plugin"), error.to_string())),
+            },
+        };
+        let slot = match slots.iter().position(|s| s == id) {
+            Some(slot) => slot,
+            None => {
+                slots.push(id.to_string());
+                slots.len() - 1
+            }
+        };
+        Ok(ChainStep {
+            pool,
+            fail: entry.fail,
+            slot,
+        })
+    }
+}
+
+/// The listener's TLS identity (`[gateway] tls`), read now so a bad file
+/// refuses the configuration instead of failing connections later.
+fn listener_tls(
+    config: &Config,
+    errors: &mut Vec<ConfigError>,
+) -> Option<Arc<rustls::ServerConfig>> {
+    let tls = config.gateway.tls.as_ref()?;
+    crate::tls::server_config(&tls.certificate, &tls.key)
+        .map_err(|message| errors.push(config.source.error(0..0, "gateway.tls", message)))
+        .ok()
+}
+
+/// Each `[[remote-host]]`'s limit, timeout and TLS trust, by lower-case `host:port`.
+fn remote_hosts(
+    config: &Config,
+    errors: &mut Vec<ConfigError>,
+) -> HashMap<String, Arc<RemoteLimit>> {
+    let mut remote_hosts = HashMap::new();
+    for (i, host) in config.remote_hosts.iter().enumerate() {
+        let client = host
+            .client_certificate
+            .as_deref()
+            .zip(host.client_key.as_deref());
+        let tls = if host.ca_bundle.is_some() || client.is_some() {
+            crate::tls::client_config(host.ca_bundle.as_deref(), client)
+                .map_err(|message| {
+                    errors.push(config.source.error(
+                        host.address.span(),
+                        format!("remote-host[{i}]"),
+                        message,
+                    ));
+                })
+                .ok()
+        } else {
+            None
+        };
+        let limit = RemoteLimit {
+            permits: host.connection_limit().map(|n| Arc::new(Semaphore::new(n))),
+            max_connections: host.connection_limit(),
+            connect_timeout: host.connect_timeout.0,
+            tls,
+        };
+        remote_hosts.insert(host.address.get_ref().to_ascii_lowercase(), Arc::new(limit));
+    }
+    remote_hosts
 }
 
 fn describe_roles(plugin: &Plugin) -> &'static str {
