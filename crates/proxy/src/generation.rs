@@ -247,7 +247,7 @@ impl ChainBuilder<'_> {
         errors: &mut Vec<ConfigError>,
     ) -> LiveEndpoint {
         let mut slots: Vec<String> = Vec::new();
-        let mut chain = |kind, entries: &[ChainEntry]| {
+        let mut chain = |kind: ChainKind, entries: &[ChainEntry]| {
             entries
                 .iter()
                 .enumerate()
