@@ -167,3 +167,86 @@ async fn hostile_plugins_hurt_only_their_own_connections_under_load() {
     assert_eq!(stats.output_faults.load(Relaxed), 2);
     assert!(stats.log_lines_dropped.load(Relaxed) > 0);
 }
+
+/// An endpoint whose message chain is `faults@1.0.0` with fail policy `fail`.
+fn faults_endpoint(path: &str, upstream: std::net::SocketAddr, fail: &str) -> String {
+    endpoint(
+        path,
+        upstream,
+        &format!("client-messages = [{{ plugin = \"faults@1.0.0\", fail = \"{fail}\" }}]"),
+    )
+}
+
+#[tokio::test]
+async fn state_budgets_fault_the_call_and_what_was_stored_stays_within_them() {
+    let echo = start_echo().await;
+    let gateway = start_gateway(
+        &(faults_block(
+            "grants = [\"log\", \"clocks\", \"state\"]\nmax-state = \"5MiB\"\nmax-state-total = \"6MiB\"\nmax-state-keys = 100",
+        ) + &faults_endpoint("/s", echo, "open")),
+    )
+    .await;
+    let generation = gateway.generation();
+    let plugin = generation
+        .plugins
+        .iter()
+        .find(|p| p.id() == "faults@1.0.0")
+        .unwrap();
+    let stats = generation.pools[0].stats();
+    // 1 MiB values until refused: four fit in 5 MiB per connection; the
+    // fifth faults the call (fail open: the message goes on), and the four
+    // stay stored.
+    let mut first = connect(&gateway, "/s").await;
+    send_text(&mut first, "state-flood").await;
+    assert_eq!(next_text(&mut first).await, "state-flood");
+    assert_eq!(stats.budget_faults.load(Relaxed), 1);
+    let four = 4 * ((1 << 20) + "flood-0".len());
+    assert_eq!(plugin.state_held(), four);
+    // A second connection meets the plugin's total across connections.
+    let mut second = connect(&gateway, "/s").await;
+    send_text(&mut second, "state-flood").await;
+    assert_eq!(next_text(&mut second).await, "state-flood");
+    assert_eq!(stats.budget_faults.load(Relaxed), 2);
+    let held = plugin.state_held();
+    assert!(held > four && held <= 6 << 20, "{held}");
+    // Many small keys: the key budget.
+    let mut third = connect(&gateway, "/s").await;
+    send_text(&mut third, "state-keys").await;
+    assert_eq!(next_text(&mut third).await, "state-keys");
+    assert_eq!(stats.budget_faults.load(Relaxed), 3);
+    // Connections that end give their state back.
+    drop((first, second, third));
+    gateway.wait_for_connections(0).await;
+    assert_eq!(plugin.state_held(), 0);
+}
+
+#[tokio::test]
+async fn attribute_log_and_fan_out_budgets_hold() {
+    let echo = start_echo().await;
+    let gateway = start_gateway(
+        &(faults_block(
+            "grants = [\"log\", \"clocks\", \"state\"]\nmax-log-line = \"1KiB\"\nlog-bytes-rate = \"1MiB\"\ndeadline = \"5s\"",
+        ) + &faults_endpoint("/a", echo, "closed")),
+    )
+    .await;
+    let generation = gateway.generation();
+    let stats = generation.pools[0].stats();
+    // A 1 MiB attribute value is over max-attribute-value (4 KiB): the call
+    // faults, fail closed.
+    let mut client = connect(&gateway, "/a").await;
+    send_text(&mut client, "attribute-flood").await;
+    assert_eq!(expect_close(&mut client).await.0, 1011);
+    assert_eq!(stats.budget_faults.load(Relaxed), 1);
+    // 100,000 messages in one reply are over max-messages (64).
+    let mut client = connect(&gateway, "/a").await;
+    send_text(&mut client, "fan-out").await;
+    assert_eq!(expect_close(&mut client).await.0, 1011);
+    assert_eq!(stats.output_faults.load(Relaxed), 1);
+    // 100 lines of 4 MiB are cut to 1 KiB each, which fits the byte rate:
+    // none is dropped, and the call is no fault.
+    let mut client = connect(&gateway, "/a").await;
+    send_text(&mut client, "log-giant").await;
+    assert_eq!(next_text(&mut client).await, "log-giant");
+    assert_eq!(stats.log_lines_dropped.load(Relaxed), 0);
+    assert_eq!(stats.faults(), 2);
+}

@@ -200,17 +200,11 @@ pub fn render(gateway: &Gateway) -> String {
         "Plugin calls that failed, by kind (current generation).",
     );
     for (plugin, pool, stats) in &pools {
-        for (kind, counter) in [
-            ("deadline", &stats.deadline_faults),
-            ("memory", &stats.memory_faults),
-            ("trap", &stats.trap_faults),
-            ("instantiate", &stats.instantiate_faults),
-            ("output", &stats.output_faults),
-        ] {
+        for kind in wsgate_runtime::FaultKind::ALL {
             f.sample(
                 "",
-                &[("plugin", plugin), ("pool", pool), ("kind", kind)],
-                load(counter),
+                &[("plugin", plugin), ("pool", pool), ("kind", kind.as_str())],
+                stats.fault_count(kind),
             );
         }
     }
@@ -226,6 +220,16 @@ pub fn render(gateway: &Gateway) -> String {
             &[("plugin", plugin), ("pool", pool)],
             load(&stats.log_lines_dropped),
         );
+    }
+
+    let mut f = family(
+        &mut out,
+        "wsgate_plugin_host_state_bytes",
+        "gauge",
+        "State bytes (keys and values) the host holds for a plugin, all connections together (current generation).",
+    );
+    for plugin in &generation.plugins {
+        f.sample("", &[("plugin", plugin.id())], plugin.state_held());
     }
 
     let monitor = gateway.monitor();

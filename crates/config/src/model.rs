@@ -176,6 +176,35 @@ pub struct PluginDecl {
     /// lines over the rate are dropped and counted.
     #[serde(default = "default_log_rate")]
     pub log_rate: u32,
+    /// Log bytes per second the plugin may write (all its instances
+    /// together, after truncation); lines over the rate are dropped and counted.
+    #[serde(default = "default_log_bytes_rate")]
+    pub log_bytes_rate: ByteSize,
+    /// Longest log line; longer lines are cut there and marked.
+    #[serde(default = "default_max_log_line")]
+    pub max_log_line: ByteSize,
+    /// Most state one connection may hold for the plugin (keys and values).
+    #[serde(default = "default_max_state")]
+    pub max_state: ByteSize,
+    /// Most state keys one connection may hold for the plugin.
+    #[serde(default = "default_max_state_keys")]
+    pub max_state_keys: u32,
+    /// Most state all connections together may hold for the plugin.
+    #[serde(default = "default_max_state_total")]
+    pub max_state_total: ByteSize,
+    /// Most attributes a connection may carry when this plugin publishes one.
+    #[serde(default = "default_max_attributes")]
+    pub max_attributes: u32,
+    /// Most bytes (names and values) of a connection's attributes when this
+    /// plugin publishes one.
+    #[serde(default = "default_max_attribute_bytes")]
+    pub max_attribute_bytes: ByteSize,
+    /// Longest attribute value this plugin may publish.
+    #[serde(default = "default_max_attribute_value")]
+    pub max_attribute_value: ByteSize,
+    /// Most messages one verdict may carry (`replace`, `reply`).
+    #[serde(default = "default_max_messages")]
+    pub max_messages: u32,
 }
 
 /// A host capability a plugin must be granted before it may import it.
@@ -579,6 +608,33 @@ fn default_max_output() -> ByteSize {
 }
 fn default_log_rate() -> u32 {
     100
+}
+fn default_log_bytes_rate() -> ByteSize {
+    ByteSize(64 << 10)
+}
+fn default_max_log_line() -> ByteSize {
+    ByteSize(4 << 10)
+}
+fn default_max_state() -> ByteSize {
+    ByteSize(64 << 10)
+}
+fn default_max_state_keys() -> u32 {
+    1024
+}
+fn default_max_state_total() -> ByteSize {
+    ByteSize(64 << 20)
+}
+fn default_max_attributes() -> u32 {
+    64
+}
+fn default_max_attribute_bytes() -> ByteSize {
+    ByteSize(16 << 10)
+}
+fn default_max_attribute_value() -> ByteSize {
+    ByteSize(4 << 10)
+}
+fn default_max_messages() -> u32 {
+    64
 }
 fn default_max_message() -> ByteSize {
     ByteSize(1 << 20)

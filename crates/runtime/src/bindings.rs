@@ -11,6 +11,11 @@ use crate::host::HostState;
 wasmtime::component::bindgen!({
     path: "../../wit",
     world: "filter",
+    // The host functions that take what a budget bounds can fault the call.
+    imports: {
+        "wsgate:plugin/state.set": trappable,
+        "wsgate:plugin/state.set-attribute": trappable,
+    },
 });
 
 pub use exports::wsgate::plugin::{lifecycle, message, upgrade};

@@ -2,8 +2,8 @@
 //! empty context (no files, no environment, no sockets, no arguments).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use wasmtime::Engine;
@@ -13,6 +13,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use crate::bindings::types::{Header, LogLevel};
 use crate::bindings::{Filter, wsgate};
 use crate::limiter::Limiter;
+use crate::load::HostBudget;
 
 /// Per-connection, per-plugin key-value state (the `state-*` host functions).
 pub type StateMap = HashMap<String, Vec<u8>>;
@@ -41,7 +42,7 @@ pub struct CallContext {
     /// The connection.
     pub connection: Arc<ConnectionInfo>,
     /// This plugin's state on this connection.
-    pub state: StateMap,
+    pub state: PluginState,
 }
 
 impl CallContext {
@@ -49,41 +50,144 @@ impl CallContext {
     pub fn new(connection: Arc<ConnectionInfo>) -> Self {
         Self {
             connection,
-            state: StateMap::new(),
+            state: PluginState::default(),
         }
     }
 }
 
-/// Log lines per second for one plugin, across its instances: a token
-/// bucket holding one second of lines. Lines over the rate are dropped and
-/// counted.
+/// One plugin's state on one connection, its size counted against the
+/// plugin's per-connection budget and, through `held`, its gateway-wide one.
+#[derive(Debug, Default)]
+pub struct PluginState {
+    values: StateMap,
+    /// Bytes of keys and values.
+    bytes: usize,
+    /// The plugin's gateway-wide count these bytes are part of (set on the
+    /// first write); given back when the state is dropped.
+    held: Option<Arc<AtomicUsize>>,
+}
+
+impl PluginState {
+    /// The value under `key`.
+    pub fn get(&self, key: &str) -> Option<&Vec<u8>> {
+        self.values.get(key)
+    }
+
+    /// Keys held.
+    pub fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    /// Whether no key is held.
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+
+    /// Bytes of keys and values held.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Store `value` under `key` within `budget`, counting it in `held`
+    /// (the plugin's gateway-wide count); on refusal nothing changes and
+    /// the budget exceeded is named.
+    fn set(
+        &mut self,
+        key: String,
+        value: Vec<u8>,
+        budget: &HostBudget,
+        held: &Arc<AtomicUsize>,
+    ) -> Result<(), String> {
+        let old = self.values.get(&key).map_or(0, |v| key.len() + v.len());
+        let new = key.len() + value.len();
+        if !self.values.contains_key(&key) && self.values.len() >= budget.state_keys {
+            return Err(format!("max-state-keys ({})", budget.state_keys));
+        }
+        let bytes = self.bytes - old + new;
+        if bytes > budget.state_bytes {
+            return Err(format!(
+                "max-state ({} bytes; this write would make {bytes})",
+                budget.state_bytes
+            ));
+        }
+        let grow = new.saturating_sub(old);
+        if grow > 0 {
+            let before = held.fetch_add(grow, Ordering::Relaxed);
+            if before + grow > budget.state_total {
+                held.fetch_sub(grow, Ordering::Relaxed);
+                return Err(format!(
+                    "max-state-total ({} bytes across all connections)",
+                    budget.state_total
+                ));
+            }
+        } else {
+            held.fetch_sub(old - new, Ordering::Relaxed);
+        }
+        self.held.get_or_insert_with(|| held.clone());
+        self.values.insert(key, value);
+        self.bytes = bytes;
+        Ok(())
+    }
+
+    /// Remove `key`, giving its bytes back.
+    fn delete(&mut self, key: &str) {
+        if let Some(value) = self.values.remove(key) {
+            let freed = key.len() + value.len();
+            self.bytes -= freed;
+            if let Some(held) = &self.held {
+                held.fetch_sub(freed, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+impl Drop for PluginState {
+    fn drop(&mut self) {
+        if let Some(held) = &self.held {
+            held.fetch_sub(self.bytes, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Log lines and bytes per second for one plugin, across its instances:
+/// two token buckets, each holding one second of its rate. Lines over
+/// either rate are dropped and counted.
 #[derive(Debug)]
 pub struct LogLimiter {
-    rate: f64,
-    bucket: Mutex<(f64, Instant)>,
+    lines_rate: f64,
+    bytes_rate: f64,
+    /// Lines and bytes that may be written now, and when they were counted.
+    buckets: Mutex<(f64, f64, Instant)>,
     dropped: Arc<AtomicU64>,
 }
 
 impl LogLimiter {
-    /// `rate` lines per second; drops are added to `dropped`.
-    pub fn new(rate: u32, dropped: Arc<AtomicU64>) -> Self {
-        let rate = f64::from(rate);
+    /// `lines_rate` lines and `bytes_rate` bytes per second; drops are added
+    /// to `dropped`.
+    pub fn new(lines_rate: u32, bytes_rate: usize, dropped: Arc<AtomicU64>) -> Self {
+        let lines_rate = f64::from(lines_rate);
+        let bytes_rate = bytes_rate as f64;
         Self {
-            rate,
-            bucket: Mutex::new((rate, Instant::now())),
+            lines_rate,
+            bytes_rate,
+            buckets: Mutex::new((lines_rate, bytes_rate, Instant::now())),
             dropped,
         }
     }
 
-    /// Whether one more line may be written now.
-    fn allow(&self) -> bool {
-        let allowed = self.bucket.lock().is_ok_and(|mut bucket| {
+    /// Whether one more line of `bytes` may be written now.
+    fn allow(&self, bytes: usize) -> bool {
+        let bytes = bytes as f64;
+        let allowed = self.buckets.lock().is_ok_and(|mut buckets| {
+            let (lines, available, then) = &mut *buckets;
             let now = Instant::now();
-            let refill = now.duration_since(bucket.1).as_secs_f64() * self.rate;
-            bucket.0 = (bucket.0 + refill).min(self.rate);
-            bucket.1 = now;
-            if bucket.0 >= 1.0 {
-                bucket.0 -= 1.0;
+            let elapsed = now.duration_since(*then).as_secs_f64();
+            *lines = (*lines + elapsed * self.lines_rate).min(self.lines_rate);
+            *available = (*available + elapsed * self.bytes_rate).min(self.bytes_rate);
+            *then = now;
+            if *lines >= 1.0 && *available >= bytes {
+                *lines -= 1.0;
+                *available -= bytes;
                 true
             } else {
                 false
@@ -96,6 +200,22 @@ impl LogLimiter {
     }
 }
 
+/// `message` cut to at most `limit` bytes (at a character boundary), the
+/// cut marked with how many bytes it removed.
+fn truncate_line(mut message: String, limit: usize) -> String {
+    if message.len() <= limit {
+        return message;
+    }
+    let mut cut = limit;
+    while !message.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let removed = message.len() - cut;
+    message.truncate(cut);
+    message.push_str(&format!("… [{removed} bytes cut]"));
+    message
+}
+
 /// The data of one instance's store.
 pub struct HostState {
     wasi: WasiCtx,
@@ -106,6 +226,13 @@ pub struct HostState {
     /// The call in progress; `None` during `configure`.
     pub(crate) call: Option<CallContext>,
     log_limiter: Arc<LogLimiter>,
+    /// What the plugin may make the host hold.
+    budget: HostBudget,
+    /// State bytes all connections hold for the plugin.
+    state_held: Arc<AtomicUsize>,
+    /// The call in progress asked for more than its host budget allows:
+    /// its failure is a budget fault.
+    pub(crate) budget_exceeded: bool,
 }
 
 impl HostState {
@@ -114,8 +241,13 @@ impl HostState {
         config_json: Arc<str>,
         limits: Limiter,
         log_limiter: Arc<LogLimiter>,
+        budget: HostBudget,
+        state_held: Arc<AtomicUsize>,
     ) -> Self {
         Self {
+            budget,
+            state_held,
+            budget_exceeded: false,
             // Nothing ambient: no preopens, env, args, sockets or stdin.
             wasi: WasiCtxBuilder::new().build(),
             table: ResourceTable::new(),
@@ -226,13 +358,55 @@ impl HostState {
     fn connection(&self) -> Option<&ConnectionInfo> {
         self.call.as_ref().map(|call| &*call.connection)
     }
+
+    /// Fault the call: it asked for more than `budget` allows.
+    fn over_budget(&mut self, budget: String) -> wasmtime::Error {
+        self.budget_exceeded = true;
+        wasmtime::Error::msg(format!("over its host budget: {budget}"))
+    }
+}
+
+/// Publish attribute `name` = `value` on `attributes` within `budget`, or
+/// name the budget it would exceed.
+fn set_attribute(
+    attributes: &mut HashMap<String, String>,
+    name: String,
+    value: String,
+    budget: &HostBudget,
+) -> Result<(), String> {
+    if value.len() > budget.attribute_value {
+        return Err(format!(
+            "max-attribute-value ({} bytes)",
+            budget.attribute_value
+        ));
+    }
+    let old = attributes.get(&name).map(|v| name.len() + v.len());
+    if old.is_none() && attributes.len() >= budget.attributes {
+        return Err(format!("max-attributes ({})", budget.attributes));
+    }
+    let total: usize = attributes
+        .iter()
+        .map(|(k, v)| k.len() + v.len())
+        .sum::<usize>()
+        - old.unwrap_or(0)
+        + name.len()
+        + value.len();
+    if total > budget.attribute_bytes {
+        return Err(format!(
+            "max-attribute-bytes ({} bytes per connection)",
+            budget.attribute_bytes
+        ));
+    }
+    attributes.insert(name, value);
+    Ok(())
 }
 
 impl wsgate::plugin::types::Host for HostState {}
 
 impl wsgate::plugin::log::Host for HostState {
     fn write(&mut self, level: LogLevel, message: String) {
-        if !self.log_limiter.allow() {
+        let message = truncate_line(message, self.budget.log_line);
+        if !self.log_limiter.allow(message.len()) {
             return;
         }
         let plugin = &*self.plugin_id;
@@ -252,15 +426,19 @@ impl wsgate::plugin::state::Host for HostState {
         self.call.as_ref()?.state.get(&key).cloned()
     }
 
-    fn set(&mut self, key: String, value: Vec<u8>) {
-        if let Some(call) = self.call.as_mut() {
-            call.state.insert(key, value);
+    fn set(&mut self, key: String, value: Vec<u8>) -> wasmtime::Result<()> {
+        let Some(call) = self.call.as_mut() else {
+            return Ok(());
+        };
+        match call.state.set(key, value, &self.budget, &self.state_held) {
+            Ok(()) => Ok(()),
+            Err(budget) => Err(self.over_budget(budget)),
         }
     }
 
     fn delete(&mut self, key: String) {
         if let Some(call) = self.call.as_mut() {
-            call.state.remove(&key);
+            call.state.delete(&key);
         }
     }
 
@@ -269,9 +447,14 @@ impl wsgate::plugin::state::Host for HostState {
         attributes.get(&name).cloned()
     }
 
-    fn set_attribute(&mut self, name: String, value: String) {
-        if let Some(mut attributes) = self.connection().and_then(|c| c.attributes.lock().ok()) {
-            attributes.insert(name, value);
+    fn set_attribute(&mut self, name: String, value: String) -> wasmtime::Result<()> {
+        let refused = self.connection().and_then(|c| {
+            let mut attributes = c.attributes.lock().unwrap_or_else(PoisonError::into_inner);
+            set_attribute(&mut attributes, name, value, &self.budget).err()
+        });
+        match refused {
+            Some(budget) => Err(self.over_budget(budget)),
+            None => Ok(()),
         }
     }
 }
@@ -325,5 +508,65 @@ impl wsgate::plugin::context::Host for HostState {
 
     fn config(&mut self) -> String {
         self.config_json.to_string()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_log_lines_are_cut_at_a_char_boundary_and_marked() {
+        assert_eq!(truncate_line("short".to_string(), 10), "short");
+        let cut = truncate_line("ééééé".to_string(), 5);
+        assert_eq!(cut, "éé… [6 bytes cut]");
+    }
+
+    #[test]
+    fn the_log_byte_rate_drops_lines_past_one_second_of_bytes() {
+        let dropped = Arc::new(AtomicU64::new(0));
+        let limiter = LogLimiter::new(1000, 1000, dropped.clone());
+        let allowed = (0..20).filter(|_| limiter.allow(100)).count();
+        assert_eq!(allowed, 10);
+        assert_eq!(dropped.load(Ordering::Relaxed), 10);
+    }
+
+    #[test]
+    fn state_within_its_budgets_is_counted_and_given_back() {
+        let budget = HostBudget {
+            state_bytes: 10,
+            state_keys: 2,
+            state_total: 12,
+            attributes: 1,
+            attribute_bytes: 8,
+            attribute_value: 4,
+            log_line: 100,
+            log_bytes_rate: 100,
+            messages: 1,
+        };
+        let held = Arc::new(AtomicUsize::new(0));
+        let mut state = PluginState::default();
+        assert_eq!(state.set("a".into(), vec![0; 4], &budget, &held), Ok(()));
+        assert!(state.set("b".into(), vec![0; 5], &budget, &held).is_err());
+        assert!(state.set("b".into(), vec![0; 1], &budget, &held).is_ok());
+        assert!(state.set("c".into(), Vec::new(), &budget, &held).is_err());
+        assert_eq!((state.bytes(), held.load(Ordering::Relaxed)), (7, 7));
+        let mut other = PluginState::default();
+        assert!(other.set("d".into(), vec![0; 5], &budget, &held).is_err());
+        assert!(other.set("d".into(), vec![0; 4], &budget, &held).is_ok());
+        state.delete("a");
+        assert_eq!(held.load(Ordering::Relaxed), 7);
+        drop((state, other));
+        assert_eq!(held.load(Ordering::Relaxed), 0);
+
+        let mut attributes = HashMap::new();
+        let set = |a: &mut HashMap<String, String>, n: &str, v: &str| {
+            set_attribute(a, n.into(), v.into(), &budget)
+        };
+        assert!(set(&mut attributes, "n", "12345").is_err());
+        assert!(set(&mut attributes, "n", "1234").is_ok());
+        assert!(set(&mut attributes, "m", "1").is_err());
+        assert!(set(&mut attributes, "nnnn", "1234").is_err());
     }
 }

@@ -34,9 +34,9 @@ pub use bindings::types::{
     UpgradeRequest, UpgradeVerdict,
 };
 pub use engine::EPOCH_TICK;
-pub use host::{CallContext, ConnectionInfo, StateMap};
+pub use host::{CallContext, ConnectionInfo, PluginState, StateMap};
 pub use inspect::{ComponentInfo, Roles};
-pub use load::{Budget, Plugin};
+pub use load::{Budget, HostBudget, Plugin};
 pub use pool::{
     FaultKind, LATENCY_BUCKETS_US, LatencyHistogram, PluginFault, PluginPool, PluginStats,
 };

@@ -2,6 +2,7 @@
 //! signature and grants, then compiling it and resolving its hooks.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use sha2::Digest;
@@ -22,6 +23,52 @@ pub struct Budget {
     pub max_output: usize,
     /// Log lines per second, all instances together.
     pub log_rate: u32,
+    /// What the plugin may make the host hold or do on its behalf.
+    pub host: HostBudget,
+}
+
+/// What one plugin may make the host hold or do for it: each bound is
+/// checked where the host takes the resource, and exceeding one faults the
+/// call (the log's bounds truncate or drop instead).
+#[derive(Debug, Clone, Copy)]
+pub struct HostBudget {
+    /// State bytes (keys and values) per connection.
+    pub state_bytes: usize,
+    /// State keys per connection.
+    pub state_keys: usize,
+    /// State bytes across all connections.
+    pub state_total: usize,
+    /// Attributes per connection, when this plugin publishes one.
+    pub attributes: usize,
+    /// Attribute bytes (names and values) per connection, when this plugin publishes one.
+    pub attribute_bytes: usize,
+    /// Longest attribute value.
+    pub attribute_value: usize,
+    /// Longest log line, in bytes (longer: cut and marked).
+    pub log_line: usize,
+    /// Log bytes per second, all instances together.
+    pub log_bytes_rate: usize,
+    /// Messages in one verdict.
+    pub messages: usize,
+}
+
+impl HostBudget {
+    /// The budget `decl` declares.
+    pub fn of(decl: &wsgate_config::PluginDecl) -> Self {
+        let bytes = |size: wsgate_config::ByteSize| usize::try_from(size.0).unwrap_or(usize::MAX);
+        let count = |n: u32| usize::try_from(n).unwrap_or(usize::MAX);
+        Self {
+            state_bytes: bytes(decl.max_state),
+            state_keys: count(decl.max_state_keys),
+            state_total: bytes(decl.max_state_total),
+            attributes: count(decl.max_attributes),
+            attribute_bytes: bytes(decl.max_attribute_bytes),
+            attribute_value: bytes(decl.max_attribute_value),
+            log_line: bytes(decl.max_log_line),
+            log_bytes_rate: bytes(decl.log_bytes_rate),
+            messages: count(decl.max_messages),
+        }
+    }
 }
 
 impl Runtime {
@@ -102,7 +149,9 @@ impl Runtime {
                 memory_limit: usize::try_from(decl.memory_limit.0).unwrap_or(usize::MAX),
                 max_output: usize::try_from(decl.max_output.0).unwrap_or(usize::MAX),
                 log_rate: decl.log_rate,
+                host: HostBudget::of(decl),
             },
+            state_held: Arc::default(),
             engine: self.engine.clone(),
             pre,
             exports,
@@ -117,6 +166,8 @@ pub struct Plugin {
     signed_by: Option<String>,
     roles: Roles,
     budget: Budget,
+    /// State bytes all connections hold for this plugin now.
+    pub(crate) state_held: Arc<AtomicUsize>,
     pub(crate) engine: Engine,
     pub(crate) pre: InstancePre<HostState>,
     pub(crate) exports: bindings::Exports,
@@ -142,6 +193,10 @@ impl Plugin {
     /// Its sandbox budget.
     pub fn budget(&self) -> Budget {
         self.budget
+    }
+    /// State bytes all connections hold for it now.
+    pub fn state_held(&self) -> usize {
+        self.state_held.load(Ordering::Relaxed)
     }
 }
 

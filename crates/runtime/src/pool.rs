@@ -34,11 +34,25 @@ pub enum FaultKind {
     Trap,
     /// A fresh instance could not be created.
     Instantiate,
-    /// The verdict was larger than the plugin's `max-output`.
+    /// The verdict was larger than the plugin's `max-output`, or carried
+    /// more messages than its `max-messages`.
     Output,
+    /// The call asked the host to hold more than the plugin's host budget
+    /// allows (state, attributes).
+    Budget,
 }
 
 impl FaultKind {
+    /// Every kind, in the order metrics list them.
+    pub const ALL: [Self; 6] = [
+        Self::Deadline,
+        Self::Memory,
+        Self::Trap,
+        Self::Instantiate,
+        Self::Output,
+        Self::Budget,
+    ];
+
     /// A short lower-case name for logs and metrics.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -47,6 +61,7 @@ impl FaultKind {
             Self::Trap => "trap",
             Self::Instantiate => "instantiate",
             Self::Output => "output",
+            Self::Budget => "budget",
         }
     }
 }
@@ -107,6 +122,8 @@ pub struct PluginStats {
     pub instantiate_faults: AtomicU64,
     /// Verdicts over the output budget.
     pub output_faults: AtomicU64,
+    /// Calls that asked the host for more than the host budget.
+    pub budget_faults: AtomicU64,
     /// Log lines dropped for exceeding the log rate.
     pub log_lines_dropped: Arc<AtomicU64>,
     /// Instances created (the first at load, then to replace faulted ones
@@ -116,23 +133,31 @@ pub struct PluginStats {
 
 impl PluginStats {
     fn count(&self, kind: FaultKind) {
-        let counter = match kind {
+        self.counter(kind).fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Faults of `kind` so far.
+    pub fn fault_count(&self, kind: FaultKind) -> u64 {
+        self.counter(kind).load(Ordering::Relaxed)
+    }
+
+    fn counter(&self, kind: FaultKind) -> &AtomicU64 {
+        match kind {
             FaultKind::Deadline => &self.deadline_faults,
             FaultKind::Memory => &self.memory_faults,
             FaultKind::Trap => &self.trap_faults,
             FaultKind::Instantiate => &self.instantiate_faults,
             FaultKind::Output => &self.output_faults,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
+            FaultKind::Budget => &self.budget_faults,
+        }
     }
 
     /// Faults of every kind.
     pub fn faults(&self) -> u64 {
-        self.deadline_faults.load(Ordering::Relaxed)
-            + self.memory_faults.load(Ordering::Relaxed)
-            + self.trap_faults.load(Ordering::Relaxed)
-            + self.instantiate_faults.load(Ordering::Relaxed)
-            + self.output_faults.load(Ordering::Relaxed)
+        FaultKind::ALL
+            .into_iter()
+            .map(|kind| self.fault_count(kind))
+            .sum()
     }
 }
 
@@ -179,6 +204,7 @@ impl PluginPool {
         // One extra tick: the current tick may be about to end.
         let deadline_ticks = u64::try_from(ticks).unwrap_or(u64::MAX).saturating_add(1);
         let plugin_log_rate = plugin.budget().log_rate;
+        let log_bytes_rate = plugin.budget().host.log_bytes_rate;
         let stats = PluginStats::default();
         let shards = std::thread::available_parallelism()
             .map_or(1, usize::from)
@@ -191,6 +217,7 @@ impl PluginPool {
             shard_cap: MAX_IDLE.div_ceil(shards),
             log_limiter: Arc::new(LogLimiter::new(
                 plugin_log_rate,
+                log_bytes_rate,
                 stats.log_lines_dropped.clone(),
             )),
             stats,
@@ -233,7 +260,7 @@ impl PluginPool {
             Some(hook) => hook.call_on_upgrade(&mut instance.store, request),
             None => Err(wasmtime::Error::msg("the plugin has no upgrade hook")),
         })?;
-        self.check_output(upgrade_output(&verdict))?;
+        self.check_output(upgrade_output(&verdict), 0)?;
         Ok(verdict)
     }
 
@@ -248,22 +275,33 @@ impl PluginPool {
             Some(hook) => hook.call_on_message(&mut instance.store, direction, message),
             None => Err(wasmtime::Error::msg("the plugin has no message hook")),
         })?;
-        self.check_output(message_output(&verdict))?;
+        self.check_output(message_output(&verdict), message_count(&verdict))?;
         Ok(verdict)
     }
 
-    /// Refuse a verdict over the output budget. The guest's memory cap
-    /// bounds the transient copy; this bounds what travels on.
-    fn check_output(&self, bytes: usize) -> Result<(), PluginFault> {
-        let limit = self.plugin.budget().max_output;
-        if bytes <= limit {
+    /// Refuse a verdict over the output budget (`bytes` in all, `messages`
+    /// messages). The guest's memory cap bounds the transient copy; this
+    /// bounds what travels on.
+    fn check_output(&self, bytes: usize, messages: usize) -> Result<(), PluginFault> {
+        let budget = self.plugin.budget();
+        let message = if bytes > budget.max_output {
+            format!(
+                "returned {bytes} bytes, over its max-output of {}",
+                budget.max_output
+            )
+        } else if messages > budget.host.messages {
+            format!(
+                "returned {messages} messages, over its max-messages of {}",
+                budget.host.messages
+            )
+        } else {
             return Ok(());
-        }
+        };
         self.stats.count(FaultKind::Output);
         Err(PluginFault {
             plugin: self.plugin.id.clone(),
             kind: FaultKind::Output,
-            message: format!("returned {bytes} bytes, over its max-output of {limit}"),
+            message,
         })
     }
 
@@ -303,6 +341,7 @@ impl PluginPool {
             state: std::mem::take(&mut context.state),
         });
         data.limits.memory_refused = false;
+        data.budget_exceeded = false;
         instance.store.set_epoch_deadline(self.deadline_ticks);
         let result = f(&mut instance);
         if let Some(call) = instance.store.data_mut().call.take() {
@@ -314,7 +353,8 @@ impl PluginPool {
                 Ok(value)
             }
             Err(error) => {
-                let kind = classify(&error, instance.store.data().limits.memory_refused);
+                let data = instance.store.data();
+                let kind = classify(&error, data.limits.memory_refused, data.budget_exceeded);
                 self.stats.count(kind);
                 // The instance is dropped here: its state may be corrupt.
                 Err(PluginFault {
@@ -387,6 +427,8 @@ impl PluginPool {
             self.config_json.clone(),
             limits,
             self.log_limiter.clone(),
+            plugin.budget().host,
+            plugin.state_held.clone(),
         );
         let mut store = Store::new(&plugin.engine, state);
         store.limiter(|state| &mut state.limits);
@@ -405,6 +447,16 @@ impl PluginPool {
             })?;
         self.stats.instances_created.fetch_add(1, Ordering::Relaxed);
         Ok(PluginInstance { store, hooks })
+    }
+}
+
+/// Messages a verdict carries on (0 for forward, drop and close).
+fn message_count(verdict: &types::MessageVerdict) -> usize {
+    match verdict {
+        types::MessageVerdict::Replace(messages) | types::MessageVerdict::Reply(messages) => {
+            messages.len()
+        }
+        _ => 0,
     }
 }
 
@@ -458,9 +510,10 @@ fn upgrade_output(verdict: &types::UpgradeVerdict) -> usize {
 /// What kind of fault `error` is: a deadline from wasmtime's typed trap, a
 /// memory fault when the instance's limiter refused to grow its memory
 /// during the call (`memory_refused`), else a trap.
-fn classify(error: &wasmtime::Error, memory_refused: bool) -> FaultKind {
+fn classify(error: &wasmtime::Error, memory_refused: bool, budget_exceeded: bool) -> FaultKind {
     match error.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => FaultKind::Deadline,
+        _ if budget_exceeded => FaultKind::Budget,
         _ if memory_refused => FaultKind::Memory,
         _ => FaultKind::Trap,
     }

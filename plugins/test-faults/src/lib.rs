@@ -5,7 +5,11 @@
 //! lines, `slow` busy-waits 20 ms (legal under its deadline),
 //! `probe-file` / `probe-network` / `probe-env` / `probe-state` try to reach
 //! files, sockets, the environment and another connection's state and reply
-//! with what they reached; anything else is forwarded. With `reject-config` set,
+//! with what they reached. Attacks on the host, each inside every guest
+//! budget: `state-flood` stores 1 MiB values until refused, `state-keys`
+//! stores 100,000 empty keys, `attribute-flood` publishes 1 MiB attributes,
+//! `log-giant` logs 100 lines of 4 MiB, `fan-out` replies with 100,000
+//! messages. Anything else is forwarded. With `reject-config` set,
 //! it refuses to configure; upgrades misbehave on the header
 //! `x-test-fault: trap|loop|alloc`.
 
@@ -96,6 +100,34 @@ impl MessageFilter for TestFaults {
                 }
                 MessageVerdict::Forward
             }
+            "state-flood" => {
+                let value = vec![7u8; 1 << 20];
+                for i in 0..4096 {
+                    state::set(&format!("flood-{i}"), &value);
+                }
+                MessageVerdict::Forward
+            }
+            "state-keys" => {
+                for i in 0..100_000 {
+                    state::set(&format!("k{i}"), b"");
+                }
+                MessageVerdict::Forward
+            }
+            "attribute-flood" => {
+                let value = "x".repeat(1 << 20);
+                for i in 0..4096 {
+                    state::set_attribute(&format!("flood-{i}"), &value);
+                }
+                MessageVerdict::Forward
+            }
+            "log-giant" => {
+                let line = "x".repeat(4 << 20);
+                for _ in 0..100 {
+                    log::info(&line);
+                }
+                MessageVerdict::Forward
+            }
+            "fan-out" => MessageVerdict::Reply(vec![Message::Text("x".into()); 100_000]),
             "slow" => {
                 let start = context::monotonic_ns();
                 while context::monotonic_ns() - start < 20_000_000 {
