@@ -121,6 +121,8 @@ impl Connection {
         }
     }
 
+    /// Steps 4-9 of `docs/phases.md`, in order: origin, admission, the
+    /// upgrade chain, the route, the upstream, the client's 101.
     async fn phases(
         &self,
         request: &mut Request<Incoming>,
@@ -129,16 +131,7 @@ impl Connection {
         request::check_origin(&self.endpoint, request)?;
         let mut place = self.admit()?;
         let view = request::plugin_view(request, self.id, self.client);
-        let info = Arc::new(ConnectionInfo {
-            id: self.id,
-            endpoint_path: self.endpoint.config.path.get_ref().clone(),
-            content_type: self.endpoint.config.content_type.clone(),
-            request_headers: view.headers.clone(),
-            ..ConnectionInfo::default()
-        });
-        let mut contexts: Vec<CallContext> = (0..self.endpoint.slots)
-            .map(|_| CallContext::new(info.clone()))
-            .collect();
+        let (info, mut contexts) = self.plugin_contexts(&view);
         let (route, header_ops) =
             chain::run_upgrade_chain(&self.endpoint, &view, &mut contexts, observer)?;
         observer.routed(&route.url);
@@ -157,6 +150,25 @@ impl Connection {
             place,
             on_upgrade: hyper::upgrade::on(&mut *request),
         })
+    }
+
+    /// The connection's facts as plugins see them, and one call context
+    /// (with its own state) per distinct plugin on the endpoint.
+    fn plugin_contexts(
+        &self,
+        view: &wsgate_runtime::UpgradeRequest,
+    ) -> (Arc<ConnectionInfo>, Vec<CallContext>) {
+        let info = Arc::new(ConnectionInfo {
+            id: self.id,
+            endpoint_path: self.endpoint.config.path.get_ref().clone(),
+            content_type: self.endpoint.config.content_type.clone(),
+            request_headers: view.headers.clone(),
+            ..ConnectionInfo::default()
+        });
+        let contexts = (0..self.endpoint.slots)
+            .map(|_| CallContext::new(info.clone()))
+            .collect();
+        (info, contexts)
     }
 
     /// Take the connection's place under the gateway, endpoint and client limits.
