@@ -1,0 +1,415 @@
+//! Hostile plugins against the host's budgets, on the real binary: each case
+//! runs a gateway process of its own (its peak RSS only rises), attacks it
+//! from 8 connections through `test-faults` while a healthy client echoes
+//! on another endpoint, and measures the process's peak RSS (VmHWM), its log
+//! and its fault counters.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, mpsc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use wsgate_tests::{Client, admin_http, config_text, endpoint, next_data, plugin_path, send_text};
+
+mod common;
+use common::wsgate;
+
+/// Attacking connections per case.
+const ATTACKERS: usize = 8;
+/// Times each attacking connection sends the command.
+const ROUNDS: usize = 4;
+/// Echo round trips of the healthy client during the attack.
+const HEALTHY_ROUND_TRIPS: usize = 200;
+/// Most the gateway's peak RSS may grow under an attack.
+const MAX_GROWTH_KIB: u64 = 100 << 10;
+/// Most log an attack may produce.
+const MAX_LOG_BYTES: u64 = 16 << 20;
+/// A safety net against a hung gateway, not a synchronisation.
+const TIMEOUT: Duration = Duration::from_secs(120);
+
+/// One case at a time: each measures a process of its own, and a 4 MiB
+/// `log-giant` copy under a 2 s deadline should not compete for the CPU
+/// with another case's gateway.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// A `wsgate run` whose stderr is copied, as is, to a log file; its short
+/// lines are also handed to the test to synchronise on.
+struct Gateway {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    tee: Option<JoinHandle<()>>,
+}
+
+impl Gateway {
+    fn start(config: &Path, log: &Path) -> Self {
+        let mut child = wsgate()
+            .args(["run", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut file = BufWriter::new(std::fs::File::create(log).unwrap());
+        let (sender, lines) = mpsc::channel();
+        // Keep draining stderr so the gateway never blocks on a full pipe.
+        let tee = std::thread::spawn(move || {
+            let mut line = Vec::new();
+            loop {
+                line.clear();
+                match stderr.read_until(b'\n', &mut line) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+                file.write_all(&line).unwrap();
+                if line.len() <= 4096 {
+                    // The receiver may be gone: keep copying anyway.
+                    let _ = sender.send(String::from_utf8_lossy(&line).trim_end().to_string());
+                }
+            }
+            file.flush().unwrap();
+        });
+        Self {
+            child,
+            lines,
+            tee: Some(tee),
+        }
+    }
+
+    /// The first log line containing `needle`.
+    fn wait_for(&self, needle: &str) -> String {
+        loop {
+            let line = self
+                .lines
+                .recv_timeout(TIMEOUT)
+                .unwrap_or_else(|e| panic!("waiting for {needle:?}: {e}"));
+            if line.contains(needle) {
+                return line;
+            }
+        }
+    }
+
+    /// The process's peak resident set, in KiB.
+    fn vm_hwm_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().strip_suffix("kB"))
+            .map(|v| v.trim().parse().unwrap())
+            .expect("VmHWM in /proc/<pid>/status")
+    }
+
+    /// SIGTERM, wait for the exit and for the log to be written out.
+    fn stop(mut self) {
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        assert!(self.child.wait().unwrap().success());
+        self.tee.take().unwrap().join().unwrap();
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        // A failed test must not leave its gateway running.
+        if self.tee.is_some() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A directory for one case, removed however the case ends (an
+/// unbudgeted log would fill the disk).
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(case: &str) -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("wsgate-hostile-{}-{case}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The gateway's configuration: `faults` with default host budgets on
+/// `/hostile` (fail open: the attacking connection stays open), nothing on
+/// `/healthy`, both to `echo`; the admin listener on port 0.
+fn config(echo: SocketAddr) -> String {
+    let faults = format!(
+        "[[plugin]]\nname = \"faults\"\nversion = \"1.0.0\"\npath = \"{}\"\n\
+         grants = [\"log\", \"clocks\", \"state\"]\ndeadline = \"2s\"\n\n",
+        plugin_path("test-faults").display()
+    );
+    config_text(
+        &(faults
+            + &endpoint(
+                "/hostile",
+                echo,
+                "client-messages = [{ plugin = \"faults@1.0.0\", fail = \"open\" }]",
+            )
+            + &endpoint("/healthy", echo, "")
+            + "[admin]\nlisten = \"127.0.0.1:0\"\n"),
+    )
+}
+
+async fn connect(url: &str) -> Client {
+    tokio_tungstenite::connect_async(url)
+        .await
+        .unwrap_or_else(|e| panic!("connect to {url}: {e}"))
+        .0
+}
+
+/// The next text message.
+async fn next(ws: &mut Client) -> String {
+    match next_data(ws).await {
+        tokio_tungstenite::tungstenite::Message::Text(text) => text.as_str().to_string(),
+        other => panic!("expected text, got {other:?}"),
+    }
+}
+
+/// Send `command` `ROUNDS` times, each time until it comes back (fail
+/// open: the faulting plugin is skipped and the echo answers); the
+/// connection, still open, and how many other messages came.
+async fn attack(mut ws: Client, command: String) -> (Client, usize) {
+    let mut others = 0;
+    for _ in 0..ROUNDS {
+        send_text(&mut ws, &command).await;
+        while next(&mut ws).await != command {
+            others += 1;
+        }
+    }
+    (ws, others)
+}
+
+/// `HEALTHY_ROUND_TRIPS` echo round trips, each answered unchanged; the
+/// connection and the slowest round trip.
+async fn healthy_traffic(mut ws: Client) -> (Client, Duration) {
+    let mut slowest = Duration::ZERO;
+    for i in 0..HEALTHY_ROUND_TRIPS {
+        let text = format!("healthy {i} {}", "h".repeat(i));
+        let sent = Instant::now();
+        send_text(&mut ws, &text).await;
+        assert_eq!(next(&mut ws).await, text, "healthy round trip {i}");
+        slowest = slowest.max(sent.elapsed());
+    }
+    (ws, slowest)
+}
+
+/// The samples of metric `name` for `faults@1.0.0`, summed over its pools
+/// and grouped by the value of `label` (`""`: all together).
+fn samples(metrics: &str, name: &str, label: &str) -> Vec<(String, u64)> {
+    let mut groups: Vec<(String, u64)> = Vec::new();
+    for line in metrics.lines() {
+        let Some(rest) = line.strip_prefix(name).and_then(|r| r.strip_prefix('{')) else {
+            continue;
+        };
+        if !rest.contains("plugin=\"faults@1.0.0\"") {
+            continue;
+        }
+        let group = rest
+            .split(&format!("{label}=\""))
+            .nth(1)
+            .filter(|_| !label.is_empty())
+            .map_or("", |v| v.split('"').next().unwrap());
+        let value: u64 = rest.rsplit(' ').next().unwrap().parse().unwrap();
+        match groups.iter_mut().find(|(g, _)| g == group) {
+            Some((_, total)) => *total += value,
+            None => groups.push((group.to_string(), value)),
+        }
+    }
+    assert!(!groups.is_empty(), "no {name} for faults@1.0.0:\n{metrics}");
+    groups
+}
+
+/// What an attack left: the connections, still open, and its figures.
+struct Outcome {
+    open: Vec<Client>,
+    others: usize,
+    attack_time: Duration,
+    healthy_time: Duration,
+    slowest: Duration,
+    metrics: String,
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+/// Run `command` from `ATTACKERS` connections against a fresh gateway while
+/// a healthy client echoes; `fault` is the kind the attack must be counted
+/// as (`None`: no fault at all).
+fn hostile(command: &str, fault: Option<&str>) {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let started = Instant::now();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let echo = runtime.block_on(wsgate_tests::start_echo());
+    let dir = TempDir::new(command);
+    let dir = &dir.0;
+    let config_path = dir.join("host-config.toml");
+    std::fs::write(&config_path, config(echo)).unwrap();
+    let log: PathBuf = dir.join("gateway.log");
+
+    let gateway = Gateway::start(&config_path, &log);
+    let listen = gateway.wait_for("wsgate listening on");
+    let listen = listen.rsplit(' ').next().unwrap().to_string();
+    let admin = gateway.wait_for("admin listening on http://");
+    let admin: SocketAddr = admin.rsplit("http://").next().unwrap().parse().unwrap();
+
+    // Connect everyone, one warm-up round trip per endpoint, then the baseline.
+    let (healthy, attackers) = runtime.block_on(async {
+        let mut healthy = connect(&format!("ws://{listen}/healthy")).await;
+        let mut attackers = Vec::new();
+        for _ in 0..ATTACKERS {
+            attackers.push(connect(&format!("ws://{listen}/hostile")).await);
+        }
+        send_text(&mut healthy, "warm-up").await;
+        assert_eq!(next(&mut healthy).await, "warm-up");
+        send_text(&mut attackers[0], "warm-up").await;
+        assert_eq!(next(&mut attackers[0]).await, "warm-up");
+        (healthy, attackers)
+    });
+    let before = gateway.vm_hwm_kib();
+
+    // The attack, and the healthy traffic at the same time.
+    let attack_started = Instant::now();
+    let outcome = runtime.block_on(async {
+        tokio::time::timeout(TIMEOUT, async {
+            let attacks: Vec<_> = attackers
+                .into_iter()
+                .map(|ws| tokio::spawn(attack(ws, command.to_string())))
+                .collect();
+            let healthy = tokio::spawn(async move {
+                let result = healthy_traffic(healthy).await;
+                (result, attack_started.elapsed())
+            });
+            let mut open = Vec::new();
+            let mut others = 0;
+            for task in attacks {
+                let (ws, other) = task.await.unwrap();
+                open.push(ws);
+                others += other;
+            }
+            let attack_time = attack_started.elapsed();
+            let ((ws, slowest), healthy_time) = healthy.await.unwrap();
+            open.push(ws);
+            let (status, metrics) = admin_http(admin, "GET", "/metrics", None, "").await;
+            assert_eq!(status, 200, "{metrics}");
+            Outcome {
+                open,
+                others,
+                attack_time,
+                healthy_time,
+                slowest,
+                metrics,
+            }
+        })
+        .await
+        .expect("the attack and the healthy traffic finish")
+    });
+    // Measured while the attacking connections still hold what they stored.
+    let after = gateway.vm_hwm_kib();
+    let Outcome {
+        open,
+        others,
+        attack_time,
+        healthy_time,
+        slowest,
+        metrics,
+    } = outcome;
+
+    runtime.block_on(async {
+        for mut ws in open {
+            let _ = ws.close(None).await;
+        }
+    });
+    gateway.stop();
+    let log_bytes = std::fs::metadata(&log).unwrap().len();
+    let faults = samples(&metrics, "wsgate_plugin_faults_total", "kind");
+    let dropped = samples(&metrics, "wsgate_plugin_log_lines_dropped_total", "")[0].1;
+    let state_held = samples(&metrics, "wsgate_plugin_host_state_bytes", "")[0].1;
+    let log_text = String::from_utf8_lossy(&std::fs::read(&log).unwrap()).into_owned();
+    let cut_lines = log_text.matches(" bytes cut]").count();
+    let growth = after.saturating_sub(before);
+    eprintln!(
+        "hostile-host {command}: VmHWM {:.0} -> {:.0} MiB (+{:.1}), log {:.2} MiB ({cut_lines} lines cut, \
+         {dropped} dropped), state held {state_held} B, faults {faults:?}; attack {attack_time:.2?}, healthy {HEALTHY_ROUND_TRIPS} \
+         round trips in {healthy_time:.2?} (slowest {slowest:.2?}); case {:.2?}",
+        mib(before),
+        mib(after),
+        mib(growth),
+        log_bytes as f64 / f64::from(1 << 20),
+        started.elapsed(),
+    );
+
+    assert_eq!(
+        others, 0,
+        "{command}: the attackers got {others} messages besides their echoes"
+    );
+    match fault {
+        Some(kind) => {
+            let count = faults
+                .iter()
+                .find(|(k, _)| k == kind)
+                .map_or(0, |(_, n)| *n);
+            assert!(count > 0, "{command}: no {kind} fault counted: {faults:?}");
+        }
+        None => assert!(
+            faults.iter().all(|(_, n)| *n == 0),
+            "{command}: faults counted: {faults:?}"
+        ),
+    }
+    if command == "log-giant" {
+        assert!(cut_lines > 0, "{command}: no line cut and marked");
+    }
+    assert!(
+        growth < MAX_GROWTH_KIB,
+        "{command}: VmHWM grew by {:.1} MiB ({before} -> {after} KiB)",
+        mib(growth)
+    );
+    assert!(
+        log_bytes < MAX_LOG_BYTES,
+        "{command}: {log_bytes} bytes of log"
+    );
+}
+
+#[test]
+fn state_flood_is_a_budget_fault_and_the_gateway_stays_small() {
+    hostile("state-flood", Some("budget"));
+}
+
+#[test]
+fn state_keys_is_a_budget_fault_and_the_gateway_stays_small() {
+    hostile("state-keys", Some("budget"));
+}
+
+#[test]
+fn attribute_flood_is_a_budget_fault_and_the_gateway_stays_small() {
+    hostile("attribute-flood", Some("budget"));
+}
+
+#[test]
+fn log_giant_is_cut_and_rate_limited_without_a_fault() {
+    hostile("log-giant", None);
+}
+
+#[test]
+fn fan_out_is_an_output_fault_and_the_gateway_stays_small() {
+    hostile("fan-out", Some("output"));
+}
