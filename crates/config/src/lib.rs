@@ -120,9 +120,31 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
     }
     config.source = source;
     validate::validate(&config, &renamed)?;
+    share_plugin_host_memory(&mut config);
     config.warnings = renamed.warnings;
     config.warnings.sort_by_key(|w| (w.line, w.column));
     Ok(config)
+}
+
+/// Give each plugin without a `max-state-total` an equal share of what
+/// `[gateway] plugin-host-memory` leaves after the plugins that set one.
+fn share_plugin_host_memory(config: &mut Config) {
+    let ceiling = config.gateway.plugin_host_memory.0;
+    let set: u64 = config
+        .plugins
+        .iter()
+        .filter_map(|p| p.max_state_total)
+        .map(|size| size.0)
+        .sum();
+    let unset = config
+        .plugins
+        .iter()
+        .filter(|p| p.max_state_total.is_none())
+        .count();
+    let share = ceiling.saturating_sub(set) / (unset.max(1) as u64);
+    for plugin in &mut config.plugins {
+        plugin.max_state_total.get_or_insert(ByteSize(share));
+    }
 }
 
 #[cfg(test)]

@@ -83,6 +83,11 @@ pub struct Gateway {
     /// without a `path` load from; relative to the configuration file.
     #[serde(default)]
     pub plugin_store: Option<PathBuf>,
+    /// Most the host may hold on all plugins' behalf (their state, all
+    /// connections together): the ceiling their `max-state-total` budgets
+    /// share.
+    #[serde(default = "default_plugin_host_memory")]
+    pub plugin_host_memory: ByteSize,
 }
 
 /// The listener's TLS identity (paths relative to the configuration file).
@@ -189,9 +194,11 @@ pub struct PluginDecl {
     /// Most state keys one connection may hold for the plugin.
     #[serde(default = "default_max_state_keys")]
     pub max_state_keys: u32,
-    /// Most state all connections together may hold for the plugin.
-    #[serde(default = "default_max_state_total")]
-    pub max_state_total: ByteSize,
+    /// Most state all connections together may hold for the plugin. Unset:
+    /// an equal share of `[gateway] plugin-host-memory` among the plugins
+    /// granted `state` (filled in when the configuration is loaded).
+    #[serde(default)]
+    pub max_state_total: Option<ByteSize>,
     /// Most attributes a connection may carry when this plugin publishes one.
     #[serde(default = "default_max_attributes")]
     pub max_attributes: u32,
@@ -621,8 +628,8 @@ fn default_max_state() -> ByteSize {
 fn default_max_state_keys() -> u32 {
     1024
 }
-fn default_max_state_total() -> ByteSize {
-    ByteSize(64 << 20)
+fn default_plugin_host_memory() -> ByteSize {
+    ByteSize(256 << 20)
 }
 fn default_max_attributes() -> u32 {
     64

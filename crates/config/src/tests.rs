@@ -309,3 +309,25 @@ mod fuzz {
         }
     }
 }
+
+#[test]
+fn plugins_share_the_host_memory_ceiling_and_may_not_exceed_it() {
+    let two = GOOD.replace(
+        "[[endpoint]]\npath = \"/echo\"",
+        "[[plugin]]\nname = \"other\"\nversion = \"1.0.0\"\npath = \"o.wasm\"\nmax-state-total = \"56MiB\"\n\n[[endpoint]]\npath = \"/echo\"",
+    );
+    let config = parse_at(&two).unwrap();
+    let totals: Vec<_> = config.plugins.iter().map(|p| p.max_state_total).collect();
+    // The unset one gets what the set one leaves of the 256 MiB default.
+    assert_eq!(
+        totals,
+        [Some(ByteSize(200 << 20)), Some(ByteSize(56 << 20))]
+    );
+    let over = two.replace(
+        "listen = \"127.0.0.1:8080\"",
+        "listen = \"127.0.0.1:8080\"\nplugin-host-memory = \"32MiB\"",
+    );
+    let error = single_error(&over);
+    assert_eq!(error.field, "plugin[1].max-state-total");
+    assert!(error.message.contains("plugin-host-memory"), "{error}");
+}

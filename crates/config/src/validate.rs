@@ -17,6 +17,24 @@ pub(crate) fn validate(config: &Config, renamed: &Renamed) -> Result<(), ConfigE
         errors.push(source.error(span, field, message));
     };
 
+    let ceiling = config.gateway.plugin_host_memory.0;
+    let mut declared_total = 0u64;
+    for (i, plugin) in config.plugins.iter().enumerate() {
+        if let Some(total) = plugin.max_state_total {
+            let before = declared_total;
+            declared_total = declared_total.saturating_add(total.0);
+            if declared_total > ceiling && before <= ceiling {
+                at(
+                    plugin.name.span(),
+                    format!("plugin[{i}].max-state-total"),
+                    format!(
+                        "the plugins' max-state-total add up to more than [gateway] plugin-host-memory ({ceiling} bytes)"
+                    ),
+                );
+            }
+        }
+    }
+
     let mut plugin_ids = HashSet::new();
     for (i, plugin) in config.plugins.iter().enumerate() {
         let name = plugin.name.get_ref();

@@ -166,15 +166,9 @@ impl Gateway {
         self.shared
             .next_generation
             .store(generation.id + 1, Ordering::Relaxed);
-        {
-            let mut generations = self
-                .shared
-                .generations
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            generations.retain(|g| g.strong_count() > 0);
-            generations.push(Arc::downgrade(&generation));
-        }
+        self.shared
+            .live_generations()
+            .push(Arc::downgrade(&generation));
         *self
             .shared
             .generation
@@ -214,13 +208,8 @@ impl Gateway {
     /// open connections), oldest first.
     pub fn generations(&self) -> Vec<GenerationStatus> {
         let current = self.generation().id;
-        let mut generations = self
-            .shared
-            .generations
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        generations.retain(|g| g.strong_count() > 0);
-        generations
+        self.shared
+            .live_generations()
             .iter()
             .filter_map(Weak::upgrade)
             .map(|g| GenerationStatus {

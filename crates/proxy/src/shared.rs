@@ -1,7 +1,7 @@
 //! The state every request and every relay task of one gateway shares.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, Weak};
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -73,6 +73,16 @@ impl Shared {
             Ok(generation) => generation.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         }
+    }
+
+    /// Every generation still alive, oldest first (the list, pruned).
+    pub fn live_generations(&self) -> MutexGuard<'_, Vec<Weak<Generation>>> {
+        let mut generations = self
+            .generations
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        generations.retain(|g| g.strong_count() > 0);
+        generations
     }
 
     /// A new connection's id.

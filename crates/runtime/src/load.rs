@@ -60,7 +60,7 @@ impl HostBudget {
         Self {
             state_bytes: bytes(decl.max_state),
             state_keys: count(decl.max_state_keys),
-            state_total: bytes(decl.max_state_total),
+            state_total: decl.max_state_total.map_or(0, bytes),
             attributes: count(decl.max_attributes),
             attribute_bytes: bytes(decl.max_attribute_bytes),
             attribute_value: bytes(decl.max_attribute_value),
