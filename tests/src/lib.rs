@@ -71,6 +71,49 @@ pub fn plugin_dir() -> &'static Path {
     })
 }
 
+/// The plugins kept built against the frozen contract `wsgate:plugin@0.1.0`
+/// (the SDK's `contract-0-1` feature), to prove 0.1.0 plugins keep loading
+/// beside 0.2.0 ones.
+pub const CONTRACT_0_1_PLUGINS: [&str; 2] = ["passthrough", "static-router"];
+
+/// Build [`CONTRACT_0_1_PLUGINS`] against 0.1.0 (once per process, in a
+/// target directory of their own) and return the component of `name`.
+pub fn contract_0_1_plugin_path(name: &str) -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    let dir = DIR.get_or_init(|| {
+        let root = repo_root();
+        let target = root.join("plugins/target/contract-0.1");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+        let mut command = Command::new(cargo);
+        command.args(["build", "--release", "--target", "wasm32-wasip2"]);
+        for plugin in CONTRACT_0_1_PLUGINS {
+            command.args(["-p", plugin]);
+        }
+        let output = command
+            .args([
+                "--features",
+                "wsgate-plugin-sdk/contract-0-1",
+                "--manifest-path",
+            ])
+            .arg(root.join("plugins/Cargo.toml"))
+            .arg("--target-dir")
+            .arg(&target)
+            .env_remove("CARGO_TARGET_DIR")
+            .env_remove("RUSTFLAGS")
+            .env_remove("CARGO_ENCODED_RUSTFLAGS")
+            .env_remove("CARGO_BUILD_TARGET")
+            .output()
+            .expect("run cargo to build the 0.1.0 plugins");
+        assert!(
+            output.status.success(),
+            "building the 0.1.0 plugins failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        target.join("wasm32-wasip2/release")
+    });
+    dir.join(format!("{}.wasm", name.replace('-', "_")))
+}
+
 /// Build the plugins written in JavaScript, Python and C
 /// (`scripts/build-language-plugins`, once per process) and return the
 /// component of the one named `name` in its manifest (e.g. `json-mask-js`).
@@ -133,7 +176,7 @@ const PLUGINS: [(&str, &str, &str); 22] = [
     ("basic-auth", "1.0.0", "basic-auth"),
     ("ip-filter", "1.0.0", "ip-filter"),
     ("header-rewrite", "1.0.0", "header-rewrite"),
-    ("jwt", "1.0.0", "jwt"),
+    ("jwt", "1.1.0", "jwt"),
     ("size-limit", "1.0.0", "size-limit"),
     ("rate-limit", "1.0.0", "rate-limit"),
     ("message-filter", "1.0.0", "message-filter"),

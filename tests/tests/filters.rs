@@ -199,7 +199,7 @@ impl Signers {
 fn jwt_entry(signers: &Signers, extra: &str) -> String {
     let jwks = signers.jwks().replace('\\', "\\\\").replace('"', "\\\"");
     format!(
-        "{{ plugin = \"jwt@1.0.0\", config = {{ keys = [{{ kid = \"h1\", alg = \"HS256\", secret = \"hs-secret\" }}], jwks = \"{jwks}\", query = \"access_token\", issuer = \"https://idp.test\", audience = \"chat\"{extra} }} }}"
+        "{{ plugin = \"jwt@1.1.0\", config = {{ keys = [{{ kid = \"h1\", alg = \"HS256\", secret = \"hs-secret\" }}], jwks = \"{jwks}\", query = \"access_token\", issuer = \"https://idp.test\", audience = \"chat\"{extra} }} }}"
     )
 }
 
@@ -254,6 +254,105 @@ async fn jwt_verifies_hs256_rs256_and_es256_and_refuses_with_401_or_403() {
         .err()
         .unwrap();
     assert_eq!((status, body.as_str()), (401, "invalid token signature\n"));
+}
+
+/// Now in Unix milliseconds.
+fn now_ms() -> u64 {
+    u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap()
+}
+
+fn expired_by_credentials(gateway: &wsgate_proxy::Gateway) -> u64 {
+    gateway
+        .counters()
+        .expirations()
+        .find(|(by, _)| *by == wsgate_proxy::counters::ExpiredBy::Credentials)
+        .unwrap()
+        .1
+}
+
+#[tokio::test]
+async fn jwt_closes_the_connection_when_its_token_expires() {
+    let mut upstream = TestUpstream::start().await;
+    let signers = Signers::new();
+    let entry = jwt_entry(&signers, ", leeway-seconds = 0");
+    let gateway = start_gateway(&guarded("/j", upstream.address, &entry, "")).await;
+    let exp = now() + 2;
+    let claims = json!({"sub": "ann", "iss": "https://idp.test", "aud": "chat", "exp": exp});
+    let bearer = format!("Bearer {}", signers.token("ES256", &claims));
+    let (mut client, _) = try_upgrade(&gateway, "/j", &[("authorization", &bearer)])
+        .await
+        .unwrap();
+    let mut server = upstream.accept().await;
+    // Traffic flows until the token's exp.
+    send_text(&mut client, "before exp").await;
+    assert_eq!(next_text(&mut server.ws).await, "before exp");
+    let (client_close, server_close) =
+        tokio::join!(expect_close(&mut client), expect_close(&mut server.ws));
+    let closed_ms = now_ms();
+    assert_eq!(client_close, (1008, "credentials expired".to_string()));
+    assert_eq!(server_close, (1001, "credentials expired".to_string()));
+    // Never before the token's exp (the figure, not asserted: how late).
+    assert!(closed_ms >= exp * 1000, "closed at {closed_ms}, exp {exp}");
+    eprintln!("closed {} ms after the token's exp", closed_ms - exp * 1000);
+    assert_eq!(expired_by_credentials(&gateway), 1);
+}
+
+#[tokio::test]
+async fn jwt_renewal_in_a_message_moves_the_expiry_for_the_same_subject_only() {
+    let mut upstream = TestUpstream::start().await;
+    let signers = Signers::new();
+    let config = ", leeway-seconds = 0, renew = { type = \"auth\" }";
+    let entry = jwt_entry(&signers, config);
+    let messages = format!("client-messages = [{entry}]");
+    let gateway = start_gateway(&guarded("/j", upstream.address, &entry, &messages)).await;
+    let token = |sub: &str, exp: u64| {
+        let claims = json!({"sub": sub, "iss": "https://idp.test", "aud": "chat", "exp": exp});
+        signers.token("HS256", &claims)
+    };
+    let first_exp = now() + 2;
+    let bearer = format!("Bearer {}", token("ann", first_exp));
+    let (mut client, _) = try_upgrade(&gateway, "/j", &[("authorization", &bearer)])
+        .await
+        .unwrap();
+    let mut server = upstream.accept().await;
+
+    let renewed_exp = first_exp + 2;
+    let renewal = json!({"type": "auth", "token": token("ann", renewed_exp)});
+    send_text(&mut client, &renewal.to_string()).await;
+    let answer: Value = serde_json::from_str(&next_text(&mut client).await).unwrap();
+    assert_eq!(
+        answer,
+        json!({"type": "auth", "ok": true, "exp": renewed_exp})
+    );
+    // Another subject's token does not move it.
+    let stranger = json!({"type": "auth", "token": token("bob", renewed_exp + 60)});
+    send_text(&mut client, &stranger.to_string()).await;
+    let answer: Value = serde_json::from_str(&next_text(&mut client).await).unwrap();
+    assert_eq!(
+        answer,
+        json!({"type": "auth", "ok": false, "error": "token for another subject"})
+    );
+    // Renewals never reach the upstream; other messages do.
+    send_text(&mut client, "chat").await;
+    assert_eq!(next_text(&mut server.ws).await, "chat");
+
+    let (client_close, _) = tokio::join!(expect_close(&mut client), expect_close(&mut server.ws));
+    let closed_ms = now_ms();
+    assert_eq!(client_close, (1008, "credentials expired".to_string()));
+    assert!(
+        closed_ms >= renewed_exp * 1000,
+        "closed at {closed_ms}: before the renewed exp {renewed_exp}"
+    );
+    eprintln!(
+        "closed {} ms after the renewed token's exp",
+        closed_ms - renewed_exp * 1000
+    );
 }
 
 #[tokio::test]
@@ -423,7 +522,7 @@ async fn json_schema_closes_with_1007_or_replies_with_the_error() {
 async fn bad_filter_configs_name_plugin_endpoint_and_field() {
     let text = config_text(
         "[[endpoint]]\npath = \"/bad\"\nallowed-upstreams = [\"ws://127.0.0.1:1\"]\n\
-         upgrade = [{ plugin = \"jwt@1.0.0\", config = { keys = [{ alg = \"RS256\", n = \"AQAB\" }] } }, { plugin = \"static-router@1.0.0\", config = { url = \"ws://127.0.0.1:1/\" } }]\n\
+         upgrade = [{ plugin = \"jwt@1.1.0\", config = { keys = [{ alg = \"RS256\", n = \"AQAB\" }] } }, { plugin = \"static-router@1.0.0\", config = { url = \"ws://127.0.0.1:1/\" } }]\n\
          client-messages = [{ plugin = \"rate-limit@1.0.0\", config = { messages-per-second = -1 } }, { plugin = \"redact@1.0.0\", config = { patterns = [{ name = \"x\", regex = \"(\" }] } }]\n",
     );
     let errors = wsgate_proxy::Generation::build(0, parse_config(&text), runtime())
@@ -437,7 +536,7 @@ async fn bad_filter_configs_name_plugin_endpoint_and_field() {
     assert_eq!(found.len(), 3, "{found:?}");
     assert_eq!(found[0].0, "endpoint[0].upgrade[0].config.keys[0]");
     assert!(
-        found[0].1.contains("jwt@1.0.0") && found[0].1.contains("`e`"),
+        found[0].1.contains("jwt@1.1.0") && found[0].1.contains("`e`"),
         "{found:?}"
     );
     assert_eq!(

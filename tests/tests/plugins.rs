@@ -359,3 +359,74 @@ async fn instances_are_pooled_not_created_per_connection() {
     let created = stats.instances_created.load(Relaxed);
     assert!(created <= 3, "{created} instances for 100 connections");
 }
+
+/// Plugins built against the frozen contract 0.1.0 load unchanged and run
+/// beside 0.2.0 ones: one endpoint of each, and a third chaining both.
+#[tokio::test]
+async fn contract_0_1_plugins_run_unchanged_beside_0_2_ones() {
+    let mut upstream = TestUpstream::start().await;
+    let address = upstream.address;
+    let old = |name: &str, krate: &str| {
+        format!(
+            "[[plugin]]\nname = \"{name}\"\nversion = \"1.0.0\"\npath = \"{}\"\n\n",
+            contract_0_1_plugin_path(krate).display()
+        )
+    };
+    let route = |plugin: &str| {
+        format!("{{ plugin = \"{plugin}\", config = {{ url = \"ws://{address}/\" }} }}")
+    };
+    let endpoint = |path: &str, upgrade: &str, messages: &str| {
+        format!(
+            "[[endpoint]]\npath = \"{path}\"\nallowed-upstreams = [\"ws://{address}\"]\n\
+             upgrade = [{upgrade}]\nclient-messages = [{messages}]\nupstream-messages = [{messages}]\n\n"
+        )
+    };
+    let body = [
+        old("old-router", "static-router"),
+        old("old-passthrough", "passthrough"),
+        endpoint(
+            "/old",
+            &route("old-router@1.0.0"),
+            "{ plugin = \"old-passthrough@1.0.0\" }",
+        ),
+        endpoint(
+            "/new",
+            &route("static-router@1.0.0"),
+            "{ plugin = \"passthrough@1.0.0\" }",
+        ),
+        endpoint(
+            "/mixed",
+            &format!(
+                "{{ plugin = \"test-verdicts@0.1.0\" }}, {}",
+                route("old-router@1.0.0")
+            ),
+            "{ plugin = \"old-passthrough@1.0.0\" }, { plugin = \"test-verdicts@0.1.0\", config = { tag = \"+new\" } }, { plugin = \"passthrough@1.0.0\" }",
+        ),
+    ]
+    .concat();
+    let gateway = start_gateway(&body).await;
+
+    let contract = |id: &str| {
+        let generation = gateway.generation();
+        let pool = generation.pools.iter().find(|p| p.plugin().id() == id);
+        pool.unwrap().plugin().contract()
+    };
+    use wsgate_runtime::Contract;
+    assert_eq!(contract("old-router@1.0.0"), Contract::V0_1);
+    assert_eq!(contract("old-passthrough@1.0.0"), Contract::V0_1);
+    assert_eq!(contract("static-router@1.0.0"), Contract::V0_2);
+    assert_eq!(contract("passthrough@1.0.0"), Contract::V0_2);
+
+    for (path, upward, downward) in [
+        ("/old", "up", "down"),
+        ("/new", "up", "down"),
+        ("/mixed", "up+new", "down+new"),
+    ] {
+        let mut client = connect(&gateway, path).await;
+        let mut server = upstream.accept().await;
+        send_text(&mut client, "up").await;
+        assert_eq!(next_text(&mut server.ws).await, upward, "{path}");
+        send_text(&mut server.ws, "down").await;
+        assert_eq!(next_text(&mut client).await, downward, "{path}");
+    }
+}

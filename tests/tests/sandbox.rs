@@ -29,7 +29,7 @@ async fn a_plugin_importing_an_ungranted_capability_is_refused_naming_it() {
     let message = &errors[0].message;
     assert!(
         message.contains("transform@1.0.0")
-            && message.contains("wsgate:plugin/context@0.1.0")
+            && message.contains("wsgate:plugin/context@0.2.0")
             && message.contains("`context` capability"),
         "{message}"
     );

@@ -146,6 +146,15 @@ pub fn render(gateway: &Gateway) -> String {
     for (kind, count) in counters.upgrade_verdicts() {
         f.sample("", &[("verdict", kind.as_str())], count);
     }
+    let mut f = family(
+        &mut out,
+        "wsgate_connections_expired_total",
+        "counter",
+        "Connections the gateway closed at their expiry, by cause (endpoint: its expire; credentials: a plugin's session.expire-at).",
+    );
+    for (by, count) in counters.expirations() {
+        f.sample("", &[("by", by.as_str())], count);
+    }
 
     let pools: Vec<(String, String, &wsgate_runtime::PluginStats)> = generation
         .pools

@@ -102,3 +102,27 @@ pub mod context {
         raw::clocks::monotonic_ns()
     }
 }
+
+/// The connection's lifetime (contract 0.2.0): close it when the
+/// credentials it was opened with expire.
+#[cfg(not(feature = "contract-0-1"))]
+pub mod session {
+    use super::raw;
+
+    /// Close this connection at `unix_ms` (Unix milliseconds, as
+    /// [`context::now_ms`](super::context::now_ms)): the client gets 1008
+    /// "credentials expired". Calling again moves this plugin's own expiry;
+    /// the connection closes at the earliest over all plugins.
+    pub fn expire_at(unix_ms: u64) {
+        raw::session::expire_at(unix_ms);
+    }
+    /// Withdraw this plugin's expiry.
+    pub fn clear_expiry() {
+        raw::session::expire_at(0);
+    }
+    /// The connection's expiry as the gateway holds it (the earliest of
+    /// every plugin's and the endpoint's), in Unix milliseconds.
+    pub fn expires_at() -> Option<u64> {
+        raw::session::expires_at()
+    }
+}

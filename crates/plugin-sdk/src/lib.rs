@@ -42,6 +42,13 @@ pub mod bindings {
     //! The contract's types and host imports, generated from the `imports`
     //! world. Each plugin generates its own export glue through the export
     //! macros, so its component exports exactly the hooks it implements.
+    #[cfg(not(feature = "contract-0-1"))]
+    wit_bindgen::generate!({
+        path: "../../wit/0.2.0",
+        world: "imports",
+        additional_derives: [PartialEq],
+    });
+    #[cfg(feature = "contract-0-1")]
     wit_bindgen::generate!({
         path: "../../wit",
         world: "imports",
@@ -67,12 +74,16 @@ pub use helpers::{
     connection_value, is_connection_placeholder, percent_decode, render_template, template_names,
 };
 pub mod host;
+#[cfg(not(feature = "contract-0-1"))]
+pub use host::session;
 pub use host::{context, log, state};
 #[cfg(feature = "schema")]
 pub mod schema;
 
 /// Everything a plugin usually needs, in one `use`.
 pub mod prelude {
+    #[cfg(not(feature = "contract-0-1"))]
+    pub use crate::session;
     pub use crate::{
         CloseFrame, ConfigError, Direction, Header, HeaderOp, LogLevel, Message, MessageFilter,
         MessageVerdict, Plugin, Rejection, Route, UpgradeFilter, UpgradeRequest, UpgradeVerdict,
@@ -195,17 +206,7 @@ macro_rules! __export_world {
     ($plugin:ty, $world:literal, $($hook:ident)*) => {
         #[allow(missing_docs, unsafe_code, clippy::all)]
         mod __wsgate_bindings {
-            $crate::__wsgate_generate!(
-                world: $world,
-                runtime_path: "::wsgate_plugin_sdk::__wit_bindgen::rt",
-                with: {
-                    "wsgate:plugin/types@0.1.0": ::wsgate_plugin_sdk::bindings::wsgate::plugin::types,
-                    "wsgate:plugin/log@0.1.0": ::wsgate_plugin_sdk::bindings::wsgate::plugin::log,
-                    "wsgate:plugin/state@0.1.0": ::wsgate_plugin_sdk::bindings::wsgate::plugin::state,
-                    "wsgate:plugin/clocks@0.1.0": ::wsgate_plugin_sdk::bindings::wsgate::plugin::clocks,
-                    "wsgate:plugin/context@0.1.0": ::wsgate_plugin_sdk::bindings::wsgate::plugin::context,
-                },
-            );
+            $crate::__wsgate_generate!(world: $world);
         }
         $crate::__plugin_config_slot!($plugin);
         struct __WsgateExport;

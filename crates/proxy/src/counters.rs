@@ -110,6 +110,29 @@ impl UpgradeVerdictKind {
     }
 }
 
+/// Why the gateway closed a connection at its expiry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpiredBy {
+    /// The endpoint's `expire` (close 1001 "connection expired").
+    Endpoint,
+    /// A plugin's `session.expire-at`: the credentials the connection was
+    /// opened with expired (close 1008 "credentials expired").
+    Credentials,
+}
+
+impl ExpiredBy {
+    /// Every cause, in the order metrics list them.
+    pub const ALL: [Self; 2] = [Self::Endpoint, Self::Credentials];
+
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Endpoint => "endpoint",
+            Self::Credentials => "credentials",
+        }
+    }
+}
+
 /// Counters shared by every connection of a gateway.
 #[derive(Debug, Default)]
 pub struct TrafficCounters {
@@ -123,6 +146,8 @@ pub struct TrafficCounters {
     message_verdicts: [AtomicU64; 6],
     /// Upgrade plugin verdicts, in [`UpgradeVerdictKind::ALL`] order.
     upgrade_verdicts: [AtomicU64; 5],
+    /// Connections closed at their expiry, in [`ExpiredBy::ALL`] order.
+    expired: [AtomicU64; 2],
 }
 
 impl TrafficCounters {
@@ -189,5 +214,20 @@ impl TrafficCounters {
             .into_iter()
             .zip(&self.upgrade_verdicts)
             .map(|(kind, counter)| (kind, counter.load(Ordering::Relaxed)))
+    }
+
+    /// Count a connection closed at its expiry.
+    pub fn expired(&self, by: ExpiredBy) {
+        if let Some(counter) = self.expired.get(by as usize) {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Connections closed at their expiry, by cause.
+    pub fn expirations(&self) -> impl Iterator<Item = (ExpiredBy, u64)> + '_ {
+        ExpiredBy::ALL
+            .into_iter()
+            .zip(&self.expired)
+            .map(|(by, counter)| (by, counter.load(Ordering::Relaxed)))
     }
 }

@@ -18,7 +18,7 @@ use wsgate_monitor::{EndRecord, Monitor, PluginVerdict, Record, UpgradeRecord, n
 use wsgate_runtime::{MessageVerdict, PluginFault, UpgradeVerdict};
 use wsgate_wire::{FrameLog, SharedFrameLog};
 
-use crate::counters::{MessageVerdictKind, TrafficCounters, UpgradeVerdictKind};
+use crate::counters::{ExpiredBy, MessageVerdictKind, TrafficCounters, UpgradeVerdictKind};
 use crate::peer::Peer;
 
 /// Who started closing a connection, as the monitor records it.
@@ -260,9 +260,11 @@ impl Observer {
         }
     }
 
-    /// The connection reached its endpoint's `expire` time.
-    pub fn expired(&mut self) {
+    /// The connection reached its expiry (`by` the endpoint's `expire`
+    /// or its credentials').
+    pub fn expired(&mut self, by: ExpiredBy) {
         self.expired = true;
+        self.counters.expired(by);
     }
 
     /// The connection ended: record the frames still waiting for a

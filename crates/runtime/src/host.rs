@@ -11,7 +11,8 @@ use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::bindings::types::{Header, LogLevel};
-use crate::bindings::{Filter, wsgate};
+use crate::bindings::v0_1::wsgate;
+use crate::bindings::{v0_1, v0_2};
 use crate::limiter::Limiter;
 use crate::load::HostBudget;
 
@@ -33,6 +34,8 @@ pub struct ConnectionInfo {
     pub route_url: OnceLock<String>,
     /// Attributes any plugin on the connection may publish (`state.set-attribute`).
     pub attributes: Mutex<HashMap<String, String>>,
+    /// When the connection must close (`session.expire-at`, the endpoint's `expire`).
+    pub expiry: crate::Expiry,
 }
 
 /// The context of calls into one plugin on behalf of one connection: the
@@ -345,7 +348,8 @@ pub(crate) fn linker(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
         })?;
     }
     linker.allow_shadowing(false);
-    Filter::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |state| state)?;
+    v0_1::Filter::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |state| state)?;
+    v0_2::Filter::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |state| state)?;
     Ok(linker)
 }
 
@@ -508,6 +512,79 @@ impl wsgate::plugin::context::Host for HostState {
 
     fn config(&mut self) -> String {
         self.config_json.to_string()
+    }
+}
+
+/// Contract 0.2.0's interfaces shared with 0.1.0 do what 0.1.0's do.
+mod v0_2_host {
+    use super::{Header, HostState, LogLevel, v0_2, wsgate};
+
+    impl v0_2::wsgate::plugin::log::Host for HostState {
+        fn write(&mut self, level: LogLevel, message: String) {
+            wsgate::plugin::log::Host::write(self, level, message);
+        }
+    }
+
+    impl v0_2::wsgate::plugin::state::Host for HostState {
+        fn get(&mut self, key: String) -> Option<Vec<u8>> {
+            wsgate::plugin::state::Host::get(self, key)
+        }
+        fn set(&mut self, key: String, value: Vec<u8>) -> wasmtime::Result<()> {
+            wsgate::plugin::state::Host::set(self, key, value)
+        }
+        fn delete(&mut self, key: String) {
+            wsgate::plugin::state::Host::delete(self, key);
+        }
+        fn attribute(&mut self, name: String) -> Option<String> {
+            wsgate::plugin::state::Host::attribute(self, name)
+        }
+        fn set_attribute(&mut self, name: String, value: String) -> wasmtime::Result<()> {
+            wsgate::plugin::state::Host::set_attribute(self, name, value)
+        }
+    }
+
+    impl v0_2::wsgate::plugin::clocks::Host for HostState {
+        fn now_ms(&mut self) -> u64 {
+            wsgate::plugin::clocks::Host::now_ms(self)
+        }
+        fn monotonic_ns(&mut self) -> u64 {
+            wsgate::plugin::clocks::Host::monotonic_ns(self)
+        }
+    }
+
+    impl v0_2::wsgate::plugin::context::Host for HostState {
+        fn connection_id(&mut self) -> u64 {
+            wsgate::plugin::context::Host::connection_id(self)
+        }
+        fn endpoint_path(&mut self) -> String {
+            wsgate::plugin::context::Host::endpoint_path(self)
+        }
+        fn content_type(&mut self) -> String {
+            wsgate::plugin::context::Host::content_type(self)
+        }
+        fn request_headers(&mut self) -> Vec<Header> {
+            wsgate::plugin::context::Host::request_headers(self)
+        }
+        fn request_header(&mut self, name: String) -> Option<String> {
+            wsgate::plugin::context::Host::request_header(self, name)
+        }
+        fn route_url(&mut self) -> Option<String> {
+            wsgate::plugin::context::Host::route_url(self)
+        }
+        fn config(&mut self) -> String {
+            wsgate::plugin::context::Host::config(self)
+        }
+    }
+
+    impl v0_2::wsgate::plugin::session::Host for HostState {
+        fn expire_at(&mut self, unix_ms: u64) {
+            if let Some(call) = &self.call {
+                call.connection.expiry.set(&self.plugin_id, unix_ms);
+            }
+        }
+        fn expires_at(&mut self) -> Option<u64> {
+            self.connection()?.expiry.earliest()
+        }
     }
 }
 

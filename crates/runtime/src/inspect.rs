@@ -6,10 +6,40 @@ use wasmtime::component::Component;
 
 use crate::Runtime;
 
-/// Export names that tell a plugin's role.
-const LIFECYCLE_EXPORT: &str = "wsgate:plugin/lifecycle@0.1.0";
-const UPGRADE_EXPORT: &str = "wsgate:plugin/upgrade@0.1.0";
-const MESSAGE_EXPORT: &str = "wsgate:plugin/message@0.1.0";
+/// A version of the `wsgate:plugin` contract the gateway hosts. Every
+/// version stays loadable: a plugin built against 0.1.0 runs unchanged
+/// beside one built against 0.2.0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Contract {
+    /// `wsgate:plugin@0.1.0`, released and frozen.
+    V0_1,
+    /// `wsgate:plugin@0.2.0`: 0.1.0 plus `session` (unreleased).
+    V0_2,
+}
+
+impl Contract {
+    /// Every version the gateway hosts, oldest first.
+    pub const ALL: [Self; 2] = [Self::V0_1, Self::V0_2];
+
+    /// The package version, as in the WIT (`0.1.0`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::V0_1 => "0.1.0",
+            Self::V0_2 => "0.2.0",
+        }
+    }
+
+    /// The full name of `interface` in this version (`wsgate:plugin/message@0.2.0`).
+    fn export(self, interface: &str) -> String {
+        format!("wsgate:plugin/{interface}@{}", self.as_str())
+    }
+}
+
+impl std::fmt::Display for Contract {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "wsgate:plugin@{}", self.as_str())
+    }
+}
 
 /// The hooks a plugin implements, told from its component's exports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,6 +53,8 @@ pub struct Roles {
 /// What a component imports and exports, as the gateway sees it.
 #[derive(Debug, Clone)]
 pub struct ComponentInfo {
+    /// The contract version it was built against.
+    pub contract: Contract,
     /// The hooks it implements.
     pub roles: Roles,
     /// Every import, with the capability it needs (`None`: reaches nothing).
@@ -61,26 +93,31 @@ impl Runtime {
             .map(|(name, _)| name.to_string())
             .collect();
         let has = |name: &str| exports.iter().any(|e| e == name);
-        if !has(LIFECYCLE_EXPORT) {
+        let Some(contract) = Contract::ALL
+            .into_iter()
+            .find(|contract| has(&contract.export("lifecycle")))
+        else {
             return Err(format!(
-                "does not export {LIFECYCLE_EXPORT}; build it against a wsgate:plugin world (exports: {})",
+                "does not export wsgate:plugin/lifecycle (of any version the gateway hosts: {}); build it against a wsgate:plugin world (exports: {})",
+                Contract::ALL.map(Contract::as_str).join(", "),
                 exports.join(", ")
             ));
-        }
+        };
+        let upgrade = contract.export("upgrade");
+        let message = contract.export("message");
         let roles = Roles {
-            upgrade: has(UPGRADE_EXPORT),
-            message: has(MESSAGE_EXPORT),
+            upgrade: has(&upgrade),
+            message: has(&message),
         };
         if !roles.upgrade && !roles.message {
-            return Err(format!(
-                "exports neither {UPGRADE_EXPORT} nor {MESSAGE_EXPORT}"
-            ));
+            return Err(format!("exports neither {upgrade} nor {message}"));
         }
         let imports = component_type
             .imports(&self.engine)
             .map(|(name, _)| (name.to_string(), wsgate_config::Capability::of_import(name)))
             .collect();
         Ok(ComponentInfo {
+            contract,
             roles,
             imports,
             exports,

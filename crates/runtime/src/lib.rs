@@ -21,6 +21,7 @@ mod inspect;
 mod limiter;
 mod load;
 mod pool;
+mod session;
 pub mod signing;
 
 use std::collections::HashMap;
@@ -35,11 +36,12 @@ pub use bindings::types::{
 };
 pub use engine::EPOCH_TICK;
 pub use host::{CallContext, ConnectionInfo, PluginState, StateMap};
-pub use inspect::{ComponentInfo, Roles};
+pub use inspect::{ComponentInfo, Contract, Roles};
 pub use load::{Budget, HostBudget, Plugin};
 pub use pool::{
     FaultKind, LATENCY_BUCKETS_US, LatencyHistogram, PluginFault, PluginPool, PluginStats,
 };
+pub use session::Expiry;
 
 use host::HostState;
 

@@ -10,7 +10,7 @@ use wasmtime::Engine;
 use wasmtime::component::InstancePre;
 
 use crate::host::HostState;
-use crate::{Roles, Runtime, RuntimeError, bindings, signing};
+use crate::{Contract, Roles, Runtime, RuntimeError, bindings, signing};
 
 /// Sandbox budget of one plugin.
 #[derive(Debug, Clone, Copy)]
@@ -137,13 +137,14 @@ impl Runtime {
                 "imports something the gateway does not offer: {e:#}"
             ))
         })?;
-        let exports = bindings::Exports::new(&pre, roles)
+        let exports = bindings::Exports::new(&pre, roles, info.contract)
             .map_err(|e| invalid(format!("exports do not match the contract: {e:#}")))?;
         Ok(Arc::new(Plugin {
             id: id.as_str().into(),
             digest,
             signed_by,
             roles,
+            contract: info.contract,
             budget: Budget {
                 deadline: decl.deadline.0,
                 memory_limit: usize::try_from(decl.memory_limit.0).unwrap_or(usize::MAX),
@@ -165,6 +166,7 @@ pub struct Plugin {
     digest: String,
     signed_by: Option<String>,
     roles: Roles,
+    contract: Contract,
     budget: Budget,
     /// State bytes all connections hold for this plugin now.
     pub(crate) state_held: Arc<AtomicUsize>,
@@ -189,6 +191,10 @@ impl Plugin {
     /// The hooks it implements.
     pub fn roles(&self) -> Roles {
         self.roles
+    }
+    /// The contract version it was built against.
+    pub fn contract(&self) -> Contract {
+        self.contract
     }
     /// Its sandbox budget.
     pub fn budget(&self) -> Budget {

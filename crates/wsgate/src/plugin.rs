@@ -217,6 +217,7 @@ fn inspect(plugin: &str, store: &Store) -> anyhow::Result<()> {
             println!("role         {}", role.map_or("none", Role::as_str));
         }
     }
+    println!("contract     {}", info.contract);
     let needed: Vec<_> = info.capabilities().iter().map(|c| c.as_str()).collect();
     println!("needs        {}", needed.join(", "));
     println!("imports");

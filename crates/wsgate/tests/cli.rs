@@ -232,7 +232,8 @@ fn plugin_store_workflow_add_list_inspect_verify_then_check_pins_from_it() {
     let inspected = stdout(&output);
     assert!(
         inspected.contains("role         upgrade")
-            && inspected.contains("wsgate:plugin/upgrade@0.1.0"),
+            && inspected.contains("contract     wsgate:plugin@0.2.0")
+            && inspected.contains("wsgate:plugin/upgrade@0.2.0"),
         "{inspected}"
     );
 

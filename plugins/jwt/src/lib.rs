@@ -14,6 +14,15 @@
 //!
 //! Missing token: 401; invalid or expired: 401 with a short reason; valid
 //! but for another issuer or audience: 403.
+//!
+//! No connection outlives its token: the connection's expiry is set to
+//! `exp` plus the leeway (contract 0.2.0 `session.expire-at`), when the
+//! gateway closes the client with 1008 "credentials expired". With `renew`
+//! set, the client may send a fresh token in a message on the same
+//! connection (`{"type": "<renew.type>", "token": "…"}`, for the same
+//! `sub`): the expiry moves to the new token's and the client is answered
+//! `{"type": …, "ok": true, "exp": …}`, or `"ok": false` with an `error`
+//! (the old expiry stays). Renewal messages never reach the upstream.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -97,10 +106,42 @@ struct Config {
     /// Claims published as connection attributes `claim.<name>`.
     #[serde(default)]
     publish_claims: Vec<String>,
+    /// Close the connection when its token expires (`exp` + leeway), with
+    /// 1008 "credentials expired" (default true).
+    #[serde(default = "yes")]
+    expire_connections: bool,
+    /// Accept a fresh token in a client message on the connection (needs
+    /// the plugin in the endpoint's client-to-server message chain too).
+    #[serde(default)]
+    renew: Option<Renew>,
     /// The usable keys, resolved by `validate`.
     #[serde(skip)]
     resolved: std::cell::OnceCell<Vec<Key>>,
 }
+
+/// How a client renews its token on an open connection.
+#[derive(serde::Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct Renew {
+    /// The `type` of a renewal message: `{"type": "<this>", "token": "…"}`.
+    #[serde(rename = "type")]
+    kind: String,
+}
+
+/// A client's renewal message.
+#[derive(serde::Deserialize)]
+struct RenewMessage {
+    #[serde(rename = "type")]
+    kind: String,
+    token: String,
+}
+
+/// Renewal messages are small; longer text is never parsed.
+const MAX_RENEW_MESSAGE: usize = 16 * 1024;
+
+/// State key under which the connection's `sub` is kept for renewals.
+const SUBJECT_KEY: &str = "sub";
 
 fn authorization() -> String {
     "authorization".into()
@@ -346,6 +387,10 @@ impl UpgradeFilter for Jwt {
                     };
                     state::set_attribute(&format!("claim.{name}"), &value);
                 }
+                if config.renew.is_some() {
+                    state::set(SUBJECT_KEY, subject(&claims).as_bytes());
+                }
+                expire_with(config, &claims);
                 UpgradeVerdict::Continue
             }
             Err(refusal) => refuse(refusal),
@@ -353,7 +398,75 @@ impl UpgradeFilter for Jwt {
     }
 }
 
-wsgate_plugin_sdk::export_upgrade_filter!(Jwt);
+/// The token's `sub`, empty when it has none.
+fn subject(claims: &Value) -> &str {
+    claims["sub"].as_str().unwrap_or_default()
+}
+
+/// Make the connection expire with the token (`exp` + leeway, in ms).
+fn expire_with(config: &Config, claims: &Value) {
+    if !config.expire_connections {
+        return;
+    }
+    if let Some(exp) = claims["exp"].as_u64() {
+        let at = exp
+            .saturating_add(config.leeway_seconds)
+            .saturating_mul(1000);
+        session::expire_at(at);
+    }
+}
+
+/// What a renewal message asks, if `text` is one.
+fn renewal(renew: &Renew, text: &str) -> Option<RenewMessage> {
+    if text.len() > MAX_RENEW_MESSAGE || !text.trim_start().starts_with('{') {
+        return None;
+    }
+    let message: RenewMessage = serde_json::from_str(text).ok()?;
+    (message.kind == renew.kind).then_some(message)
+}
+
+/// Check a renewal token for the connection's subject; its claims on success.
+fn renew_token(
+    config: &Config,
+    token: &str,
+    subject_now: &str,
+    now: u64,
+) -> Result<Value, &'static str> {
+    let keys = config.resolved.get().ok_or("jwt keys unavailable")?;
+    let claims = verify(config, keys, token, now).map_err(|(_, reason)| reason)?;
+    if subject(&claims) != subject_now {
+        return Err("token for another subject");
+    }
+    Ok(claims)
+}
+
+impl MessageFilter for Jwt {
+    fn on_message(config: &Config, direction: Direction, message: Message) -> MessageVerdict {
+        let (Some(renew), Direction::ClientToServer, Message::Text(text)) =
+            (&config.renew, direction, &message)
+        else {
+            return MessageVerdict::Forward;
+        };
+        let Some(request) = renewal(renew, text) else {
+            return MessageVerdict::Forward;
+        };
+        let subject_now = state::get_string(SUBJECT_KEY).unwrap_or_default();
+        let now = context::now_ms() / 1000;
+        let answer = match renew_token(config, &request.token, &subject_now, now) {
+            Ok(claims) => {
+                expire_with(config, &claims);
+                serde_json::json!({"type": renew.kind, "ok": true, "exp": claims["exp"]})
+            }
+            Err(reason) => {
+                log::info(&format!("renewal refused: {reason}"));
+                serde_json::json!({"type": renew.kind, "ok": false, "error": reason})
+            }
+        };
+        MessageVerdict::Reply(vec![Message::Text(answer.to_string())])
+    }
+}
+
+wsgate_plugin_sdk::export_filter!(Jwt);
 
 #[cfg(test)]
 mod tests {
@@ -412,6 +525,30 @@ mod tests {
         assert!(verify(&config, keys, &none, 0).is_err());
         assert!(verify(&config, keys, "a.b", 0).is_err());
         assert!(verify(&config, keys, "!!.??.**", 0).is_err());
+    }
+
+    #[test]
+    fn renewals_are_recognised_and_checked_for_the_same_subject() {
+        let config = config(r#", "renew": {"type": "auth"}"#);
+        let renew = config.renew.as_ref().unwrap();
+        let token = hs256_token(b"s3cret", &serde_json::json!({"sub": "ann", "exp": 2000}));
+        let message = format!(r#"{{"type": "auth", "token": "{token}"}}"#);
+        let asked = renewal(renew, &message).unwrap();
+        assert_eq!(asked.token, token);
+        assert!(renewal(renew, r#"{"type": "chat", "token": "x"}"#).is_none());
+        assert!(renewal(renew, "hello").is_none());
+        assert_eq!(
+            renew_token(&config, &token, "ann", 1000).unwrap()["exp"],
+            2000
+        );
+        assert_eq!(
+            renew_token(&config, &token, "bob", 1000).err(),
+            Some("token for another subject")
+        );
+        assert_eq!(
+            renew_token(&config, &token, "ann", 3000).err(),
+            Some("token expired")
+        );
     }
 
     #[test]

@@ -12,9 +12,12 @@
 //! * a plugin's `close` verdict: its code and reason to both sides;
 //! * a plugin fault under fail-closed: 1011 to both sides;
 //! * the endpoint's expire time or idle timeout: 1001 to both sides;
+//! * a plugin's expiry (`session.expire-at`, credentials expired): 1008 to
+//!   the client, 1001 to the upstream;
 //! * gateway shutdown: 1001 to the client, 1000 to the upstream.
 
 mod chain;
+mod expiry;
 mod side;
 
 use std::sync::Arc;
@@ -25,15 +28,17 @@ use futures_util::StreamExt;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 use tokio_util::sync::CancellationToken;
-use wsgate_runtime::CallContext;
+use wsgate_runtime::{CallContext, ConnectionInfo};
 use wsgate_wire::ReadFailure;
 
+use crate::counters::ExpiredBy;
 use crate::generation::{Generation, LiveEndpoint};
 use crate::ledger::Place;
 use crate::observe::{ClosedBy, Observer, micros_since};
 use crate::peer::Peer;
 use crate::upstream::WsStream;
 use chain::run_chain;
+use expiry::CredentialsExpiry;
 use side::{Side, payload};
 
 /// How long the close handshake may take once a close has started.
@@ -48,6 +53,8 @@ pub struct Session {
     pub generation: Arc<Generation>,
     /// The endpoint it was accepted on.
     pub endpoint: Arc<LiveEndpoint>,
+    /// The connection's facts its plugins share (attributes, expiry).
+    pub connection: Arc<ConnectionInfo>,
     /// Each plugin's per-connection state, by slot.
     pub contexts: Vec<CallContext>,
     /// Its place under every connection limit, given back when it ends.
@@ -82,6 +89,10 @@ pub async fn run(mut session: Session, client: WsStream, upstream: WsStream) {
     let endpoint = session.endpoint.clone();
     let expires_at = tokio::time::sleep(expiry.unwrap_or(Duration::ZERO));
     tokio::pin!(expires_at);
+    let mut credentials = CredentialsExpiry::of(&session.connection);
+    let credentials_expire =
+        tokio::time::sleep_until(credentials.deadline().unwrap_or_else(Instant::now));
+    tokio::pin!(credentials_expire);
     let idle_limit = session.endpoint.config.idle_limit();
     let idle_at = tokio::time::sleep(idle_limit.unwrap_or(Duration::ZERO));
     tokio::pin!(idle_at);
@@ -101,9 +112,16 @@ pub async fn run(mut session: Session, client: WsStream, upstream: WsStream) {
             () = &mut expires_at, if expiry.is_some() && !closing => {
                 tracing::info!(connection = session.id, "connection expired");
                 session.observer.closing(ClosedBy::Gateway, Some(1001), "connection expired");
-                session.observer.expired();
+                session.observer.expired(ExpiredBy::Endpoint);
                 client.close(1001, "connection expired", &session.observer).await;
                 upstream.close(1001, "connection expired", &session.observer).await;
+            }
+            () = &mut credentials_expire, if credentials.deadline().is_some() && !closing => {
+                tracing::info!(connection = session.id, plugin = credentials.plugin(), "credentials expired");
+                session.observer.closing(ClosedBy::Gateway, Some(1008), "credentials expired");
+                session.observer.expired(ExpiredBy::Credentials);
+                client.close(1008, "credentials expired", &session.observer).await;
+                upstream.close(1001, "credentials expired", &session.observer).await;
             }
             () = &mut idle_at, if idle_limit.is_some() && !closing => {
                 tracing::info!(connection = session.id, "connection idle");
@@ -129,6 +147,11 @@ pub async fn run(mut session: Session, client: WsStream, upstream: WsStream) {
                     idle_at.as_mut().reset(Instant::now() + idle);
                 }
             }
+        }
+        if credentials.refresh(&session.connection)
+            && let Some(deadline) = credentials.deadline()
+        {
+            credentials_expire.as_mut().reset(deadline);
         }
         if !client.readable && !upstream.readable {
             break;

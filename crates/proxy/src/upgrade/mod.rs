@@ -21,7 +21,7 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tracing::Instrument;
-use wsgate_runtime::{CallContext, ConnectionInfo, HeaderOp, Route};
+use wsgate_runtime::{CallContext, ConnectionInfo, Expiry, HeaderOp, Route};
 use wsgate_wire::deflate::Agreement;
 
 use crate::generation::{DEFAULT_CONNECT_TIMEOUT, Generation, LiveEndpoint};
@@ -94,6 +94,7 @@ struct Accepted {
     response: HttpResponse,
     upstream: Upstream,
     deflate: Option<Agreement>,
+    connection: Arc<ConnectionInfo>,
     contexts: Vec<CallContext>,
     place: Place,
     on_upgrade: OnUpgrade,
@@ -146,6 +147,7 @@ impl Connection {
             response,
             upstream,
             deflate,
+            connection: info,
             contexts,
             place,
             on_upgrade: hyper::upgrade::on(&mut *request),
@@ -163,6 +165,7 @@ impl Connection {
             endpoint_path: self.endpoint.config.path.get_ref().clone(),
             content_type: self.endpoint.config.content_type.clone(),
             request_headers: view.headers.clone(),
+            expiry: Expiry::new(self.endpoint.config.lifetime().map(unix_ms_after)),
             ..ConnectionInfo::default()
         });
         let contexts = (0..self.endpoint.slots)
@@ -244,6 +247,7 @@ impl Connection {
             response,
             upstream,
             deflate,
+            connection,
             contexts,
             mut place,
             on_upgrade,
@@ -255,6 +259,7 @@ impl Connection {
             id,
             generation,
             endpoint,
+            connection,
             contexts,
             place,
             observer,
@@ -283,4 +288,11 @@ impl Connection {
             .spawn(relay.instrument(tracing::Span::current()));
         response
     }
+}
+
+/// Unix milliseconds `after` from now.
+fn unix_ms_after(after: std::time::Duration) -> u64 {
+    let at = std::time::SystemTime::now() + after;
+    at.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
