@@ -39,7 +39,7 @@ fn now() -> u64 {
 async fn api_key_accepts_hashed_keys_from_header_or_query_and_refuses_with_401() {
     let echo = start_echo().await;
     let auth = format!(
-        "{{ plugin = \"api-key@1.0.0\", config = {{ query = \"key\", keys = [{{ name = \"svc\", sha256 = \"{}\" }}] }} }}",
+        "{{ plugin = \"api-key@1.1.0\", config = {{ query = \"key\", keys = [{{ name = \"svc\", sha256 = \"{}\" }}] }} }}",
         sha256_hex("k-123")
     );
     let gateway = start_gateway(&guarded("/k", echo, &auth, "")).await;
@@ -59,10 +59,31 @@ async fn api_key_accepts_hashed_keys_from_header_or_query_and_refuses_with_401()
 }
 
 #[tokio::test]
+async fn api_key_max_session_seconds_closes_the_connection_with_1008() {
+    let echo = start_echo().await;
+    let auth = format!(
+        "{{ plugin = \"api-key@1.1.0\", config = {{ max-session-seconds = 1, keys = [{{ name = \"svc\", sha256 = \"{}\" }}] }} }}",
+        sha256_hex("k-123")
+    );
+    let gateway = start_gateway(&guarded("/k", echo, &auth, "")).await;
+    let opened_ms = now_ms();
+    let (mut client, _) = try_upgrade(&gateway, "/k", &[("x-api-key", "k-123")])
+        .await
+        .unwrap();
+    send_text(&mut client, "hi").await;
+    assert_eq!(next_text(&mut client).await, "hi");
+    assert_eq!(
+        expect_close(&mut client).await,
+        (1008, "credentials expired".to_string())
+    );
+    assert!(now_ms() >= opened_ms + 1000);
+}
+
+#[tokio::test]
 async fn basic_auth_checks_salted_hashes_and_publishes_the_user() {
     let mut upstream = TestUpstream::start().await;
     let auth = format!(
-        "{{ plugin = \"basic-auth@1.0.0\", config = {{ realm = \"chat\", users = [{{ user = \"ann\", salt = \"s1\", sha256 = \"{}\" }}] }} }}",
+        "{{ plugin = \"basic-auth@1.1.0\", config = {{ realm = \"chat\", users = [{{ user = \"ann\", salt = \"s1\", sha256 = \"{}\" }}] }} }}",
         sha256_hex("s1pw")
     );
     let extra = "client-messages = [{ plugin = \"json-transform@1.0.0\", config = { set = { \"/user\" = \"${attribute.user}\" } } }]";

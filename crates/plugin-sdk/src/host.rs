@@ -116,6 +116,11 @@ pub mod session {
     pub fn expire_at(unix_ms: u64) {
         raw::session::expire_at(unix_ms);
     }
+    /// Close this connection `seconds` from now (a maximum session age).
+    pub fn expire_in_seconds(seconds: u64) {
+        let now = super::context::now_ms();
+        expire_at(now.saturating_add(seconds.saturating_mul(1000)));
+    }
     /// Withdraw this plugin's expiry.
     pub fn clear_expiry() {
         raw::session::expire_at(0);

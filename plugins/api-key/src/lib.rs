@@ -30,6 +30,10 @@ struct Config {
     query: Option<String>,
     /// The accepted keys.
     keys: Vec<Key>,
+    /// Close connections this many seconds after their upgrade, with 1008
+    /// "credentials expired" (none when absent).
+    #[serde(default)]
+    max_session_seconds: Option<u64>,
 }
 
 fn default_header() -> String {
@@ -89,6 +93,9 @@ impl UpgradeFilter for ApiKey {
         match found {
             Some(key) => {
                 state::set_attribute("api-key.name", &key.name);
+                if let Some(seconds) = config.max_session_seconds {
+                    session::expire_in_seconds(seconds);
+                }
                 UpgradeVerdict::Continue
             }
             None => {

@@ -32,6 +32,10 @@ struct Config {
     realm: String,
     /// Accepted users.
     users: Vec<User>,
+    /// Close connections this many seconds after their upgrade, with 1008
+    /// "credentials expired" (none when absent).
+    #[serde(default, rename = "max-session-seconds")]
+    max_session_seconds: Option<u64>,
 }
 
 fn default_realm() -> String {
@@ -102,6 +106,9 @@ impl UpgradeFilter for BasicAuth {
             == 0;
         if same {
             state::set_attribute("user", &user);
+            if let Some(seconds) = config.max_session_seconds {
+                session::expire_in_seconds(seconds);
+            }
             UpgradeVerdict::Continue
         } else {
             log::info(&format!("wrong password for user {user}"));
