@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 pub use error::{ConfigError, ConfigErrors, SourceMap};
 pub use model::{
-    Admin, Capability, ChainEntry, Compression, Config, EchoServer, Endpoint, FailPolicy, Gateway,
+    Admin, Capability, ChainEntry, Cluster, Compression, Config, EchoServer, Endpoint, FailPolicy, Gateway,
     ListenerTls, MonitorLevel, MonitorSettings, PathMatch, PluginDecl, PluginRef, RemoteHost,
     Signing, TrustedKey,
 };

@@ -25,6 +25,9 @@ pub struct Config {
     /// The traffic monitor's storage; endpoints choose what is recorded.
     #[serde(default)]
     pub monitor: MonitorSettings,
+    /// What replicas of the gateway share (quotas, through Redis).
+    #[serde(default)]
+    pub cluster: Cluster,
     /// Echo WebSocket servers the gateway runs in-process (for demos and tests).
     #[serde(default, rename = "echo-server")]
     pub echo_servers: Vec<EchoServer>,
@@ -212,6 +215,40 @@ pub struct PluginDecl {
     /// Most messages one verdict may carry (`replace`, `reply`).
     #[serde(default = "default_max_messages")]
     pub max_messages: u32,
+    /// Longest quota bucket key (`quota.take`).
+    #[serde(default = "default_max_quota_key")]
+    pub max_quota_key: ByteSize,
+    /// Most quota buckets the plugin may hold at once (all connections).
+    #[serde(default = "default_max_quota_keys")]
+    pub max_quota_keys: u32,
+}
+
+/// What the replicas of a gateway share.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Cluster {
+    /// Redis that holds the quotas (`redis://[user:password@]host:port/db`,
+    /// `rediss://` for TLS, `redis+unix:///path`). None: quotas count in
+    /// this process only.
+    #[serde(default)]
+    pub redis: Option<Spanned<String>>,
+    /// How often local quota counts are reconciled with Redis.
+    #[serde(default = "default_sync_interval")]
+    pub sync_interval: HumanDuration,
+    /// Longest a reconciliation may wait for Redis before it counts as
+    /// unreachable (quotas fall back to local counts until it answers).
+    #[serde(default = "default_redis_timeout")]
+    pub redis_timeout: HumanDuration,
+}
+
+impl Default for Cluster {
+    fn default() -> Self {
+        Self {
+            redis: None,
+            sync_interval: default_sync_interval(),
+            redis_timeout: default_redis_timeout(),
+        }
+    }
 }
 
 /// A host capability a plugin must be granted before it may import it.
@@ -228,6 +265,9 @@ pub enum Capability {
     Context,
     /// `wasi:random/random`: cryptographic randomness.
     Random,
+    /// `wsgate:plugin/quota` (0.2.0): count against quotas shared by every
+    /// connection and, with `[cluster] redis`, every replica.
+    Quota,
 }
 
 impl Capability {
@@ -239,6 +279,7 @@ impl Capability {
             Self::Clocks => "clocks",
             Self::Context => "context",
             Self::Random => "random",
+            Self::Quota => "quota",
         }
     }
 
@@ -252,6 +293,7 @@ impl Capability {
             "wsgate:plugin/clocks" => Some(Self::Clocks),
             "wsgate:plugin/context" => Some(Self::Context),
             "wasi:random/random" => Some(Self::Random),
+            "wsgate:plugin/quota" => Some(Self::Quota),
             _ if interface.starts_with("wasi:clocks/") => Some(Self::Clocks),
             _ => None,
         }
@@ -642,6 +684,18 @@ fn default_max_attribute_value() -> ByteSize {
 }
 fn default_max_messages() -> u32 {
     64
+}
+fn default_max_quota_key() -> ByteSize {
+    ByteSize(256)
+}
+fn default_max_quota_keys() -> u32 {
+    100_000
+}
+fn default_sync_interval() -> HumanDuration {
+    HumanDuration(Duration::from_millis(10))
+}
+fn default_redis_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_millis(250))
 }
 fn default_max_message() -> ByteSize {
     ByteSize(1 << 20)

@@ -24,7 +24,7 @@ pub mod v0_1 {
     });
 }
 
-/// `wsgate:plugin@0.2.0`: 0.1.0 plus `session`; unreleased.
+/// `wsgate:plugin@0.2.0`: 0.1.0 plus `session` and `quota`; unreleased.
 pub mod v0_2 {
     wasmtime::component::bindgen!({
         path: "../../wit/0.2.0",
@@ -32,6 +32,7 @@ pub mod v0_2 {
         imports: {
             "wsgate:plugin/state.set": trappable,
             "wsgate:plugin/state.set-attribute": trappable,
+            "wsgate:plugin/quota.take": trappable,
         },
         with: {
             "wsgate:plugin/types@0.2.0": super::v0_1::wsgate::plugin::types,

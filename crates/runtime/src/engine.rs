@@ -30,7 +30,22 @@ impl Runtime {
             linker: Arc::new(linker),
             compiled: Arc::default(),
             cache_dir,
+            quotas: Arc::default(),
         })
+    }
+
+    /// This runtime, its plugins counting in `quotas` (each gateway has
+    /// its own; a fresh runtime has an empty, local one).
+    pub fn with_quotas(&self, quotas: Arc<wsgate_quota::Quotas>) -> Self {
+        Self {
+            quotas,
+            ..self.clone()
+        }
+    }
+
+    /// The quotas its plugins count in.
+    pub fn quotas(&self) -> &Arc<wsgate_quota::Quotas> {
+        &self.quotas
     }
 }
 

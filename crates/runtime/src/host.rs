@@ -233,6 +233,9 @@ pub struct HostState {
     budget: HostBudget,
     /// State bytes all connections hold for the plugin.
     state_held: Arc<AtomicUsize>,
+    /// The quotas the plugin counts in, and its scope there.
+    quotas: Arc<wsgate_quota::Quotas>,
+    quota_scope: Arc<wsgate_quota::QuotaScope>,
     /// The call in progress asked for more than its host budget allows:
     /// its failure is a budget fault.
     pub(crate) budget_exceeded: bool,
@@ -246,10 +249,13 @@ impl HostState {
         log_limiter: Arc<LogLimiter>,
         budget: HostBudget,
         state_held: Arc<AtomicUsize>,
+        (quotas, quota_scope): (Arc<wsgate_quota::Quotas>, Arc<wsgate_quota::QuotaScope>),
     ) -> Self {
         Self {
             budget,
             state_held,
+            quotas,
+            quota_scope,
             budget_exceeded: false,
             // Nothing ambient: no preopens, env, args, sockets or stdin.
             wasi: WasiCtxBuilder::new().build(),
@@ -573,6 +579,28 @@ mod v0_2_host {
         }
         fn config(&mut self) -> String {
             wsgate::plugin::context::Host::config(self)
+        }
+    }
+
+    impl v0_2::wsgate::plugin::quota::Host for HostState {
+        fn take(
+            &mut self,
+            key: String,
+            units: u32,
+            limit: u32,
+            window_ms: u32,
+        ) -> wasmtime::Result<v0_2::wsgate::plugin::quota::Grant> {
+            match self
+                .quotas
+                .take(&self.quota_scope, &key, units, limit, window_ms)
+            {
+                Ok(grant) => Ok(v0_2::wsgate::plugin::quota::Grant {
+                    allowed: grant.allowed,
+                    remaining: grant.remaining,
+                    retry_after_ms: grant.retry_after_ms,
+                }),
+                Err(refused) => Err(self.over_budget(refused.to_string())),
+            }
         }
     }
 

@@ -13,7 +13,7 @@ use crate::Runtime;
 pub enum Contract {
     /// `wsgate:plugin@0.1.0`, released and frozen.
     V0_1,
-    /// `wsgate:plugin@0.2.0`: 0.1.0 plus `session` (unreleased).
+    /// `wsgate:plugin@0.2.0`: 0.1.0 plus `session` and `quota` (unreleased).
     V0_2,
 }
 

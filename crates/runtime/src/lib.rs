@@ -121,6 +121,8 @@ pub struct Runtime {
     compiled: Arc<Mutex<HashMap<String, Component>>>,
     /// Where precompiled components persist across restarts, if anywhere.
     cache_dir: Option<std::path::PathBuf>,
+    /// The quotas plugins count in (`quota.take`).
+    quotas: Arc<wsgate_quota::Quotas>,
 }
 
 #[cfg(test)]

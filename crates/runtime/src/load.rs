@@ -153,6 +153,12 @@ impl Runtime {
                 host: HostBudget::of(decl),
             },
             state_held: Arc::default(),
+            quotas: self.quotas.clone(),
+            quota_scope: Arc::new(wsgate_quota::QuotaScope::new(
+                decl.name.get_ref(),
+                usize::try_from(decl.max_quota_key.0).unwrap_or(usize::MAX),
+                usize::try_from(decl.max_quota_keys).unwrap_or(usize::MAX),
+            )),
             engine: self.engine.clone(),
             pre,
             exports,
@@ -170,6 +176,9 @@ pub struct Plugin {
     budget: Budget,
     /// State bytes all connections hold for this plugin now.
     pub(crate) state_held: Arc<AtomicUsize>,
+    /// The quotas it counts in, and its scope and budget there.
+    pub(crate) quotas: Arc<wsgate_quota::Quotas>,
+    pub(crate) quota_scope: Arc<wsgate_quota::QuotaScope>,
     pub(crate) engine: Engine,
     pub(crate) pre: InstancePre<HostState>,
     pub(crate) exports: bindings::Exports,
@@ -203,6 +212,10 @@ impl Plugin {
     /// State bytes all connections hold for it now.
     pub fn state_held(&self) -> usize {
         self.state_held.load(Ordering::Relaxed)
+    }
+    /// Quota buckets it holds now.
+    pub fn quota_buckets(&self) -> usize {
+        self.quota_scope.held()
     }
 }
 

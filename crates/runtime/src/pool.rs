@@ -429,6 +429,7 @@ impl PluginPool {
             self.log_limiter.clone(),
             plugin.budget().host,
             plugin.state_held.clone(),
+            (plugin.quotas.clone(), plugin.quota_scope.clone()),
         );
         let mut store = Store::new(&plugin.engine, state);
         store.limiter(|state| &mut state.limits);

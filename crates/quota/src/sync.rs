@@ -1,0 +1,219 @@
+//! Reconciliation of the local buckets with Redis, in the background.
+//!
+//! Every `interval`, one pipeline for all buckets used in their last
+//! window: for each, `INCRBY` the current window's key by the units taken
+//! here since the last round (0 just reads the fleet's total), `PEXPIRE`
+//! it, and `GET` the previous window's total. The answers replace the
+//! buckets' view of the fleet. A round that fails or outlasts `timeout`
+//! changes nothing but puts the units back to be pushed next round, so a
+//! Redis outage only means local counting until Redis answers again.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use redis::aio::MultiplexedConnection;
+use tokio_util::sync::CancellationToken;
+
+use crate::bucket::{Push, Totals};
+use crate::{Quotas, now_ms};
+
+/// How often a failing Redis is logged.
+const LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// How often buckets are swept when no Redis is set.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Where and how often to reconcile.
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    /// The Redis URL (`redis://`, `rediss://`, `redis+unix://`).
+    pub url: String,
+    /// Time between rounds.
+    pub interval: Duration,
+    /// Longest a round (or a reconnect) may take.
+    pub timeout: Duration,
+}
+
+/// The Redis URL does not parse.
+#[derive(Debug, thiserror::Error)]
+#[error("cluster.redis: {0}")]
+pub struct BadUrl(String);
+
+/// Check `url` without connecting (a configuration error names it).
+pub fn check_url(url: &str) -> Result<(), BadUrl> {
+    redis::Client::open(url)
+        .map(drop)
+        .map_err(|e| BadUrl(e.to_string()))
+}
+
+/// Reconcile `quotas` with Redis (or, without `settings`, only sweep
+/// spent buckets) until `shutdown`.
+pub async fn run(quotas: Arc<Quotas>, settings: Option<RedisSettings>, shutdown: CancellationToken) {
+    let Some(settings) = settings else {
+        let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = tick.tick() => quotas.sweep(now_ms()),
+            }
+        }
+    };
+    let client = match redis::Client::open(settings.url.as_str()) {
+        Ok(client) => client,
+        Err(error) => {
+            tracing::error!(%error, "cluster.redis: bad URL; quotas count locally");
+            quotas.stats.redis_up.store(false, Ordering::Relaxed);
+            return;
+        }
+    };
+    let mut sync = Sync {
+        quotas,
+        client,
+        settings,
+        connection: None,
+        last_logged: None,
+        last_sweep: Instant::now(),
+    };
+    let mut tick = tokio::time::interval(sync.settings.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => sync.round().await,
+        }
+    }
+}
+
+/// The reconciliation's state between rounds.
+struct Sync {
+    quotas: Arc<Quotas>,
+    client: redis::Client,
+    settings: RedisSettings,
+    connection: Option<MultiplexedConnection>,
+    last_logged: Option<Instant>,
+    last_sweep: Instant,
+}
+
+impl Sync {
+    async fn round(&mut self) {
+        if self.last_sweep.elapsed() >= SWEEP_INTERVAL {
+            self.quotas.sweep(now_ms());
+            self.last_sweep = Instant::now();
+        }
+        let pushes = self.quotas.start_pushes(now_ms());
+        if pushes.is_empty() {
+            return;
+        }
+        let totals = match self.exchange(&pushes).await {
+            Ok(totals) => {
+                self.healthy();
+                Some(totals)
+            }
+            Err(error) => {
+                self.failed(&error);
+                None
+            }
+        };
+        self.quotas.finish_pushes(pushes, totals);
+    }
+
+    /// Push and read back, within the timeout.
+    async fn exchange(&mut self, pushes: &[(String, Push)]) -> Result<Vec<Totals>, String> {
+        let timeout = self.settings.timeout;
+        let connection = match self.connection.clone() {
+            Some(connection) => connection,
+            None => {
+                let connecting = self.client.get_multiplexed_async_connection();
+                let connection = tokio::time::timeout(timeout, connecting)
+                    .await
+                    .map_err(|_| format!("no connection within {timeout:?}"))?
+                    .map_err(|e| e.to_string())?;
+                self.connection = Some(connection.clone());
+                connection
+            }
+        };
+        let mut connection = connection;
+        let (pipe, commands) = pipeline(pushes);
+        let answered = tokio::time::timeout(timeout, pipe.query_async(&mut connection)).await;
+        self.quotas
+            .stats
+            .commands
+            .fetch_add(commands, Ordering::Relaxed);
+        let values: Vec<Option<u64>> = match answered {
+            Ok(Ok(values)) => values,
+            Ok(Err(error)) => {
+                self.connection = None;
+                return Err(error.to_string());
+            }
+            Err(_) => {
+                // A slow Redis: start over with a fresh connection next round.
+                self.connection = None;
+                return Err(format!("no answer within {timeout:?}"));
+            }
+        };
+        let totals: Vec<Totals> = values
+            .chunks(2)
+            .map(|pair| Totals {
+                current: pair.first().copied().flatten().unwrap_or(0),
+                previous: pair.get(1).copied().flatten().unwrap_or(0),
+            })
+            .collect();
+        if totals.len() != pushes.len() {
+            return Err(format!(
+                "Redis answered {} values for {} buckets",
+                values.len(),
+                pushes.len()
+            ));
+        }
+        Ok(totals)
+    }
+
+    fn healthy(&mut self) {
+        self.quotas.stats.rounds.fetch_add(1, Ordering::Relaxed);
+        if !self.quotas.stats.redis_up.swap(true, Ordering::Relaxed) {
+            tracing::info!("Redis answers again: quotas reconciled across replicas");
+            self.last_logged = None;
+        }
+    }
+
+    fn failed(&mut self, error: &str) {
+        self.quotas.stats.errors.fetch_add(1, Ordering::Relaxed);
+        self.quotas.stats.redis_up.store(false, Ordering::Relaxed);
+        if self.last_logged.is_none_or(|at| at.elapsed() >= LOG_INTERVAL) {
+            tracing::warn!(
+                error,
+                "quota reconciliation with Redis failed; quotas count locally until it answers"
+            );
+            self.last_logged = Some(Instant::now());
+        }
+    }
+}
+
+/// The Redis key of one window of bucket `name`.
+fn key(name: &str, window_ms: u64, window: u64) -> String {
+    format!("wsgate:quota:{name}:{window_ms}:{window}")
+}
+
+/// One pipeline for `pushes`, answering two values per bucket (the
+/// current window's total, the previous one's), and how many commands it sends.
+fn pipeline(pushes: &[(String, Push)]) -> (redis::Pipeline, u64) {
+    let mut pipe = redis::pipe();
+    let mut commands = 0;
+    for (name, push) in pushes {
+        let ttl = push.window_ms.saturating_mul(3);
+        if let Some(carry) = push.carry {
+            let carried = key(name, push.window_ms, carry.window);
+            pipe.cmd("INCRBY").arg(&carried).arg(carry.units).ignore();
+            pipe.cmd("PEXPIRE").arg(&carried).arg(ttl).ignore();
+            commands += 2;
+        }
+        let current = key(name, push.window_ms, push.current.window);
+        pipe.cmd("INCRBY").arg(&current).arg(push.current.units);
+        pipe.cmd("PEXPIRE").arg(&current).arg(ttl).ignore();
+        pipe.cmd("GET")
+            .arg(key(name, push.window_ms, push.current.window.saturating_sub(1)));
+        commands += 3;
+    }
+    (pipe, commands)
+}
