@@ -53,6 +53,24 @@ pub fn render(gateway: &Gateway) -> String {
     )
     .sample("", &[], gateway.active_connections());
 
+    family(
+        &mut out,
+        "wsgate_pending_upgrades",
+        "gauge",
+        "Client connections accepted and not yet answered.",
+    )
+    .sample("", &[], gateway.pending_upgrades());
+
+    let mut f = family(
+        &mut out,
+        "wsgate_pending_refused_total",
+        "counter",
+        "Client connections closed at accept by a pending limit (the label is its configuration key).",
+    );
+    for (limit, count) in gateway.pending_refusals() {
+        f.sample("", &[("limit", limit)], count);
+    }
+
     let mut f = family(
         &mut out,
         "wsgate_generation_connections",
