@@ -302,6 +302,11 @@ async fn admin_connections_are_bounded_and_given_back_when_they_close() {
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     let (status, body) = admin_http(admin, "GET", "/readyz", None, "").await;
     assert_eq!((status, body.as_str()), (200, "ready\n"));
+    let (_, metrics) = admin_http(admin, "GET", "/metrics", None, "").await;
+    assert!(
+        metrics.contains("wsgate_admin_refused_total{limit=\"max-connections\"} 1\n"),
+        "{metrics}"
+    );
     drop(second);
 }
 
@@ -334,6 +339,15 @@ async fn admin_live_tails_are_bounded_with_503() {
     // The rest of the API is still served.
     let generations = admin_json(admin, "/api/generations").await;
     assert_eq!(generations["current"], 1);
+    let (_, metrics) = admin_http(admin, "GET", "/metrics", None, "").await;
+    for line in [
+        "wsgate_admin_tails 1\n",
+        "wsgate_admin_refused_total{limit=\"max-tails\"} 1\n",
+        "wsgate_pending_upgrades 0\n",
+        "wsgate_pending_refused_total{limit=\"max-pending-upgrades\"} 0\n",
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
 
     // The tail's place is back before its close reply arrives.
     first.close(None).await.unwrap();

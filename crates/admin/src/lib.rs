@@ -153,7 +153,7 @@ async fn route(context: &Context, request: Request<Incoming>) -> AdminResponse {
         (&Method::GET, "/api/frames") => traffic::frames(gateway, &request).await,
         (&Method::GET, "/api/tail") => traffic::tail(context, request),
         (&Method::GET, "/metrics") => {
-            let mut response = text(StatusCode::OK, &metrics::render(gateway));
+            let mut response = text(StatusCode::OK, &metrics::render(gateway, &context.load));
             response.headers_mut().insert(
                 header::CONTENT_TYPE,
                 header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

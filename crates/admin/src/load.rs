@@ -4,7 +4,7 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -41,11 +41,16 @@ impl AdminLimits {
     }
 }
 
-/// Admin connections and live tails open right now.
+/// Admin connections and live tails open right now, and how many each
+/// limit refused.
 #[derive(Debug, Default)]
 pub(crate) struct Load {
     connections: AtomicU32,
     tails: AtomicU32,
+    /// Connections closed at accept by `[admin] max-connections`.
+    refused_connections: AtomicU64,
+    /// Tails answered 503 by `[admin] max-tails`.
+    refused_tails: AtomicU64,
 }
 
 /// One counted admin connection or tail; dropping it gives its place back.
@@ -56,20 +61,44 @@ pub(crate) struct Place {
 }
 
 impl Load {
-    /// A place for a new admin connection, unless `limit` are open.
+    /// A place for a new admin connection, unless `limit` are open (then
+    /// the refusal is counted).
     pub fn connection(self: &Arc<Self>, limit: u32) -> Option<Place> {
-        take(&self.connections, limit).then(|| Place {
-            load: self.clone(),
-            tail: false,
-        })
+        self.place(false, limit)
     }
 
-    /// A place for a new live tail, unless `limit` are open.
+    /// A place for a new live tail, unless `limit` are open (then the
+    /// refusal is counted).
     pub fn tail(self: &Arc<Self>, limit: u32) -> Option<Place> {
-        take(&self.tails, limit).then(|| Place {
-            load: self.clone(),
-            tail: true,
-        })
+        self.place(true, limit)
+    }
+
+    fn place(self: &Arc<Self>, tail: bool, limit: u32) -> Option<Place> {
+        let (count, refused) = if tail {
+            (&self.tails, &self.refused_tails)
+        } else {
+            (&self.connections, &self.refused_connections)
+        };
+        if take(count, limit) {
+            Some(Place {
+                load: self.clone(),
+                tail,
+            })
+        } else {
+            refused.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
+
+    /// Refusals by the configuration key of the limit that refused them.
+    pub fn refusals(&self) -> [(&'static str, u64); 2] {
+        [
+            (
+                "max-connections",
+                self.refused_connections.load(Ordering::Relaxed),
+            ),
+            ("max-tails", self.refused_tails.load(Ordering::Relaxed)),
+        ]
     }
 
     /// Admin connections open right now.
@@ -176,6 +205,7 @@ mod tests {
         assert!(tail.is_some());
         assert!(load.tail(1).is_none());
         assert_eq!((load.connections(), load.tails()), (2, 1));
+        assert_eq!(load.refusals(), [("max-connections", 1), ("max-tails", 1)]);
         drop((first, tail));
         assert_eq!((load.connections(), load.tails()), (1, 0));
         assert!(load.connection(2).is_some());
