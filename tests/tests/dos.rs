@@ -218,6 +218,24 @@ async fn a_connection_carries_one_request_and_its_body_is_not_read() {
 }
 
 #[tokio::test]
+async fn a_head_just_over_max_header_bytes_gets_431() {
+    let echo = start_echo().await;
+    let gateway = start_gateway(&endpoint("/echo", echo, "")).await;
+    // 16 KiB by default; the whole head is written at once.
+    let filler = "a".repeat(17 << 10);
+    let request = format!(
+        "GET /echo HTTP/1.1\r\nhost: gw\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\
+         sec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         x-filler: {filler}\r\n\r\n"
+    );
+    let mut stream = TcpStream::connect(gateway.local_addr()).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let response = String::from_utf8(read_all(&mut stream).await).unwrap();
+    assert!(response.starts_with("HTTP/1.1 431"), "{response}");
+    assert_eq!(echo_from(CLIENT, &gateway, "/echo").await, "still served");
+}
+
+#[tokio::test]
 async fn too_many_header_fields_get_431() {
     let echo = start_echo().await;
     let body = endpoint("/echo", echo, "");
@@ -356,6 +374,19 @@ async fn admin_live_tails_are_bounded_with_503() {
         .await
         .unwrap();
     drop(second);
+}
+
+#[tokio::test]
+async fn an_admin_request_head_over_64_kib_gets_431() {
+    let (_gateway, admin) = admin_with("", "").await;
+    let mut stream = TcpStream::connect(admin).await.unwrap();
+    let filler = "a".repeat(70 << 10);
+    let request = format!("GET /healthz HTTP/1.1\r\nhost: admin\r\nx-filler: {filler}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let response = String::from_utf8(read_all(&mut stream).await).unwrap();
+    assert!(response.starts_with("HTTP/1.1 431"), "{response}");
+    let (status, _) = admin_http(admin, "GET", "/healthz", None, "").await;
+    assert_eq!(status, 200);
 }
 
 #[tokio::test]

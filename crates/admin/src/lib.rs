@@ -101,6 +101,8 @@ pub async fn serve(
                 .timer(TokioTimer::new())
                 .header_read_timeout(limits.header_timeout)
                 .max_buf_size(MAX_HEAD_BYTES)
+                // The read buffer's cap alone let a 70 KiB head through.
+                .max_header_size(MAX_HEAD_BYTES)
                 .serve_connection(TokioIo::new(Counted::new(stream, place)), service)
                 .with_upgrades()
                 .await

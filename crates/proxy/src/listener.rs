@@ -299,6 +299,9 @@ async fn serve_http<IO>(
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
         .max_buf_size(limits.max_header_bytes.max(8192))
+        // The read buffer's cap is not an exact bound (a head read in
+        // large chunks can get past it); this checks the parsed head.
+        .max_header_size(limits.max_header_bytes)
         .max_headers(limits.max_headers)
         .serve_connection(io, service)
         .with_upgrades();
