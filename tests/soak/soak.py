@@ -28,6 +28,8 @@ CONFIG = """
 [gateway]
 listen = "127.0.0.1:{gateway}"
 read-buffer-size = "4KiB"
+# Every soak client comes from 127.0.0.1 and they all connect at once.
+max-pending-upgrades-per-ip = 4096
 
 [[plugin]]
 name = "static-router"

@@ -18,10 +18,17 @@
 //! With a token configured, every route but `/healthz`, `/readyz` and the
 //! console's files needs `Authorization: Bearer <token>` (`?token=` on
 //! `/api/tail`, which browsers open without headers).
+//!
+//! What a caller can hold is bounded whether or not it has the token:
+//! `[admin] max-connections` connections at once (more are closed at
+//! accept), `[admin] max-tails` live tails (more get 503), a request head
+//! within `[gateway] handshake-timeout` (an idle keep-alive connection is
+//! closed after it too) and 64 KiB, a deploy's body within 1 MiB (413).
 
 #![deny(clippy::indexing_slicing)]
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
 use bytes::Bytes;
@@ -30,7 +37,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -38,11 +45,17 @@ use wsgate_config::ConfigErrors;
 use wsgate_proxy::{DeployError, Gateway};
 
 mod console;
+mod load;
 mod metrics;
 mod traffic;
 
+use load::{AdminLimits, Counted, Load};
+
 /// Largest configuration a deploy may post.
 const MAX_DEPLOY_BODY: usize = 1 << 20;
+
+/// Largest request head (hyper's read buffer) on the admin listener.
+const MAX_HEAD_BYTES: usize = 64 << 10;
 
 pub(crate) type AdminResponse = Response<Full<Bytes>>;
 
@@ -53,42 +66,65 @@ pub async fn serve(
     token: Option<String>,
     stop: CancellationToken,
 ) {
+    let load = Arc::new(Load::default());
     loop {
         let accepted = tokio::select! {
             () = stop.cancelled() => return,
             accepted = listener.accept() => accepted,
         };
-        let Ok((stream, _)) = accepted else {
+        let Ok((stream, caller)) = accepted else {
             continue;
         };
-        let gateway = gateway.clone();
-        let token = token.clone();
+        let limits = AdminLimits::of(&gateway);
+        let Some(place) = load.connection(limits.max_connections) else {
+            tracing::warn!(
+                %caller,
+                limit = "admin.max-connections",
+                open = load.connections(),
+                "too many admin connections; closed at accept"
+            );
+            drop(stream);
+            continue;
+        };
+        let context = Arc::new(Context {
+            gateway: gateway.clone(),
+            token: token.clone(),
+            load: load.clone(),
+            limits,
+        });
         tokio::spawn(async move {
             let service = service_fn(move |request| {
-                let gateway = gateway.clone();
-                let token = token.clone();
-                async move {
-                    Ok::<_, std::convert::Infallible>(
-                        route(&gateway, token.as_deref(), request).await,
-                    )
-                }
+                let context = context.clone();
+                async move { Ok::<_, std::convert::Infallible>(route(&context, request).await) }
             });
             if let Err(error) = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_timeout)
+                .max_buf_size(MAX_HEAD_BYTES)
+                // The read buffer's cap alone let a 70 KiB head through.
+                .max_header_size(MAX_HEAD_BYTES)
+                .serve_connection(TokioIo::new(Counted::new(stream, place)), service)
                 .with_upgrades()
                 .await
             {
-                tracing::debug!(%error, "admin connection ended with an error");
+                tracing::debug!(%caller, %error, "admin connection ended with an error");
             }
         });
     }
 }
 
-async fn route(
-    gateway: &Gateway,
-    token: Option<&str>,
-    request: Request<Incoming>,
-) -> AdminResponse {
+/// What every admin request of one listener shares.
+pub(crate) struct Context {
+    gateway: Gateway,
+    token: Option<String>,
+    /// Connections and tails open.
+    load: Arc<Load>,
+    /// The limits read when the request's connection was accepted.
+    limits: AdminLimits,
+}
+
+async fn route(context: &Context, request: Request<Incoming>) -> AdminResponse {
+    let (gateway, token) = (&context.gateway, context.token.as_deref());
     let path = request.uri().path().to_string();
     match (request.method(), path.as_str()) {
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
@@ -117,9 +153,9 @@ async fn route(
             traffic::connection(gateway, &key, &request).await
         }
         (&Method::GET, "/api/frames") => traffic::frames(gateway, &request).await,
-        (&Method::GET, "/api/tail") => traffic::tail(gateway, request),
+        (&Method::GET, "/api/tail") => traffic::tail(context, request),
         (&Method::GET, "/metrics") => {
-            let mut response = text(StatusCode::OK, &metrics::render(gateway));
+            let mut response = text(StatusCode::OK, &metrics::render(gateway, &context.load));
             response.headers_mut().insert(
                 header::CONTENT_TYPE,
                 header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

@@ -8,6 +8,8 @@ use wsgate_proxy::Gateway;
 use wsgate_proxy::Peer;
 use wsgate_runtime::LATENCY_BUCKETS_US;
 
+use crate::load::Load;
+
 /// One metric family being written.
 struct Family<'a> {
     out: &'a mut String,
@@ -39,8 +41,8 @@ fn load(counter: &AtomicU64) -> u64 {
     counter.load(Ordering::Relaxed)
 }
 
-/// The whole exposition.
-pub fn render(gateway: &Gateway) -> String {
+/// The whole exposition; `admin` is the admin listener serving it.
+pub(crate) fn render(gateway: &Gateway, admin: &Load) -> String {
     let mut out = String::new();
     let generation = gateway.generation();
     let counters = gateway.counters();
@@ -52,6 +54,50 @@ pub fn render(gateway: &Gateway) -> String {
         "Proxied connections open.",
     )
     .sample("", &[], gateway.active_connections());
+
+    family(
+        &mut out,
+        "wsgate_pending_upgrades",
+        "gauge",
+        "Client connections accepted and not yet answered.",
+    )
+    .sample("", &[], gateway.pending_upgrades());
+
+    let mut f = family(
+        &mut out,
+        "wsgate_pending_refused_total",
+        "counter",
+        "Client connections closed at accept by a pending limit (the label is its configuration key).",
+    );
+    for (limit, count) in gateway.pending_refusals() {
+        f.sample("", &[("limit", limit)], count);
+    }
+
+    family(
+        &mut out,
+        "wsgate_admin_connections",
+        "gauge",
+        "Admin connections open (this one included).",
+    )
+    .sample("", &[], admin.connections());
+
+    family(
+        &mut out,
+        "wsgate_admin_tails",
+        "gauge",
+        "Live tails open on the admin listener.",
+    )
+    .sample("", &[], admin.tails());
+
+    let mut f = family(
+        &mut out,
+        "wsgate_admin_refused_total",
+        "counter",
+        "Admin connections closed at accept and live tails answered 503, by the [admin] limit (its configuration key).",
+    );
+    for (limit, count) in admin.refusals() {
+        f.sample("", &[("limit", limit)], count);
+    }
 
     let mut f = family(
         &mut out,

@@ -16,11 +16,15 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 use wsgate_monitor::{ConnectionFilter, FrameFilter, Origin, Record};
 use wsgate_proxy::Gateway;
 
-use crate::{AdminResponse, json_response, text};
+use crate::{AdminResponse, Context, json_response, text};
 
 /// Results returned when `limit` is not given, and at most.
 const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 10_000;
+
+/// A live tail whose reader takes longer than this to accept one record
+/// (it stopped reading) is closed, giving its place back.
+const TAIL_SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Query parameters, percent-decoded.
 struct Params(Vec<(String, String)>);
@@ -257,8 +261,10 @@ pub fn endpoints(gateway: &Gateway) -> Value {
 }
 
 /// `GET /api/tail` (a WebSocket): every record from now on, as JSON text
-/// messages, optionally only for one `endpoint` or one `connection`.
-pub fn tail(gateway: &Gateway, mut request: Request<Incoming>) -> AdminResponse {
+/// messages, optionally only for one `endpoint` or one `connection`; at
+/// most `[admin] max-tails` at once (more: 503).
+pub fn tail(context: &Context, mut request: Request<Incoming>) -> AdminResponse {
+    let gateway = &context.gateway;
     let params = Params::of(&request);
     let Some(key) = request
         .headers()
@@ -266,6 +272,17 @@ pub fn tail(gateway: &Gateway, mut request: Request<Incoming>) -> AdminResponse 
         .map(|k| derive_accept_key(k.as_bytes()))
     else {
         return text(StatusCode::UPGRADE_REQUIRED, "/api/tail is a WebSocket\n");
+    };
+    let Some(place) = context.load.tail(context.limits.max_tails) else {
+        tracing::warn!(
+            limit = "admin.max-tails",
+            open = context.load.tails(),
+            "too many live tails; refused"
+        );
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many live tails are open\n",
+        );
     };
     let endpoint = params.text("endpoint");
     let connection = params.text("connection");
@@ -299,8 +316,13 @@ pub fn tail(gateway: &Gateway, mut request: Request<Incoming>) -> AdminResponse 
                         Err(RecvError::Lagged(missed)) => json!({ "type": "lagged", "missed": missed }).to_string(),
                         Err(RecvError::Closed) => break,
                     };
-                    if ws.send(Message::text(text)).await.is_err() {
-                        break;
+                    match tokio::time::timeout(TAIL_SEND_TIMEOUT, ws.send(Message::text(text))).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => break,
+                        Err(_) => {
+                            tracing::info!(timeout = ?TAIL_SEND_TIMEOUT, "a live tail stopped reading; closed");
+                            break;
+                        }
                     }
                 }
                 incoming = ws.next() => match incoming {
@@ -309,6 +331,8 @@ pub fn tail(gateway: &Gateway, mut request: Request<Incoming>) -> AdminResponse 
                 },
             }
         }
+        // The place goes back before the reader sees the close.
+        drop(place);
         let _ = ws.close(None).await;
     });
     let mut response = text(StatusCode::SWITCHING_PROTOCOLS, "");

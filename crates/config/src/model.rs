@@ -62,6 +62,18 @@ pub struct Gateway {
     /// ones get 431. At least 8 KiB.
     #[serde(default = "default_max_header_bytes")]
     pub max_header_bytes: Spanned<ByteSize>,
+    /// Most header fields in a request head; more get 431.
+    #[serde(default = "default_max_headers")]
+    pub max_headers: Spanned<u32>,
+    /// Most client connections accepted but not yet answered (TLS and
+    /// request head still arriving, upgrade chain, upstream connect), all
+    /// addresses together; over it a new connection is closed at once.
+    #[serde(default = "default_max_pending_upgrades")]
+    pub max_pending_upgrades: Spanned<u32>,
+    /// Most such connections from one client address; over it a new
+    /// connection from that address is closed at once.
+    #[serde(default = "default_max_pending_upgrades_per_ip")]
+    pub max_pending_upgrades_per_ip: Spanned<u32>,
     /// Time open connections get to finish their close handshake at shutdown.
     #[serde(default = "default_shutdown_timeout")]
     pub shutdown_timeout: HumanDuration,
@@ -113,6 +125,20 @@ pub struct Admin {
     /// Bearer token required on every admin request except `/healthz` and `/readyz`.
     #[serde(default)]
     pub token: Option<String>,
+    /// Most admin connections open at once; over it a new connection is
+    /// closed at once.
+    #[serde(default = "default_admin_max_connections")]
+    pub max_connections: Spanned<u32>,
+    /// Most live tails (`/api/tail`) open at once; over it: 503.
+    #[serde(default = "default_admin_max_tails")]
+    pub max_tails: Spanned<u32>,
+}
+
+impl Admin {
+    /// Most admin connections open at once when no `[admin]` table says.
+    pub const DEFAULT_MAX_CONNECTIONS: u32 = 32;
+    /// Most live tails open at once when no `[admin]` table says.
+    pub const DEFAULT_MAX_TAILS: u32 = 8;
 }
 
 /// Plugin signature policy.
@@ -438,6 +464,21 @@ fn default_send_timeout() -> HumanDuration {
 }
 fn default_max_header_bytes() -> Spanned<ByteSize> {
     Spanned::new(0..0, ByteSize(16 << 10))
+}
+fn default_max_headers() -> Spanned<u32> {
+    Spanned::new(0..0, 100)
+}
+fn default_max_pending_upgrades() -> Spanned<u32> {
+    Spanned::new(0..0, 4096)
+}
+fn default_max_pending_upgrades_per_ip() -> Spanned<u32> {
+    Spanned::new(0..0, 256)
+}
+fn default_admin_max_connections() -> Spanned<u32> {
+    Spanned::new(0..0, Admin::DEFAULT_MAX_CONNECTIONS)
+}
+fn default_admin_max_tails() -> Spanned<u32> {
+    Spanned::new(0..0, Admin::DEFAULT_MAX_TAILS)
 }
 fn default_capture() -> ByteSize {
     ByteSize(4096)

@@ -153,6 +153,32 @@ fn a_non_loopback_admin_listener_needs_a_token() {
     assert!(parse_at(&text).is_ok());
 }
 
+#[test]
+fn denial_of_service_limits_have_defaults_and_must_be_at_least_one() {
+    let config = parse_at(GOOD).unwrap();
+    assert_eq!(*config.gateway.max_headers.get_ref(), 100);
+    assert_eq!(*config.gateway.max_pending_upgrades.get_ref(), 4096);
+    assert_eq!(*config.gateway.max_pending_upgrades_per_ip.get_ref(), 256);
+    let text = format!("{GOOD}\n[admin]\nlisten = \"127.0.0.1:9900\"\n");
+    let admin = parse_at(&text).unwrap().admin.unwrap();
+    assert_eq!(*admin.max_connections.get_ref(), 32);
+    assert_eq!(*admin.max_tails.get_ref(), 8);
+
+    let text = GOOD.replace(
+        "listen = \"127.0.0.1:8080\"",
+        "listen = \"127.0.0.1:8080\"\nmax-pending-upgrades-per-ip = 0",
+    );
+    let error = single_error(&text);
+    assert_eq!(
+        (error.field.as_str(), error.line),
+        ("gateway.max-pending-upgrades-per-ip", 4)
+    );
+    let text = format!("{GOOD}\n[admin]\nlisten = \"127.0.0.1:9900\"\nmax-tails = 0\n");
+    let error = single_error(&text);
+    assert_eq!(error.field, "admin.max-tails");
+    assert!(error.message.contains("at least 1"), "{}", error.message);
+}
+
 /// `GOOD` with a chain for upstream messages on the first endpoint, under `key`.
 fn with_upstream_chain(key: &str) -> String {
     GOOD.replace(

@@ -104,6 +104,34 @@ pub(crate) fn validate(config: &Config, renamed: &Renamed) -> Result<(), ConfigE
         );
     }
 
+    let gateway = &config.gateway;
+    let counts = [
+        (&gateway.max_headers, "gateway.max-headers"),
+        (
+            &gateway.max_pending_upgrades,
+            "gateway.max-pending-upgrades",
+        ),
+        (
+            &gateway.max_pending_upgrades_per_ip,
+            "gateway.max-pending-upgrades-per-ip",
+        ),
+    ];
+    let admin_counts = config.admin.iter().flat_map(|admin| {
+        [
+            (&admin.max_connections, "admin.max-connections"),
+            (&admin.max_tails, "admin.max-tails"),
+        ]
+    });
+    for (count, field) in counts.into_iter().chain(admin_counts) {
+        if *count.get_ref() == 0 {
+            at(
+                count.span(),
+                field.to_string(),
+                "must be at least 1".to_string(),
+            );
+        }
+    }
+
     let mut remote_hosts = HashSet::new();
     for (i, host) in config.remote_hosts.iter().enumerate() {
         let address = host.address.get_ref();

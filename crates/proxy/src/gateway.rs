@@ -194,6 +194,22 @@ impl Gateway {
         self.shared.ledger.active()
     }
 
+    /// Client connections accepted and not yet answered (TLS, request
+    /// head, upgrade chain, upstream connect under way).
+    pub fn pending_upgrades(&self) -> u64 {
+        self.shared.ledger.pending().0
+    }
+
+    /// Client connections closed at accept, by the configuration key of
+    /// the pending limit that closed them.
+    pub fn pending_refusals(&self) -> Vec<(&'static str, u64)> {
+        self.shared
+            .ledger
+            .pending_refusals()
+            .map(|(refusal, count)| (refusal.key(), count))
+            .collect()
+    }
+
     /// Wait until fewer than or exactly `count` connections are open.
     pub async fn wait_for_connections(&self, count: u64) {
         self.shared.ledger.wait_for_at_most(count).await;

@@ -6,6 +6,11 @@
 //!
 //! Endpoint and client counts are kept by endpoint path, across deploys:
 //! a deploy does not reset them.
+//!
+//! Before any of that, every accepted client connection holds a
+//! [`Handshake`] until it is answered (or closes): the pending count, in
+//! total and by client address, which bounds what clients without
+//! credentials can make the gateway hold while they send their request.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -24,9 +29,20 @@ struct Counts {
     clients: HashMap<(String, IpAddr), u32>,
 }
 
+/// Client connections accepted and not yet answered.
+#[derive(Default)]
+struct Pending {
+    total: u32,
+    clients: HashMap<IpAddr, u32>,
+}
+
 /// Open connections, by scope.
 #[derive(Default)]
 pub struct Ledger {
+    /// Accepted connections not yet answered.
+    pending: Mutex<Pending>,
+    /// Connections closed at accept, in [`PendingRefusal::ALL`] order.
+    pending_refused: [AtomicU64; 2],
     /// Admitted connections (upgrades under way and open relays).
     counts: Mutex<Counts>,
     /// Relayed connections open right now.
@@ -81,6 +97,56 @@ impl Refusal {
     }
 }
 
+/// The limits on accepted connections not yet answered.
+#[derive(Debug, Clone, Copy)]
+pub struct PendingLimits {
+    /// `[gateway] max-pending-upgrades`.
+    pub gateway: u32,
+    /// `[gateway] max-pending-upgrades-per-ip`.
+    pub per_client: u32,
+}
+
+/// Which pending limit closed a connection at accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PendingRefusal {
+    /// All addresses together.
+    Gateway,
+    /// The connection's client address.
+    Client,
+}
+
+impl PendingRefusal {
+    /// Every kind, in counter order.
+    pub const ALL: [Self; 2] = [Self::Gateway, Self::Client];
+
+    /// The configuration key of the limit (the metric's label).
+    pub fn key(self) -> &'static str {
+        match self {
+            Self::Gateway => "max-pending-upgrades",
+            Self::Client => "max-pending-upgrades-per-ip",
+        }
+    }
+}
+
+/// One accepted client connection not yet answered; dropping it gives its
+/// pending place back.
+pub struct Handshake {
+    ledger: Arc<Ledger>,
+    client: IpAddr,
+}
+
+impl Drop for Handshake {
+    fn drop(&mut self) {
+        let mut pending = self
+            .ledger
+            .pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        pending.total = pending.total.saturating_sub(1);
+        release(&mut pending.clients, &self.client);
+    }
+}
+
 /// One connection's place in every scope it counts in; dropping it gives
 /// them all back and wakes whoever waits for connections to end.
 pub struct Place {
@@ -125,6 +191,51 @@ impl Ledger {
             permit: None,
             open: None,
         })
+    }
+
+    /// Count a connection just accepted from `client` as pending until its
+    /// [`Handshake`] is dropped, or say which limit refuses it (and count
+    /// the refusal).
+    pub fn begin_handshake(
+        self: &Arc<Self>,
+        limits: PendingLimits,
+        client: IpAddr,
+    ) -> Result<Handshake, PendingRefusal> {
+        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        let refusal = if pending.total >= limits.gateway {
+            Some(PendingRefusal::Gateway)
+        } else if pending.clients.get(&client).copied().unwrap_or(0) >= limits.per_client {
+            Some(PendingRefusal::Client)
+        } else {
+            None
+        };
+        if let Some(refusal) = refusal {
+            if let Some(counter) = self.pending_refused.get(refusal as usize) {
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+            return Err(refusal);
+        }
+        pending.total += 1;
+        *pending.clients.entry(client).or_default() += 1;
+        Ok(Handshake {
+            ledger: self.clone(),
+            client,
+        })
+    }
+
+    /// Accepted client connections not yet answered, and the number of
+    /// addresses they come from.
+    pub fn pending(&self) -> (u64, usize) {
+        let pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        (u64::from(pending.total), pending.clients.len())
+    }
+
+    /// Connections closed at accept, by the limit that closed them.
+    pub fn pending_refusals(&self) -> impl Iterator<Item = (PendingRefusal, u64)> + '_ {
+        PendingRefusal::ALL
+            .into_iter()
+            .zip(&self.pending_refused)
+            .map(|(refusal, counter)| (refusal, counter.load(Ordering::Relaxed)))
     }
 
     /// Relayed connections open right now.
@@ -234,6 +345,38 @@ mod tests {
         assert_eq!(ledger.admit(&other, b).err(), Some(Refusal::Gateway));
         drop(first);
         assert!(ledger.admit(&limits, a).is_ok());
+    }
+
+    #[test]
+    fn pending_handshakes_are_bounded_in_total_and_per_address() {
+        let ledger = Arc::new(Ledger::default());
+        let a = IpAddr::from([10, 0, 0, 1]);
+        let b = IpAddr::from([10, 0, 0, 2]);
+        let c = IpAddr::from([10, 0, 0, 3]);
+        let limits = PendingLimits {
+            gateway: 3,
+            per_client: 2,
+        };
+        let a1 = ledger.begin_handshake(limits, a);
+        let a2 = ledger.begin_handshake(limits, a);
+        assert!(a1.is_ok() && a2.is_ok());
+        assert_eq!(
+            ledger.begin_handshake(limits, a).err(),
+            Some(PendingRefusal::Client)
+        );
+        let b1 = ledger.begin_handshake(limits, b);
+        assert!(b1.is_ok());
+        assert_eq!(
+            ledger.begin_handshake(limits, c).err(),
+            Some(PendingRefusal::Gateway)
+        );
+        assert_eq!(ledger.pending(), (3, 2));
+        drop(a1);
+        assert!(ledger.begin_handshake(limits, c).is_ok());
+        drop((a2, b1));
+        assert_eq!(ledger.pending(), (0, 0));
+        let refused: Vec<u64> = ledger.pending_refusals().map(|(_, n)| n).collect();
+        assert_eq!(refused, [1, 1]);
     }
 
     #[test]

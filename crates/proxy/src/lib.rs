@@ -2,8 +2,10 @@
 //!
 //! A connection's life, top-down (see `docs/phases.md`, which names the
 //! function of each phase):
-//! 1. `listener` accepts it (TLS included) and hyper reads the request
-//!    under the handshake timeout and header limit;
+//! 1. `listener` accepts it under the pending limits (`ledger`'s
+//!    `Handshake`, held until the request is answered), then TLS, and
+//!    hyper reads one request under the handshake timeout and the header
+//!    size and count limits;
 //! 2. `upgrade` runs the phases of the upgrade: endpoint, WebSocket
 //!    checks, origin, connection limits (`ledger`), the upgrade chain,
 //!    the route's check, the upstream connection (`upstream`), the

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use wsgate_config::Config;
 
 use crate::echo;
+use crate::ledger::{Handshake, PendingLimits};
 use crate::shared::Shared;
 use crate::upgrade;
 
@@ -164,6 +165,8 @@ struct HttpLimits {
     header_timeout: Duration,
     /// Largest request head; larger: 431.
     max_header_bytes: usize,
+    /// Most header fields in a request head; more: 431.
+    max_headers: usize,
 }
 
 async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, stop: CancellationToken) {
@@ -181,21 +184,51 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, stop: Cancellat
                 continue;
             }
         };
-        let _ = stream.set_nodelay(true);
         let generation = shared.generation();
+        let gateway = &generation.config.gateway;
+        let pending = PendingLimits {
+            gateway: *gateway.max_pending_upgrades.get_ref(),
+            per_client: *gateway.max_pending_upgrades_per_ip.get_ref(),
+        };
+        // Counted from the accept, before a byte is read: TLS handshakes,
+        // request heads still arriving, upgrade chains and upstream
+        // connects all hold a pending place until the client is answered.
+        let handshake = match shared.ledger.begin_handshake(pending, client.ip()) {
+            Ok(handshake) => handshake,
+            Err(refusal) => {
+                let (pending, addresses) = shared.ledger.pending();
+                tracing::warn!(
+                    %client,
+                    limit = refusal.key(),
+                    pending,
+                    addresses,
+                    "too many connections awaiting an answer; closed at accept"
+                );
+                drop(stream);
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
         let limits = HttpLimits {
-            header_timeout: generation.config.gateway.handshake_timeout.0,
-            max_header_bytes: usize::try_from(
-                generation.config.gateway.max_header_bytes.get_ref().0,
-            )
-            .unwrap_or(usize::MAX),
+            header_timeout: gateway.handshake_timeout.0,
+            max_header_bytes: usize::try_from(gateway.max_header_bytes.get_ref().0)
+                .unwrap_or(usize::MAX),
+            max_headers: usize::try_from(*gateway.max_headers.get_ref()).unwrap_or(usize::MAX),
         };
         let tls = generation.listener_tls.clone();
         drop(generation);
         let task_shared = shared.clone();
         shared.tracker.spawn(async move {
             let Some(tls) = tls else {
-                serve_http(task_shared, TokioIo::new(stream), client, false, limits).await;
+                serve_http(
+                    task_shared,
+                    TokioIo::new(stream),
+                    client,
+                    false,
+                    limits,
+                    handshake,
+                )
+                .await;
                 return;
             };
             // The TLS handshake counts against the handshake timeout too.
@@ -206,7 +239,15 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, stop: Cancellat
             .await;
             match accepted {
                 Ok(Ok(stream)) => {
-                    serve_http(task_shared, TokioIo::new(stream), client, true, limits).await;
+                    serve_http(
+                        task_shared,
+                        TokioIo::new(stream),
+                        client,
+                        true,
+                        limits,
+                        handshake,
+                    )
+                    .await;
                 }
                 Ok(Err(error)) => tracing::info!(%client, %error, "TLS handshake failed"),
                 Err(_) => tracing::info!(%client, "TLS handshake timed out"),
@@ -215,28 +256,57 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, stop: Cancellat
     }
 }
 
-/// Serve HTTP/1.1 (and upgrades) on one client connection, plain or TLS.
+/// Serve one HTTP/1.1 request (an upgrade, or its refusal) on one client
+/// connection, plain or TLS. The connection's pending place is given back
+/// once the request is answered (before the answer is written), or when
+/// the connection ends unanswered. Every answer but a 101 says
+/// `connection: close` and closes the connection, so one connection cannot
+/// hold the gateway with request after request.
 async fn serve_http<IO>(
     shared: Arc<Shared>,
     io: IO,
     client: SocketAddr,
     tls: bool,
     limits: HttpLimits,
+    handshake: Handshake,
 ) where
     IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
+    let pending = Arc::new(Mutex::new(Some(handshake)));
+    let answered = pending.clone();
     let service = service_fn(move |mut request| {
         let shared = shared.clone();
+        let answered = answered.clone();
         request.extensions_mut().insert(upgrade::Secure(tls));
-        async move { Ok::<_, std::convert::Infallible>(upgrade::handle(shared, client, request).await) }
+        async move {
+            let mut response = upgrade::handle(shared, client, request).await;
+            if response.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+                response.headers_mut().insert(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_static("close"),
+                );
+            }
+            drop(
+                answered
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .take(),
+            );
+            Ok::<_, std::convert::Infallible>(response)
+        }
     });
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
         .max_buf_size(limits.max_header_bytes.max(8192))
+        // The read buffer's cap is not an exact bound (a head read in
+        // large chunks can get past it); this checks the parsed head.
+        .max_header_size(limits.max_header_bytes)
+        .max_headers(limits.max_headers)
         .serve_connection(io, service)
         .with_upgrades();
     if let Err(error) = connection.await {
         tracing::debug!(%client, %error, "http connection ended with an error");
     }
+    drop(pending);
 }
