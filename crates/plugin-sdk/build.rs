@@ -25,9 +25,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ));
     }
     if version != "0.1.0" {
-        with.push_str(&format!(
-            "\"wsgate:plugin/session@{version}\": ::wsgate_plugin_sdk::bindings::wsgate::plugin::session,\n"
-        ));
+        for interface in ["session", "quota"] {
+            with.push_str(&format!(
+                "\"wsgate:plugin/{interface}@{version}\": ::wsgate_plugin_sdk::bindings::wsgate::plugin::{interface},\n"
+            ));
+        }
     }
     let source = format!(
         "#[doc(hidden)]\n#[macro_export]\nmacro_rules! __wsgate_generate {{\n    (world: $world:literal) => {{\n        $crate::__wit_bindgen::generate!({{\n            inline: r###\"{wit}\"###,\n            world: $world,\n            runtime_path: \"::wsgate_plugin_sdk::__wit_bindgen::rt\",\n            with: {{\n{with}            }},\n        }});\n    }};\n}}\n"

@@ -156,7 +156,7 @@ pub fn plugin_path(name: &str) -> PathBuf {
 pub fn named_plugin_block(name: &str, version: &str, crate_name: &str) -> String {
     format!(
         "[[plugin]]\nname = \"{name}\"\nversion = \"{version}\"\npath = \"{}\"\n\
-         grants = [\"log\", \"state\", \"clocks\", \"context\", \"random\"]\n\n",
+         grants = [\"log\", \"state\", \"clocks\", \"context\", \"random\", \"quota\"]\n\n",
         plugin_path(crate_name).display()
     )
 }
@@ -178,7 +178,7 @@ const PLUGINS: [(&str, &str, &str); 22] = [
     ("header-rewrite", "1.0.0", "header-rewrite"),
     ("jwt", "1.1.0", "jwt"),
     ("size-limit", "1.0.0", "size-limit"),
-    ("rate-limit", "1.0.0", "rate-limit"),
+    ("rate-limit", "1.1.0", "rate-limit"),
     ("message-filter", "1.0.0", "message-filter"),
     ("envelope", "1.0.0", "envelope"),
     ("redact", "1.0.0", "redact"),

@@ -414,7 +414,7 @@ async fn rate_limit_closes_with_1008_past_the_burst() {
     let gateway = start_gateway(&endpoint(
         "/r",
         upstream.address,
-        "client-messages = [{ plugin = \"rate-limit@1.0.0\", config = { messages-per-second = 2, action = \"close\" } }]",
+        "client-messages = [{ plugin = \"rate-limit@1.1.0\", config = { messages-per-second = 2, action = \"close\" } }]",
     ))
     .await;
     let mut client = connect(&gateway, "/r").await;
@@ -544,7 +544,7 @@ async fn bad_filter_configs_name_plugin_endpoint_and_field() {
     let text = config_text(
         "[[endpoint]]\npath = \"/bad\"\nallowed-upstreams = [\"ws://127.0.0.1:1\"]\n\
          upgrade = [{ plugin = \"jwt@1.1.0\", config = { keys = [{ alg = \"RS256\", n = \"AQAB\" }] } }, { plugin = \"static-router@1.0.0\", config = { url = \"ws://127.0.0.1:1/\" } }]\n\
-         client-messages = [{ plugin = \"rate-limit@1.0.0\", config = { messages-per-second = -1 } }, { plugin = \"redact@1.0.0\", config = { patterns = [{ name = \"x\", regex = \"(\" }] } }]\n",
+         client-messages = [{ plugin = \"rate-limit@1.1.0\", config = { messages-per-second = -1 } }, { plugin = \"redact@1.0.0\", config = { patterns = [{ name = \"x\", regex = \"(\" }] } }]\n",
     );
     let errors = wsgate_proxy::Generation::build(0, parse_config(&text), runtime())
         .err()
@@ -565,7 +565,7 @@ async fn bad_filter_configs_name_plugin_endpoint_and_field() {
         "endpoint[0].client-messages[0].config.messages-per-second"
     );
     assert!(
-        found[1].1.contains("rate-limit@1.0.0 on endpoint /bad"),
+        found[1].1.contains("rate-limit@1.1.0 on endpoint /bad"),
         "{found:?}"
     );
     assert_eq!(
@@ -588,7 +588,7 @@ async fn composition_jwt_rewrite_route_then_schema_rate_transform_and_redact() {
          ]\n\
          client-messages = [\
            {{ plugin = \"json-schema@1.0.0\", config = {{ schema = {{ type = \"object\", required = [\"text\"] }} }} }},\
-           {{ plugin = \"rate-limit@1.0.0\", config = {{ messages-per-second = 100 }} }},\
+           {{ plugin = \"rate-limit@1.1.0\", config = {{ messages-per-second = 100 }} }},\
            {{ plugin = \"json-transform@1.0.0\", config = {{ set = {{ \"/from\" = \"${{attribute.claim.sub}}\" }} }} }}\
          ]\n\
          upstream-messages = [{{ plugin = \"redact@1.0.0\" }}]\n",

@@ -286,6 +286,51 @@ pub(crate) fn render(gateway: &Gateway, admin: &Load) -> String {
     for plugin in &generation.plugins {
         f.sample("", &[("plugin", plugin.id())], plugin.state_held());
     }
+    let mut f = family(
+        &mut out,
+        "wsgate_plugin_quota_buckets",
+        "gauge",
+        "Quota buckets a plugin holds (quota.take), all connections together.",
+    );
+    for plugin in &generation.plugins {
+        f.sample("", &[("plugin", plugin.id())], plugin.quota_buckets());
+    }
+
+    let quotas = gateway.quotas();
+    let mut f = family(
+        &mut out,
+        "wsgate_quota_takes_total",
+        "counter",
+        "Quota takes answered, by result.",
+    );
+    let refused = load(&quotas.refused);
+    f.sample(
+        "",
+        &[("result", "allowed")],
+        load(&quotas.takes).saturating_sub(refused),
+    );
+    f.sample("", &[("result", "refused")], refused);
+    family(
+        &mut out,
+        "wsgate_quota_redis_up",
+        "gauge",
+        "1 when the last reconciliation with Redis ([cluster] redis) succeeded, or none is set; 0 while quotas count locally.",
+    )
+    .sample("", &[], u64::from(quotas.stats.redis_up.load(Ordering::Relaxed)));
+    family(
+        &mut out,
+        "wsgate_quota_sync_errors_total",
+        "counter",
+        "Reconciliation rounds with Redis that failed or timed out.",
+    )
+    .sample("", &[], load(&quotas.stats.errors));
+    family(
+        &mut out,
+        "wsgate_quota_redis_commands_total",
+        "counter",
+        "Commands sent to Redis by quota reconciliation.",
+    )
+    .sample("", &[], load(&quotas.stats.commands));
 
     let monitor = gateway.monitor();
     family(

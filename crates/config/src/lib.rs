@@ -18,9 +18,9 @@ use std::path::{Path, PathBuf};
 
 pub use error::{ConfigError, ConfigErrors, SourceMap};
 pub use model::{
-    Admin, Capability, ChainEntry, Cluster, Compression, Config, EchoServer, Endpoint, FailPolicy, Gateway,
-    ListenerTls, MonitorLevel, MonitorSettings, PathMatch, PluginDecl, PluginRef, RemoteHost,
-    Signing, TrustedKey,
+    Admin, Capability, ChainEntry, Cluster, Compression, Config, EchoServer, Endpoint, FailPolicy,
+    Gateway, ListenerTls, MonitorLevel, MonitorSettings, PathMatch, PluginDecl, PluginRef,
+    RemoteHost, Signing, TrustedKey,
 };
 pub use units::{ByteSize, HumanDuration, parse_duration, parse_size};
 

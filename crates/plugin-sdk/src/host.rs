@@ -131,3 +131,18 @@ pub mod session {
         raw::session::expires_at()
     }
 }
+
+/// Quotas shared by every connection and, with `[cluster] redis`, every
+/// replica (contract 0.2.0; needs the `quota` grant).
+#[cfg(not(feature = "contract-0-1"))]
+pub mod quota {
+    use super::raw;
+    pub use raw::quota::Grant;
+
+    /// Take `units` from this plugin's bucket `key`, which holds `limit`
+    /// units per `window_ms` (a sliding window). Answers at once, from the
+    /// gateway's local counts; nothing is taken when refused.
+    pub fn take(key: &str, units: u32, limit: u32, window_ms: u32) -> Grant {
+        raw::quota::take(key, units, limit, window_ms)
+    }
+}

@@ -74,21 +74,21 @@ pub use helpers::{
     connection_value, is_connection_placeholder, percent_decode, render_template, template_names,
 };
 pub mod host;
-#[cfg(not(feature = "contract-0-1"))]
-pub use host::session;
 pub use host::{context, log, state};
+#[cfg(not(feature = "contract-0-1"))]
+pub use host::{quota, session};
 #[cfg(feature = "schema")]
 pub mod schema;
 
 /// Everything a plugin usually needs, in one `use`.
 pub mod prelude {
-    #[cfg(not(feature = "contract-0-1"))]
-    pub use crate::session;
     pub use crate::{
         CloseFrame, ConfigError, Direction, Header, HeaderOp, LogLevel, Message, MessageFilter,
         MessageVerdict, Plugin, Rejection, Route, UpgradeFilter, UpgradeRequest, UpgradeVerdict,
         context, log, policy, state,
     };
+    #[cfg(not(feature = "contract-0-1"))]
+    pub use crate::{quota, session};
 }
 
 /// A plugin's configuration handling. Every plugin implements it.

@@ -83,12 +83,29 @@ impl Gateway {
     /// and the configured echo servers, and start serving.
     pub async fn start(config: Config, runtime: &Runtime) -> Result<Self, StartError> {
         let monitor = Monitor::start(&config.monitor)?;
+        // This gateway's own quotas: its plugins count there, and (with
+        // `[cluster] redis`) reconcile with the other replicas.
+        let runtime = runtime.with_quotas(Arc::default());
         let generation =
-            Arc::new(Generation::build(1, config, runtime).map_err(DeployError::from)?);
-        let shared = Arc::new(Shared::new(generation.clone(), runtime.clone(), monitor));
+            Arc::new(Generation::build(1, config, &runtime).map_err(DeployError::from)?);
+        let shared = Arc::new(Shared::new(generation.clone(), runtime, monitor));
         listener::apply(&shared, &generation.config)
             .await
             .map_err(DeployError::from)?;
+        let cluster = &generation.config.cluster;
+        let redis = cluster
+            .redis
+            .as_ref()
+            .map(|url| wsgate_quota::sync::RedisSettings {
+                url: url.get_ref().clone(),
+                interval: cluster.sync_interval.0,
+                timeout: cluster.redis_timeout.0,
+            });
+        shared.tracker.spawn(wsgate_quota::sync::run(
+            shared.runtime.quotas().clone(),
+            redis,
+            shared.shutdown.clone(),
+        ));
         Ok(Self { shared })
     }
 
@@ -258,6 +275,11 @@ impl Gateway {
     /// Traffic counters: upgrades, messages, bytes, verdicts.
     pub fn counters(&self) -> &TrafficCounters {
         &self.shared.counters
+    }
+
+    /// The quotas this gateway's plugins count in (`quota.take`).
+    pub fn quotas(&self) -> &Arc<wsgate_quota::Quotas> {
+        self.shared.runtime.quotas()
     }
 
     /// Stop accepting, close every connection (1001 to clients, 1000 to

@@ -124,6 +124,15 @@ impl Generation {
             .collect();
         let listener_tls = listener_tls(&config, &mut errors);
         let remote_hosts = remote_hosts(&config, &mut errors);
+        if let Some(url) = &config.cluster.redis
+            && let Err(error) = wsgate_quota::sync::check_url(url.get_ref())
+        {
+            errors.push(
+                config
+                    .source
+                    .error(url.span(), "cluster.redis", error.to_string()),
+            );
+        }
         if !errors.is_empty() {
             errors.sort_by_key(|e| (e.line, e.column));
             return Err(ConfigErrors(errors));

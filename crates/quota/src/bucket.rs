@@ -290,11 +290,23 @@ mod tests {
         let mut b = bucket(0);
         assert!(b.take(3, 10, 1000, 100).allowed);
         let push = b.start_push(200).unwrap();
-        assert_eq!(push.current, Units { window: 0, units: 3 });
+        assert_eq!(
+            push.current,
+            Units {
+                window: 0,
+                units: 3
+            }
+        );
         // Taken while the push is in flight: still counted.
         assert!(b.take(2, 10, 1000, 210).allowed);
         // Another replica took 4: the fleet's total is 7 (+ our 2 pending).
-        b.finish_push(push, Some(Totals { current: 7, previous: 0 }));
+        b.finish_push(
+            push,
+            Some(Totals {
+                current: 7,
+                previous: 0,
+            }),
+        );
         assert_eq!(b.take(1, 10, 1000, 220).remaining, 0);
         assert!(!b.take(1, 10, 1000, 230).allowed);
         // A failed push puts its units back to be pushed next time.

@@ -23,8 +23,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use bucket::{Bucket, Push, Totals};
 pub use bucket::Grant;
+use bucket::{Bucket, Push, Totals};
 
 /// Shards of the bucket map: takes on different buckets rarely share a lock.
 const SHARDS: usize = 16;

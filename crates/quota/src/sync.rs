@@ -49,7 +49,11 @@ pub fn check_url(url: &str) -> Result<(), BadUrl> {
 
 /// Reconcile `quotas` with Redis (or, without `settings`, only sweep
 /// spent buckets) until `shutdown`.
-pub async fn run(quotas: Arc<Quotas>, settings: Option<RedisSettings>, shutdown: CancellationToken) {
+pub async fn run(
+    quotas: Arc<Quotas>,
+    settings: Option<RedisSettings>,
+    shutdown: CancellationToken,
+) {
     let Some(settings) = settings else {
         let mut tick = tokio::time::interval(SWEEP_INTERVAL);
         loop {
@@ -180,7 +184,10 @@ impl Sync {
     fn failed(&mut self, error: &str) {
         self.quotas.stats.errors.fetch_add(1, Ordering::Relaxed);
         self.quotas.stats.redis_up.store(false, Ordering::Relaxed);
-        if self.last_logged.is_none_or(|at| at.elapsed() >= LOG_INTERVAL) {
+        if self
+            .last_logged
+            .is_none_or(|at| at.elapsed() >= LOG_INTERVAL)
+        {
             tracing::warn!(
                 error,
                 "quota reconciliation with Redis failed; quotas count locally until it answers"
@@ -211,8 +218,11 @@ fn pipeline(pushes: &[(String, Push)]) -> (redis::Pipeline, u64) {
         let current = key(name, push.window_ms, push.current.window);
         pipe.cmd("INCRBY").arg(&current).arg(push.current.units);
         pipe.cmd("PEXPIRE").arg(&current).arg(ttl).ignore();
-        pipe.cmd("GET")
-            .arg(key(name, push.window_ms, push.current.window.saturating_sub(1)));
+        pipe.cmd("GET").arg(key(
+            name,
+            push.window_ms,
+            push.current.window.saturating_sub(1),
+        ));
         commands += 3;
     }
     (pipe, commands)
