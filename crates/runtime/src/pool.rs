@@ -2,6 +2,7 @@
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use wasmtime::{Store, StoreLimitsBuilder, Trap};
 
@@ -40,17 +41,21 @@ pub enum FaultKind {
     /// The call asked the host to hold more than the plugin's host budget
     /// allows (state, attributes).
     Budget,
+    /// The plugin's calls were offloaded and its offload queue was full:
+    /// the call was refused without running.
+    Shed,
 }
 
 impl FaultKind {
     /// Every kind, in the order metrics list them.
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::Deadline,
         Self::Memory,
         Self::Trap,
         Self::Instantiate,
         Self::Output,
         Self::Budget,
+        Self::Shed,
     ];
 
     /// A short lower-case name for logs and metrics.
@@ -62,6 +67,7 @@ impl FaultKind {
             Self::Instantiate => "instantiate",
             Self::Output => "output",
             Self::Budget => "budget",
+            Self::Shed => "shed",
         }
     }
 }
@@ -92,7 +98,7 @@ pub struct LatencyHistogram {
 }
 
 impl LatencyHistogram {
-    fn observe(&self, elapsed: std::time::Duration) {
+    fn observe(&self, elapsed: Duration) {
         let us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
         let bucket = LATENCY_BUCKETS_US.partition_point(|&bound| bound < us);
         if let Some(counter) = self.buckets.get(bucket) {
@@ -124,6 +130,10 @@ pub struct PluginStats {
     pub output_faults: AtomicU64,
     /// Calls that asked the host for more than the host budget.
     pub budget_faults: AtomicU64,
+    /// Calls refused because the plugin's offload queue was full.
+    pub shed_faults: AtomicU64,
+    /// Calls run on the plugin's offload threads (off the I/O workers).
+    pub offloaded_calls: AtomicU64,
     /// Log lines dropped for exceeding the log rate.
     pub log_lines_dropped: Arc<AtomicU64>,
     /// Instances created (the first at load, then to replace faulted ones
@@ -149,6 +159,7 @@ impl PluginStats {
             FaultKind::Instantiate => &self.instantiate_faults,
             FaultKind::Output => &self.output_faults,
             FaultKind::Budget => &self.budget_faults,
+            FaultKind::Shed => &self.shed_faults,
         }
     }
 
@@ -279,6 +290,95 @@ impl PluginPool {
         Ok(verdict)
     }
 
+    /// Run the plugin's upgrade hook where its calls belong now: inline
+    /// while they are fast, on its offload threads (awaited) while they are
+    /// slow; see [`Self::on_message_placed`].
+    pub async fn on_upgrade_placed(
+        self: &Arc<Self>,
+        context: &mut CallContext,
+        request: &types::UpgradeRequest,
+    ) -> Result<types::UpgradeVerdict, PluginFault> {
+        if !self.plugin.offload.is_slow() {
+            return self.on_upgrade(context, request);
+        }
+        let request = request.clone();
+        self.offloaded(context, move |pool, context| {
+            pool.on_upgrade(context, &request)
+        })
+        .await
+    }
+
+    /// Run the plugin's message hook where its calls belong now: inline on
+    /// the caller's thread while the plugin's recent calls are faster than
+    /// its `offload-above` (the common case: no copy, no hop), else on its
+    /// offload threads, the caller awaiting the verdict. A call that finds
+    /// the offload queue full faults with [`FaultKind::Shed`] without
+    /// running.
+    pub async fn on_message_placed(
+        self: &Arc<Self>,
+        context: &mut CallContext,
+        direction: types::Direction,
+        message: &types::Message,
+    ) -> Result<types::MessageVerdict, PluginFault> {
+        if !self.plugin.offload.is_slow() {
+            return self.on_message(context, direction, message);
+        }
+        let message = message.clone();
+        self.offloaded(context, move |pool, context| {
+            pool.on_message(context, direction, &message)
+        })
+        .await
+    }
+
+    /// Run `call` on an offload thread with `context` (moved there and
+    /// back), or shed it.
+    async fn offloaded<R: Send + 'static>(
+        self: &Arc<Self>,
+        context: &mut CallContext,
+        call: impl FnOnce(&PluginPool, &mut CallContext) -> Result<R, PluginFault> + Send + 'static,
+    ) -> Result<R, PluginFault> {
+        let ticket = match self.plugin.offload.reserve() {
+            Ok(ticket) => ticket,
+            Err(refusal) => {
+                self.stats.count(FaultKind::Shed);
+                return Err(self.fault(FaultKind::Shed, refusal.to_string()));
+            }
+        };
+        self.stats.offloaded_calls.fetch_add(1, Ordering::Relaxed);
+        let pool = self.clone();
+        let mut moved = CallContext {
+            connection: context.connection.clone(),
+            state: std::mem::take(&mut context.state),
+        };
+        let done = self
+            .plugin
+            .offload
+            .run(ticket, move || {
+                let result = call(&pool, &mut moved);
+                (moved, result)
+            })
+            .await;
+        match done {
+            Some((moved, result)) => {
+                context.state = moved.state;
+                result
+            }
+            None => {
+                // The state went with the call: it starts afresh.
+                self.stats.count(FaultKind::Trap);
+                Err(self.fault(FaultKind::Trap, "the offloaded call was lost".into()))
+            }
+        }
+    }
+
+    fn fault(&self, kind: FaultKind, message: String) -> PluginFault {
+        PluginFault {
+            plugin: self.plugin.id.clone(),
+            kind,
+            message,
+        }
+    }
+
     /// Refuse a verdict over the output budget (`bytes` in all, `messages`
     /// messages). The guest's memory cap bounds the transient copy; this
     /// bounds what travels on.
@@ -312,9 +412,11 @@ impl PluginPool {
         context: &mut CallContext,
         f: impl FnOnce(&mut PluginInstance) -> wasmtime::Result<R>,
     ) -> Result<R, PluginFault> {
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let result = self.call_timed(context, f);
-        self.stats.latency.observe(started.elapsed());
+        let elapsed = started.elapsed();
+        self.stats.latency.observe(elapsed);
+        self.plugin.offload.record(elapsed);
         result
     }
 
