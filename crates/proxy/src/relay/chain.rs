@@ -33,8 +33,10 @@ enum Item {
 
 /// Run `message` through `chain`, each verdict reported to `observer`.
 /// Close frames always go through: plugins see them and may only change
-/// their code and reason.
-pub fn run_chain(
+/// their code and reason. A plugin whose calls are slow runs off the I/O
+/// workers and is awaited; the connection's next message waits for this
+/// one, so a connection's messages pass the chain in order.
+pub async fn run_chain(
     chain: &[ChainStep],
     contexts: &mut [CallContext],
     direction: Direction,
@@ -61,7 +63,10 @@ pub fn run_chain(
                 },
             };
             let is_close = matches!(message, Message::Close(_));
-            let called = step.pool.on_message(context, direction, &message);
+            let called = step
+                .pool
+                .on_message_placed(context, direction, &message)
+                .await;
             observer.message_verdict(plugin, step.fail, &called);
             let verdict = match called {
                 Ok(verdict) => verdict,

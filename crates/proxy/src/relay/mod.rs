@@ -282,7 +282,8 @@ async fn on_read(
         from.peer.direction_from(),
         message,
         observer,
-    );
+    )
+    .await;
     let filter_us = started.map_or(0, micros_since);
     let verdict = observer.take_verdicts();
     if let Some(read) = &read {
