@@ -58,8 +58,8 @@ pub(crate) struct Offload {
 /// Why a call could not be offloaded.
 #[derive(Debug)]
 pub(crate) enum Refusal {
-    /// `offload-queue` calls are already waiting.
-    QueueFull(usize),
+    /// Every offload thread is busy and `offload-queue` calls are waiting.
+    QueueFull(OffloadSettings),
     /// No offload thread could be started.
     NoThreads,
 }
@@ -67,9 +67,10 @@ pub(crate) enum Refusal {
 impl std::fmt::Display for Refusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::QueueFull(queue) => write!(
+            Self::QueueFull(settings) => write!(
                 f,
-                "shed: its {queue} queued calls (offload-queue) are all waiting for an offload thread"
+                "shed: its {} offload threads are busy and {} calls (offload-queue) are waiting",
+                settings.threads, settings.queue
             ),
             Self::NoThreads => write!(f, "shed: no offload thread could be started"),
         }
@@ -130,7 +131,7 @@ impl Offload {
             pending: self.pending.clone(),
         };
         if taken >= capacity {
-            return Err(Refusal::QueueFull(self.settings.queue));
+            return Err(Refusal::QueueFull(self.settings));
         }
         Ok(ticket)
     }
@@ -144,9 +145,12 @@ impl Offload {
     ) -> Option<R> {
         let (done, result) = oneshot::channel();
         let job: Job = Box::new(move || {
-            let _ticket = ticket;
+            let result = job();
+            // The place is free before the caller learns the result, so
+            // its next call finds it free.
+            drop(ticket);
             // The caller may be gone (its connection closed): nobody to tell.
-            let _ = done.send(job());
+            let _ = done.send(result);
         });
         self.sender()?.send(job).ok()?;
         result.await.ok()

@@ -623,26 +623,32 @@ fn classify(error: &wasmtime::Error, memory_refused: bool, budget_exceeded: bool
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    /// `test-faults` (built into plugins/target) faults on command; each
-    /// fault is told by its cause, not by its message.
-    #[test]
-    fn faults_are_classified_by_cause() {
+    /// A pool of `test-faults` (built into plugins/target) with `extra`
+    /// lines in its `[[plugin]]` table.
+    pub(crate) fn faults_pool(extra: &str) -> PluginPool {
         let path = concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/../../plugins/target/wasm32-wasip2/release/test_faults.wasm"
         );
         let text = format!(
-            "[gateway]\nlisten = \"127.0.0.1:0\"\n\n[[plugin]]\nname = \"faults\"\nversion = \"1.0.0\"\npath = \"{path}\"\ngrants = [\"state\", \"log\", \"clocks\"]\n"
+            "[gateway]\nlisten = \"127.0.0.1:0\"\n\n[[plugin]]\nname = \"faults\"\nversion = \"1.0.0\"\npath = \"{path}\"\ngrants = [\"state\", \"log\", \"clocks\"]\n{extra}\n"
         );
         let config = wsgate_config::parse(&text, std::path::Path::new("test.toml")).unwrap();
         let plugin = crate::Runtime::new()
             .unwrap()
             .load(&config.plugins[0])
             .unwrap();
-        let pool = PluginPool::new(plugin, "{}").unwrap();
+        PluginPool::new(plugin, "{}").unwrap()
+    }
+
+    /// `test-faults` faults on command; each fault is told by its cause,
+    /// not by its message.
+    #[test]
+    fn faults_are_classified_by_cause() {
+        let pool = faults_pool("");
         let mut context = CallContext::default();
         let mut send = |text: &str| {
             pool.on_message(
@@ -664,5 +670,63 @@ mod tests {
         assert!(matches!(send("hello"), Ok(types::MessageVerdict::Forward)));
         assert_eq!(pool.stats().memory_faults.load(Ordering::Relaxed), 2);
         assert_eq!(pool.stats().trap_faults.load(Ordering::Relaxed), 2);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::panic)]
+mod offload_tests {
+    use super::tests::faults_pool;
+    use super::*;
+
+    async fn send(
+        pool: &Arc<PluginPool>,
+        context: &mut CallContext,
+        text: &str,
+    ) -> Result<types::MessageVerdict, PluginFault> {
+        let message = types::Message::Text(text.into());
+        pool.on_message_placed(context, types::Direction::ClientToServer, &message)
+            .await
+    }
+
+    /// One slow call (20 ms, inline) makes the plugin slow; its next calls
+    /// run on its one offload thread, and with no queue a call that finds
+    /// the thread busy (a `loop` running to its deadline) is shed without
+    /// running.
+    #[tokio::test]
+    async fn slow_calls_are_offloaded_and_shed_when_the_queue_is_full() {
+        let pool = Arc::new(faults_pool(
+            "offload-threads = 1\noffload-queue = 0\ndeadline = \"1s\"",
+        ));
+        let stats = pool.stats();
+        let mut first = CallContext::default();
+        let mut second = CallContext::default();
+        assert!(!pool.plugin().is_offloaded());
+        assert!(matches!(
+            send(&pool, &mut first, "slow").await,
+            Ok(types::MessageVerdict::Forward)
+        ));
+        assert!(pool.plugin().is_offloaded());
+        assert_eq!(stats.offloaded_calls.load(Ordering::Relaxed), 0);
+
+        // Polled in order: the loop takes the thread, the slow call finds
+        // it busy and nothing queued allowed.
+        let (looped, shed) = tokio::join!(
+            send(&pool, &mut first, "loop"),
+            send(&pool, &mut second, "slow")
+        );
+        assert_eq!(looped.err().unwrap().kind, FaultKind::Deadline);
+        assert_eq!(shed.err().unwrap().kind, FaultKind::Shed);
+        assert_eq!(stats.offloaded_calls.load(Ordering::Relaxed), 1);
+        assert_eq!(stats.fault_count(FaultKind::Shed), 1);
+        // A shed call is not a call: the inline slow one and the loop.
+        assert_eq!(stats.calls.load(Ordering::Relaxed), 2);
+
+        // The thread is free again: an offloaded call completes.
+        assert!(matches!(
+            send(&pool, &mut second, "hello").await,
+            Ok(types::MessageVerdict::Forward)
+        ));
+        assert_eq!(stats.offloaded_calls.load(Ordering::Relaxed), 2);
     }
 }
