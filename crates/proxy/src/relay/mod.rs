@@ -33,6 +33,7 @@ use crate::ledger::Place;
 use crate::observe::{ClosedBy, Observer, micros_since};
 use crate::peer::Peer;
 use crate::upstream::WsStream;
+pub use chain::log_fault;
 use chain::run_chain;
 use side::{Side, payload};
 

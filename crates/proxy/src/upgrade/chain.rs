@@ -44,7 +44,7 @@ pub async fn run_upgrade_chain(
                 return Ok((route, header_ops));
             }
             Err(fault) => {
-                tracing::error!(plugin = %fault.plugin, kind = fault.kind.as_str(), error = %fault.message, fail = ?step.fail, "upgrade plugin failed");
+                crate::relay::log_fault(&fault, step.fail, "upgrade plugin failed");
                 if step.fail == FailPolicy::Closed {
                     return Err(Refused::PluginFailed);
                 }
