@@ -265,6 +265,19 @@ pub(crate) fn render(gateway: &Gateway, admin: &Load) -> String {
     }
     let mut f = family(
         &mut out,
+        "wsgate_plugin_offloaded_calls_total",
+        "counter",
+        "Plugin calls run on the plugin's offload threads, off the I/O workers (current generation).",
+    );
+    for (plugin, pool, stats) in &pools {
+        f.sample(
+            "",
+            &[("plugin", plugin), ("pool", pool)],
+            load(&stats.offloaded_calls),
+        );
+    }
+    let mut f = family(
+        &mut out,
         "wsgate_plugin_log_lines_dropped_total",
         "counter",
         "Plugin log lines over the log rate (current generation).",
@@ -331,6 +344,33 @@ pub(crate) fn render(gateway: &Gateway, admin: &Load) -> String {
         "Commands sent to Redis by quota reconciliation.",
     )
     .sample("", &[], load(&quotas.stats.commands));
+
+    let mut f = family(
+        &mut out,
+        "wsgate_plugin_recent_call_seconds",
+        "gauge",
+        "Moving average of a plugin's recent call times; above its offload-above, its calls are offloaded (current generation).",
+    );
+    for plugin in &generation.plugins {
+        f.sample(
+            "",
+            &[("plugin", plugin.id())],
+            plugin.recent_call_time().as_secs_f64(),
+        );
+    }
+    let mut f = family(
+        &mut out,
+        "wsgate_plugin_offloading",
+        "gauge",
+        "1 while a plugin's calls run on its offload threads, else 0 (current generation).",
+    );
+    for plugin in &generation.plugins {
+        f.sample(
+            "",
+            &[("plugin", plugin.id())],
+            u8::from(plugin.is_offloaded()),
+        );
+    }
 
     let monitor = gateway.monitor();
     family(

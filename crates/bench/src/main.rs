@@ -9,6 +9,9 @@
 //!   messages in flight per connection. Messages carry their send time.
 //! * `idle`: open N connections and hold them until stdin closes.
 //! * `upgrades`: C workers open and close connections as fast as they can.
+//! * `repeat`: N connections each send one text and wait for its echo, over
+//!   and over (a plugin's command, such as `test-faults`' `slow`), until
+//!   stdin closes: load beside a measurement, not a measurement.
 
 // The reports are the commands' output, on stdout.
 #![allow(clippy::print_stdout)]
@@ -81,6 +84,16 @@ enum Command {
         #[arg(long, default_value_t = 10.0)]
         duration: f64,
     },
+    /// N connections send TEXT and await its echo, again and again, until
+    /// stdin closes; report round trips.
+    Repeat {
+        #[arg(long)]
+        url: String,
+        #[arg(long, default_value_t = 8)]
+        connections: usize,
+        #[arg(long)]
+        text: String,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -119,6 +132,11 @@ fn main() -> anyhow::Result<()> {
                 concurrency,
                 duration,
             } => upgrades(&url, concurrency, Duration::from_secs_f64(duration)).await,
+            Command::Repeat {
+                url,
+                connections,
+                text,
+            } => repeat(&url, connections, &text).await,
         }
     })?;
     println!("{report}");
@@ -365,4 +383,46 @@ async fn upgrades(
         "p99_us": percentile(&times, 0.99),
         "failed": failed,
     }))
+}
+
+async fn repeat(url: &str, connections: usize, text: &str) -> anyhow::Result<serde_json::Value> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut sockets = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        sockets.push(open(url).await?);
+    }
+    let mut workers = Vec::new();
+    for mut ws in sockets {
+        let stop = stop.clone();
+        let text = text.to_string();
+        workers.push(tokio::spawn(async move {
+            let mut round_trips = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                ws.send(Message::text(text.clone())).await?;
+                loop {
+                    match ws.next().await {
+                        Some(Ok(Message::Text(echo))) if echo.as_str() == text => break,
+                        Some(Ok(Message::Text(_) | Message::Ping(_) | Message::Pong(_))) => {}
+                        other => anyhow::bail!("no echo: {other:?}"),
+                    }
+                }
+                round_trips += 1;
+            }
+            let _ = ws.close(None).await;
+            anyhow::Ok(round_trips)
+        }));
+    }
+    println!("{}", serde_json::json!({ "open": connections }));
+    let mut sink = Vec::new();
+    tokio::io::stdin().read_to_end(&mut sink).await?;
+    stop.store(true, Ordering::Relaxed);
+    let mut round_trips = 0;
+    let mut failed = 0;
+    for worker in workers {
+        match worker.await {
+            Ok(Ok(n)) => round_trips += n,
+            _ => failed += 1,
+        }
+    }
+    Ok(serde_json::json!({ "round_trips": round_trips, "failed_connections": failed }))
 }

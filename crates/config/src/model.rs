@@ -247,6 +247,19 @@ pub struct PluginDecl {
     /// Most quota buckets the plugin may hold at once (all connections).
     #[serde(default = "default_max_quota_keys")]
     pub max_quota_keys: u32,
+    /// While the plugin's recent calls (a moving average) take longer
+    /// than this, its calls run on its offload threads instead of the I/O
+    /// workers. At or above `deadline`: never.
+    #[serde(default = "default_offload_above")]
+    pub offload_above: HumanDuration,
+    /// Threads that run the plugin's calls while they are offloaded (its
+    /// concurrency off the I/O workers), started on the first offloaded call.
+    #[serde(default = "default_offload_threads")]
+    pub offload_threads: u32,
+    /// Offloaded calls that may wait for a thread; one more is shed (fault
+    /// kind `shed`, the chain entry's fail policy applies).
+    #[serde(default = "default_offload_queue")]
+    pub offload_queue: u32,
 }
 
 /// What the replicas of a gateway share.
@@ -737,6 +750,15 @@ fn default_sync_interval() -> HumanDuration {
 }
 fn default_redis_timeout() -> HumanDuration {
     HumanDuration(Duration::from_millis(250))
+}
+fn default_offload_above() -> HumanDuration {
+    HumanDuration(Duration::from_millis(1))
+}
+fn default_offload_threads() -> u32 {
+    2
+}
+fn default_offload_queue() -> u32 {
+    64
 }
 fn default_max_message() -> ByteSize {
     ByteSize(1 << 20)

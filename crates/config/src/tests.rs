@@ -357,3 +357,17 @@ fn plugins_share_the_host_memory_ceiling_and_may_not_exceed_it() {
     assert_eq!(error.field, "plugin[1].max-state-total");
     assert!(error.message.contains("plugin-host-memory"), "{error}");
 }
+
+#[test]
+fn offload_settings_default_and_zero_threads_is_an_error() {
+    let plugin = &parse_at(GOOD).unwrap().plugins[0];
+    assert_eq!(plugin.offload_above.0, std::time::Duration::from_millis(1));
+    assert_eq!((plugin.offload_threads, plugin.offload_queue), (2, 64));
+    let text = GOOD.replace(
+        "path = \"plugins/static_router.wasm\"",
+        "path = \"plugins/static_router.wasm\"\noffload-threads = 0",
+    );
+    let error = single_error(&text);
+    assert_eq!(error.field, "plugin[0].offload-threads");
+    assert_eq!(error.line, 6);
+}

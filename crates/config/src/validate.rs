@@ -8,6 +8,9 @@ use crate::deprecated::Renamed;
 use crate::error::{ConfigError, ConfigErrors};
 use crate::model::{ChainEntry, Config};
 
+/// Most offload threads one plugin may have.
+const MAX_OFFLOAD_THREADS: u32 = 64;
+
 /// Collect every cross-field problem in `config`, in file order; `renamed`
 /// says which keys were written under their old names.
 pub(crate) fn validate(config: &Config, renamed: &Renamed) -> Result<(), ConfigErrors> {
@@ -91,6 +94,13 @@ pub(crate) fn validate(config: &Config, renamed: &Renamed) -> Result<(), ConfigE
                 plugin.name.span(),
                 format!("plugin[{i}].deadline"),
                 "the call deadline must be greater than zero".to_string(),
+            );
+        }
+        if !(1..=MAX_OFFLOAD_THREADS).contains(&plugin.offload_threads) {
+            at(
+                plugin.name.span(),
+                format!("plugin[{i}].offload-threads"),
+                format!("offload-threads is 1 to {MAX_OFFLOAD_THREADS}"),
             );
         }
     }

@@ -10,6 +10,8 @@
 //!   Per-connection state lives in the host ([`CallContext`]), not in guests.
 //! * A call that traps, overruns its deadline or its memory cap returns a
 //!   [`PluginFault`]; the instance that failed is discarded, never reused.
+//! * A plugin whose recent calls are slow has them run on threads of its
+//!   own, off the I/O workers ([`PluginPool::on_message_placed`]).
 
 #![deny(clippy::indexing_slicing)]
 
@@ -20,6 +22,7 @@ mod host;
 mod inspect;
 mod limiter;
 mod load;
+mod offload;
 mod pool;
 mod session;
 pub mod signing;
@@ -38,6 +41,7 @@ pub use engine::EPOCH_TICK;
 pub use host::{CallContext, ConnectionInfo, PluginState, StateMap};
 pub use inspect::{ComponentInfo, Contract, Roles};
 pub use load::{Budget, HostBudget, Plugin};
+pub use offload::{OFFLOAD_NICE, OffloadSettings};
 pub use pool::{
     FaultKind, LATENCY_BUCKETS_US, LatencyHistogram, PluginFault, PluginPool, PluginStats,
 };

@@ -10,6 +10,7 @@ use wasmtime::Engine;
 use wasmtime::component::InstancePre;
 
 use crate::host::HostState;
+use crate::offload::{Offload, OffloadSettings};
 use crate::{Contract, Roles, Runtime, RuntimeError, bindings, signing};
 
 /// Sandbox budget of one plugin.
@@ -25,6 +26,8 @@ pub struct Budget {
     pub log_rate: u32,
     /// What the plugin may make the host hold or do on its behalf.
     pub host: HostBudget,
+    /// When and how its calls leave the I/O workers.
+    pub offload: OffloadSettings,
 }
 
 /// What one plugin may make the host hold or do for it: each bound is
@@ -139,6 +142,12 @@ impl Runtime {
         })?;
         let exports = bindings::Exports::new(&pre, roles, info.contract)
             .map_err(|e| invalid(format!("exports do not match the contract: {e:#}")))?;
+        let count = |n: u32| usize::try_from(n).unwrap_or(usize::MAX);
+        let offload = OffloadSettings {
+            above: decl.offload_above.0,
+            threads: count(decl.offload_threads),
+            queue: count(decl.offload_queue),
+        };
         Ok(Arc::new(Plugin {
             id: id.as_str().into(),
             digest,
@@ -151,7 +160,9 @@ impl Runtime {
                 max_output: usize::try_from(decl.max_output.0).unwrap_or(usize::MAX),
                 log_rate: decl.log_rate,
                 host: HostBudget::of(decl),
+                offload,
             },
+            offload: Offload::new(id.as_str().into(), offload),
             state_held: Arc::default(),
             quotas: self.quotas.clone(),
             quota_scope: Arc::new(wsgate_quota::QuotaScope::new(
@@ -174,6 +185,8 @@ pub struct Plugin {
     roles: Roles,
     contract: Contract,
     budget: Budget,
+    /// Its recent call time and its offload threads, for all its pools.
+    pub(crate) offload: Offload,
     /// State bytes all connections hold for this plugin now.
     pub(crate) state_held: Arc<AtomicUsize>,
     /// The quotas it counts in, and its scope and budget there.
@@ -209,6 +222,17 @@ impl Plugin {
     pub fn budget(&self) -> Budget {
         self.budget
     }
+    /// The moving average of its recent call times (all its pools).
+    pub fn recent_call_time(&self) -> Duration {
+        self.offload.recent()
+    }
+
+    /// Whether its calls run on its offload threads now (recent calls slower
+    /// than its `offload-above`).
+    pub fn is_offloaded(&self) -> bool {
+        self.offload.is_slow()
+    }
+
     /// State bytes all connections hold for it now.
     pub fn state_held(&self) -> usize {
         self.state_held.load(Ordering::Relaxed)

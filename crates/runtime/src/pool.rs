@@ -2,6 +2,7 @@
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use wasmtime::{Store, StoreLimitsBuilder, Trap};
 
@@ -40,17 +41,21 @@ pub enum FaultKind {
     /// The call asked the host to hold more than the plugin's host budget
     /// allows (state, attributes).
     Budget,
+    /// The plugin's calls were offloaded and its offload queue was full:
+    /// the call was refused without running.
+    Shed,
 }
 
 impl FaultKind {
     /// Every kind, in the order metrics list them.
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::Deadline,
         Self::Memory,
         Self::Trap,
         Self::Instantiate,
         Self::Output,
         Self::Budget,
+        Self::Shed,
     ];
 
     /// A short lower-case name for logs and metrics.
@@ -62,6 +67,7 @@ impl FaultKind {
             Self::Instantiate => "instantiate",
             Self::Output => "output",
             Self::Budget => "budget",
+            Self::Shed => "shed",
         }
     }
 }
@@ -92,7 +98,7 @@ pub struct LatencyHistogram {
 }
 
 impl LatencyHistogram {
-    fn observe(&self, elapsed: std::time::Duration) {
+    fn observe(&self, elapsed: Duration) {
         let us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
         let bucket = LATENCY_BUCKETS_US.partition_point(|&bound| bound < us);
         if let Some(counter) = self.buckets.get(bucket) {
@@ -124,6 +130,10 @@ pub struct PluginStats {
     pub output_faults: AtomicU64,
     /// Calls that asked the host for more than the host budget.
     pub budget_faults: AtomicU64,
+    /// Calls refused because the plugin's offload queue was full.
+    pub shed_faults: AtomicU64,
+    /// Calls run on the plugin's offload threads (off the I/O workers).
+    pub offloaded_calls: AtomicU64,
     /// Log lines dropped for exceeding the log rate.
     pub log_lines_dropped: Arc<AtomicU64>,
     /// Instances created (the first at load, then to replace faulted ones
@@ -149,6 +159,7 @@ impl PluginStats {
             FaultKind::Instantiate => &self.instantiate_faults,
             FaultKind::Output => &self.output_faults,
             FaultKind::Budget => &self.budget_faults,
+            FaultKind::Shed => &self.shed_faults,
         }
     }
 
@@ -279,6 +290,95 @@ impl PluginPool {
         Ok(verdict)
     }
 
+    /// Run the plugin's upgrade hook where its calls belong now: inline
+    /// while they are fast, on its offload threads (awaited) while they are
+    /// slow; see [`Self::on_message_placed`].
+    pub async fn on_upgrade_placed(
+        self: &Arc<Self>,
+        context: &mut CallContext,
+        request: &types::UpgradeRequest,
+    ) -> Result<types::UpgradeVerdict, PluginFault> {
+        if !self.plugin.offload.is_slow() {
+            return self.on_upgrade(context, request);
+        }
+        let request = request.clone();
+        self.offloaded(context, move |pool, context| {
+            pool.on_upgrade(context, &request)
+        })
+        .await
+    }
+
+    /// Run the plugin's message hook where its calls belong now: inline on
+    /// the caller's thread while the plugin's recent calls are faster than
+    /// its `offload-above` (the common case: no copy, no hop), else on its
+    /// offload threads, the caller awaiting the verdict. A call that finds
+    /// the offload queue full faults with [`FaultKind::Shed`] without
+    /// running.
+    pub async fn on_message_placed(
+        self: &Arc<Self>,
+        context: &mut CallContext,
+        direction: types::Direction,
+        message: &types::Message,
+    ) -> Result<types::MessageVerdict, PluginFault> {
+        if !self.plugin.offload.is_slow() {
+            return self.on_message(context, direction, message);
+        }
+        let message = message.clone();
+        self.offloaded(context, move |pool, context| {
+            pool.on_message(context, direction, &message)
+        })
+        .await
+    }
+
+    /// Run `call` on an offload thread with `context` (moved there and
+    /// back), or shed it.
+    async fn offloaded<R: Send + 'static>(
+        self: &Arc<Self>,
+        context: &mut CallContext,
+        call: impl FnOnce(&PluginPool, &mut CallContext) -> Result<R, PluginFault> + Send + 'static,
+    ) -> Result<R, PluginFault> {
+        let ticket = match self.plugin.offload.reserve() {
+            Ok(ticket) => ticket,
+            Err(refusal) => {
+                self.stats.count(FaultKind::Shed);
+                return Err(self.fault(FaultKind::Shed, refusal.to_string()));
+            }
+        };
+        self.stats.offloaded_calls.fetch_add(1, Ordering::Relaxed);
+        let pool = self.clone();
+        let mut moved = CallContext {
+            connection: context.connection.clone(),
+            state: std::mem::take(&mut context.state),
+        };
+        let done = self
+            .plugin
+            .offload
+            .run(ticket, move || {
+                let result = call(&pool, &mut moved);
+                (moved, result)
+            })
+            .await;
+        match done {
+            Some((moved, result)) => {
+                context.state = moved.state;
+                result
+            }
+            None => {
+                // The state went with the call: it starts afresh.
+                self.stats.count(FaultKind::Trap);
+                Err(self.fault(FaultKind::Trap, "the offloaded call was lost".into()))
+            }
+        }
+    }
+
+    fn fault(&self, kind: FaultKind, message: String) -> PluginFault {
+        PluginFault {
+            plugin: self.plugin.id.clone(),
+            kind,
+            message,
+        }
+    }
+
     /// Refuse a verdict over the output budget (`bytes` in all, `messages`
     /// messages). The guest's memory cap bounds the transient copy; this
     /// bounds what travels on.
@@ -312,9 +412,11 @@ impl PluginPool {
         context: &mut CallContext,
         f: impl FnOnce(&mut PluginInstance) -> wasmtime::Result<R>,
     ) -> Result<R, PluginFault> {
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let result = self.call_timed(context, f);
-        self.stats.latency.observe(started.elapsed());
+        let elapsed = started.elapsed();
+        self.stats.latency.observe(elapsed);
+        self.plugin.offload.record(elapsed);
         result
     }
 
@@ -522,26 +624,32 @@ fn classify(error: &wasmtime::Error, memory_refused: bool, budget_exceeded: bool
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    /// `test-faults` (built into plugins/target) faults on command; each
-    /// fault is told by its cause, not by its message.
-    #[test]
-    fn faults_are_classified_by_cause() {
+    /// A pool of `test-faults` (built into plugins/target) with `extra`
+    /// lines in its `[[plugin]]` table.
+    pub(crate) fn faults_pool(extra: &str) -> PluginPool {
         let path = concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/../../plugins/target/wasm32-wasip2/release/test_faults.wasm"
         );
         let text = format!(
-            "[gateway]\nlisten = \"127.0.0.1:0\"\n\n[[plugin]]\nname = \"faults\"\nversion = \"1.0.0\"\npath = \"{path}\"\ngrants = [\"state\", \"log\", \"clocks\"]\n"
+            "[gateway]\nlisten = \"127.0.0.1:0\"\n\n[[plugin]]\nname = \"faults\"\nversion = \"1.0.0\"\npath = \"{path}\"\ngrants = [\"state\", \"log\", \"clocks\"]\n{extra}\n"
         );
         let config = wsgate_config::parse(&text, std::path::Path::new("test.toml")).unwrap();
         let plugin = crate::Runtime::new()
             .unwrap()
             .load(&config.plugins[0])
             .unwrap();
-        let pool = PluginPool::new(plugin, "{}").unwrap();
+        PluginPool::new(plugin, "{}").unwrap()
+    }
+
+    /// `test-faults` faults on command; each fault is told by its cause,
+    /// not by its message.
+    #[test]
+    fn faults_are_classified_by_cause() {
+        let pool = faults_pool("");
         let mut context = CallContext::default();
         let mut send = |text: &str| {
             pool.on_message(
@@ -563,5 +671,63 @@ mod tests {
         assert!(matches!(send("hello"), Ok(types::MessageVerdict::Forward)));
         assert_eq!(pool.stats().memory_faults.load(Ordering::Relaxed), 2);
         assert_eq!(pool.stats().trap_faults.load(Ordering::Relaxed), 2);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::panic)]
+mod offload_tests {
+    use super::tests::faults_pool;
+    use super::*;
+
+    async fn send(
+        pool: &Arc<PluginPool>,
+        context: &mut CallContext,
+        text: &str,
+    ) -> Result<types::MessageVerdict, PluginFault> {
+        let message = types::Message::Text(text.into());
+        pool.on_message_placed(context, types::Direction::ClientToServer, &message)
+            .await
+    }
+
+    /// One slow call (20 ms, inline) makes the plugin slow; its next calls
+    /// run on its one offload thread, and with no queue a call that finds
+    /// the thread busy (a `loop` running to its deadline) is shed without
+    /// running.
+    #[tokio::test]
+    async fn slow_calls_are_offloaded_and_shed_when_the_queue_is_full() {
+        let pool = Arc::new(faults_pool(
+            "offload-threads = 1\noffload-queue = 0\ndeadline = \"1s\"",
+        ));
+        let stats = pool.stats();
+        let mut first = CallContext::default();
+        let mut second = CallContext::default();
+        assert!(!pool.plugin().is_offloaded());
+        assert!(matches!(
+            send(&pool, &mut first, "slow").await,
+            Ok(types::MessageVerdict::Forward)
+        ));
+        assert!(pool.plugin().is_offloaded());
+        assert_eq!(stats.offloaded_calls.load(Ordering::Relaxed), 0);
+
+        // Polled in order: the loop takes the thread, the slow call finds
+        // it busy and nothing queued allowed.
+        let (looped, shed) = tokio::join!(
+            send(&pool, &mut first, "loop"),
+            send(&pool, &mut second, "slow")
+        );
+        assert_eq!(looped.err().unwrap().kind, FaultKind::Deadline);
+        assert_eq!(shed.err().unwrap().kind, FaultKind::Shed);
+        assert_eq!(stats.offloaded_calls.load(Ordering::Relaxed), 1);
+        assert_eq!(stats.fault_count(FaultKind::Shed), 1);
+        // A shed call is not a call: the inline slow one and the loop.
+        assert_eq!(stats.calls.load(Ordering::Relaxed), 2);
+
+        // The thread is free again: an offloaded call completes.
+        assert!(matches!(
+            send(&pool, &mut second, "hello").await,
+            Ok(types::MessageVerdict::Forward)
+        ));
+        assert_eq!(stats.offloaded_calls.load(Ordering::Relaxed), 2);
     }
 }

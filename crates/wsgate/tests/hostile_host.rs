@@ -2,7 +2,9 @@
 //! runs a gateway process of its own (its peak RSS only rises), attacks it
 //! from 8 connections through `test-faults` while a healthy client echoes
 //! on another endpoint, and measures the process's peak RSS (VmHWM), its log
-//! and its fault counters.
+//! and its fault counters. A plugin that legally spends 20 ms of CPU on every
+//! call (`slow`) is offloaded, and shed once its offload queue is full,
+//! while the healthy client's traffic flows.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
@@ -215,12 +217,18 @@ async fn healthy_traffic(mut ws: Client) -> (Client, Duration) {
 /// The samples of metric `name` for `faults@1.0.0`, summed over its pools
 /// and grouped by the value of `label` (`""`: all together).
 fn samples(metrics: &str, name: &str, label: &str) -> Vec<(String, u64)> {
+    samples_of(metrics, "faults@1.0.0", name, label)
+}
+
+/// [`samples`] of `plugin`.
+fn samples_of(metrics: &str, plugin: &str, name: &str, label: &str) -> Vec<(String, u64)> {
+    let plugin_label = format!("plugin=\"{plugin}\"");
     let mut groups: Vec<(String, u64)> = Vec::new();
     for line in metrics.lines() {
         let Some(rest) = line.strip_prefix(name).and_then(|r| r.strip_prefix('{')) else {
             continue;
         };
-        if !rest.contains("plugin=\"faults@1.0.0\"") {
+        if !rest.contains(&plugin_label) {
             continue;
         }
         let group = rest
@@ -234,7 +242,7 @@ fn samples(metrics: &str, name: &str, label: &str) -> Vec<(String, u64)> {
             None => groups.push((group.to_string(), value)),
         }
     }
-    assert!(!groups.is_empty(), "no {name} for faults@1.0.0:\n{metrics}");
+    assert!(!groups.is_empty(), "no {name} for {plugin}:\n{metrics}");
     groups
 }
 
@@ -412,4 +420,147 @@ fn log_giant_is_cut_and_rate_limited_without_a_fault() {
 #[test]
 fn fan_out_is_an_output_fault_and_the_gateway_stays_small() {
     hostile("fan-out", Some("output"));
+}
+
+/// `test-faults` twice, as `faults` with the default offload settings on
+/// `/slow` and as `tight` with one offload thread and no queue on
+/// `/tight`, both fail open; nothing on `/healthy`; all to `echo`.
+fn slow_config(echo: SocketAddr) -> String {
+    let path = plugin_path("test-faults");
+    let declare = |name: &str, extra: &str| {
+        format!(
+            "[[plugin]]\nname = \"{name}\"\nversion = \"1.0.0\"\npath = \"{}\"\n\
+             grants = [\"log\", \"clocks\", \"state\"]\n{extra}\n",
+            path.display()
+        )
+    };
+    let chain = |name: &str| {
+        format!("client-messages = [{{ plugin = \"{name}@1.0.0\", fail = \"open\" }}]")
+    };
+    config_text(
+        &(declare("faults", "")
+            + &declare("tight", "offload-threads = 1\noffload-queue = 0\n")
+            + &endpoint("/slow", echo, &chain("faults"))
+            + &endpoint("/tight", echo, &chain("tight"))
+            + &endpoint("/healthy", echo, "")
+            + "[admin]\nlisten = \"127.0.0.1:0\"\n"),
+    )
+}
+
+/// `ATTACKERS` connections to `url`.
+async fn connect_all(url: &str) -> Vec<Client> {
+    let mut all = Vec::new();
+    for _ in 0..ATTACKERS {
+        all.push(connect(url).await);
+    }
+    all
+}
+
+/// `attack` from every connection in `attackers` at once, beside
+/// `healthy_traffic` on `healthy`; the connections, the messages that came
+/// besides the echoes, and the metrics after.
+async fn slow_round(
+    attackers: Vec<Client>,
+    healthy: Client,
+    admin: SocketAddr,
+) -> (Vec<Client>, Client, usize, String) {
+    let attacks: Vec<_> = attackers
+        .into_iter()
+        .map(|ws| tokio::spawn(attack(ws, "slow".to_string())))
+        .collect();
+    let healthy = tokio::spawn(healthy_traffic(healthy));
+    let mut open = Vec::new();
+    let mut others = 0;
+    for task in attacks {
+        let (ws, other) = task.await.unwrap();
+        open.push(ws);
+        others += other;
+    }
+    let (healthy, _) = healthy.await.unwrap();
+    let (status, metrics) = admin_http(admin, "GET", "/metrics", None, "").await;
+    assert_eq!(status, 200, "{metrics}");
+    (open, healthy, others, metrics)
+}
+
+/// The one sample of `name` for `plugin` (summed over its pools).
+fn total(metrics: &str, plugin: &str, name: &str) -> u64 {
+    samples_of(metrics, plugin, name, "")[0].1
+}
+
+/// A plugin that spends 20 ms of CPU on every call, well inside its
+/// deadline, from 8 connections: its calls leave the I/O workers for its
+/// offload threads and all complete; with no queue (`tight`), calls that
+/// find its one thread busy are shed (fault kind `shed`, fail open: the
+/// message goes on unfiltered). The healthy endpoint's echoes flow
+/// throughout. Latency is measured by `crates/bench/slow_plugin.py`, not
+/// asserted here.
+#[test]
+fn a_slow_plugin_is_offloaded_then_shed_and_healthy_traffic_flows() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let echo = runtime.block_on(wsgate_tests::start_echo());
+    let dir = TempDir::new("slow");
+    let dir = &dir.0;
+    let config_path = dir.join("host-config.toml");
+    std::fs::write(&config_path, slow_config(echo)).unwrap();
+    let gateway = Gateway::start(&config_path, &dir.join("gateway.log"));
+    let listen = gateway.wait_for("wsgate listening on");
+    let listen = listen.rsplit(' ').next().unwrap().to_string();
+    let admin = gateway.wait_for("admin listening on http://");
+    let admin: SocketAddr = admin.rsplit("http://").next().unwrap().parse().unwrap();
+
+    runtime.block_on(async {
+        tokio::time::timeout(TIMEOUT, async {
+            let mut healthy = connect(&format!("ws://{listen}/healthy")).await;
+            send_text(&mut healthy, "warm-up").await;
+            assert_eq!(next(&mut healthy).await, "warm-up");
+
+            // Default settings: 2 threads and a queue of 64 hold all 8
+            // connections' calls; every one completes, none is shed.
+            let slow = connect_all(&format!("ws://{listen}/slow")).await;
+            let (slow, healthy, others, metrics) = slow_round(slow, healthy, admin).await;
+            assert_eq!(others, 0, "the slow connections got other messages");
+            let sent = (ATTACKERS * ROUNDS) as u64;
+            assert_eq!(total(&metrics, "faults@1.0.0", "wsgate_plugin_calls_total"), sent);
+            let offloaded = total(&metrics, "faults@1.0.0", "wsgate_plugin_offloaded_calls_total");
+            assert!(offloaded > 0, "no call offloaded:\n{metrics}");
+            let faults = samples_of(&metrics, "faults@1.0.0", "wsgate_plugin_faults_total", "kind");
+            assert!(faults.iter().all(|(_, n)| *n == 0), "faults: {faults:?}");
+            assert_eq!(total(&metrics, "faults@1.0.0", "wsgate_plugin_offloading"), 1);
+            gateway.wait_for("offload threads started");
+
+            // One thread, no queue: rounds until a call is shed (8 calls
+            // racing for one thread; the timeout is the safety net).
+            let mut tight = connect_all(&format!("ws://{listen}/tight")).await;
+            let mut healthy = healthy;
+            let mut rounds = 0u64;
+            let metrics = loop {
+                let (open, back, others, metrics) = slow_round(tight, healthy, admin).await;
+                assert_eq!(others, 0, "the tight connections got other messages");
+                (tight, healthy, rounds) = (open, back, rounds + 1);
+                let shed = samples_of(&metrics, "tight@1.0.0", "wsgate_plugin_faults_total", "kind");
+                if shed.iter().any(|(kind, n)| kind == "shed" && *n > 0) {
+                    break metrics;
+                }
+            };
+            let faults = samples_of(&metrics, "tight@1.0.0", "wsgate_plugin_faults_total", "kind");
+            let shed = faults.iter().find(|(k, _)| k == "shed").map_or(0, |(_, n)| *n);
+            assert!(
+                faults.iter().all(|(k, n)| k == "shed" || *n == 0),
+                "faults besides shed: {faults:?}"
+            );
+            // Every message either ran (a call) or was shed (not a call).
+            let calls = total(&metrics, "tight@1.0.0", "wsgate_plugin_calls_total");
+            assert_eq!(calls + shed, rounds * sent, "calls {calls}, shed {shed}");
+            assert!(total(&metrics, "tight@1.0.0", "wsgate_plugin_offloaded_calls_total") > 0);
+            eprintln!("slow plugin: faults@1.0.0 {offloaded} of {sent} calls offloaded; tight@1.0.0 {calls} calls, {shed} shed in {rounds} rounds");
+
+            for mut ws in slow.into_iter().chain(tight).chain([healthy]) {
+                let _ = ws.close(None).await;
+            }
+        })
+        .await
+        .expect("the slow traffic and the healthy traffic finish");
+    });
+    gateway.stop();
 }

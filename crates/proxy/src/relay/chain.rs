@@ -3,7 +3,7 @@
 use smallvec::SmallVec;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use wsgate_config::FailPolicy;
-use wsgate_runtime::{CallContext, Direction, Message, MessageVerdict};
+use wsgate_runtime::{CallContext, Direction, FaultKind, Message, MessageVerdict, PluginFault};
 
 use crate::convert::{from_plugin, to_plugin};
 use crate::generation::ChainStep;
@@ -33,8 +33,10 @@ enum Item {
 
 /// Run `message` through `chain`, each verdict reported to `observer`.
 /// Close frames always go through: plugins see them and may only change
-/// their code and reason.
-pub fn run_chain(
+/// their code and reason. A plugin whose calls are slow runs off the I/O
+/// workers and is awaited; the connection's next message waits for this
+/// one, so a connection's messages pass the chain in order.
+pub async fn run_chain(
     chain: &[ChainStep],
     contexts: &mut [CallContext],
     direction: Direction,
@@ -61,12 +63,15 @@ pub fn run_chain(
                 },
             };
             let is_close = matches!(message, Message::Close(_));
-            let called = step.pool.on_message(context, direction, &message);
+            let called = step
+                .pool
+                .on_message_placed(context, direction, &message)
+                .await;
             observer.message_verdict(plugin, step.fail, &called);
             let verdict = match called {
                 Ok(verdict) => verdict,
                 Err(fault) => {
-                    tracing::error!(plugin = %fault.plugin, kind = fault.kind.as_str(), error = %fault.message, fail = ?step.fail, "message plugin failed");
+                    log_fault(&fault, step.fail, "message plugin failed");
                     match step.fail {
                         FailPolicy::Open => MessageVerdict::Forward,
                         FailPolicy::Closed => {
@@ -107,4 +112,16 @@ pub fn run_chain(
         })
         .collect();
     result
+}
+
+/// Log a failed call: an error, except a shed call, which is an overload
+/// signal counted in `wsgate_plugin_faults_total{kind="shed"}` and logged at
+/// debug (under overload, a line per shed message would add to the load).
+pub fn log_fault(fault: &PluginFault, fail: FailPolicy, what: &str) {
+    let kind = fault.kind.as_str();
+    if fault.kind == FaultKind::Shed {
+        tracing::debug!(plugin = %fault.plugin, kind, error = %fault.message, fail = ?fail, "{what}");
+    } else {
+        tracing::error!(plugin = %fault.plugin, kind, error = %fault.message, fail = ?fail, "{what}");
+    }
 }

@@ -37,6 +37,7 @@ use crate::ledger::Place;
 use crate::observe::{ClosedBy, Observer, micros_since};
 use crate::peer::Peer;
 use crate::upstream::WsStream;
+pub use chain::log_fault;
 use chain::run_chain;
 use expiry::CredentialsExpiry;
 use side::{Side, payload};
@@ -305,7 +306,8 @@ async fn on_read(
         from.peer.direction_from(),
         message,
         observer,
-    );
+    )
+    .await;
     let filter_us = started.map_or(0, micros_since);
     let verdict = observer.take_verdicts();
     if let Some(read) = &read {

@@ -11,8 +11,9 @@ use crate::generation::LiveEndpoint;
 use crate::observe::Observer;
 
 /// Run the endpoint's upgrade chain until a plugin routes (the route and
-/// the header changes before it) or the upgrade is refused.
-pub fn run_upgrade_chain(
+/// the header changes before it) or the upgrade is refused. A plugin whose
+/// calls are slow runs off the I/O workers and is awaited.
+pub async fn run_upgrade_chain(
     endpoint: &LiveEndpoint,
     request: &UpgradeRequest,
     contexts: &mut [CallContext],
@@ -25,7 +26,7 @@ pub fn run_upgrade_chain(
         };
         let plugin = step.pool.plugin().id();
         let started = Instant::now();
-        let verdict = step.pool.on_upgrade(context, request);
+        let verdict = step.pool.on_upgrade_placed(context, request).await;
         observer.upgrade_verdict(plugin, step.fail, &verdict, started);
         match verdict {
             Ok(UpgradeVerdict::Continue) => {}
@@ -43,7 +44,7 @@ pub fn run_upgrade_chain(
                 return Ok((route, header_ops));
             }
             Err(fault) => {
-                tracing::error!(plugin = %fault.plugin, kind = fault.kind.as_str(), error = %fault.message, fail = ?step.fail, "upgrade plugin failed");
+                crate::relay::log_fault(&fault, step.fail, "upgrade plugin failed");
                 if step.fail == FailPolicy::Closed {
                     return Err(Refused::PluginFailed);
                 }

@@ -134,7 +134,7 @@ impl Connection {
         let view = request::plugin_view(request, self.id, self.client);
         let (info, mut contexts) = self.plugin_contexts(&view);
         let (route, header_ops) =
-            chain::run_upgrade_chain(&self.endpoint, &view, &mut contexts, observer)?;
+            chain::run_upgrade_chain(&self.endpoint, &view, &mut contexts, observer).await?;
         observer.routed(&route.url);
         let url = route::check_route(&self.endpoint, &route)?;
         let upstream = self
