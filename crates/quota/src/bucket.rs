@@ -47,6 +47,10 @@ pub struct Totals {
     pub previous: u64,
 }
 
+/// The `retry-after` of a take refused because this replica's share is
+/// spent: about one reconciliation.
+const SHARE_RETRY_MS: u64 = 10;
+
 /// One bucket.
 #[derive(Debug)]
 pub(crate) struct Bucket {
@@ -65,6 +69,12 @@ pub(crate) struct Bucket {
     carry: Option<Units>,
     /// When it was last taken from, Unix ms.
     last_take_ms: u64,
+    /// The limit of its last take.
+    limit: u64,
+    /// With other replicas counting too: what this replica may still take
+    /// before the next reconciliation, its share of what the fleet left at
+    /// the last one. None: no share (one replica, or Redis unreachable).
+    allowance: Option<u64>,
     /// The owning plugin's bucket count, given back on drop.
     held: Arc<AtomicUsize>,
 }
@@ -88,6 +98,8 @@ impl Bucket {
             in_flight: None,
             carry: None,
             last_take_ms: now_ms,
+            limit: 0,
+            allowance: None,
             held,
         }
     }
@@ -134,8 +146,16 @@ impl Bucket {
         self.previous as f64 * (1.0 - into) + self.counted() as f64
     }
 
-    /// Take `units` if the estimate leaves room under `limit`.
-    pub(crate) fn take(&mut self, units: u64, limit: u64, window_ms: u32, now_ms: u64) -> Grant {
+    /// Take `units` if the estimate leaves room under `limit`; `replicas`
+    /// count through Redis (1: alone, or Redis unreachable).
+    pub(crate) fn take(
+        &mut self,
+        units: u64,
+        limit: u64,
+        window_ms: u32,
+        now_ms: u64,
+        replicas: u64,
+    ) -> Grant {
         if u64::from(window_ms) != self.window_ms {
             // The plugin changed the window: start over with the new one.
             *self = Self::new(window_ms, now_ms, self.held.clone());
@@ -143,8 +163,28 @@ impl Bucket {
         }
         self.roll(now_ms);
         self.last_take_ms = now_ms;
+        if self.limit == 0 && replicas > 1 {
+            // A bucket new here: until the first reconciliation, take only
+            // this replica's share of a whole limit.
+            self.allowance = Some(limit / replicas);
+        }
+        self.limit = limit;
         let after = self.estimate(now_ms) + units as f64;
+        if let Some(allowance) = self.allowance
+            && units > allowance
+            && after <= limit as f64
+        {
+            // This replica's share is spent until the next reconciliation.
+            return Grant {
+                allowed: false,
+                remaining: 0,
+                retry_after_ms: SHARE_RETRY_MS,
+            };
+        }
         if after <= limit as f64 {
+            if let Some(allowance) = &mut self.allowance {
+                *allowance -= units;
+            }
             self.pending += units;
             return Grant {
                 allowed: true,
@@ -207,10 +247,31 @@ impl Bucket {
         })
     }
 
-    /// Finish `push`: with the fleet's totals, or (Redis failed) put what
-    /// it carried back to be pushed next time.
-    pub(crate) fn finish_push(&mut self, push: Push, totals: Option<Totals>) {
+    /// Finish `push` at `now_ms`: with the fleet's totals (and how many
+    /// replicas count), or (Redis failed) put what it carried back to be
+    /// pushed next time and count locally.
+    pub(crate) fn finish_push(
+        &mut self,
+        push: Push,
+        totals: Option<Totals>,
+        replicas: u64,
+        now_ms: u64,
+    ) {
         self.in_flight = None;
+        self.finish_totals(push, totals);
+        self.roll(now_ms);
+        // Split what the fleet left among the replicas: together they take
+        // at most that much before they next hear from Redis.
+        self.allowance = match totals {
+            Some(_) if replicas > 1 => {
+                let left = (self.limit as f64 - self.estimate(now_ms)).max(0.0);
+                Some((left / replicas as f64).floor() as u64)
+            }
+            _ => None,
+        };
+    }
+
+    fn finish_totals(&mut self, push: Push, totals: Option<Totals>) {
         match totals {
             Some(totals) if push.current.window == self.window => {
                 self.current = totals.current;
@@ -255,40 +316,40 @@ mod tests {
     fn a_window_admits_its_limit_then_refuses_with_the_time_to_wait() {
         let mut b = bucket(10_000);
         for i in 0..10 {
-            let grant = b.take(1, 10, 1000, 10_000 + i);
+            let grant = b.take(1, 10, 1000, 10_000 + i, 1);
             assert!(grant.allowed, "{i}");
             assert_eq!(grant.remaining, 9 - i);
         }
-        let refused = b.take(1, 10, 1000, 10_100);
+        let refused = b.take(1, 10, 1000, 10_100, 1);
         assert!(!refused.allowed);
         // Full this window: room once the sliding window has slid past
         // one tenth of it into the next (10 × (1 − f) ≤ 9 ⇒ f ≥ 0.1).
         assert_eq!(refused.retry_after_ms, 11_100 - 10_100);
-        assert!(!b.take(1, 10, 1000, 11_050).allowed);
-        assert!(b.take(1, 10, 1000, 11_100).allowed);
+        assert!(!b.take(1, 10, 1000, 11_050, 1).allowed);
+        assert!(b.take(1, 10, 1000, 11_100, 1).allowed);
     }
 
     #[test]
     fn the_previous_window_weighs_less_as_the_window_slides() {
         let mut b = bucket(0);
         for _ in 0..10 {
-            assert!(b.take(1, 10, 1000, 500).allowed);
+            assert!(b.take(1, 10, 1000, 500, 1).allowed);
         }
         // Half-way into the next window, the previous one counts for 5.
         for _ in 0..5 {
-            assert!(b.take(1, 10, 1000, 1500).allowed);
+            assert!(b.take(1, 10, 1000, 1500, 1).allowed);
         }
-        assert!(!b.take(1, 10, 1000, 1500).allowed);
+        assert!(!b.take(1, 10, 1000, 1500, 1).allowed);
         // Two windows on, nothing is left of either.
         for _ in 0..10 {
-            assert!(b.take(1, 10, 1000, 3000).allowed);
+            assert!(b.take(1, 10, 1000, 3000, 1).allowed);
         }
     }
 
     #[test]
     fn pushes_carry_what_was_taken_and_totals_replace_the_local_view() {
         let mut b = bucket(0);
-        assert!(b.take(3, 10, 1000, 100).allowed);
+        assert!(b.take(3, 10, 1000, 100, 1).allowed);
         let push = b.start_push(200).unwrap();
         assert_eq!(
             push.current,
@@ -298,7 +359,7 @@ mod tests {
             }
         );
         // Taken while the push is in flight: still counted.
-        assert!(b.take(2, 10, 1000, 210).allowed);
+        assert!(b.take(2, 10, 1000, 210, 1).allowed);
         // Another replica took 4: the fleet's total is 7 (+ our 2 pending).
         b.finish_push(
             push,
@@ -306,13 +367,42 @@ mod tests {
                 current: 7,
                 previous: 0,
             }),
+            1,
+            215,
         );
-        assert_eq!(b.take(1, 10, 1000, 220).remaining, 0);
-        assert!(!b.take(1, 10, 1000, 230).allowed);
+        assert_eq!(b.take(1, 10, 1000, 220, 1).remaining, 0);
+        assert!(!b.take(1, 10, 1000, 230, 1).allowed);
         // A failed push puts its units back to be pushed next time.
         let push = b.start_push(240).unwrap();
         assert_eq!(push.current.units, 3);
-        b.finish_push(push, None);
+        b.finish_push(push, None, 1, 245);
         assert_eq!(b.start_push(250).unwrap().current.units, 3);
+    }
+
+    #[test]
+    fn replicas_split_what_the_fleet_left() {
+        let mut b = bucket(0);
+        assert!(b.take(1, 30, 1000, 100, 1).allowed);
+        let push = b.start_push(110).unwrap();
+        // The fleet took 6 (ours included); 24 left, three replicas: 8 each.
+        b.finish_push(
+            push,
+            Some(Totals {
+                current: 6,
+                previous: 0,
+            }),
+            3,
+            120,
+        );
+        for _ in 0..8 {
+            assert!(b.take(1, 30, 1000, 130, 1).allowed);
+        }
+        let refused = b.take(1, 30, 1000, 130, 1);
+        assert!(!refused.allowed);
+        assert_eq!(refused.retry_after_ms, SHARE_RETRY_MS);
+        // Redis unreachable: count locally, up to the whole limit.
+        let push = b.start_push(140).unwrap();
+        b.finish_push(push, None, 3, 150);
+        assert!(b.take(1, 30, 1000, 160, 1).allowed);
     }
 }

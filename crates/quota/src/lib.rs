@@ -91,6 +91,9 @@ pub struct SyncStats {
     pub rounds: AtomicU64,
     /// Redis commands sent.
     pub commands: AtomicU64,
+    /// Replicas reconciling through the same Redis, this one included (as
+    /// of the last round; 1 without Redis).
+    pub replicas: AtomicU64,
 }
 
 /// The buckets of one gateway process.
@@ -117,6 +120,7 @@ impl Quotas {
     pub fn new() -> Self {
         let stats = SyncStats::default();
         stats.redis_up.store(true, Ordering::Relaxed);
+        stats.replicas.store(1, Ordering::Relaxed);
         Self {
             shards: std::array::from_fn(|_| Mutex::default()),
             hasher: RandomState::new(),
@@ -172,7 +176,18 @@ impl Quotas {
                 shard.entry(name).or_insert(bucket)
             }
         };
-        let grant = bucket.take(u64::from(units), u64::from(limit), window_ms, now_ms);
+        let replicas = if self.stats.redis_up.load(Ordering::Relaxed) {
+            self.stats.replicas.load(Ordering::Relaxed)
+        } else {
+            1
+        };
+        let grant = bucket.take(
+            u64::from(units),
+            u64::from(limit),
+            window_ms,
+            now_ms,
+            replicas,
+        );
         self.takes.fetch_add(1, Ordering::Relaxed);
         if !grant.allowed {
             self.refused.fetch_add(1, Ordering::Relaxed);
@@ -206,12 +221,14 @@ impl Quotas {
     /// Finish a round: each bucket takes the fleet's totals, or (`None`:
     /// Redis failed) keeps its units to push next round.
     pub(crate) fn finish_pushes(&self, pushes: Vec<(String, Push)>, totals: Option<Vec<Totals>>) {
+        let replicas = self.stats.replicas.load(Ordering::Relaxed);
+        let now_ms = now_ms();
         let mut totals = totals.map(Vec::into_iter);
         for (name, push) in pushes {
             let answer = totals.as_mut().and_then(Iterator::next);
             let mut shard = self.shard(&name);
             if let Some(bucket) = shard.get_mut(&name) {
-                bucket.finish_push(push, answer);
+                bucket.finish_push(push, answer, replicas, now_ms);
             }
         }
     }

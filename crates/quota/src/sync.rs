@@ -3,8 +3,10 @@
 //! Every `interval`, one pipeline for all buckets used in their last
 //! window: for each, `INCRBY` the current window's key by the units taken
 //! here since the last round (0 just reads the fleet's total), `PEXPIRE`
-//! it, and `GET` the previous window's total. The answers replace the
-//! buckets' view of the fleet. A round that fails or outlasts `timeout`
+//! it, and `GET` the previous window's total; and count the replicas that
+//! reconciled lately (a sorted set). The answers replace the buckets' view
+//! of the fleet, and each replica may take its share (1/replicas) of what
+//! the fleet left before the next round. A round that fails or outlasts `timeout`
 //! changes nothing but puts the units back to be pushed next round, so a
 //! Redis outage only means local counting until Redis answers again.
 
@@ -20,6 +22,9 @@ use crate::{Quotas, now_ms};
 
 /// How often a failing Redis is logged.
 const LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// How often an idle replica (no bucket used lately) still reconciles.
+const IDLE_ROUND: Duration = Duration::from_secs(1);
 
 /// How often buckets are swept when no Redis is set.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
@@ -72,12 +77,18 @@ pub async fn run(
         }
     };
     let mut sync = Sync {
+        replica: format!("{}-{}", std::process::id(), now_ms()),
         quotas,
         client,
         settings,
         connection: None,
         last_logged: None,
         last_sweep: Instant::now(),
+        // The first round runs at once: this replica's presence counts
+        // before any bucket is used.
+        last_round: Instant::now()
+            .checked_sub(IDLE_ROUND)
+            .unwrap_or_else(Instant::now),
     };
     let mut tick = tokio::time::interval(sync.settings.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -91,12 +102,16 @@ pub async fn run(
 
 /// The reconciliation's state between rounds.
 struct Sync {
+    /// This replica's name in the replica set.
+    replica: String,
     quotas: Arc<Quotas>,
     client: redis::Client,
     settings: RedisSettings,
     connection: Option<MultiplexedConnection>,
     last_logged: Option<Instant>,
     last_sweep: Instant,
+    /// When the last round went to Redis.
+    last_round: Instant,
 }
 
 impl Sync {
@@ -106,9 +121,13 @@ impl Sync {
             self.last_sweep = Instant::now();
         }
         let pushes = self.quotas.start_pushes(now_ms());
-        if pushes.is_empty() {
+        // Idle: only keep this replica's presence and the health gauge
+        // fresh, once per IDLE_ROUND.
+        let healthy = self.quotas.stats.redis_up.load(Ordering::Relaxed);
+        if pushes.is_empty() && healthy && self.last_round.elapsed() < IDLE_ROUND {
             return;
         }
+        self.last_round = Instant::now();
         let totals = match self.exchange(&pushes).await {
             Ok(totals) => {
                 self.healthy();
@@ -138,7 +157,8 @@ impl Sync {
             }
         };
         let mut connection = connection;
-        let (pipe, commands) = pipeline(pushes);
+        let presence = self.settings.interval.max(Duration::from_millis(100)) * 10;
+        let (pipe, commands) = pipeline(&self.replica, presence, pushes);
         let answered = tokio::time::timeout(timeout, pipe.query_async(&mut connection)).await;
         self.quotas
             .stats
@@ -156,6 +176,13 @@ impl Sync {
                 return Err(format!("no answer within {timeout:?}"));
             }
         };
+        let Some((replicas, values)) = values.split_first() else {
+            return Err("Redis answered nothing".to_string());
+        };
+        self.quotas
+            .stats
+            .replicas
+            .store(replicas.unwrap_or(1).max(1), Ordering::Relaxed);
         let totals: Vec<Totals> = values
             .chunks(2)
             .map(|pair| Totals {
@@ -202,11 +229,33 @@ fn key(name: &str, window_ms: u64, window: u64) -> String {
     format!("wsgate:quota:{name}:{window_ms}:{window}")
 }
 
-/// One pipeline for `pushes`, answering two values per bucket (the
-/// current window's total, the previous one's), and how many commands it sends.
-fn pipeline(pushes: &[(String, Push)]) -> (redis::Pipeline, u64) {
+/// The sorted set of live replicas, scored by when each last reconciled.
+const REPLICAS_KEY: &str = "wsgate:quota:replicas";
+
+/// One pipeline for `pushes`: first this replica's presence (answering how
+/// many replicas reconciled within `presence`), then two values per bucket
+/// (the current window's total, the previous one's); and how many
+/// commands it sends.
+fn pipeline(
+    replica: &str,
+    presence: Duration,
+    pushes: &[(String, Push)],
+) -> (redis::Pipeline, u64) {
     let mut pipe = redis::pipe();
-    let mut commands = 0;
+    let now = now_ms();
+    let since = now.saturating_sub(u64::try_from(presence.as_millis()).unwrap_or(u64::MAX));
+    pipe.cmd("ZADD")
+        .arg(REPLICAS_KEY)
+        .arg(now)
+        .arg(replica)
+        .ignore();
+    pipe.cmd("ZREMRANGEBYSCORE")
+        .arg(REPLICAS_KEY)
+        .arg("-inf")
+        .arg(format!("({since}"))
+        .ignore();
+    pipe.cmd("ZCARD").arg(REPLICAS_KEY);
+    let mut commands = 3;
     for (name, push) in pushes {
         let ttl = push.window_ms.saturating_mul(3);
         if let Some(carry) = push.carry {

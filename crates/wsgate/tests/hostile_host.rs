@@ -8,18 +8,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
-use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Mutex, mpsc};
-use std::thread::JoinHandle;
+use std::path::PathBuf;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use wsgate_tests::{Client, admin_http, config_text, endpoint, next_data, plugin_path, send_text};
 
 mod common;
-use common::wsgate;
+use common::{GatewayProcess as Gateway, TempDir};
 
 /// Attacking connections per case.
 const ATTACKERS: usize = 8;
@@ -38,117 +35,6 @@ const TIMEOUT: Duration = Duration::from_secs(120);
 /// `log-giant` copy under a 2 s deadline should not compete for the CPU
 /// with another case's gateway.
 static SERIAL: Mutex<()> = Mutex::new(());
-
-/// A `wsgate run` whose stderr is copied, as is, to a log file; its short
-/// lines are also handed to the test to synchronise on.
-struct Gateway {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    tee: Option<JoinHandle<()>>,
-}
-
-impl Gateway {
-    fn start(config: &Path, log: &Path) -> Self {
-        let mut child = wsgate()
-            .args(["run", "--config"])
-            .arg(config)
-            .env("RUST_LOG", "info")
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stderr = BufReader::new(child.stderr.take().unwrap());
-        let mut file = BufWriter::new(std::fs::File::create(log).unwrap());
-        let (sender, lines) = mpsc::channel();
-        // Keep draining stderr so the gateway never blocks on a full pipe.
-        let tee = std::thread::spawn(move || {
-            let mut line = Vec::new();
-            loop {
-                line.clear();
-                match stderr.read_until(b'\n', &mut line) {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {}
-                }
-                file.write_all(&line).unwrap();
-                if line.len() <= 4096 {
-                    // The receiver may be gone: keep copying anyway.
-                    let _ = sender.send(String::from_utf8_lossy(&line).trim_end().to_string());
-                }
-            }
-            file.flush().unwrap();
-        });
-        Self {
-            child,
-            lines,
-            tee: Some(tee),
-        }
-    }
-
-    /// The first log line containing `needle`.
-    fn wait_for(&self, needle: &str) -> String {
-        loop {
-            let line = self
-                .lines
-                .recv_timeout(TIMEOUT)
-                .unwrap_or_else(|e| panic!("waiting for {needle:?}: {e}"));
-            if line.contains(needle) {
-                return line;
-            }
-        }
-    }
-
-    /// The process's peak resident set, in KiB.
-    fn vm_hwm_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().strip_suffix("kB"))
-            .map(|v| v.trim().parse().unwrap())
-            .expect("VmHWM in /proc/<pid>/status")
-    }
-
-    /// SIGTERM, wait for the exit and for the log to be written out.
-    fn stop(mut self) {
-        let status = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap();
-        assert!(status.success());
-        assert!(self.child.wait().unwrap().success());
-        self.tee.take().unwrap().join().unwrap();
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        // A failed test must not leave its gateway running.
-        if self.tee.is_some() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// A directory for one case, removed however the case ends (an
-/// unbudgeted log would fill the disk).
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(case: &str) -> Self {
-        let dir =
-            std::env::temp_dir().join(format!("wsgate-hostile-{}-{case}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// The gateway's configuration: `faults` with default host budgets on
 /// `/hostile` (fail open: the attacking connection stays open), nothing on
