@@ -130,8 +130,7 @@ impl Quotas {
         }
     }
 
-    /// Take `units` from `scope`'s bucket `key` (`limit` per `window_ms`),
-    /// now.
+    /// Take `units` from `scope`'s bucket `key` (`limit` per `window_ms`).
     pub fn take(
         &self,
         scope: &QuotaScope,
@@ -140,19 +139,7 @@ impl Quotas {
         limit: u32,
         window_ms: u32,
     ) -> Result<Grant, TakeError> {
-        self.take_at(scope, key, units, limit, window_ms, now_ms())
-    }
-
-    /// [`Quotas::take`] at `now_ms` (Unix milliseconds).
-    pub fn take_at(
-        &self,
-        scope: &QuotaScope,
-        key: &str,
-        units: u32,
-        limit: u32,
-        window_ms: u32,
-        now_ms: u64,
-    ) -> Result<Grant, TakeError> {
+        let now_ms = now_ms();
         if limit == 0 || window_ms == 0 {
             return Err(TakeError::Invalid);
         }
