@@ -17,30 +17,47 @@ use wsgate_runtime::{
 };
 use wsgate_tests::*;
 
-/// Each message plugin with a representative configuration.
-const MESSAGE_PLUGINS: [(&str, &str); 9] = [
-    ("passthrough", "{}"),
+/// Each message plugin with a representative configuration, as (bench
+/// name, `name@version`, configuration). `rate-limit-key` is `rate-limit`
+/// counting in the host's quotas (one `quota.take` per message) instead of
+/// its connection's state.
+const MESSAGE_PLUGINS: [(&str, &str, &str); 10] = [
+    ("passthrough", "passthrough@1.0.0", "{}"),
     (
         "json-transform",
+        "json-transform@1.0.0",
         r#"{ set = { "/via" = "wsgate" }, remove = ["/secret"] }"#,
     ),
-    ("size-limit", "{ max-bytes = 1048576 }"),
+    ("size-limit", "size-limit@1.0.0", "{ max-bytes = 1048576 }"),
     (
         "rate-limit",
+        "rate-limit@1.1.0",
         "{ messages-per-second = 1e12, bytes-per-second = 1e15 }",
     ),
-    ("message-filter", r#"{ field = "/type", allow = ["chat"] }"#),
+    (
+        "rate-limit-key",
+        "rate-limit@1.1.0",
+        r#"{ scope = "key", key = "${connection-id}", messages-per-second = 1e9 }"#,
+    ),
+    (
+        "message-filter",
+        "message-filter@1.0.0",
+        r#"{ field = "/type", allow = ["chat"] }"#,
+    ),
     (
         "envelope",
+        "envelope@1.0.0",
         r#"{ mode = "wrap", metadata = { kind = "chat" } }"#,
     ),
-    ("redact", "{}"),
+    ("redact", "redact@1.0.0", "{}"),
     (
         "text-replace",
+        "text-replace@1.0.0",
         r#"{ rules = [{ pattern = "secret-\\w+", replacement = "[gone]" }] }"#,
     ),
     (
         "json-schema",
+        "json-schema@1.0.0",
         r#"{ schema = { type = "object", required = ["type"], properties = { type = { enum = ["chat"] } } } }"#,
     ),
 ];
@@ -55,11 +72,11 @@ fn plugin_call(c: &mut Criterion) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let body: String = MESSAGE_PLUGINS
         .iter()
-        .map(|(name, config)| {
+        .map(|(name, plugin, config)| {
             format!(
                 "[[endpoint]]\npath = \"/{name}\"\nallowed-upstreams = [\"ws://127.0.0.1:1\"]\n\
                  upgrade = [{{ plugin = \"static-router@1.0.0\", config = {{ url = \"ws://127.0.0.1:1/\" }} }}]\n\
-                 client-messages = [{{ plugin = \"{name}@1.0.0\", config = {config} }}]\n\n"
+                 client-messages = [{{ plugin = \"{plugin}\", config = {config} }}]\n\n"
             )
         })
         .collect();
@@ -72,7 +89,7 @@ fn plugin_call(c: &mut Criterion) {
         .unwrap()
     });
     let mut group = c.benchmark_group("plugin_call");
-    for (endpoint, (name, _)) in generation.endpoints.iter().zip(MESSAGE_PLUGINS) {
+    for (endpoint, (name, _, _)) in generation.endpoints.iter().zip(MESSAGE_PLUGINS) {
         let pool = endpoint.client_messages[0].pool.clone();
         let mut context = CallContext::new(Arc::new(ConnectionInfo::default()));
         for size in [32usize, 64 * 1024] {
