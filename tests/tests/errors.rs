@@ -196,7 +196,19 @@ async fn an_upstream_that_is_not_websocket_gets_502() {
 fn faulty_upgrade_endpoint(path: &str, echo: std::net::SocketAddr, fail: &str) -> String {
     format!(
         "[[endpoint]]\npath = \"{path}\"\nallowed-upstreams = [\"ws://{echo}\"]\n\
-         upgrade = [{{ plugin = \"test-faults@0.1.0\", fail = \"{fail}\" }}, {{ plugin = \"static-router@1.0.0\", config = {{ url = \"ws://{echo}/\" }} }}]\n\n"
+         upgrade = [{{ plugin = \"faults@1.0.0\", fail = \"{fail}\" }}, {{ plugin = \"static-router@1.0.0\", config = {{ url = \"ws://{echo}/\" }} }}]\n\n"
+    )
+}
+
+/// `test-faults` as `faults@1.0.0`, its deadline far from what a trap or
+/// an allocation takes: once `loop` makes its calls slow they run
+/// offloaded, at a lower priority, and a machine busy with other tests
+/// must not turn them into deadline faults.
+fn faults_plugin() -> String {
+    format!(
+        "[[plugin]]\nname = \"faults\"\nversion = \"1.0.0\"\npath = \"{}\"\n\
+         grants = [\"log\", \"clocks\", \"state\"]\ndeadline = \"2s\"\n\n",
+        plugin_path("test-faults").display()
     )
 }
 
@@ -204,7 +216,8 @@ fn faulty_upgrade_endpoint(path: &str, echo: std::net::SocketAddr, fail: &str) -
 async fn an_upgrade_plugin_fault_gets_500_fail_closed_and_is_skipped_fail_open() {
     let echo = start_echo().await;
     let gateway = start_gateway(
-        &(faulty_upgrade_endpoint("/closed", echo, "closed")
+        &(faults_plugin()
+            + &faulty_upgrade_endpoint("/closed", echo, "closed")
             + &faulty_upgrade_endpoint("/open", echo, "open")),
     )
     .await;
@@ -223,7 +236,7 @@ async fn an_upgrade_plugin_fault_gets_500_fail_closed_and_is_skipped_fail_open()
     let pool = generation
         .pools
         .iter()
-        .find(|p| p.plugin().id() == "test-faults@0.1.0")
+        .find(|p| p.plugin().id() == "faults@1.0.0")
         .unwrap();
     let stats = pool.stats();
     use std::sync::atomic::Ordering::Relaxed;

@@ -80,7 +80,11 @@ async fn output_and_log_budgets_hold() {
     let echo = start_echo().await;
     let gateway = start_gateway(
         &(faults_block(
-            "grants = [\"log\", \"clocks\", \"state\"]\nmemory-limit = \"256MiB\"\nmax-output = \"1MiB\"\nlog-rate = 10",
+            // A deadline no busy machine reaches: a 4 MiB verdict or 10,000
+            // log lines must be told by their budget, never by the clock
+            // (the plugin is slow, so its calls run offloaded, at a lower
+            // priority, where a busy machine can delay them).
+            "grants = [\"log\", \"clocks\", \"state\"]\nmemory-limit = \"256MiB\"\nmax-output = \"1MiB\"\nlog-rate = 10\ndeadline = \"5s\"",
         ) + &endpoint("/b", echo, "client-messages = [{ plugin = \"faults@1.0.0\" }]")),
     )
     .await;
@@ -105,7 +109,9 @@ async fn hostile_plugins_hurt_only_their_own_connections_under_load() {
     let echo = start_echo().await;
     let gateway = start_gateway(
         &(faults_block(
-            "grants = [\"log\", \"clocks\", \"state\"]\nmemory-limit = \"128MiB\"\nmax-output = \"1MiB\"\nlog-rate = 50\ndeadline = \"500ms\"",
+            // `loop` must meet the deadline; `slow` and `giant` must not, even
+            // offloaded at a lower priority on a machine busy with other tests.
+            "grants = [\"log\", \"clocks\", \"state\"]\nmemory-limit = \"128MiB\"\nmax-output = \"1MiB\"\nlog-rate = 50\ndeadline = \"2s\"",
         ) + &endpoint("/h", echo, "client-messages = [{ plugin = \"faults@1.0.0\" }]")),
     )
     .await;
@@ -182,7 +188,7 @@ async fn state_budgets_fault_the_call_and_what_was_stored_stays_within_them() {
     let echo = start_echo().await;
     let gateway = start_gateway(
         &(faults_block(
-            "grants = [\"log\", \"clocks\", \"state\"]\nmax-state = \"5MiB\"\nmax-state-total = \"6MiB\"\nmax-state-keys = 100",
+            "grants = [\"log\", \"clocks\", \"state\"]\nmax-state = \"5MiB\"\nmax-state-total = \"6MiB\"\nmax-state-keys = 100\ndeadline = \"5s\"",
         ) + &faults_endpoint("/s", echo, "open")),
     )
     .await;

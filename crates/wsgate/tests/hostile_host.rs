@@ -310,13 +310,15 @@ fn fan_out_is_an_output_fault_and_the_gateway_stays_small() {
 
 /// `test-faults` twice, as `faults` with the default offload settings on
 /// `/slow` and as `tight` with one offload thread and no queue on
-/// `/tight`, both fail open; nothing on `/healthy`; all to `echo`.
+/// `/tight`, both fail open; nothing on `/healthy`; all to `echo`. Their
+/// deadline is far from `slow`'s 20 ms, so a busy machine delaying the
+/// lower-priority offload threads cannot turn a call into a deadline fault.
 fn slow_config(echo: SocketAddr) -> String {
     let path = plugin_path("test-faults");
     let declare = |name: &str, extra: &str| {
         format!(
             "[[plugin]]\nname = \"{name}\"\nversion = \"1.0.0\"\npath = \"{}\"\n\
-             grants = [\"log\", \"clocks\", \"state\"]\n{extra}\n",
+             grants = [\"log\", \"clocks\", \"state\"]\ndeadline = \"2s\"\n{extra}\n",
             path.display()
         )
     };
