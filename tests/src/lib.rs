@@ -40,35 +40,37 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// Run `cargo build --release --target wasm32-wasip2` on the plugins
+/// workspace with `extra` arguments, into `target_dir`; `what` names the
+/// build in a failure. Returns the directory of the `.wasm` files.
+fn build_plugins(extra: &[&str], target_dir: &Path, what: &str) -> PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+    let output = Command::new(cargo)
+        .args(["build", "--release", "--target", "wasm32-wasip2"])
+        .args(extra)
+        .arg("--manifest-path")
+        .arg(repo_root().join("plugins/Cargo.toml"))
+        .arg("--target-dir")
+        .arg(target_dir)
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("CARGO_BUILD_TARGET")
+        .output()
+        .unwrap_or_else(|e| panic!("run cargo to build {what}: {e}"));
+    assert!(
+        output.status.success(),
+        "building {what} failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    target_dir.join("wasm32-wasip2/release")
+}
+
 /// Build every plugin in `plugins/` (once per process) and return the
 /// directory holding the `.wasm` files.
 pub fn plugin_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let root = repo_root();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
-        let output = Command::new(cargo)
-            .args([
-                "build",
-                "--release",
-                "--target",
-                "wasm32-wasip2",
-                "--manifest-path",
-            ])
-            .arg(root.join("plugins/Cargo.toml"))
-            .env_remove("CARGO_TARGET_DIR")
-            .env_remove("RUSTFLAGS")
-            .env_remove("CARGO_ENCODED_RUSTFLAGS")
-            .env_remove("CARGO_BUILD_TARGET")
-            .output()
-            .expect("run cargo to build the plugins");
-        assert!(
-            output.status.success(),
-            "building plugins failed:\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        root.join("plugins/target/wasm32-wasip2/release")
-    })
+    DIR.get_or_init(|| build_plugins(&[], &repo_root().join("plugins/target"), "the plugins"))
 }
 
 /// The plugins kept built against the frozen contract `wsgate:plugin@0.1.0`
@@ -81,35 +83,12 @@ pub const CONTRACT_0_1_PLUGINS: [&str; 2] = ["passthrough", "static-router"];
 pub fn contract_0_1_plugin_path(name: &str) -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     let dir = DIR.get_or_init(|| {
-        let root = repo_root();
-        let target = root.join("plugins/target/contract-0.1");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
-        let mut command = Command::new(cargo);
-        command.args(["build", "--release", "--target", "wasm32-wasip2"]);
+        let mut extra = vec!["--features", "wsgate-plugin-sdk/contract-0-1"];
         for plugin in CONTRACT_0_1_PLUGINS {
-            command.args(["-p", plugin]);
+            extra.extend(["-p", plugin]);
         }
-        let output = command
-            .args([
-                "--features",
-                "wsgate-plugin-sdk/contract-0-1",
-                "--manifest-path",
-            ])
-            .arg(root.join("plugins/Cargo.toml"))
-            .arg("--target-dir")
-            .arg(&target)
-            .env_remove("CARGO_TARGET_DIR")
-            .env_remove("RUSTFLAGS")
-            .env_remove("CARGO_ENCODED_RUSTFLAGS")
-            .env_remove("CARGO_BUILD_TARGET")
-            .output()
-            .expect("run cargo to build the 0.1.0 plugins");
-        assert!(
-            output.status.success(),
-            "building the 0.1.0 plugins failed:\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        target.join("wasm32-wasip2/release")
+        let target = repo_root().join("plugins/target/contract-0.1");
+        build_plugins(&extra, &target, "the 0.1.0 plugins")
     });
     dir.join(format!("{}.wasm", name.replace('-', "_")))
 }

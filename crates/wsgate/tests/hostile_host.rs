@@ -86,6 +86,32 @@ async fn attack(mut ws: Client, command: String) -> (Client, usize) {
     (ws, others)
 }
 
+/// Start [`attack`] with `command` from every connection in `attackers`.
+fn spawn_attacks(
+    attackers: Vec<Client>,
+    command: &str,
+) -> Vec<tokio::task::JoinHandle<(Client, usize)>> {
+    attackers
+        .into_iter()
+        .map(|ws| tokio::spawn(attack(ws, command.to_string())))
+        .collect()
+}
+
+/// Wait for every attack: the connections, still open, and how many other
+/// messages came to them.
+async fn join_attacks(
+    attacks: Vec<tokio::task::JoinHandle<(Client, usize)>>,
+) -> (Vec<Client>, usize) {
+    let mut open = Vec::new();
+    let mut others = 0;
+    for task in attacks {
+        let (ws, other) = task.await.unwrap();
+        open.push(ws);
+        others += other;
+    }
+    (open, others)
+}
+
 /// `HEALTHY_ROUND_TRIPS` echo round trips, each answered unchanged; the
 /// connection and the slowest round trip.
 async fn healthy_traffic(mut ws: Client) -> (Client, Duration) {
@@ -185,21 +211,12 @@ fn hostile(command: &str, fault: Option<&str>) {
     let attack_started = Instant::now();
     let outcome = runtime.block_on(async {
         tokio::time::timeout(TIMEOUT, async {
-            let attacks: Vec<_> = attackers
-                .into_iter()
-                .map(|ws| tokio::spawn(attack(ws, command.to_string())))
-                .collect();
+            let attacks = spawn_attacks(attackers, command);
             let healthy = tokio::spawn(async move {
                 let result = healthy_traffic(healthy).await;
                 (result, attack_started.elapsed())
             });
-            let mut open = Vec::new();
-            let mut others = 0;
-            for task in attacks {
-                let (ws, other) = task.await.unwrap();
-                open.push(ws);
-                others += other;
-            }
+            let (mut open, others) = join_attacks(attacks).await;
             let attack_time = attack_started.elapsed();
             let ((ws, slowest), healthy_time) = healthy.await.unwrap();
             open.push(ws);
@@ -352,18 +369,9 @@ async fn slow_round(
     healthy: Client,
     admin: SocketAddr,
 ) -> (Vec<Client>, Client, usize, String) {
-    let attacks: Vec<_> = attackers
-        .into_iter()
-        .map(|ws| tokio::spawn(attack(ws, "slow".to_string())))
-        .collect();
+    let attacks = spawn_attacks(attackers, "slow");
     let healthy = tokio::spawn(healthy_traffic(healthy));
-    let mut open = Vec::new();
-    let mut others = 0;
-    for task in attacks {
-        let (ws, other) = task.await.unwrap();
-        open.push(ws);
-        others += other;
-    }
+    let (open, others) = join_attacks(attacks).await;
     let (healthy, _) = healthy.await.unwrap();
     let (status, metrics) = admin_http(admin, "GET", "/metrics", None, "").await;
     assert_eq!(status, 200, "{metrics}");
