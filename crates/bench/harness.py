@@ -21,8 +21,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-WSGATE = ROOT / "target/release/wsgate"
-BENCH = ROOT / "target/release/wsgate-bench"
+TARGET = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+WSGATE = TARGET / "release/wsgate"
+BENCH = TARGET / "release/wsgate-bench"
 PLUGINS = ROOT / "plugins/target/wasm32-wasip2/release"
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -258,6 +259,46 @@ def bench(core: str, *args) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def parse_quiet(workload: str):
+    """W7-<pattern>-<connections>: (pattern, connections)."""
+    _, pattern, connections = workload.split("-")
+    if pattern not in ("spread", "burst", "broadcast"):
+        raise ValueError(workload)
+    return pattern, int(connections)
+
+
+def run_quiet(workload: str, target: Target, core: str, seconds: float) -> dict:
+    """W7: N connections, one 256 B message per connection per second, spread
+    evenly, in aligned bursts, or broadcast by the upstream. The proxy's CPU
+    time is read when the generator opens and closes its measured window (not
+    over the N upgrades before it), its RSS before the connections open and
+    when the window closes."""
+    pattern, connections = parse_quiet(workload)
+    pid = target.pid
+    before = rss_kib(pid) if pid else 0
+    common = ["--url", target.url, "--connections", connections, "--duration", seconds, "--warmup", 2, "--marks"]
+    if pattern == "broadcast":
+        args = ["listen", *common]
+    else:
+        args = ["quiet", *common, "--size", 256, "--period", 1, "--pattern", pattern]
+    proc = subprocess.Popen(["taskset", "-c", core, BENCH, *map(str, args)], stdout=subprocess.PIPE, text=True)
+    marks, result = {}, None
+    for line in proc.stdout:
+        value = json.loads(line)
+        if "mark" in value:
+            marks[value["mark"]] = (cpu_seconds(pid) if pid else 0.0, rss_kib(pid) if pid else 0)
+        else:
+            result = value
+    if proc.wait() != 0 or result is None or len(marks) != 2:
+        raise RuntimeError(f"{workload} on {target.name}: the generator failed")
+    if pid:
+        cpu = marks["stop"][0] - marks["measure"][0]
+        count = result["messages"]
+        result["proxy_cpu_us_per_msg"] = cpu * 1e6 / count if count else None
+        result["kib_per_connection"] = (marks["stop"][1] - before) / connections
+    return result
+
+
 def run_workload(workload: str, target: Target, core: str, seconds: float) -> dict:
     pid = target.pid
     cpu0 = cpu_seconds(pid) if pid else 0.0
@@ -284,6 +325,8 @@ def run_workload(workload: str, target: Target, core: str, seconds: float) -> di
         r = {"connections": connections, "kib_per_connection": (after - before) / connections if pid else None}
     elif workload == "W6":
         r = bench(core, "upgrades", "--url", target.url, "--concurrency", 16, "--duration", seconds)
+    elif workload.startswith("W7-"):
+        return run_quiet(workload, target, core, seconds)
     else:
         raise ValueError(workload)
     if pid and workload not in MEMORY:
@@ -296,6 +339,11 @@ def run_workload(workload: str, target: Target, core: str, seconds: float) -> di
 
 # Workloads measuring the proxy's memory, each on a fresh proxy process.
 MEMORY = ("W5", "W5b")
+QUIET = [f"W7-{pattern}-{n}" for pattern in ("spread", "burst", "broadcast") for n in (1000, 8000)]
+
+
+def fresh_process(workload: str) -> bool:
+    return workload in MEMORY or workload.startswith("W7-")
 
 PRIMARY = {
     "W1": ("proxy_cpu_us_per_msg", "CPU µs per message (proxy)"),
@@ -305,16 +353,21 @@ PRIMARY = {
     "W5": ("kib_per_connection", "KiB per idle connection"),
     "W5b": ("kib_per_connection", "KiB per connection idle after one echo"),
     "W6": ("rate", "upgrades/s"),
+    **{w: ("proxy_cpu_us_per_msg", "CPU µs per message (proxy)") for w in QUIET},
 }
 EXTRA = {"W1": ["p50_us", "p99_us", "rate"], "W2": ["proxy_cpu_us_per_msg", "p99_us"], "W3": ["proxy_cpu_us_per_msg"],
-         "W4": ["p50_us"], "W5": [], "W5b": [], "W6": ["p99_us"]}
+         "W4": ["p50_us"], "W5": [], "W5b": [], "W6": ["p99_us"],
+         **{w: ["p50_us", "p99_us", "p999_us", "kib_per_connection", "rate"] for w in QUIET}}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=10)
-    parser.add_argument("--workloads", default="W1,W2,W3,W4,W5,W5b,W6")
+    parser.add_argument("--workloads", default="W1,W2,W3,W4,W5,W5b,W6," + ",".join(QUIET),
+                        help="W1..W6, W7-{spread,burst,broadcast}-N, or W7 for the six of the table")
+    parser.add_argument("--echo-core", choices=("load", "proxy"), default="load",
+                        help="where the echo server runs: on the load generator's core or the proxy's")
     parser.add_argument("--targets", default="direct,nginx,haproxy,wsgate,wsgate+passthrough,wsgate+3-plugin-chains")
     parser.add_argument("--out", default=str(ROOT / "target/bench"))
     args = parser.parse_args()
@@ -323,11 +376,17 @@ def main() -> int:
     cores = os.sched_getaffinity(0)
     proxy_core = str(max(cores))
     load_core = ",".join(str(c) for c in sorted(cores) if str(c) != proxy_core) or proxy_core
-    echo_port = free_port()
-    echo = pinned(load_core, [WSGATE, "echo", "--listen", f"127.0.0.1:{echo_port}"],
+    echo_core = proxy_core if args.echo_core == "proxy" else load_core
+    echo_port, broadcast_port = free_port(), free_port()
+    echo = pinned(echo_core, [WSGATE, "echo", "--listen", f"127.0.0.1:{echo_port}"],
                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # The broadcast workloads' upstream: one 256 B message to every connection each second.
+    broadcast = pinned(echo_core, [WSGATE, "echo", "--listen", f"127.0.0.1:{broadcast_port}",
+                                   "--broadcast-every-ms", 1000, "--broadcast-size", 256],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_port(echo_port, echo)
-    workloads = args.workloads.split(",")
+    wait_port(broadcast_port, broadcast)
+    workloads = [w for item in args.workloads.split(",") for w in (QUIET if item == "W7" else [item])]
     names = args.targets.split(",")
     rows = []
     try:
@@ -338,10 +397,13 @@ def main() -> int:
                 target.start()
                 try:
                     for index, workload in enumerate(workloads):
-                        if workload in MEMORY and index > 0:
+                        upstream = broadcast_port if workload.startswith("W7-broadcast") else echo_port
+                        if (fresh_process(workload) and index > 0) or upstream != target.echo:
                             # RSS growth is measured on a fresh process: memory
                             # freed by an earlier workload would be reused unseen.
                             target.stop()
+                            target.echo = upstream
+                            target.port = upstream
                             target.start()
                         quiet = quiet_machine()
                         result = run_workload(workload, target, load_core, args.seconds)
@@ -351,8 +413,9 @@ def main() -> int:
                 finally:
                     target.stop()
     finally:
-        echo.terminate()
-        echo.wait(10)
+        for server in (echo, broadcast):
+            server.terminate()
+            server.wait(10)
 
     keys = sorted({k for row in rows for k in row})
     with open(out / "results.csv", "w", newline="") as f:
@@ -364,7 +427,8 @@ def main() -> int:
         values = [r[key] for r in rows if r["workload"] == workload and r["target"] == target and r.get(key) is not None]
         return statistics.median(values) if values else None
 
-    lines = [f"Medians of {args.rounds} rounds, {args.seconds:g} s each; ratios to nginx in the same run.", ""]
+    lines = [f"Medians of {args.rounds} rounds, {args.seconds:g} s each; ratios to nginx in the same run; "
+             f"echo server on the {args.echo_core} core.", ""]
     lines.append("| workload | figure | " + " | ".join(names) + " |")
     lines.append("|---|---|" + "---|" * len(names))
     for workload in workloads:

@@ -243,6 +243,7 @@ pub async fn start_echo() -> SocketAddr {
     tokio::spawn(wsgate_proxy::echo::serve(
         listener,
         CancellationToken::new(),
+        None,
     ));
     address
 }

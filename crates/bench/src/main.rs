@@ -7,6 +7,10 @@
 //!   open loop at a fixed total rate (latency measured from each message's
 //!   scheduled send time, so a stall is not hidden) or closed loop with K
 //!   messages in flight per connection. Messages carry their send time.
+//!   Spread (each connection phased by its share of the period) or in
+//!   aligned bursts (every connection's timer fires at the same instant).
+//! * `listen`: N connections receive what the server broadcasts (`wsgate
+//!   echo --broadcast-every-ms`); latency from each message's stamp.
 //! * `idle`: open N connections and hold them until stdin closes.
 //! * `upgrades`: C workers open and close connections as fast as they can.
 //! * `repeat`: N connections each send one text and wait for its echo, over
@@ -28,6 +32,8 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+mod raw;
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -63,6 +69,57 @@ enum Command {
         /// Seconds of load before measuring.
         #[arg(long, default_value_t = 1.0)]
         warmup: f64,
+        /// Open loop: when each connection sends within its period.
+        #[arg(long, value_enum, default_value_t = Pattern::Spread)]
+        pattern: Pattern,
+        /// Print `{"mark":"measure"}` and `{"mark":"stop"}` lines when the
+        /// measured window opens and closes (the harness reads the proxy's
+        /// CPU time at each).
+        #[arg(long)]
+        marks: bool,
+    },
+    /// Hold N connections and receive what the server broadcasts; report
+    /// the rate and latency from each message's send-time stamp.
+    Listen {
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        connections: usize,
+        /// Seconds measured.
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+        /// Seconds of connections open before measuring.
+        #[arg(long, default_value_t = 1.0)]
+        warmup: f64,
+        /// As for `load`.
+        #[arg(long)]
+        marks: bool,
+    },
+    /// N quiet connections, each sending one message per period (spread
+    /// or in aligned bursts) and counting its echoes, with the lean client
+    /// (one task per connection, frames by hand): many connections (W7).
+    Quiet {
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        connections: usize,
+        /// Message size in bytes (at least 8: each carries its send time).
+        #[arg(long, default_value_t = 256)]
+        size: usize,
+        /// Seconds between two messages of one connection.
+        #[arg(long, default_value_t = 1.0)]
+        period: f64,
+        #[arg(long, value_enum, default_value_t = Pattern::Spread)]
+        pattern: Pattern,
+        /// Seconds measured.
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+        /// Seconds of load before measuring.
+        #[arg(long, default_value_t = 1.0)]
+        warmup: f64,
+        /// As for `load`.
+        #[arg(long)]
+        marks: bool,
     },
     /// Open N connections, print when they are open, hold them until stdin closes.
     Idle {
@@ -96,6 +153,15 @@ enum Command {
     },
 }
 
+/// When each connection of an open-loop `load` sends within its period.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Pattern {
+    /// Connections phased evenly over the period: a steady stream.
+    Spread,
+    /// Every connection at the same instant: a burst each period.
+    Burst,
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -112,6 +178,8 @@ fn main() -> anyhow::Result<()> {
                 in_flight,
                 duration,
                 warmup,
+                pattern,
+                marks,
             } => {
                 let plan = Plan {
                     size: size.max(16),
@@ -119,8 +187,50 @@ fn main() -> anyhow::Result<()> {
                     in_flight: in_flight.max(1),
                     warmup: Duration::from_secs_f64(warmup),
                     duration: Duration::from_secs_f64(duration),
+                    pattern,
+                    marks,
                 };
                 load(&url, connections, plan).await
+            }
+            Command::Quiet {
+                url,
+                connections,
+                size,
+                period,
+                pattern,
+                duration,
+                warmup,
+                marks,
+            } => {
+                let window = Window::after(
+                    Duration::from_secs_f64(warmup),
+                    Duration::from_secs_f64(duration),
+                );
+                let period = Duration::from_secs_f64(period);
+                quiet(&url, connections, window, marks, |index| {
+                    raw::Stamps::Echo {
+                        period,
+                        first: match pattern {
+                            Pattern::Spread => period.mul_f64(index as f64 / connections as f64),
+                            Pattern::Burst => Duration::ZERO,
+                        },
+                        size,
+                    }
+                })
+                .await
+            }
+            Command::Listen {
+                url,
+                connections,
+                duration,
+                warmup,
+                marks,
+            } => {
+                let window = Window::after(
+                    Duration::from_secs_f64(warmup),
+                    Duration::from_secs_f64(duration),
+                );
+                quiet(&url, connections, window, marks, |_| raw::Stamps::Broadcast).await
             }
             Command::Idle {
                 url,
@@ -163,6 +273,40 @@ struct Plan {
     in_flight: usize,
     warmup: Duration,
     duration: Duration,
+    pattern: Pattern,
+    marks: bool,
+}
+
+/// The measured window of a run, from `measure_from` to `stop_at`.
+#[derive(Clone, Copy)]
+struct Window {
+    epoch: Instant,
+    measure_from: Instant,
+    stop_at: Instant,
+}
+
+impl Window {
+    /// A window that opens `warmup` from now and lasts `duration`.
+    fn after(warmup: Duration, duration: Duration) -> Self {
+        let epoch = Instant::now();
+        let measure_from = epoch + warmup;
+        Self {
+            epoch,
+            measure_from,
+            stop_at: measure_from + duration,
+        }
+    }
+
+    /// Print a line when the window opens and when it closes; await the
+    /// handle before the report, so that it follows both.
+    fn print_marks(self) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            tokio::time::sleep_until(self.measure_from.into()).await;
+            println!("{}", serde_json::json!({ "mark": "measure" }));
+            tokio::time::sleep_until(self.stop_at.into()).await;
+            println!("{}", serde_json::json!({ "mark": "stop" }));
+        })
+    }
 }
 
 /// What one connection measured.
@@ -177,22 +321,25 @@ async fn load(url: &str, connections: usize, plan: Plan) -> anyhow::Result<serde
     for _ in 0..connections {
         sockets.push(open(url).await?);
     }
-    let epoch = Instant::now();
-    let measure_from = epoch + plan.warmup;
-    let stop_at = measure_from + plan.duration;
+    let window = Window::after(plan.warmup, plan.duration);
+    let marks = plan.marks.then(|| window.print_marks());
     let mut tasks = Vec::with_capacity(connections);
     for (index, ws) in sockets.into_iter().enumerate() {
-        let offset = index as f64 / connections as f64;
-        tasks.push(tokio::spawn(drive(
-            ws,
-            plan,
-            connections,
-            offset,
-            epoch,
-            measure_from,
-            stop_at,
-        )));
+        let offset = match plan.pattern {
+            Pattern::Spread => index as f64 / connections as f64,
+            Pattern::Burst => 0.0,
+        };
+        tasks.push(tokio::spawn(drive(ws, plan, connections, offset, window)));
     }
+    report(tasks, plan.duration, marks).await
+}
+
+/// Gather the connections' tallies into one report.
+async fn report(
+    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<Tally>>>,
+    duration: Duration,
+    marks: Option<tokio::task::JoinHandle<()>>,
+) -> anyhow::Result<serde_json::Value> {
     let mut total = Tally::default();
     let mut errors = 0u64;
     for task in tasks {
@@ -204,17 +351,48 @@ async fn load(url: &str, connections: usize, plan: Plan) -> anyhow::Result<serde
             _ => errors += 1,
         }
     }
+    if let Some(marks) = marks {
+        marks.await.context("printing the marks")?;
+    }
     total.latencies_us.sort_unstable();
-    let seconds = plan.duration.as_secs_f64();
+    let seconds = duration.as_secs_f64();
     Ok(serde_json::json!({
         "messages": total.messages,
         "seconds": seconds,
         "rate": total.messages as f64 / seconds,
         "p50_us": percentile(&total.latencies_us, 0.50),
         "p99_us": percentile(&total.latencies_us, 0.99),
+        "p999_us": percentile(&total.latencies_us, 0.999),
         "max_us": total.latencies_us.last().copied().unwrap_or(0),
         "failed_connections": errors,
     }))
+}
+
+/// Open `connections` lean connections, then run each (the `stamps` of
+/// connection i) during `window`.
+async fn quiet(
+    url: &str,
+    connections: usize,
+    window: Window,
+    marks: bool,
+    stamps: impl Fn(usize) -> raw::Stamps,
+) -> anyhow::Result<serde_json::Value> {
+    let mut opened = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        opened.push(raw::connect(url).await?);
+    }
+    // The window starts once every connection is open.
+    let window = Window::after(
+        window.measure_from - window.epoch,
+        window.stop_at - window.measure_from,
+    );
+    let marks = marks.then(|| window.print_marks());
+    let tasks = opened
+        .into_iter()
+        .enumerate()
+        .map(|(index, connection)| tokio::spawn(connection.run(window, stamps(index))))
+        .collect();
+    report(tasks, window.stop_at - window.measure_from, marks).await
 }
 
 fn percentile(sorted: &[u32], q: f64) -> u32 {
@@ -249,10 +427,13 @@ async fn drive(
     plan: Plan,
     connections: usize,
     offset: f64,
-    epoch: Instant,
-    measure_from: Instant,
-    stop_at: Instant,
+    window: Window,
 ) -> anyhow::Result<Tally> {
+    let Window {
+        epoch,
+        measure_from,
+        stop_at,
+    } = window;
     let (mut sink, mut stream) = ws.split();
     let done = Arc::new(AtomicBool::new(false));
     let (credit_tx, mut credit_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
@@ -260,8 +441,8 @@ async fn drive(
     let sender = tokio::spawn(async move {
         match plan.rate {
             Some(rate) => {
-                // Open loop: this connection's share of the rate, phased so
-                // the connections do not send in lockstep.
+                // Open loop: this connection's share of the rate, phased
+                // by its offset (all at 0: in lockstep).
                 let period = Duration::from_secs_f64(connections as f64 / rate);
                 let mut next = epoch + period.mul_f64(offset);
                 while next < stop_at {

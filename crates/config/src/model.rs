@@ -74,6 +74,12 @@ pub struct Gateway {
     /// connection from that address is closed at once.
     #[serde(default = "default_max_pending_upgrades_per_ip")]
     pub max_pending_upgrades_per_ip: Spanned<u32>,
+    /// Threads that serve connections, each with a single-threaded
+    /// scheduler of its own; accepted connections are dealt out in turn and
+    /// stay on theirs. `0` (the default): one per core the process may run
+    /// on. Read at start; a deploy that changes it takes effect at restart.
+    #[serde(default)]
+    pub workers: u32,
     /// Time open connections get to finish their close handshake at shutdown.
     #[serde(default = "default_shutdown_timeout")]
     pub shutdown_timeout: HumanDuration,

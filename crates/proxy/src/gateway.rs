@@ -15,6 +15,7 @@ use crate::counters::TrafficCounters;
 use crate::generation::Generation;
 use crate::listener::{self, BindError};
 use crate::shared::Shared;
+use crate::workers::Workers;
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +26,9 @@ pub enum StartError {
     /// The traffic monitor could not start.
     #[error("{0}")]
     Monitor(#[from] wsgate_monitor::MonitorError),
+    /// The connection worker threads could not start.
+    #[error("cannot start the connection workers: {0}")]
+    Workers(std::io::Error),
 }
 
 /// Why a deploy was refused; the running configuration keeps serving.
@@ -88,7 +92,9 @@ impl Gateway {
         let runtime = runtime.with_quotas(Arc::default());
         let generation =
             Arc::new(Generation::build(1, config, &runtime).map_err(DeployError::from)?);
-        let shared = Arc::new(Shared::new(generation.clone(), runtime, monitor));
+        let workers =
+            Workers::start(generation.config.gateway.workers).map_err(StartError::Workers)?;
+        let shared = Arc::new(Shared::new(generation.clone(), runtime, monitor, workers));
         listener::apply(&shared, &generation.config)
             .await
             .map_err(DeployError::from)?;

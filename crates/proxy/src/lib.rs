@@ -33,6 +33,7 @@ mod shared;
 mod tls;
 mod upgrade;
 mod upstream;
+mod workers;
 
 pub use gateway::{DeployError, DeployRecord, Gateway, GenerationStatus, StartError};
 pub use generation::{ChainStep, Generation, LiveEndpoint, RemoteLimit};

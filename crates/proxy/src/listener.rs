@@ -127,7 +127,9 @@ pub(crate) async fn apply(shared: &Arc<Shared>, config: &Config) -> Result<(), B
     for (configured, (listener, local)) in new_echo {
         let stop = shared.shutdown.child_token();
         tracing::info!(address = %local, "embedded echo server listening");
-        shared.tracker.spawn(echo::serve(listener, stop.clone()));
+        shared
+            .tracker
+            .spawn(echo::serve(listener, stop.clone(), None));
         echo_servers.push(Bound {
             configured,
             local,
@@ -217,42 +219,76 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, stop: Cancellat
         };
         let tls = generation.listener_tls.clone();
         drop(generation);
-        let task_shared = shared.clone();
-        shared.tracker.spawn(async move {
-            let Some(tls) = tls else {
-                serve_http(
-                    task_shared,
-                    TokioIo::new(stream),
-                    client,
-                    false,
-                    limits,
-                    handshake,
-                )
-                .await;
-                return;
-            };
-            // The TLS handshake counts against the handshake timeout too.
-            let accepted = tokio::time::timeout(
-                limits.header_timeout,
-                tokio_rustls::TlsAcceptor::from(tls).accept(stream),
+        // The connection moves to a worker thread for its whole life: out
+        // of this runtime's reactor here, into the worker's there.
+        let stream = match stream.into_std() {
+            Ok(stream) => stream,
+            Err(error) => {
+                tracing::warn!(%client, %error, "cannot hand the connection to a worker");
+                continue;
+            }
+        };
+        let task = shared.tracker.track_future(serve_connection(
+            shared.clone(),
+            stream,
+            client,
+            tls,
+            limits,
+            handshake,
+        ));
+        shared.workers.spawn(task);
+    }
+}
+
+/// Serve one accepted connection on the worker it was handed to: TLS (if
+/// the listener has it), then HTTP until it upgrades or is answered.
+async fn serve_connection(
+    shared: Arc<Shared>,
+    stream: std::net::TcpStream,
+    client: SocketAddr,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    limits: HttpLimits,
+    handshake: Handshake,
+) {
+    let stream = match tokio::net::TcpStream::from_std(stream) {
+        Ok(stream) => stream,
+        Err(error) => {
+            tracing::warn!(%client, %error, "a worker cannot take the connection");
+            return;
+        }
+    };
+    let Some(tls) = tls else {
+        serve_http(
+            shared,
+            TokioIo::new(stream),
+            client,
+            false,
+            limits,
+            handshake,
+        )
+        .await;
+        return;
+    };
+    // The TLS handshake counts against the handshake timeout too.
+    let accepted = tokio::time::timeout(
+        limits.header_timeout,
+        tokio_rustls::TlsAcceptor::from(tls).accept(stream),
+    )
+    .await;
+    match accepted {
+        Ok(Ok(stream)) => {
+            serve_http(
+                shared,
+                TokioIo::new(stream),
+                client,
+                true,
+                limits,
+                handshake,
             )
             .await;
-            match accepted {
-                Ok(Ok(stream)) => {
-                    serve_http(
-                        task_shared,
-                        TokioIo::new(stream),
-                        client,
-                        true,
-                        limits,
-                        handshake,
-                    )
-                    .await;
-                }
-                Ok(Err(error)) => tracing::info!(%client, %error, "TLS handshake failed"),
-                Err(_) => tracing::info!(%client, "TLS handshake timed out"),
-            }
-        });
+        }
+        Ok(Err(error)) => tracing::info!(%client, %error, "TLS handshake failed"),
+        Err(_) => tracing::info!(%client, "TLS handshake timed out"),
     }
 }
 

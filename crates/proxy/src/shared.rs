@@ -13,6 +13,7 @@ use crate::gateway::DeployRecord;
 use crate::generation::Generation;
 use crate::ledger::Ledger;
 use crate::listener::Listeners;
+use crate::workers::Workers;
 
 /// State shared by the listener, every request and every relay task.
 pub(crate) struct Shared {
@@ -44,11 +45,18 @@ pub(crate) struct Shared {
     pub counters: Arc<TrafficCounters>,
     /// Open connections under every limit.
     pub ledger: Arc<Ledger>,
+    /// The threads that serve connections.
+    pub workers: Workers,
 }
 
 impl Shared {
     /// State for a gateway starting with `generation`.
-    pub fn new(generation: Arc<Generation>, runtime: Runtime, monitor: Monitor) -> Self {
+    pub fn new(
+        generation: Arc<Generation>,
+        runtime: Runtime,
+        monitor: Monitor,
+        workers: Workers,
+    ) -> Self {
         Self {
             next_generation: AtomicU64::new(generation.id + 1),
             generations: Mutex::new(vec![Arc::downgrade(&generation)]),
@@ -64,6 +72,7 @@ impl Shared {
             monitor,
             counters: Arc::default(),
             ledger: Arc::default(),
+            workers,
         }
     }
 

@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 mod deploy;
 mod plugin;
@@ -60,6 +61,13 @@ enum Command {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:9001")]
         listen: SocketAddr,
+        /// Also send one binary message to every connection at once, every
+        /// this many milliseconds (stamped with its send time).
+        #[arg(long)]
+        broadcast_every_ms: Option<u64>,
+        /// The size in bytes of each broadcast message.
+        #[arg(long, default_value_t = 256)]
+        broadcast_size: usize,
     },
 }
 
@@ -91,7 +99,17 @@ fn main() -> ExitCode {
                 admin,
                 token,
             } => deploy::run(&config, admin, token).await,
-            Command::Echo { listen } => echo(listen).await,
+            Command::Echo {
+                listen,
+                broadcast_every_ms,
+                broadcast_size,
+            } => {
+                let ticker = broadcast_every_ms.map(|ms| wsgate_proxy::echo::Ticker {
+                    every: Duration::from_millis(ms.max(1)),
+                    size: broadcast_size,
+                });
+                echo(listen, ticker).await
+            }
             Command::Plugin(command) => plugin::run(command),
         }
     });
@@ -208,14 +226,21 @@ fn check(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn echo(listen: SocketAddr) -> anyhow::Result<()> {
+async fn echo(
+    listen: SocketAddr,
+    ticker: Option<wsgate_proxy::echo::Ticker>,
+) -> anyhow::Result<()> {
     let mut signals = ShutdownSignals::install().context("cannot listen for signals")?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     eprintln!("echo server listening on ws://{}/", listener.local_addr()?);
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let server = tokio::spawn(wsgate_proxy::echo::serve(listener, shutdown.clone()));
+    let server = tokio::spawn(wsgate_proxy::echo::serve(
+        listener,
+        shutdown.clone(),
+        ticker,
+    ));
     while signals.next().await == Signal::Reload {}
     shutdown.cancel();
     server.await.context("echo server task failed")?;

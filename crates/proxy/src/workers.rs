@@ -1,0 +1,85 @@
+//! The threads that serve connections: each runs a single-threaded tokio
+//! scheduler of its own, and an accepted connection is handed to one of
+//! them (in turn) for its whole life, from its first byte to its close.
+//!
+//! Why not one work-stealing runtime: when thousands of connections speak
+//! in the same instant, its bounded per-worker queues overflow into a
+//! shared one that is polled only now and then, so some connections wait
+//! for many rounds of others (a p99 four times the p50 with 8,000 aligned
+//! connections, `docs/performance.md`). A single-threaded scheduler runs
+//! what became ready in the order it did; one per core keeps every core
+//! busy without tasks moving between them.
+//!
+//! The workers end with the runtime that started them (the gateway's), so
+//! connections never outlive it.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tokio::runtime::Handle;
+use tokio_util::sync::CancellationToken;
+
+/// The connection threads (see the module's note).
+pub(crate) struct Workers {
+    handles: Vec<Handle>,
+    next: AtomicUsize,
+    stop: CancellationToken,
+}
+
+impl Workers {
+    /// Start `count` worker threads (`0`: one per core the process may run
+    /// on). Must be called within a tokio runtime: the workers stop when it
+    /// does.
+    pub fn start(count: u32) -> std::io::Result<Self> {
+        let count = match count {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => usize::try_from(n).unwrap_or(1),
+        };
+        let stop = CancellationToken::new();
+        // Cancelled when the starting runtime drops this task (its end).
+        let starter_gone = stop.clone().drop_guard();
+        tokio::spawn(async move {
+            let _starter_gone = starter_gone;
+            std::future::pending::<()>().await;
+        });
+        let mut handles = Vec::with_capacity(count);
+        for index in 0..count {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            handles.push(runtime.handle().clone());
+            let stop = stop.clone();
+            std::thread::Builder::new()
+                .name(format!("wsgate-worker-{index}"))
+                .spawn(move || {
+                    // Dropping the runtime at the end cancels what still runs.
+                    runtime.block_on(stop.cancelled());
+                })?;
+        }
+        tracing::info!(workers = count, "connection workers started");
+        Ok(Self {
+            handles,
+            next: AtomicUsize::new(0),
+            stop,
+        })
+    }
+
+    /// Run `task` on the next worker, in turn (on the caller's runtime if
+    /// there were none, which `start` never leaves).
+    pub fn spawn<F>(&self, task: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let at = self.next.fetch_add(1, Ordering::Relaxed) % self.handles.len().max(1);
+        match self.handles.get(at) {
+            Some(worker) => drop(worker.spawn(task)),
+            None => drop(tokio::spawn(task)),
+        }
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
