@@ -232,6 +232,59 @@ async fn a_deploy_that_moves_the_listener_keeps_connections_on_the_old_address()
 }
 
 #[tokio::test]
+async fn a_listener_address_held_by_another_socket_is_refused_and_the_old_one_keeps_serving() {
+    let echo = start_echo().await;
+    let gateway = Gateway::start(parse_config(&tagged(echo, "1.0.0")), runtime())
+        .await
+        .unwrap();
+    let old_address = gateway.local_addr();
+    // A plain socket (without SO_REUSEPORT) holds the port.
+    let held = std::net::TcpListener::bind("127.0.0.2:0").unwrap();
+    let taken = held.local_addr().unwrap();
+    let moved = tagged(echo, "2.0.0").replace(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"{taken}\""),
+    );
+    let error = gateway
+        .deploy(parse_config(&moved), "test")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("gateway.listen") && error.contains(&taken.to_string()),
+        "{error}"
+    );
+    assert_eq!(gateway.local_addr(), old_address);
+    let mut client = connect(&gateway, "/load").await;
+    send_text(&mut client, "still").await;
+    assert_eq!(next_text(&mut client).await, "still+v1.0.0");
+}
+
+#[tokio::test]
+async fn three_workers_each_accepting_on_one_port_serve_every_connection() {
+    let echo = start_echo().await;
+    let config = tagged(echo, "1.0.0").replace(
+        "listen = \"127.0.0.1:0\"",
+        "listen = \"127.0.0.1:0\"\nworkers = 3",
+    );
+    assert!(config.contains("workers = 3"), "{config}");
+    let gateway = Gateway::start(parse_config(&config), runtime())
+        .await
+        .unwrap();
+    let mut clients = Vec::new();
+    for _ in 0..30 {
+        clients.push(connect(&gateway, "/load").await);
+    }
+    for (i, client) in clients.iter_mut().enumerate() {
+        send_text(client, &format!("c{i}")).await;
+    }
+    for (i, client) in clients.iter_mut().enumerate() {
+        assert_eq!(next_text(client).await, format!("c{i}+v1.0.0"));
+    }
+    assert_eq!(gateway.active_connections(), 30);
+}
+
+#[tokio::test]
 async fn the_admin_api_deploys_and_reports_generations_health_and_metrics() {
     let echo = start_echo().await;
     let gateway = Gateway::start(parse_config(&tagged(echo, "1.0.0")), runtime())

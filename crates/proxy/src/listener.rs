@@ -80,7 +80,11 @@ pub(crate) async fn apply(shared: &Arc<Shared>, config: &Config) -> Result<(), B
         .as_ref()
         .is_none_or(|l| l.configured != listen);
     let new_listener = if moved {
-        Some(bind("gateway.listen", listen).await?)
+        Some(bind_shared(
+            "gateway.listen",
+            listen,
+            shared.workers.count(),
+        )?)
     } else {
         None
     };
@@ -100,12 +104,15 @@ pub(crate) async fn apply(shared: &Arc<Shared>, config: &Config) -> Result<(), B
     }
 
     // Everything bound: start the new, stop the old.
-    if let Some((listener, local)) = new_listener {
+    if let Some((sockets, local)) = new_listener {
         let stop = shared.shutdown.child_token();
-        tracing::info!(address = %local, "gateway listening");
-        shared
-            .tracker
-            .spawn(accept_loop(shared.clone(), listener, stop.clone()));
+        tracing::info!(address = %local, workers = sockets.len(), "gateway listening");
+        for (index, socket) in sockets.into_iter().enumerate() {
+            let accept = accept_loop(shared.clone(), socket, stop.clone());
+            shared
+                .workers
+                .spawn_on(index, shared.tracker.track_future(accept));
+        }
         let replaced = listeners
             .gateway
             .lock()
@@ -149,6 +156,43 @@ pub(crate) async fn apply(shared: &Arc<Shared>, config: &Config) -> Result<(), B
     Ok(())
 }
 
+/// `count` listening sockets on `address`, one per worker, sharing its port
+/// (`SO_REUSEPORT`); the first resolves a port 0.
+fn bind_shared(
+    field: &str,
+    address: SocketAddr,
+    count: usize,
+) -> Result<(Vec<std::net::TcpListener>, SocketAddr), BindError> {
+    let failed = |source| BindError {
+        field: field.to_string(),
+        address,
+        source,
+    };
+    let first = listen_reusing_port(address).map_err(failed)?;
+    let local = first.local_addr().map_err(failed)?;
+    let mut sockets = vec![first];
+    for _ in 1..count {
+        sockets.push(listen_reusing_port(local).map_err(failed)?);
+    }
+    Ok((sockets, local))
+}
+
+/// A non-blocking listening socket on `address` with `SO_REUSEPORT` set.
+fn listen_reusing_port(address: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(
+        Domain::for_address(address),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
 async fn bind(field: &str, address: SocketAddr) -> Result<(TcpListener, SocketAddr), BindError> {
     let failed = |source| BindError {
         field: field.to_string(),
@@ -171,7 +215,16 @@ struct HttpLimits {
     max_headers: usize,
 }
 
-async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, stop: CancellationToken) {
+/// Accept connections on `socket` (one worker's) and serve each on this
+/// worker until `stop`.
+async fn accept_loop(shared: Arc<Shared>, socket: std::net::TcpListener, stop: CancellationToken) {
+    let listener = match TcpListener::from_std(socket) {
+        Ok(listener) => listener,
+        Err(error) => {
+            tracing::error!(%error, "a worker cannot take its listening socket");
+            return;
+        }
+    };
     loop {
         let accepted = tokio::select! {
             () = stop.cancelled() => return,
@@ -219,16 +272,7 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, stop: Cancellat
         };
         let tls = generation.listener_tls.clone();
         drop(generation);
-        // The connection moves to a worker thread for its whole life: out
-        // of this runtime's reactor here, into the worker's there.
-        let stream = match stream.into_std() {
-            Ok(stream) => stream,
-            Err(error) => {
-                tracing::warn!(%client, %error, "cannot hand the connection to a worker");
-                continue;
-            }
-        };
-        let task = shared.tracker.track_future(serve_connection(
+        shared.tracker.spawn(serve_connection(
             shared.clone(),
             stream,
             client,
@@ -236,27 +280,19 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, stop: Cancellat
             limits,
             handshake,
         ));
-        shared.workers.spawn(task);
     }
 }
 
-/// Serve one accepted connection on the worker it was handed to: TLS (if
-/// the listener has it), then HTTP until it upgrades or is answered.
+/// Serve one accepted connection: TLS (if the listener has it), then HTTP
+/// until it upgrades or is answered.
 async fn serve_connection(
     shared: Arc<Shared>,
-    stream: std::net::TcpStream,
+    stream: tokio::net::TcpStream,
     client: SocketAddr,
     tls: Option<Arc<rustls::ServerConfig>>,
     limits: HttpLimits,
     handshake: Handshake,
 ) {
-    let stream = match tokio::net::TcpStream::from_std(stream) {
-        Ok(stream) => stream,
-        Err(error) => {
-            tracing::warn!(%client, %error, "a worker cannot take the connection");
-            return;
-        }
-    };
     let Some(tls) = tls else {
         serve_http(
             shared,

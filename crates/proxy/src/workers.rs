@@ -1,6 +1,8 @@
 //! The threads that serve connections: each runs a single-threaded tokio
-//! scheduler of its own, and an accepted connection is handed to one of
-//! them (in turn) for its whole life, from its first byte to its close.
+//! scheduler of its own and an accept loop on a listening socket of its own
+//! (`SO_REUSEPORT`: the kernel deals connections out among them), and
+//! serves what it accepted for its whole life, from its first byte to its
+//! close: no connection moves between threads.
 //!
 //! Why not one work-stealing runtime: when thousands of connections speak
 //! in the same instant, its bounded per-worker queues overflow into a
@@ -14,7 +16,6 @@
 //! connections never outlive it.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
@@ -22,7 +23,6 @@ use tokio_util::sync::CancellationToken;
 /// The connection threads (see the module's note).
 pub(crate) struct Workers {
     handles: Vec<Handle>,
-    next: AtomicUsize,
     stop: CancellationToken,
 }
 
@@ -57,22 +57,22 @@ impl Workers {
                 })?;
         }
         tracing::info!(workers = count, "connection workers started");
-        Ok(Self {
-            handles,
-            next: AtomicUsize::new(0),
-            stop,
-        })
+        Ok(Self { handles, stop })
     }
 
-    /// Run `task` on the next worker, in turn (on the caller's runtime if
-    /// there were none, which `start` never leaves).
-    pub fn spawn<F>(&self, task: F)
+    /// How many workers there are.
+    pub fn count(&self) -> usize {
+        self.handles.len()
+    }
+
+    /// Run `task` on worker `index` (modulo their count).
+    pub fn spawn_on<F>(&self, index: usize, task: F)
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        let at = self.next.fetch_add(1, Ordering::Relaxed) % self.handles.len().max(1);
-        match self.handles.get(at) {
+        match self.handles.get(index % self.handles.len().max(1)) {
             Some(worker) => drop(worker.spawn(task)),
+            // `start` always makes at least one worker.
             None => drop(tokio::spawn(task)),
         }
     }
