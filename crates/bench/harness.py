@@ -22,6 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 TARGET = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+# `--profile debug` (the CI smoke run) sets these to the debug builds.
 WSGATE = TARGET / "release/wsgate"
 BENCH = TARGET / "release/wsgate-bench"
 PLUGINS = ROOT / "plugins/target/wasm32-wasip2/release"
@@ -127,7 +128,7 @@ max-connections = -1
 path = "/"
 match = "prefix"
 monitor = "off"
-permessage-deflate = "off"
+permessage-deflate = "{deflate}"
 max-message-size = "1MiB"
 allowed-upstreams = ["ws://127.0.0.1:{echo}"]
 {chains}
@@ -228,9 +229,11 @@ class Target:
             conf.write_text(HAPROXY.format(port=self.port, echo=self.echo))
             self.proc = pinned(self.core, ["haproxy", "-f", conf], stdout=log, stderr=log)
         else:
-            chains = {"wsgate": ROUTER, "wsgate+passthrough": ROUTER + PASSTHROUGH, "wsgate+3-plugin-chains": CHAIN3}[self.name]
+            chains = {"wsgate": ROUTER, "wsgate+passthrough": ROUTER + PASSTHROUGH, "wsgate+3-plugin-chains": CHAIN3,
+                      "wsgate+deflate": ROUTER}[self.name]
             conf = self.out / f"{self.name}.toml"
             conf.write_text(GATEWAY.format(port=self.port, echo=self.echo, plugins=PLUGINS,
+                                           deflate="client" if self.name == "wsgate+deflate" else "off",
                                            chains=chains.format(echo=self.echo)))
             self.proc = pinned(self.core, [WSGATE, "run", "--config", conf], stdout=log, stderr=log,
                                env={**os.environ, "RUST_LOG": "warn"})
@@ -277,6 +280,10 @@ def run_quiet(workload: str, target: Target, core: str, seconds: float) -> dict:
     pid = target.pid
     before = rss_kib(pid) if pid else 0
     common = ["--url", target.url, "--connections", connections, "--duration", seconds, "--warmup", 2, "--marks"]
+    if target.name.endswith("+deflate"):
+        # Offered by the client and agreed: the echoes come back compressed
+        # (counted, not timed); what this target measures is memory.
+        common.append("--deflate")
     if pattern == "broadcast":
         args = ["listen", *common]
     else:
@@ -370,7 +377,11 @@ def main() -> int:
                         help="where the echo server runs: on the load generator's core or the proxy's")
     parser.add_argument("--targets", default="direct,nginx,haproxy,wsgate,wsgate+passthrough,wsgate+3-plugin-chains")
     parser.add_argument("--out", default=str(ROOT / "target/bench"))
+    parser.add_argument("--profile", choices=("release", "debug"), default="release",
+                        help="which builds to run (debug: the CI smoke run, figures not comparable)")
     args = parser.parse_args()
+    global WSGATE, BENCH
+    WSGATE, BENCH = TARGET / args.profile / "wsgate", TARGET / args.profile / "wsgate-bench"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     cores = os.sched_getaffinity(0)
@@ -428,7 +439,7 @@ def main() -> int:
         return statistics.median(values) if values else None
 
     lines = [f"Medians of {args.rounds} rounds, {args.seconds:g} s each; ratios to nginx in the same run; "
-             f"echo server on the {args.echo_core} core.", ""]
+             f"echo server on the {args.echo_core} core; {args.profile} builds.", ""]
     lines.append("| workload | figure | " + " | ".join(names) + " |")
     lines.append("|---|---|" + "---|" * len(names))
     for workload in workloads:

@@ -94,6 +94,9 @@ enum Command {
         /// As for `load`.
         #[arg(long)]
         marks: bool,
+        /// Offer permessage-deflate.
+        #[arg(long)]
+        deflate: bool,
     },
     /// N quiet connections, each sending one message per period (spread
     /// or in aligned bursts) and counting its echoes, with the lean client
@@ -120,6 +123,10 @@ enum Command {
         /// As for `load`.
         #[arg(long)]
         marks: bool,
+        /// Offer permessage-deflate (the echoes then arrive compressed:
+        /// counted, not timed).
+        #[arg(long)]
+        deflate: bool,
     },
     /// Open N connections, print when they are open, hold them until stdin closes.
     Idle {
@@ -201,13 +208,15 @@ fn main() -> anyhow::Result<()> {
                 duration,
                 warmup,
                 marks,
+                deflate,
             } => {
                 let window = Window::after(
                     Duration::from_secs_f64(warmup),
                     Duration::from_secs_f64(duration),
                 );
                 let period = Duration::from_secs_f64(period);
-                quiet(&url, connections, window, marks, |index| {
+                let options = QuietOptions { marks, deflate };
+                quiet(&url, connections, window, options, |index| {
                     raw::Stamps::Echo {
                         period,
                         first: match pattern {
@@ -225,12 +234,14 @@ fn main() -> anyhow::Result<()> {
                 duration,
                 warmup,
                 marks,
+                deflate,
             } => {
                 let window = Window::after(
                     Duration::from_secs_f64(warmup),
                     Duration::from_secs_f64(duration),
                 );
-                quiet(&url, connections, window, marks, |_| raw::Stamps::Broadcast).await
+                let options = QuietOptions { marks, deflate };
+                quiet(&url, connections, window, options, |_| raw::Stamps::Broadcast).await
             }
             Command::Idle {
                 url,
@@ -368,25 +379,34 @@ async fn report(
     }))
 }
 
+/// How `quiet` and `listen` connect and report.
+#[derive(Clone, Copy)]
+struct QuietOptions {
+    /// Print the window's marks.
+    marks: bool,
+    /// Offer permessage-deflate.
+    deflate: bool,
+}
+
 /// Open `connections` lean connections, then run each (the `stamps` of
 /// connection i) during `window`.
 async fn quiet(
     url: &str,
     connections: usize,
     window: Window,
-    marks: bool,
+    options: QuietOptions,
     stamps: impl Fn(usize) -> raw::Stamps,
 ) -> anyhow::Result<serde_json::Value> {
     let mut opened = Vec::with_capacity(connections);
     for _ in 0..connections {
-        opened.push(raw::connect(url).await?);
+        opened.push(raw::connect(url, options.deflate).await?);
     }
     // The window starts once every connection is open.
     let window = Window::after(
         window.measure_from - window.epoch,
         window.stop_at - window.measure_from,
     );
-    let marks = marks.then(|| window.print_marks());
+    let marks = options.marks.then(|| window.print_marks());
     let tasks = opened
         .into_iter()
         .enumerate()
