@@ -241,10 +241,8 @@ async fn a_listener_address_held_by_another_socket_is_refused_and_the_old_one_ke
     // A plain socket (without SO_REUSEPORT) holds the port.
     let held = std::net::TcpListener::bind("127.0.0.2:0").unwrap();
     let taken = held.local_addr().unwrap();
-    let moved = tagged(echo, "2.0.0").replace(
-        "listen = \"127.0.0.1:0\"",
-        &format!("listen = \"{taken}\""),
-    );
+    let moved =
+        tagged(echo, "2.0.0").replace("listen = \"127.0.0.1:0\"", &format!("listen = \"{taken}\""));
     let error = gateway
         .deploy(parse_config(&moved), "test")
         .await

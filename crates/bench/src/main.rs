@@ -241,7 +241,10 @@ fn main() -> anyhow::Result<()> {
                     Duration::from_secs_f64(duration),
                 );
                 let options = QuietOptions { marks, deflate };
-                quiet(&url, connections, window, options, |_| raw::Stamps::Broadcast).await
+                quiet(&url, connections, window, options, |_| {
+                    raw::Stamps::Broadcast
+                })
+                .await
             }
             Command::Idle {
                 url,
