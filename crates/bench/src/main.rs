@@ -80,32 +80,13 @@ enum Command {
     },
     /// Hold N connections and receive what the server broadcasts; report
     /// the rate and latency from each message's send-time stamp.
-    Listen {
-        #[arg(long)]
-        url: String,
-        #[arg(long)]
-        connections: usize,
-        /// Seconds measured.
-        #[arg(long, default_value_t = 10.0)]
-        duration: f64,
-        /// Seconds of connections open before measuring.
-        #[arg(long, default_value_t = 1.0)]
-        warmup: f64,
-        /// As for `load`.
-        #[arg(long)]
-        marks: bool,
-        /// Offer permessage-deflate.
-        #[arg(long)]
-        deflate: bool,
-    },
+    Listen(#[command(flatten)] QuietArgs),
     /// N quiet connections, each sending one message per period (spread
     /// or in aligned bursts) and counting its echoes, with the lean client
     /// (one task per connection, frames by hand): many connections (W7).
     Quiet {
-        #[arg(long)]
-        url: String,
-        #[arg(long)]
-        connections: usize,
+        #[command(flatten)]
+        common: QuietArgs,
         /// Message size in bytes (at least 8: each carries its send time).
         #[arg(long, default_value_t = 256)]
         size: usize,
@@ -114,19 +95,6 @@ enum Command {
         period: f64,
         #[arg(long, value_enum, default_value_t = Pattern::Spread)]
         pattern: Pattern,
-        /// Seconds measured.
-        #[arg(long, default_value_t = 10.0)]
-        duration: f64,
-        /// Seconds of load before measuring.
-        #[arg(long, default_value_t = 1.0)]
-        warmup: f64,
-        /// As for `load`.
-        #[arg(long)]
-        marks: bool,
-        /// Offer permessage-deflate (the echoes then arrive compressed:
-        /// counted, not timed).
-        #[arg(long)]
-        deflate: bool,
     },
     /// Open N connections, print when they are open, hold them until stdin closes.
     Idle {
@@ -158,6 +126,29 @@ enum Command {
         #[arg(long)]
         text: String,
     },
+}
+
+/// What `quiet` and `listen` share: the lean client's connections, the
+/// measured window and the report.
+#[derive(clap::Args)]
+struct QuietArgs {
+    #[arg(long)]
+    url: String,
+    #[arg(long)]
+    connections: usize,
+    /// Seconds measured.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Seconds of traffic (or of connections open) before measuring.
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    /// As for `load`.
+    #[arg(long)]
+    marks: bool,
+    /// Offer permessage-deflate (what arrives compressed is counted, not
+    /// timed).
+    #[arg(long)]
+    deflate: bool,
 }
 
 /// When each connection of an open-loop `load` sends within its period.
@@ -200,52 +191,24 @@ fn main() -> anyhow::Result<()> {
                 load(&url, connections, plan).await
             }
             Command::Quiet {
-                url,
-                connections,
+                common,
                 size,
                 period,
                 pattern,
-                duration,
-                warmup,
-                marks,
-                deflate,
             } => {
-                let window = Window::after(
-                    Duration::from_secs_f64(warmup),
-                    Duration::from_secs_f64(duration),
-                );
                 let period = Duration::from_secs_f64(period);
-                let options = QuietOptions { marks, deflate };
-                quiet(&url, connections, window, options, |index| {
-                    raw::Stamps::Echo {
-                        period,
-                        first: match pattern {
-                            Pattern::Spread => period.mul_f64(index as f64 / connections as f64),
-                            Pattern::Burst => Duration::ZERO,
-                        },
-                        size,
-                    }
+                let connections = common.connections;
+                quiet(&common, |index| raw::Stamps::Echo {
+                    period,
+                    first: match pattern {
+                        Pattern::Spread => period.mul_f64(index as f64 / connections as f64),
+                        Pattern::Burst => Duration::ZERO,
+                    },
+                    size,
                 })
                 .await
             }
-            Command::Listen {
-                url,
-                connections,
-                duration,
-                warmup,
-                marks,
-                deflate,
-            } => {
-                let window = Window::after(
-                    Duration::from_secs_f64(warmup),
-                    Duration::from_secs_f64(duration),
-                );
-                let options = QuietOptions { marks, deflate };
-                quiet(&url, connections, window, options, |_| {
-                    raw::Stamps::Broadcast
-                })
-                .await
-            }
+            Command::Listen(common) => quiet(&common, |_| raw::Stamps::Broadcast).await,
             Command::Idle {
                 url,
                 connections,
@@ -382,34 +345,22 @@ async fn report(
     }))
 }
 
-/// How `quiet` and `listen` connect and report.
-#[derive(Clone, Copy)]
-struct QuietOptions {
-    /// Print the window's marks.
-    marks: bool,
-    /// Offer permessage-deflate.
-    deflate: bool,
-}
-
-/// Open `connections` lean connections, then run each (the `stamps` of
-/// connection i) during `window`.
+/// Open `args.connections` lean connections, then run each (the `stamps`
+/// of connection i) for the window `args` asks for.
 async fn quiet(
-    url: &str,
-    connections: usize,
-    window: Window,
-    options: QuietOptions,
+    args: &QuietArgs,
     stamps: impl Fn(usize) -> raw::Stamps,
 ) -> anyhow::Result<serde_json::Value> {
-    let mut opened = Vec::with_capacity(connections);
-    for _ in 0..connections {
-        opened.push(raw::connect(url, options.deflate).await?);
+    let mut opened = Vec::with_capacity(args.connections);
+    for _ in 0..args.connections {
+        opened.push(raw::connect(&args.url, args.deflate).await?);
     }
     // The window starts once every connection is open.
     let window = Window::after(
-        window.measure_from - window.epoch,
-        window.stop_at - window.measure_from,
+        Duration::from_secs_f64(args.warmup),
+        Duration::from_secs_f64(args.duration),
     );
-    let marks = options.marks.then(|| window.print_marks());
+    let marks = args.marks.then(|| window.print_marks());
     let tasks = opened
         .into_iter()
         .enumerate()
