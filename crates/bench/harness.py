@@ -290,12 +290,16 @@ def run_quiet(workload: str, target: Target, core: str, seconds: float) -> dict:
         args = ["quiet", *common, "--size", 256, "--period", 1, "--pattern", pattern]
     proc = subprocess.Popen(["taskset", "-c", core, BENCH, *map(str, args)], stdout=subprocess.PIPE, text=True)
     marks, result = {}, None
-    for line in proc.stdout:
-        value = json.loads(line)
-        if "mark" in value:
-            marks[value["mark"]] = (cpu_seconds(pid) if pid else 0.0, rss_kib(pid) if pid else 0)
-        else:
-            result = value
+    try:
+        for line in proc.stdout:
+            value = json.loads(line)
+            if "mark" in value:
+                marks[value["mark"]] = (cpu_seconds(pid) if pid else 0.0, rss_kib(pid) if pid else 0)
+            else:
+                result = value
+    finally:
+        if proc.poll() is None and result is None:
+            proc.kill()
     if proc.wait() != 0 or result is None or len(marks) != 2:
         raise RuntimeError(f"{workload} on {target.name}: the generator failed")
     if pid:

@@ -196,7 +196,7 @@ fn main() -> anyhow::Result<()> {
                 period,
                 pattern,
             } => {
-                let period = Duration::from_secs_f64(period);
+                let period = Duration::from_secs_f64(period).max(Duration::from_millis(1));
                 let connections = common.connections;
                 quiet(&common, |index| raw::Stamps::Echo {
                     period,

@@ -75,11 +75,13 @@ pub struct Gateway {
     #[serde(default = "default_max_pending_upgrades_per_ip")]
     pub max_pending_upgrades_per_ip: Spanned<u32>,
     /// Threads that serve connections, each with a single-threaded
-    /// scheduler of its own; accepted connections are dealt out in turn and
-    /// stay on theirs. `0` (the default): one per core the process may run
-    /// on. Read at start; a deploy that changes it takes effect at restart.
-    #[serde(default)]
-    pub workers: u32,
+    /// scheduler and a listening socket of its own (`SO_REUSEPORT`: the
+    /// kernel deals connections out among them); a connection stays on the
+    /// worker that accepted it. `0` (the default): one per core the process
+    /// may run on; at most 1024. Read at start; a deploy that changes it
+    /// takes effect at restart.
+    #[serde(default = "default_workers")]
+    pub workers: Spanned<u32>,
     /// Time open connections get to finish their close handshake at shutdown.
     #[serde(default = "default_shutdown_timeout")]
     pub shutdown_timeout: HumanDuration,
@@ -486,6 +488,9 @@ fn default_max_header_bytes() -> Spanned<ByteSize> {
 }
 fn default_max_headers() -> Spanned<u32> {
     Spanned::new(0..0, 100)
+}
+fn default_workers() -> Spanned<u32> {
+    Spanned::new(0..0, 0)
 }
 fn default_max_pending_upgrades() -> Spanned<u32> {
     Spanned::new(0..0, 4096)

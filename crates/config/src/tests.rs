@@ -179,6 +179,21 @@ fn denial_of_service_limits_have_defaults_and_must_be_at_least_one() {
     assert!(error.message.contains("at least 1"), "{}", error.message);
 }
 
+#[test]
+fn workers_default_to_one_per_core_and_are_bounded() {
+    assert_eq!(*parse_at(GOOD).unwrap().gateway.workers.get_ref(), 0);
+    let with = |workers: &str| {
+        GOOD.replace(
+            "listen = \"127.0.0.1:8080\"",
+            &format!("listen = \"127.0.0.1:8080\"\nworkers = {workers}"),
+        )
+    };
+    assert_eq!(*parse_at(&with("4")).unwrap().gateway.workers.get_ref(), 4);
+    let error = single_error(&with("5000"));
+    assert_eq!((error.field.as_str(), error.line), ("gateway.workers", 4));
+    assert!(error.message.contains("at most 1024"), "{}", error.message);
+}
+
 /// `GOOD` with a chain for upstream messages on the first endpoint, under `key`.
 fn with_upstream_chain(key: &str) -> String {
     GOOD.replace(

@@ -8,6 +8,9 @@ use crate::deprecated::Renamed;
 use crate::error::{ConfigError, ConfigErrors};
 use crate::model::{ChainEntry, Config};
 
+/// Most connection worker threads (`[gateway] workers`).
+const MAX_WORKERS: u32 = 1024;
+
 /// Most offload threads one plugin may have.
 const MAX_OFFLOAD_THREADS: u32 = 64;
 
@@ -115,6 +118,13 @@ pub(crate) fn validate(config: &Config, renamed: &Renamed) -> Result<(), ConfigE
     }
 
     let gateway = &config.gateway;
+    if *gateway.workers.get_ref() > MAX_WORKERS {
+        at(
+            gateway.workers.span(),
+            "gateway.workers".to_string(),
+            format!("at most {MAX_WORKERS} (0: one per core)"),
+        );
+    }
     let counts = [
         (&gateway.max_headers, "gateway.max-headers"),
         (

@@ -92,8 +92,8 @@ impl Gateway {
         let runtime = runtime.with_quotas(Arc::default());
         let generation =
             Arc::new(Generation::build(1, config, &runtime).map_err(DeployError::from)?);
-        let workers =
-            Workers::start(generation.config.gateway.workers).map_err(StartError::Workers)?;
+        let workers = Workers::start(*generation.config.gateway.workers.get_ref())
+            .map_err(StartError::Workers)?;
         let shared = Arc::new(Shared::new(generation.clone(), runtime, monitor, workers));
         listener::apply(&shared, &generation.config)
             .await

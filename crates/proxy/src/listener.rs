@@ -37,6 +37,9 @@ struct Bound {
     /// The address actually bound.
     local: SocketAddr,
     stop: CancellationToken,
+    /// The gateway listener's accept loops, one per worker (none for an
+    /// echo server): a move waits for them to drop their sockets.
+    accepting: Vec<tokio::task::JoinHandle<()>>,
 }
 
 /// The gateway's listener and its echo servers, as bound now.
@@ -107,12 +110,16 @@ pub(crate) async fn apply(shared: &Arc<Shared>, config: &Config) -> Result<(), B
     if let Some((sockets, local)) = new_listener {
         let stop = shared.shutdown.child_token();
         tracing::info!(address = %local, workers = sockets.len(), "gateway listening");
-        for (index, socket) in sockets.into_iter().enumerate() {
-            let accept = accept_loop(shared.clone(), socket, stop.clone());
-            shared
-                .workers
-                .spawn_on(index, shared.tracker.track_future(accept));
-        }
+        let accepting = sockets
+            .into_iter()
+            .enumerate()
+            .map(|(index, socket)| {
+                let accept = accept_loop(shared.clone(), socket, stop.clone());
+                shared
+                    .workers
+                    .spawn_on(index, shared.tracker.track_future(accept))
+            })
+            .collect();
         let replaced = listeners
             .gateway
             .lock()
@@ -121,10 +128,15 @@ pub(crate) async fn apply(shared: &Arc<Shared>, config: &Config) -> Result<(), B
                 configured: listen,
                 local,
                 stop,
+                accepting,
             });
         if let Some(old) = replaced {
             tracing::info!(address = %old.local, "listener moved; the old address stops accepting");
             old.stop.cancel();
+            // Once the deploy returns, the old address refuses connections.
+            for accept_loop in old.accepting {
+                let _ = accept_loop.await;
+            }
         }
     }
     let mut echo_servers = listeners
@@ -141,6 +153,7 @@ pub(crate) async fn apply(shared: &Arc<Shared>, config: &Config) -> Result<(), B
             configured,
             local,
             stop,
+            accepting: Vec::new(),
         });
     }
     echo_servers.retain(|echo| {
@@ -157,7 +170,10 @@ pub(crate) async fn apply(shared: &Arc<Shared>, config: &Config) -> Result<(), B
 }
 
 /// `count` listening sockets on `address`, one per worker, sharing its port
-/// (`SO_REUSEPORT`); the first resolves a port 0.
+/// (`SO_REUSEPORT`). A plain socket is bound first, and closed: it resolves
+/// a port 0, and it fails if anything else listens there, even a process
+/// that set `SO_REUSEPORT` too (another gateway started on the same
+/// address), which would otherwise silently take a share of connections.
 fn bind_shared(
     field: &str,
     address: SocketAddr,
@@ -168,12 +184,13 @@ fn bind_shared(
         address,
         source,
     };
-    let first = listen_reusing_port(address).map_err(failed)?;
-    let local = first.local_addr().map_err(failed)?;
-    let mut sockets = vec![first];
-    for _ in 1..count {
-        sockets.push(listen_reusing_port(local).map_err(failed)?);
-    }
+    let local = std::net::TcpListener::bind(address)
+        .and_then(|probe| probe.local_addr())
+        .map_err(failed)?;
+    let sockets = (0..count.max(1))
+        .map(|_| listen_reusing_port(local))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(failed)?;
     Ok((sockets, local))
 }
 

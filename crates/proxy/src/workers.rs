@@ -18,6 +18,7 @@
 use std::future::Future;
 
 use tokio::runtime::Handle;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 /// The connection threads (see the module's note).
@@ -28,19 +29,22 @@ pub(crate) struct Workers {
 
 impl Workers {
     /// Start `count` worker threads (`0`: one per core the process may run
-    /// on). Must be called within a tokio runtime: the workers stop when it
-    /// does.
+    /// on; the configuration bounds it). Must be called within a tokio
+    /// runtime: the workers stop when it does.
     pub fn start(count: u32) -> std::io::Result<Self> {
         let count = match count {
             0 => std::thread::available_parallelism().map_or(1, usize::from),
             n => usize::try_from(n).unwrap_or(1),
         };
+
         let stop = CancellationToken::new();
-        // Cancelled when the starting runtime drops this task (its end).
+        // Cancelled when the starting runtime drops this task (its end);
+        // the task ends by itself once the workers are stopped.
         let starter_gone = stop.clone().drop_guard();
+        let stopped = stop.clone();
         tokio::spawn(async move {
             let _starter_gone = starter_gone;
-            std::future::pending::<()>().await;
+            stopped.cancelled().await;
         });
         let mut handles = Vec::with_capacity(count);
         for index in 0..count {
@@ -66,14 +70,14 @@ impl Workers {
     }
 
     /// Run `task` on worker `index` (modulo their count).
-    pub fn spawn_on<F>(&self, index: usize, task: F)
+    pub fn spawn_on<F>(&self, index: usize, task: F) -> JoinHandle<()>
     where
         F: Future<Output = ()> + Send + 'static,
     {
         match self.handles.get(index % self.handles.len().max(1)) {
-            Some(worker) => drop(worker.spawn(task)),
+            Some(worker) => worker.spawn(task),
             // `start` always makes at least one worker.
-            None => drop(tokio::spawn(task)),
+            None => tokio::spawn(task),
         }
     }
 }
