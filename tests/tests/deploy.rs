@@ -253,6 +253,24 @@ async fn a_listener_address_held_by_another_socket_is_refused_and_the_old_one_ke
         "{error}"
     );
     assert_eq!(gateway.local_addr(), old_address);
+    // A socket that set SO_REUSEPORT itself (another gateway on the same
+    // address) is refused too, rather than handed a share of connections.
+    let sharing = tokio::net::TcpSocket::new_v4().unwrap();
+    sharing.set_reuseport(true).unwrap();
+    sharing.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let sharing = sharing.listen(16).unwrap();
+    let shared = sharing.local_addr().unwrap();
+    let moved = tagged(echo, "2.0.0").replace(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"{shared}\""),
+    );
+    let error = gateway
+        .deploy(parse_config(&moved), "test")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("gateway.listen"), "{error}");
+    assert_eq!(gateway.local_addr(), old_address);
     let mut client = connect(&gateway, "/load").await;
     send_text(&mut client, "still").await;
     assert_eq!(next_text(&mut client).await, "still+v1.0.0");
