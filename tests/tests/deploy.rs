@@ -23,6 +23,25 @@ fn tagged(echo: SocketAddr, version: &str) -> String {
     ))
 }
 
+/// [`tagged`] with the listener on `listen` (a line of `[gateway]`, and any
+/// more lines after it).
+fn tagged_listening(echo: SocketAddr, version: &str, listen: &str) -> String {
+    let config = tagged(echo, version).replace("listen = \"127.0.0.1:0\"", listen);
+    assert!(config.contains(listen), "{config}");
+    config
+}
+
+/// Deploy `tagger@2.0.0` with the listener moved to `address`, which is
+/// taken: the refusal's message.
+async fn refused_move(gateway: &Gateway, echo: SocketAddr, address: SocketAddr) -> String {
+    let moved = tagged_listening(echo, "2.0.0", &format!("listen = \"{address}\""));
+    gateway
+        .deploy(parse_config(&moved), "test")
+        .await
+        .unwrap_err()
+        .to_string()
+}
+
 /// A client that sends bursts of numbered messages until told to stop,
 /// checking every echo: right order, nothing lost or duplicated, and the same
 /// tagger version for the whole life of the connection.
@@ -216,8 +235,7 @@ async fn a_deploy_that_moves_the_listener_keeps_connections_on_the_old_address()
     let old_address = gateway.local_addr();
     let mut client = connect(&gateway, "/load").await;
 
-    let moved =
-        tagged(echo, "2.0.0").replace("listen = \"127.0.0.1:0\"", "listen = \"127.0.0.2:0\"");
+    let moved = tagged_listening(echo, "2.0.0", "listen = \"127.0.0.2:0\"");
     gateway.deploy(parse_config(&moved), "test").await.unwrap();
     let new_address = gateway.local_addr();
     assert_ne!(old_address, new_address);
@@ -241,13 +259,7 @@ async fn a_listener_address_held_by_another_socket_is_refused_and_the_old_one_ke
     // A plain socket (without SO_REUSEPORT) holds the port.
     let held = std::net::TcpListener::bind("127.0.0.2:0").unwrap();
     let taken = held.local_addr().unwrap();
-    let moved =
-        tagged(echo, "2.0.0").replace("listen = \"127.0.0.1:0\"", &format!("listen = \"{taken}\""));
-    let error = gateway
-        .deploy(parse_config(&moved), "test")
-        .await
-        .unwrap_err()
-        .to_string();
+    let error = refused_move(&gateway, echo, taken).await;
     assert!(
         error.contains("gateway.listen") && error.contains(&taken.to_string()),
         "{error}"
@@ -259,16 +271,7 @@ async fn a_listener_address_held_by_another_socket_is_refused_and_the_old_one_ke
     sharing.set_reuseport(true).unwrap();
     sharing.bind("127.0.0.2:0".parse().unwrap()).unwrap();
     let sharing = sharing.listen(16).unwrap();
-    let shared = sharing.local_addr().unwrap();
-    let moved = tagged(echo, "2.0.0").replace(
-        "listen = \"127.0.0.1:0\"",
-        &format!("listen = \"{shared}\""),
-    );
-    let error = gateway
-        .deploy(parse_config(&moved), "test")
-        .await
-        .unwrap_err()
-        .to_string();
+    let error = refused_move(&gateway, echo, sharing.local_addr().unwrap()).await;
     assert!(error.contains("gateway.listen"), "{error}");
     assert_eq!(gateway.local_addr(), old_address);
     let mut client = connect(&gateway, "/load").await;
@@ -279,11 +282,7 @@ async fn a_listener_address_held_by_another_socket_is_refused_and_the_old_one_ke
 #[tokio::test]
 async fn three_workers_each_accepting_on_one_port_serve_every_connection() {
     let echo = start_echo().await;
-    let config = tagged(echo, "1.0.0").replace(
-        "listen = \"127.0.0.1:0\"",
-        "listen = \"127.0.0.1:0\"\nworkers = 3",
-    );
-    assert!(config.contains("workers = 3"), "{config}");
+    let config = tagged_listening(echo, "1.0.0", "listen = \"127.0.0.1:0\"\nworkers = 3");
     let gateway = Gateway::start(parse_config(&config), runtime())
         .await
         .unwrap();

@@ -7,8 +7,9 @@
 //!   open loop at a fixed total rate (latency measured from each message's
 //!   scheduled send time, so a stall is not hidden) or closed loop with K
 //!   messages in flight per connection. Messages carry their send time.
-//!   Spread (each connection phased by its share of the period) or in
-//!   aligned bursts (every connection's timer fires at the same instant).
+//! * `quiet`: N quiet connections (W7), one message each per period, spread
+//!   (each phased by its share of the period) or in aligned bursts (every
+//!   timer fires at the same instant), with the lean client of `raw`.
 //! * `listen`: N connections receive what the server broadcasts (`wsgate
 //!   echo --broadcast-every-ms`); latency from each message's stamp.
 //! * `idle`: open N connections and hold them until stdin closes.
@@ -69,14 +70,6 @@ enum Command {
         /// Seconds of load before measuring.
         #[arg(long, default_value_t = 1.0)]
         warmup: f64,
-        /// Open loop: when each connection sends within its period.
-        #[arg(long, value_enum, default_value_t = Pattern::Spread)]
-        pattern: Pattern,
-        /// Print `{"mark":"measure"}` and `{"mark":"stop"}` lines when the
-        /// measured window opens and closes (the harness reads the proxy's
-        /// CPU time at each).
-        #[arg(long)]
-        marks: bool,
     },
     /// Hold N connections and receive what the server broadcasts; report
     /// the rate and latency from each message's send-time stamp.
@@ -176,8 +169,6 @@ fn main() -> anyhow::Result<()> {
                 in_flight,
                 duration,
                 warmup,
-                pattern,
-                marks,
             } => {
                 let plan = Plan {
                     size: size.max(16),
@@ -185,8 +176,6 @@ fn main() -> anyhow::Result<()> {
                     in_flight: in_flight.max(1),
                     warmup: Duration::from_secs_f64(warmup),
                     duration: Duration::from_secs_f64(duration),
-                    pattern,
-                    marks,
                 };
                 load(&url, connections, plan).await
             }
@@ -250,8 +239,6 @@ struct Plan {
     in_flight: usize,
     warmup: Duration,
     duration: Duration,
-    pattern: Pattern,
-    marks: bool,
 }
 
 /// The measured window of a run, from `measure_from` to `stop_at`.
@@ -299,16 +286,12 @@ async fn load(url: &str, connections: usize, plan: Plan) -> anyhow::Result<serde
         sockets.push(open(url).await?);
     }
     let window = Window::after(plan.warmup, plan.duration);
-    let marks = plan.marks.then(|| window.print_marks());
     let mut tasks = Vec::with_capacity(connections);
     for (index, ws) in sockets.into_iter().enumerate() {
-        let offset = match plan.pattern {
-            Pattern::Spread => index as f64 / connections as f64,
-            Pattern::Burst => 0.0,
-        };
+        let offset = index as f64 / connections as f64;
         tasks.push(tokio::spawn(drive(ws, plan, connections, offset, window)));
     }
-    report(tasks, plan.duration, marks).await
+    report(tasks, plan.duration, None).await
 }
 
 /// Gather the connections' tallies into one report.
