@@ -142,7 +142,7 @@ pub fn named_plugin_block(name: &str, version: &str, crate_name: &str) -> String
 
 /// Every plugin in the repository as (name, version, crate); the two test
 /// taggers are one plugin, `tagger`, at two versions.
-const PLUGINS: [(&str, &str, &str); 22] = [
+const PLUGINS: [(&str, &str, &str); 23] = [
     ("static-router", "1.0.0", "static-router"),
     ("dynamic-router", "1.0.0", "dynamic-router"),
     ("connect-to-url", "1.0.0", "connect-to-url"),
@@ -158,6 +158,7 @@ const PLUGINS: [(&str, &str, &str); 22] = [
     ("jwt", "1.1.0", "jwt"),
     ("size-limit", "1.0.0", "size-limit"),
     ("rate-limit", "1.1.0", "rate-limit"),
+    ("key-limit", "1.0.0", "key-limit"),
     ("message-filter", "1.0.0", "message-filter"),
     ("envelope", "1.0.0", "envelope"),
     ("redact", "1.0.0", "redact"),

@@ -132,6 +132,78 @@ async fn ip_filter_allows_and_denies_by_cidr() {
     );
 }
 
+/// An upgrade as `user` (`x-user`): the client, or the refusal's status,
+/// `Retry-After` and body.
+async fn upgrade_as(
+    gateway: &wsgate_proxy::Gateway,
+    path: &str,
+    user: &str,
+) -> Result<Client, (u16, Option<String>, String)> {
+    use tokio_tungstenite::tungstenite::Error;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = format!("ws://{}{path}", gateway.local_addr())
+        .into_client_request()
+        .unwrap();
+    if !user.is_empty() {
+        request
+            .headers_mut()
+            .insert("x-user", user.parse().unwrap());
+    }
+    match tokio_tungstenite::connect_async(request).await {
+        Ok((client, _)) => Ok(client),
+        Err(Error::Http(response)) => Err((
+            response.status().as_u16(),
+            response
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_string()),
+            String::from_utf8_lossy(response.body().as_deref().unwrap_or_default()).into_owned(),
+        )),
+        Err(other) => panic!("unexpected upgrade error: {other}"),
+    }
+}
+
+#[tokio::test]
+async fn key_limit_bounds_open_connections_and_upgrades_per_key_with_429() {
+    let echo = start_echo().await;
+    let limit = "{ plugin = \"key-limit@1.0.0\", config = { key = \"${header.x-user}\", max-connections = 2, max-upgrades = 4, upgrade-window-seconds = 60 } }";
+    let gateway = start_gateway(
+        &(guarded("/k", echo, limit, "")
+            + "[[endpoint]]\npath = \"/down\"\nallowed-upstreams = [\"ws://127.0.0.1:1\"]\n\
+                upgrade = [{ plugin = \"key-limit@1.0.0\", config = { key = \"${header.x-user}\", max-connections = 1 } }, \
+                { plugin = \"static-router@1.0.0\", config = { url = \"ws://127.0.0.1:1/\" } }]\n\n"),
+    )
+    .await;
+    // Two open connections per user; a third is refused, another user is not.
+    let first = upgrade_as(&gateway, "/k", "ann").await.unwrap();
+    let _second = upgrade_as(&gateway, "/k", "ann").await.unwrap();
+    let (status, retry_after, body) = upgrade_as(&gateway, "/k", "ann").await.err().unwrap();
+    assert_eq!(
+        (status, retry_after, body.as_str()),
+        (429, None, "too many open connections for this user\n")
+    );
+    let _bob = upgrade_as(&gateway, "/k", "bob").await.unwrap();
+    // A closed connection gives its place back.
+    drop(first);
+    gateway.wait_for_connections(2).await;
+    let _third = upgrade_as(&gateway, "/k", "ann").await.unwrap();
+    // The fifth upgrade in the window is refused, with the time to wait.
+    let (status, retry_after, _) = upgrade_as(&gateway, "/k", "ann").await.err().unwrap();
+    assert_eq!(status, 429);
+    let seconds: u64 = retry_after.expect("Retry-After").parse().unwrap();
+    assert!((1..=60).contains(&seconds), "Retry-After {seconds}");
+    // No key: no credentials.
+    assert_eq!(upgrade_as(&gateway, "/k", "").await.err().unwrap().0, 401);
+    // An upgrade refused after its hold (the upstream is down) gives the
+    // place back: with one place, every attempt reaches the upstream.
+    for _ in 0..3 {
+        assert_eq!(
+            upgrade_as(&gateway, "/down", "ann").await.err().unwrap().0,
+            502
+        );
+    }
+}
+
 #[tokio::test]
 async fn header_rewrite_sets_appends_and_removes_upstream_headers() {
     let mut upstream = TestUpstream::start().await;

@@ -325,6 +325,27 @@ pub(crate) fn render(gateway: &Gateway, admin: &Load) -> String {
     f.sample("", &[("result", "refused")], refused);
     family(
         &mut out,
+        "wsgate_quota_places",
+        "gauge",
+        "Places this gateway's connections hold per key (quota.hold: open connections per user).",
+    )
+    .sample("", &[], quotas.places());
+    family(
+        &mut out,
+        "wsgate_quota_holds_refused_total",
+        "counter",
+        "Holds (quota.hold) refused: the key's places were taken.",
+    )
+    .sample("", &[], load(&quotas.holds_refused));
+    family(
+        &mut out,
+        "wsgate_quota_replicas",
+        "gauge",
+        "Replicas reconciling quotas through the same Redis, this one included, as of the last round (1 without Redis).",
+    )
+    .sample("", &[], load(&quotas.stats.replicas));
+    family(
+        &mut out,
         "wsgate_quota_redis_up",
         "gauge",
         "1 when the last reconciliation with Redis ([cluster] redis) succeeded, or none is set; 0 while quotas count locally.",

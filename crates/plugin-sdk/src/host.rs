@@ -145,4 +145,11 @@ pub mod quota {
     pub fn take(key: &str, units: u32, limit: u32, window_ms: u32) -> Grant {
         raw::quota::take(key, units, limit, window_ms)
     }
+
+    /// Hold one of `limit` places under this plugin's `key` until the
+    /// connection closes (open connections per user, across replicas).
+    /// Refused: nothing is held.
+    pub fn hold(key: &str, limit: u32) -> Grant {
+        raw::quota::hold(key, limit)
+    }
 }

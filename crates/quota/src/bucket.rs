@@ -49,7 +49,7 @@ pub struct Totals {
 
 /// The `retry-after` of a take refused because this replica's share is
 /// spent: about one reconciliation.
-const SHARE_RETRY_MS: u64 = 10;
+pub(crate) const SHARE_RETRY_MS: u64 = 10;
 
 /// One bucket.
 #[derive(Debug)]

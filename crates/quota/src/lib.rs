@@ -15,6 +15,7 @@
 #![deny(clippy::indexing_slicing)]
 
 mod bucket;
+mod hold;
 pub mod sync;
 
 use std::collections::HashMap;
@@ -25,6 +26,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use bucket::Grant;
 use bucket::{Bucket, Push, Totals};
+use hold::Gauge;
+pub use hold::Hold;
 
 /// Shards of the bucket map: takes on different buckets rarely share a lock.
 const SHARDS: usize = 16;
@@ -38,8 +41,8 @@ pub enum TakeError {
         /// The budget, in bytes.
         limit: usize,
     },
-    /// The plugin holds `max-quota-keys` buckets already.
-    #[error("max-quota-keys ({limit} buckets) reached")]
+    /// The plugin holds `max-quota-keys` buckets (and gauges) already.
+    #[error("max-quota-keys ({limit} keys) reached")]
     TooManyKeys {
         /// The budget.
         limit: usize,
@@ -47,6 +50,16 @@ pub enum TakeError {
     /// `limit` or `window-ms` is 0.
     #[error("a quota needs a limit and a window above 0")]
     Invalid,
+}
+
+/// The keys a round of place reconciliation writes and reads.
+#[derive(Debug, Default)]
+pub(crate) struct HoldRound {
+    /// Gauges whose places here changed (or all held ones, on a full
+    /// round), with the places held here.
+    pub writes: Vec<(String, u64)>,
+    /// Gauges whose fleet view is read.
+    pub reads: Vec<String>,
 }
 
 /// One plugin's share of the quotas: the scope of its bucket names and its
@@ -59,7 +72,7 @@ pub struct QuotaScope {
     max_key: usize,
     /// Most buckets at once.
     max_keys: usize,
-    /// Buckets it holds now.
+    /// Buckets and gauges it holds now.
     held: Arc<AtomicUsize>,
 }
 
@@ -74,9 +87,30 @@ impl QuotaScope {
         }
     }
 
-    /// Buckets the plugin holds now.
+    /// Buckets and gauges the plugin holds now.
     pub fn held(&self) -> usize {
         self.held.load(Ordering::Relaxed)
+    }
+
+    /// Check `key` and make its name, `<plugin>/<key>`.
+    fn name(&self, key: &str) -> Result<String, TakeError> {
+        if key.len() > self.max_key {
+            return Err(TakeError::KeyTooLong {
+                limit: self.max_key,
+            });
+        }
+        Ok(format!("{}/{key}", self.name))
+    }
+
+    /// Count one more key, within `max-quota-keys`.
+    fn count_key(&self) -> Result<Arc<AtomicUsize>, TakeError> {
+        if self.held.fetch_add(1, Ordering::Relaxed) >= self.max_keys {
+            self.held.fetch_sub(1, Ordering::Relaxed);
+            return Err(TakeError::TooManyKeys {
+                limit: self.max_keys,
+            });
+        }
+        Ok(self.held.clone())
     }
 }
 
@@ -107,6 +141,10 @@ pub struct Quotas {
     pub takes: AtomicU64,
     /// Takes refused.
     pub refused: AtomicU64,
+    /// Places held per key (`quota.hold`), by gauge name.
+    gauges: [Mutex<HashMap<String, Gauge>>; SHARDS],
+    /// Holds refused.
+    pub holds_refused: AtomicU64,
 }
 
 impl Default for Quotas {
@@ -127,6 +165,8 @@ impl Quotas {
             stats,
             takes: AtomicU64::new(0),
             refused: AtomicU64::new(0),
+            gauges: std::array::from_fn(|_| Mutex::default()),
+            holds_refused: AtomicU64::new(0),
         }
     }
 
@@ -143,31 +183,16 @@ impl Quotas {
         if limit == 0 || window_ms == 0 {
             return Err(TakeError::Invalid);
         }
-        if key.len() > scope.max_key {
-            return Err(TakeError::KeyTooLong {
-                limit: scope.max_key,
-            });
-        }
-        let name = format!("{}/{key}", scope.name);
-        let mut shard = self.shard(&name);
+        let name = scope.name(key)?;
+        let mut shard = lock(self.shard_of(&self.shards, &name));
         let bucket = match shard.get_mut(&name) {
             Some(bucket) => bucket,
             None => {
-                if scope.held.fetch_add(1, Ordering::Relaxed) >= scope.max_keys {
-                    scope.held.fetch_sub(1, Ordering::Relaxed);
-                    return Err(TakeError::TooManyKeys {
-                        limit: scope.max_keys,
-                    });
-                }
-                let bucket = Bucket::new(window_ms, now_ms, scope.held.clone());
+                let bucket = Bucket::new(window_ms, now_ms, scope.count_key()?);
                 shard.entry(name).or_insert(bucket)
             }
         };
-        let replicas = if self.stats.redis_up.load(Ordering::Relaxed) {
-            self.stats.replicas.load(Ordering::Relaxed)
-        } else {
-            1
-        };
+        let replicas = self.counting_replicas();
         let grant = bucket.take(
             u64::from(units),
             u64::from(limit),
@@ -180,6 +205,111 @@ impl Quotas {
             self.refused.fetch_add(1, Ordering::Relaxed);
         }
         Ok(grant)
+    }
+
+    /// Hold one of `limit` places in `scope`'s gauge `key` until the
+    /// returned [`Hold`] is dropped (its connection closes); refused,
+    /// nothing is held.
+    pub fn hold(
+        self: &Arc<Self>,
+        scope: &QuotaScope,
+        key: &str,
+        limit: u32,
+    ) -> Result<(Grant, Option<Hold>), TakeError> {
+        if limit == 0 {
+            return Err(TakeError::Invalid);
+        }
+        let name = scope.name(key)?;
+        let replicas = self.counting_replicas();
+        let now_ms = now_ms();
+        let grant = {
+            let mut shard = lock(self.shard_of(&self.gauges, &name));
+            let gauge = match shard.get_mut(&name) {
+                Some(gauge) => gauge,
+                None => {
+                    let gauge = Gauge::new(now_ms, scope.count_key()?);
+                    shard.entry(name.clone()).or_insert(gauge)
+                }
+            };
+            gauge.hold(u64::from(limit), replicas, now_ms)
+        };
+        if !grant.allowed {
+            self.holds_refused.fetch_add(1, Ordering::Relaxed);
+            return Ok((grant, None));
+        }
+        let hold = Hold {
+            quotas: self.clone(),
+            name,
+        };
+        Ok((grant, Some(hold)))
+    }
+
+    /// Give back one place of gauge `name`.
+    fn release(&self, name: &str) {
+        if let Some(gauge) = lock(self.shard_of(&self.gauges, name)).get_mut(name) {
+            gauge.release();
+        }
+    }
+
+    /// Places held here now, all gauges together.
+    pub fn places(&self) -> u64 {
+        self.gauges
+            .iter()
+            .map(|shard| lock(shard).values().map(Gauge::local).sum::<u64>())
+            .sum()
+    }
+
+    /// Replicas whose counts this one answers with: those reconciling
+    /// through Redis, or 1 while Redis is unreachable.
+    fn counting_replicas(&self) -> u64 {
+        if self.stats.redis_up.load(Ordering::Relaxed) {
+            self.stats.replicas.load(Ordering::Relaxed)
+        } else {
+            1
+        }
+    }
+
+    /// Start a round of place reconciliation: the gauges whose places
+    /// changed (every held one when `full`) and those to read.
+    pub(crate) fn start_hold_round(&self, now_ms: u64, full: bool) -> HoldRound {
+        let mut round = HoldRound::default();
+        for shard in &self.gauges {
+            let mut map = lock(shard);
+            for (name, gauge) in map.iter_mut() {
+                if gauge.changed || (full && gauge.local() > 0) {
+                    gauge.changed = false;
+                    round.writes.push((name.clone(), gauge.local()));
+                }
+                if gauge.is_read(now_ms) {
+                    round.reads.push(name.clone());
+                }
+            }
+        }
+        round
+    }
+
+    /// Finish a round: each read gauge takes the other replicas' places
+    /// (`None`: Redis failed; what was to be written is written next round).
+    pub(crate) fn finish_hold_round(&self, round: HoldRound, others: Option<Vec<u64>>) {
+        let replicas = self.stats.replicas.load(Ordering::Relaxed);
+        let Some(others) = others else {
+            for (name, _) in round.writes {
+                if let Some(gauge) = lock(self.shard_of(&self.gauges, &name)).get_mut(&name) {
+                    gauge.changed = true;
+                }
+            }
+            return;
+        };
+        for (name, others) in round.reads.into_iter().zip(others) {
+            if let Some(gauge) = lock(self.shard_of(&self.gauges, &name)).get_mut(&name) {
+                gauge.reconcile(others, replicas);
+            }
+        }
+    }
+
+    /// Whether any gauge holds places or waits to be written or read.
+    pub(crate) fn has_gauges(&self) -> bool {
+        self.gauges.iter().any(|shard| !lock(shard).is_empty())
     }
 
     /// Buckets held now, all plugins together.
@@ -195,7 +325,7 @@ impl Quotas {
     pub(crate) fn start_pushes(&self, now_ms: u64) -> Vec<(String, Push)> {
         let mut pushes = Vec::new();
         for shard in &self.shards {
-            let mut map = shard.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut map = lock(shard);
             for (name, bucket) in map.iter_mut() {
                 if let Some(push) = bucket.start_push(now_ms) {
                     pushes.push((name.clone(), push));
@@ -213,8 +343,7 @@ impl Quotas {
         let mut totals = totals.map(Vec::into_iter);
         for (name, push) in pushes {
             let answer = totals.as_mut().and_then(Iterator::next);
-            let mut shard = self.shard(&name);
-            if let Some(bucket) = shard.get_mut(&name) {
+            if let Some(bucket) = lock(self.shard_of(&self.shards, &name)).get_mut(&name) {
                 bucket.finish_push(push, answer, replicas, now_ms);
             }
         }
@@ -224,21 +353,27 @@ impl Quotas {
     /// to push.
     pub fn sweep(&self, now_ms: u64) {
         for shard in &self.shards {
-            let mut map = shard.lock().unwrap_or_else(PoisonError::into_inner);
-            map.retain(|_, bucket| !bucket.is_spent(now_ms));
+            lock(shard).retain(|_, bucket| !bucket.is_spent(now_ms));
+        }
+        for shard in &self.gauges {
+            lock(shard).retain(|_, gauge| !gauge.is_spent(now_ms));
         }
     }
 
+    /// The shard of `shards` that holds `name`.
     #[allow(
         clippy::indexing_slicing,
         reason = "the index is taken modulo SHARDS, the array's length"
     )]
-    fn shard(&self, name: &str) -> std::sync::MutexGuard<'_, HashMap<String, Bucket>> {
+    fn shard_of<'a, T>(&self, shards: &'a [Mutex<T>; SHARDS], name: &str) -> &'a Mutex<T> {
         let index = (self.hasher.hash_one(name) % SHARDS as u64) as usize;
-        self.shards[index]
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        &shards[index]
     }
+}
+
+/// Lock a shard; a poisoned one is used as it is (its counts stay valid).
+fn lock<T>(shard: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    shard.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Now, in Unix milliseconds.

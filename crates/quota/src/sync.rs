@@ -9,6 +9,13 @@
 //! the fleet left before the next round. A round that fails or outlasts `timeout`
 //! changes nothing but puts the units back to be pushed next round, so a
 //! Redis outage only means local counting until Redis answers again.
+//!
+//! Places held per key (`quota.hold`) reconcile in a second pipeline of
+//! the same round, when any changed or is asked for: each replica keeps its
+//! places in a hash of its own (`HSET`/`HDEL` of what changed, all of them
+//! once a second, `PEXPIRE` so a replica that dies takes its places with
+//! it), and reads the other live replicas' hashes (`HMGET`) for the keys
+//! asked for lately.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -18,7 +25,7 @@ use redis::aio::MultiplexedConnection;
 use tokio_util::sync::CancellationToken;
 
 use crate::bucket::{Push, Totals};
-use crate::{Quotas, now_ms};
+use crate::{HoldRound, Quotas, now_ms};
 
 /// How often a failing Redis is logged.
 const LOG_INTERVAL: Duration = Duration::from_secs(10);
@@ -84,6 +91,8 @@ pub async fn run(
         connection: None,
         last_logged: None,
         last_sweep: Instant::now(),
+        others: Vec::new(),
+        last_full_hold: Instant::now(),
         // The first round runs at once: this replica's presence counts
         // before any bucket is used.
         last_round: Instant::now()
@@ -112,6 +121,10 @@ struct Sync {
     last_sweep: Instant,
     /// When the last round went to Redis.
     last_round: Instant,
+    /// The other live replicas, as of the last place round.
+    others: Vec<String>,
+    /// When this replica last wrote all its places.
+    last_full_hold: Instant,
 }
 
 impl Sync {
@@ -125,6 +138,9 @@ impl Sync {
         // fresh, once per IDLE_ROUND.
         let healthy = self.quotas.stats.redis_up.load(Ordering::Relaxed);
         if pushes.is_empty() && healthy && self.last_round.elapsed() < IDLE_ROUND {
+            if self.connection.is_some() && self.quotas.has_gauges() {
+                self.hold_round().await;
+            }
             return;
         }
         self.last_round = Instant::now();
@@ -138,7 +154,85 @@ impl Sync {
                 None
             }
         };
+        let reached = totals.is_some();
         self.quotas.finish_pushes(pushes, totals);
+        if reached && self.quotas.has_gauges() {
+            self.hold_round().await;
+        }
+    }
+
+    /// Write this replica's places that changed (all of them once per
+    /// `IDLE_ROUND`) and read the other replicas' for the keys asked for
+    /// lately.
+    async fn hold_round(&mut self) {
+        let full = self.last_full_hold.elapsed() >= IDLE_ROUND;
+        let round = self.quotas.start_hold_round(now_ms(), full);
+        if round.writes.is_empty() && round.reads.is_empty() && !full {
+            return;
+        }
+        if full {
+            self.last_full_hold = Instant::now();
+        }
+        match self.exchange_holds(&round).await {
+            Ok(others) => self.quotas.finish_hold_round(round, Some(others)),
+            Err(error) => {
+                self.failed(&error);
+                self.quotas.finish_hold_round(round, None);
+            }
+        }
+    }
+
+    /// One pipeline for `round`; answers, per read key, the places the
+    /// other replicas hold.
+    async fn exchange_holds(&mut self, round: &HoldRound) -> Result<Vec<u64>, String> {
+        let Some(mut connection) = self.connection.clone() else {
+            return Err("no connection".to_string());
+        };
+        let presence = self.presence();
+        let (pipe, commands) = hold_pipeline(&self.replica, &self.others, presence, round);
+        let answered = tokio::time::timeout(
+            self.settings.timeout,
+            pipe.query_async::<Vec<redis::Value>>(&mut connection),
+        )
+        .await;
+        self.quotas
+            .stats
+            .commands
+            .fetch_add(commands, Ordering::Relaxed);
+        let mut values = match answered {
+            Ok(Ok(values)) => values,
+            Ok(Err(error)) => {
+                self.connection = None;
+                return Err(error.to_string());
+            }
+            Err(_) => {
+                self.connection = None;
+                return Err(format!("no answer within {:?}", self.settings.timeout));
+            }
+        };
+        let live: Vec<String> = values
+            .pop()
+            .map(redis::from_redis_value)
+            .transpose()
+            .map_err(|e| e.to_string())?
+            .unwrap_or_default();
+        let mut others = vec![0; round.reads.len()];
+        if !round.reads.is_empty() {
+            for value in values {
+                let places: Vec<Option<u64>> =
+                    redis::from_redis_value(value).map_err(|e| e.to_string())?;
+                for (sum, places) in others.iter_mut().zip(places) {
+                    *sum += places.unwrap_or(0);
+                }
+            }
+        }
+        self.others = live.into_iter().filter(|r| *r != self.replica).collect();
+        Ok(others)
+    }
+
+    /// How long a replica counts as live after it last reconciled.
+    fn presence(&self) -> Duration {
+        self.settings.interval.max(Duration::from_millis(100)) * 10
     }
 
     /// Push and read back, within the timeout.
@@ -157,7 +251,7 @@ impl Sync {
             }
         };
         let mut connection = connection;
-        let presence = self.settings.interval.max(Duration::from_millis(100)) * 10;
+        let presence = self.presence();
         let (pipe, commands) = pipeline(&self.replica, presence, pushes);
         let answered = tokio::time::timeout(timeout, pipe.query_async(&mut connection)).await;
         self.quotas
@@ -232,6 +326,72 @@ fn key(name: &str, window_ms: u64, window: u64) -> String {
 /// The sorted set of live replicas, scored by when each last reconciled.
 const REPLICAS_KEY: &str = "wsgate:quota:replicas";
 
+/// The hash of the places replica `replica` holds, by gauge name.
+fn places_key(replica: &str) -> String {
+    format!("wsgate:hold:{replica}")
+}
+
+/// Unix ms `presence` ago: replicas that reconciled since are live.
+fn live_since(presence: Duration) -> u64 {
+    now_ms().saturating_sub(u64::try_from(presence.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// One pipeline for a place round: write `round`'s changes to `replica`'s
+/// hash (kept three presences), read each of `others`' hashes for the read
+/// keys, and list the live replicas (the last answer); and how many
+/// commands it sends.
+fn hold_pipeline(
+    replica: &str,
+    others: &[String],
+    presence: Duration,
+    round: &HoldRound,
+) -> (redis::Pipeline, u64) {
+    let mut pipe = redis::pipe();
+    let mut commands = 0;
+    let mine = places_key(replica);
+    let (held, released): (Vec<_>, Vec<_>) =
+        round.writes.iter().partition(|(_, places)| *places > 0);
+    if !held.is_empty() {
+        let mut hset = redis::cmd("HSET");
+        hset.arg(&mine);
+        for (name, places) in held {
+            hset.arg(name).arg(*places);
+        }
+        pipe.add_command(hset).ignore();
+        commands += 1;
+    }
+    if !released.is_empty() {
+        let mut hdel = redis::cmd("HDEL");
+        hdel.arg(&mine);
+        for (name, _) in released {
+            hdel.arg(name);
+        }
+        pipe.add_command(hdel).ignore();
+        commands += 1;
+    }
+    let ttl = u64::try_from(presence.as_millis())
+        .unwrap_or(u64::MAX)
+        .saturating_mul(3);
+    pipe.cmd("PEXPIRE").arg(&mine).arg(ttl).ignore();
+    commands += 1;
+    if !round.reads.is_empty() {
+        for other in others {
+            let mut hmget = redis::cmd("HMGET");
+            hmget.arg(places_key(other));
+            for name in &round.reads {
+                hmget.arg(name);
+            }
+            pipe.add_command(hmget);
+            commands += 1;
+        }
+    }
+    pipe.cmd("ZRANGEBYSCORE")
+        .arg(REPLICAS_KEY)
+        .arg(live_since(presence))
+        .arg("+inf");
+    (pipe, commands + 1)
+}
+
 /// One pipeline for `pushes`: first this replica's presence (answering how
 /// many replicas reconciled within `presence`), then two values per bucket
 /// (the current window's total, the previous one's); and how many
@@ -242,11 +402,10 @@ fn pipeline(
     pushes: &[(String, Push)],
 ) -> (redis::Pipeline, u64) {
     let mut pipe = redis::pipe();
-    let now = now_ms();
-    let since = now.saturating_sub(u64::try_from(presence.as_millis()).unwrap_or(u64::MAX));
+    let since = live_since(presence);
     pipe.cmd("ZADD")
         .arg(REPLICAS_KEY)
-        .arg(now)
+        .arg(now_ms())
         .arg(replica)
         .ignore();
     pipe.cmd("ZREMRANGEBYSCORE")

@@ -33,6 +33,7 @@ pub mod v0_2 {
             "wsgate:plugin/state.set": trappable,
             "wsgate:plugin/state.set-attribute": trappable,
             "wsgate:plugin/quota.take": trappable,
+            "wsgate:plugin/quota.hold": trappable,
         },
         with: {
             "wsgate:plugin/types@0.2.0": super::v0_1::wsgate::plugin::types,

@@ -68,7 +68,13 @@ pub struct PluginState {
     /// The plugin's gateway-wide count these bytes are part of (set on the
     /// first write); given back when the state is dropped.
     held: Option<Arc<AtomicUsize>>,
+    /// Places the plugin holds for the connection (`quota.hold`), given
+    /// back when the state is dropped with the connection.
+    holds: Vec<wsgate_quota::Hold>,
 }
+
+/// Places one plugin may hold for one connection (`quota.hold`).
+pub const MAX_HOLDS_PER_CONNECTION: usize = 16;
 
 impl PluginState {
     /// The value under `key`.
@@ -523,7 +529,8 @@ impl wsgate::plugin::context::Host for HostState {
 
 /// Contract 0.2.0's interfaces shared with 0.1.0 do what 0.1.0's do.
 mod v0_2_host {
-    use super::{Header, HostState, LogLevel, v0_2, wsgate};
+    use super::{Header, HostState, LogLevel, MAX_HOLDS_PER_CONNECTION, v0_2, wsgate};
+    use v0_2::wsgate::plugin::quota::Grant;
 
     impl v0_2::wsgate::plugin::log::Host for HostState {
         fn write(&mut self, level: LogLevel, message: String) {
@@ -589,18 +596,52 @@ mod v0_2_host {
             units: u32,
             limit: u32,
             window_ms: u32,
-        ) -> wasmtime::Result<v0_2::wsgate::plugin::quota::Grant> {
+        ) -> wasmtime::Result<Grant> {
             match self
                 .quotas
                 .take(&self.quota_scope, &key, units, limit, window_ms)
             {
-                Ok(grant) => Ok(v0_2::wsgate::plugin::quota::Grant {
+                Ok(grant) => Ok(Grant {
                     allowed: grant.allowed,
                     remaining: grant.remaining,
                     retry_after_ms: grant.retry_after_ms,
                 }),
                 Err(refused) => Err(self.over_budget(refused.to_string())),
             }
+        }
+
+        fn hold(&mut self, key: String, limit: u32) -> wasmtime::Result<Grant> {
+            self.hold_place(&key, limit)
+                .map_err(|budget| self.over_budget(budget))
+        }
+    }
+
+    impl HostState {
+        /// `quota.hold`: a place for the connection of the call in progress.
+        fn hold_place(&mut self, key: &str, limit: u32) -> Result<Grant, String> {
+            let refused = Grant {
+                allowed: false,
+                remaining: 0,
+                retry_after_ms: 0,
+            };
+            let Some(call) = self.call.as_mut() else {
+                return Ok(refused);
+            };
+            if call.state.holds.len() >= MAX_HOLDS_PER_CONNECTION {
+                return Err(format!(
+                    "at most {MAX_HOLDS_PER_CONNECTION} quota places per connection"
+                ));
+            }
+            let (grant, hold) = self
+                .quotas
+                .hold(&self.quota_scope, key, limit)
+                .map_err(|refused| refused.to_string())?;
+            call.state.holds.extend(hold);
+            Ok(Grant {
+                allowed: grant.allowed,
+                remaining: grant.remaining,
+                retry_after_ms: grant.retry_after_ms,
+            })
         }
     }
 

@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
+
 use wsgate_tests::{Client, admin_http, config_text, next_data, send_text};
 
 mod common;
@@ -87,14 +89,21 @@ impl Drop for Redis {
     }
 }
 
+/// Connections one user may hold open across the cluster on `/c`.
+const PLACES: usize = 4;
+
 /// A gateway whose `/q` limits every `x-user` to `LIMIT` messages per
-/// `WINDOW` across the cluster (over it: a reply), to `echo`.
+/// `WINDOW` across the cluster (over it: a reply), and `/c` to `PLACES`
+/// open connections, to `echo`.
 fn config(echo: SocketAddr, redis: &str) -> String {
     config_text(&format!(
         "[cluster]\nredis = \"{redis}\"\nsync-interval = \"10ms\"\n\n\
          [[endpoint]]\npath = \"/q\"\nallowed-upstreams = [\"ws://{echo}\"]\n\
          upgrade = [{{ plugin = \"static-router@1.0.0\", config = {{ url = \"ws://{echo}/\" }} }}]\n\
          client-messages = [{{ plugin = \"rate-limit@1.1.0\", config = {{ scope = \"key\", key = \"${{header.x-user}}\", messages-per-second = {LIMIT}, action = \"reply\" }} }}]\n\n\
+         [[endpoint]]\npath = \"/c\"\nallowed-upstreams = [\"ws://{echo}\"]\n\
+         upgrade = [{{ plugin = \"key-limit@1.0.0\", config = {{ key = \"${{header.x-user}}\", max-connections = {PLACES} }} }}, \
+         {{ plugin = \"static-router@1.0.0\", config = {{ url = \"ws://{echo}/\" }} }}]\n\n\
          [admin]\nlisten = \"127.0.0.1:0\"\n"
     ))
 }
@@ -125,12 +134,70 @@ fn start_replicas(dir: &Path, count: usize, echo: SocketAddr, redis: &str) -> Ve
 }
 
 async fn connect_as(listen: &str, user: &str) -> Client {
+    upgrade_as(listen, "/q", user).await.unwrap()
+}
+
+/// An upgrade to `path` as `user`: the client, or the refusal's status.
+async fn upgrade_as(listen: &str, path: &str, user: &str) -> Result<Client, u16> {
+    use tokio_tungstenite::tungstenite::Error;
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    let mut request = format!("ws://{listen}/q").into_client_request().unwrap();
+    let mut request = format!("ws://{listen}{path}")
+        .into_client_request()
+        .unwrap();
     request
         .headers_mut()
         .insert("x-user", user.parse().unwrap());
-    tokio_tungstenite::connect_async(request).await.unwrap().0
+    match tokio_tungstenite::connect_async(request).await {
+        Ok((client, _)) => Ok(client),
+        Err(Error::Http(response)) => Err(response.status().as_u16()),
+        Err(other) => panic!("unexpected upgrade error: {other}"),
+    }
+}
+
+/// Upgrades to `/c` as `user` on `replica` until one is refused with 429;
+/// the ones admitted on the way (over-admission while views converge).
+async fn admitted_until_refused(replica: &Replica, user: &str) -> Vec<Client> {
+    let mut admitted = Vec::new();
+    tokio::time::timeout(TIMEOUT, async {
+        loop {
+            match upgrade_as(&replica.listen, "/c", user).await {
+                Ok(client) => admitted.push(client),
+                Err(status) => {
+                    assert_eq!(status, 429);
+                    return;
+                }
+            }
+        }
+    })
+    .await
+    .expect("a full key is refused");
+    admitted
+}
+
+/// Upgrades to `/c` as `user` on `replica` until one is admitted (the
+/// replica has heard a place was freed).
+async fn refused_until_admitted(replica: &Replica, user: &str) -> Client {
+    tokio::time::timeout(TIMEOUT, async {
+        loop {
+            match upgrade_as(&replica.listen, "/c", user).await {
+                Ok(client) => return client,
+                Err(status) => assert_eq!(status, 429),
+            }
+        }
+    })
+    .await
+    .expect("a freed place is admitted")
+}
+
+/// Wait (on the metric, polled) until `admin`'s replica counts `replicas`.
+async fn replicas_become(admin: SocketAddr, replicas: u64) {
+    tokio::time::timeout(TIMEOUT, async {
+        while metric(&metrics(admin).await, "wsgate_quota_replicas") != replicas {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("wsgate_quota_replicas never became {replicas}"));
 }
 
 /// One message and its answer: whether the quota admitted it (echoed) or
@@ -295,6 +362,74 @@ fn three_gateways_share_a_key_scoped_quota_within_the_bound() {
     let commands = metric(&metrics, "wsgate_quota_redis_commands_total");
     eprintln!("one replica sent {commands} Redis commands in the two runs");
     assert!(commands > 0);
+    for replica in replicas {
+        replica.process.stop();
+    }
+    redis.stop();
+}
+
+#[test]
+fn three_gateways_share_a_users_open_connections_within_the_bound() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let dir = TempDir::new("cluster-places");
+    let redis = Redis::start(&dir.0);
+    let echo = runtime.block_on(wsgate_tests::start_echo());
+    let replicas = start_replicas(&dir.0, 3, echo, &redis.url());
+    runtime.block_on(async {
+        for replica in &replicas {
+            replicas_become(replica.admin, 3).await;
+        }
+        // Ann opens her places one replica after another. A replica past
+        // its share of her places refuses (429) until its next round
+        // with Redis: she retries, as a client told `Retry-After` does.
+        let mut open: Vec<(usize, Client)> = Vec::new();
+        for i in 0..PLACES {
+            let at = i % replicas.len();
+            open.push((at, refused_until_admitted(&replicas[at], "ann").await));
+        }
+        // Full: every replica refuses her next one, once it has heard
+        // from the others; the ones admitted before stay within the bound.
+        let mut extra = 0;
+        for (at, replica) in replicas.iter().enumerate() {
+            let admitted = admitted_until_refused(replica, "ann").await;
+            extra += admitted.len();
+            open.extend(admitted.into_iter().map(|client| (at, client)));
+        }
+        eprintln!(
+            "open connections per user: limit {PLACES}, admitted {} across 3 replicas",
+            open.len()
+        );
+        assert!(
+            extra < replicas.len(),
+            "admitted {extra} over the limit; the bound is replicas - 1"
+        );
+        // Another user's places are their own.
+        let _bob = upgrade_as(&replicas[2].listen, "/c", "bob").await.unwrap();
+        // Ann closes connections on replica 0 until one place is free:
+        // replica 1 admits her again once it hears of it.
+        while open.len() >= PLACES {
+            let index = open.iter().position(|(at, _)| *at == 0).unwrap_or(0);
+            let (_, mut client) = open.remove(index);
+            client.close(None).await.unwrap();
+            while client.next().await.is_some() {}
+        }
+        let _again = refused_until_admitted(&replicas[1], "ann").await;
+        let late = admitted_until_refused(&replicas[2], "ann").await;
+        assert!(late.len() < replicas.len(), "{} over the limit", late.len());
+    });
+    // Every place is given back with its connection.
+    runtime.block_on(async {
+        for replica in &replicas {
+            tokio::time::timeout(TIMEOUT, async {
+                while metric(&metrics(replica.admin).await, "wsgate_quota_places") != 0 {
+                    tokio::task::yield_now().await;
+                }
+            })
+            .await
+            .expect("places given back");
+        }
+    });
     for replica in replicas {
         replica.process.stop();
     }
