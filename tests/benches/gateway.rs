@@ -106,6 +106,116 @@ fn plugin_call(c: &mut Criterion) {
     group.finish();
 }
 
+/// What a `quota.take` adds to a plugin call: `rate-limit` keyed per
+/// connection (one take per message) with its quotas local only, and with
+/// them reconciled with a real Redis every 10 ms (a `redis-server` the
+/// bench starts; skipped when none is installed), against `passthrough`.
+fn quota_take(c: &mut Criterion) {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let dir = std::env::temp_dir().join(format!("wsgate-bench-redis-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let socket = dir.join("redis.sock");
+    let redis = std::process::Command::new("redis-server")
+        .args(["--port", "0", "--save", "", "--appendonly", "no"])
+        .arg("--unixsocket")
+        .arg(&socket)
+        .stdout(std::process::Stdio::null())
+        .spawn();
+    let endpoint = |name: &str, plugin: &str, config: &str| {
+        format!(
+            "[[endpoint]]\npath = \"/{name}\"\nallowed-upstreams = [\"ws://127.0.0.1:1\"]\n\
+             upgrade = [{{ plugin = \"static-router@1.0.0\", config = {{ url = \"ws://127.0.0.1:1/\" }} }}]\n\
+             client-messages = [{{ plugin = \"{plugin}\", config = {config} }}]\n\n"
+        )
+    };
+    let key = r#"{ scope = "key", key = "${connection-id}", messages-per-second = 1e9 }"#;
+    let constant = r#"{ scope = "key", key = "k", bucket = "b", messages-per-second = 1e9 }"#;
+    let body = endpoint("passthrough", "passthrough@1.0.0", "{}")
+        + &endpoint("take-local", "rate-limit@1.1.0", key)
+        + &endpoint("take-local-constant-key", "rate-limit@1.1.0", constant);
+    let local = runtime.block_on(async {
+        wsgate_proxy::Generation::build(
+            0,
+            parse_config(&config_text(&body)),
+            wsgate_tests::runtime(),
+        )
+        .unwrap()
+    });
+    let mut targets: Vec<(&str, Arc<wsgate_runtime::PluginPool>)> = local
+        .endpoints
+        .iter()
+        .zip(["passthrough", "take-local", "take-local-constant-key"])
+        .map(|(endpoint, name)| (name, endpoint.client_messages[0].pool.clone()))
+        .collect();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let _redis = match redis {
+        Ok(child) => {
+            while !socket.exists() {
+                std::thread::yield_now();
+            }
+            let quotas = Arc::new(wsgate_quota::Quotas::new());
+            let synced = wsgate_tests::runtime().with_quotas(quotas.clone());
+            runtime.spawn(wsgate_quota::sync::run(
+                quotas,
+                Some(wsgate_quota::sync::RedisSettings {
+                    url: format!("redis+unix://{}", socket.display()),
+                    interval: std::time::Duration::from_millis(10),
+                    timeout: std::time::Duration::from_millis(250),
+                }),
+                stop.clone(),
+            ));
+            let body = endpoint("take-redis", "rate-limit@1.1.0", key);
+            let generation = runtime.block_on(async {
+                wsgate_proxy::Generation::build(0, parse_config(&config_text(&body)), &synced)
+                    .unwrap()
+            });
+            targets.push((
+                "take-redis",
+                generation.endpoints[0].client_messages[0].pool.clone(),
+            ));
+            Some(KillOnDrop(child))
+        }
+        Err(error) => {
+            eprintln!("quota_take/take-redis skipped: no redis-server ({error})");
+            None
+        }
+    };
+    let mut group = c.benchmark_group("quota_take");
+    // The host's part alone: one take, called directly.
+    let quotas = wsgate_quota::Quotas::new();
+    let scope = wsgate_quota::QuotaScope::new("rate-limit", 256, 100_000);
+    group.bench_function("host-only", |b| {
+        b.iter(|| {
+            quotas
+                .take(&scope, "/e|messages|1", 1, u32::MAX, 1000)
+                .unwrap()
+        });
+    });
+    let message = chat_message(32);
+    for (name, pool) in targets {
+        let mut context = CallContext::new(Arc::new(ConnectionInfo::default()));
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                pool.on_message(&mut context, Direction::ClientToServer, &message)
+                    .unwrap()
+            });
+        });
+    }
+    group.finish();
+    stop.cancel();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A child process killed when dropped.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// One filter, four languages: json-mask masking one key of a small JSON
 /// message, as built from Rust, JavaScript, Python and C (the Rust edition
 /// is the baseline).
@@ -434,6 +544,7 @@ fn monitor_overhead(c: &mut Criterion) {
 criterion_group!(
     benches,
     plugin_call,
+    quota_take,
     json_mask_by_language,
     pool_take,
     upgrade_chain,

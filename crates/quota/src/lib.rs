@@ -18,11 +18,13 @@ mod bucket;
 mod hold;
 pub mod sync;
 
+use std::cell::RefCell;
 use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{SystemTime, UNIX_EPOCH};
+
+use foldhash::fast::RandomState;
 
 pub use bucket::Grant;
 use bucket::{Bucket, Push, Totals};
@@ -31,6 +33,16 @@ pub use hold::Hold;
 
 /// Shards of the bucket map: takes on different buckets rarely share a lock.
 const SHARDS: usize = 16;
+
+/// Buckets or gauges by name, hashed with a fast seeded hash (the names
+/// carry client-chosen values, so the seed is random).
+type NameMap<T> = HashMap<String, T, RandomState>;
+
+thread_local! {
+    /// The name being looked up (`<plugin>/<key>`), built here so that a
+    /// take of a known bucket allocates nothing.
+    static NAME: RefCell<String> = const { RefCell::new(String::new()) };
+}
 
 /// Why a take was refused before counting.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -92,14 +104,20 @@ impl QuotaScope {
         self.held.load(Ordering::Relaxed)
     }
 
-    /// Check `key` and make its name, `<plugin>/<key>`.
-    fn name(&self, key: &str) -> Result<String, TakeError> {
+    /// Check `key`, then call `f` with its name, `<plugin>/<key>`.
+    fn with_name<R>(&self, key: &str, f: impl FnOnce(&str) -> R) -> Result<R, TakeError> {
         if key.len() > self.max_key {
             return Err(TakeError::KeyTooLong {
                 limit: self.max_key,
             });
         }
-        Ok(format!("{}/{key}", self.name))
+        Ok(NAME.with_borrow_mut(|name| {
+            name.clear();
+            name.push_str(&self.name);
+            name.push('/');
+            name.push_str(key);
+            f(name)
+        }))
     }
 
     /// Count one more key, within `max-quota-keys`.
@@ -133,7 +151,7 @@ pub struct SyncStats {
 /// The buckets of one gateway process.
 #[derive(Debug)]
 pub struct Quotas {
-    shards: [Mutex<HashMap<String, Bucket>>; SHARDS],
+    shards: [Mutex<NameMap<Bucket>>; SHARDS],
     hasher: RandomState,
     /// Health of the Redis reconciliation.
     pub stats: SyncStats,
@@ -142,7 +160,7 @@ pub struct Quotas {
     /// Takes refused.
     pub refused: AtomicU64,
     /// Places held per key (`quota.hold`), by gauge name.
-    gauges: [Mutex<HashMap<String, Gauge>>; SHARDS],
+    gauges: [Mutex<NameMap<Gauge>>; SHARDS],
     /// Holds refused.
     pub holds_refused: AtomicU64,
 }
@@ -160,12 +178,12 @@ impl Quotas {
         stats.redis_up.store(true, Ordering::Relaxed);
         stats.replicas.store(1, Ordering::Relaxed);
         Self {
-            shards: std::array::from_fn(|_| Mutex::default()),
-            hasher: RandomState::new(),
+            shards: std::array::from_fn(|_| Mutex::new(NameMap::default())),
+            hasher: RandomState::default(),
             stats,
             takes: AtomicU64::new(0),
             refused: AtomicU64::new(0),
-            gauges: std::array::from_fn(|_| Mutex::default()),
+            gauges: std::array::from_fn(|_| Mutex::new(NameMap::default())),
             holds_refused: AtomicU64::new(0),
         }
     }
@@ -183,23 +201,24 @@ impl Quotas {
         if limit == 0 || window_ms == 0 {
             return Err(TakeError::Invalid);
         }
-        let name = scope.name(key)?;
-        let mut shard = lock(self.shard_of(&self.shards, &name));
-        let bucket = match shard.get_mut(&name) {
-            Some(bucket) => bucket,
-            None => {
-                let bucket = Bucket::new(window_ms, now_ms, scope.count_key()?);
-                shard.entry(name).or_insert(bucket)
-            }
-        };
         let replicas = self.counting_replicas();
-        let grant = bucket.take(
-            u64::from(units),
-            u64::from(limit),
-            window_ms,
-            now_ms,
-            replicas,
-        );
+        let grant = scope.with_name(key, |name| {
+            let mut shard = lock(self.shard_of(&self.shards, name));
+            let bucket = match shard.get_mut(name) {
+                Some(bucket) => bucket,
+                None => {
+                    let bucket = Bucket::new(window_ms, now_ms, scope.count_key()?);
+                    shard.entry(name.to_string()).or_insert(bucket)
+                }
+            };
+            Ok(bucket.take(
+                u64::from(units),
+                u64::from(limit),
+                window_ms,
+                now_ms,
+                replicas,
+            ))
+        })??;
         self.takes.fetch_add(1, Ordering::Relaxed);
         if !grant.allowed {
             self.refused.fetch_add(1, Ordering::Relaxed);
@@ -219,29 +238,30 @@ impl Quotas {
         if limit == 0 {
             return Err(TakeError::Invalid);
         }
-        let name = scope.name(key)?;
         let replicas = self.counting_replicas();
         let now_ms = now_ms();
-        let grant = {
-            let mut shard = lock(self.shard_of(&self.gauges, &name));
-            let gauge = match shard.get_mut(&name) {
-                Some(gauge) => gauge,
-                None => {
-                    let gauge = Gauge::new(now_ms, scope.count_key()?);
-                    shard.entry(name.clone()).or_insert(gauge)
-                }
+        scope.with_name(key, |name| {
+            let grant = {
+                let mut shard = lock(self.shard_of(&self.gauges, name));
+                let gauge = match shard.get_mut(name) {
+                    Some(gauge) => gauge,
+                    None => {
+                        let gauge = Gauge::new(now_ms, scope.count_key()?);
+                        shard.entry(name.to_string()).or_insert(gauge)
+                    }
+                };
+                gauge.hold(u64::from(limit), replicas, now_ms)
             };
-            gauge.hold(u64::from(limit), replicas, now_ms)
-        };
-        if !grant.allowed {
-            self.holds_refused.fetch_add(1, Ordering::Relaxed);
-            return Ok((grant, None));
-        }
-        let hold = Hold {
-            quotas: self.clone(),
-            name,
-        };
-        Ok((grant, Some(hold)))
+            if !grant.allowed {
+                self.holds_refused.fetch_add(1, Ordering::Relaxed);
+                return Ok((grant, None));
+            }
+            let hold = Hold {
+                quotas: self.clone(),
+                name: name.to_string(),
+            };
+            Ok((grant, Some(hold)))
+        })?
     }
 
     /// Give back one place of gauge `name`.
@@ -376,9 +396,12 @@ fn lock<T>(shard: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     shard.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Now, in Unix milliseconds.
+/// Now, in Unix milliseconds, from the coarse real-time clock: a few
+/// milliseconds of resolution (the kernel's tick), for a fraction of the
+/// precise clock's cost on every take.
 pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::RealtimeCoarse);
+    let seconds = u64::try_from(now.tv_sec).unwrap_or(0);
+    let millis = u64::try_from(now.tv_nsec).unwrap_or(0) / 1_000_000;
+    seconds.saturating_mul(1000).saturating_add(millis)
 }
