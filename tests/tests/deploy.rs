@@ -435,3 +435,68 @@ async fn two_endpoints_pin_two_versions_of_one_plugin_side_by_side() {
         r#"{"n":2,"tagged-by":"tagger@2.0.0"}"#
     );
 }
+
+#[tokio::test]
+async fn a_drain_stops_being_ready_accepts_through_the_grace_then_closes_each_client_with_1012() {
+    let mut upstream = TestUpstream::start().await;
+    let config = config_with_gateway(
+        "drain-grace = \"2s\"\ndrain-window = \"300ms\"\nshutdown-timeout = \"5s\"",
+        &endpoint("/d", upstream.address, ""),
+    );
+    let gateway = Gateway::start(parse_config(&config), runtime())
+        .await
+        .unwrap();
+    let (admin, _stop) = start_admin(&gateway, None).await;
+    let mut clients = Vec::new();
+    let mut servers = Vec::new();
+    for _ in 0..3 {
+        clients.push(connect(&gateway, "/d").await);
+        servers.push(upstream.accept().await);
+    }
+    assert_eq!(admin_http(admin, "GET", "/readyz", None, "").await.0, 200);
+
+    // POST /api/drain: not ready at once, still accepting in the grace.
+    let (status, body) = admin_http(admin, "POST", "/api/drain", None, "").await;
+    assert_eq!(status, 202, "{body}");
+    assert!(body.contains("\"phase\":\"grace\""), "{body}");
+    assert_eq!(admin_http(admin, "GET", "/readyz", None, "").await.0, 503);
+    assert_eq!(
+        admin_http(admin, "POST", "/api/drain", None, "").await.0,
+        200
+    );
+    clients.push(connect(&gateway, "/d").await);
+    servers.push(upstream.accept().await);
+    // A deploy is refused while draining; traffic is untouched.
+    let refused = gateway
+        .deploy(
+            parse_config(&config_text(&endpoint("/d", upstream.address, ""))),
+            "test",
+        )
+        .await;
+    assert!(matches!(refused, Err(wsgate_proxy::DeployError::Draining)));
+
+    // Then every client gets 1012, every upstream 1001, the one accepted
+    // in the grace too.
+    for (client, server) in clients.iter_mut().zip(servers.iter_mut()) {
+        let (client_close, server_close) =
+            tokio::join!(expect_close(client), expect_close(&mut server.ws));
+        assert_eq!(client_close, (1012, "service restart".to_string()));
+        assert_eq!(server_close.0, 1001);
+    }
+    gateway.drain_state().done().await;
+    assert_eq!(
+        gateway.drain_state().phase(),
+        wsgate_proxy::DrainPhase::Done
+    );
+    assert_eq!(gateway.drain_state().closed(), 4);
+    assert_eq!(gateway.active_connections(), 0);
+    // The listener is closed: the load balancer's next try goes elsewhere.
+    assert!(
+        tokio::net::TcpStream::connect(gateway.local_addr())
+            .await
+            .is_err()
+    );
+    let metrics = admin_http(admin, "GET", "/metrics", None, "").await.1;
+    assert!(metrics.contains("wsgate_drain_phase 3"), "{metrics}");
+    assert!(metrics.contains("wsgate_drain_closed_total 4"), "{metrics}");
+}

@@ -3,8 +3,10 @@
 //! | route | what |
 //! |---|---|
 //! | `GET /healthz` | 200 while the process serves |
-//! | `GET /readyz` | 200 while accepting, 503 once shutdown has begun |
+//! | `GET /readyz` | 200 while accepting, 503 once a drain or shutdown has begun |
 //! | `POST /api/deploy` | body: a whole `host-config.toml`; header `x-wsgate-config-path` names it (relative plugin paths resolve against its directory). 200 `{"generation": N}`, or 422 `{"errors": [{file, line, column, field, message}]}` with the running configuration untouched |
+//! | `POST /api/drain` | begin a drain (as SIGTERM): 202 with its state, or 200 when one had begun; the process exits when it is done |
+//! | `GET /api/drain` | the drain: `phase` (serving, grace, closing, done), open `connections`, `closed` with 1012, `grace_ms`, `window_ms` |
 //! | `GET /api/generations` | live generations and their open connections |
 //! | `GET /api/deploys` | deploy history |
 //! | `GET /api/endpoints` | the listener, endpoints with their chains and monitor levels, plugins |
@@ -142,6 +144,18 @@ async fn route(context: &Context, request: Request<Incoming>) -> AdminResponse {
             response
         }
         (&Method::POST, "/api/deploy") => deploy(gateway, request).await,
+        (&Method::POST, "/api/drain") => {
+            let began = gateway.drain();
+            json_response(
+                if began {
+                    StatusCode::ACCEPTED
+                } else {
+                    StatusCode::OK
+                },
+                &drain(gateway),
+            )
+        }
+        (&Method::GET, "/api/drain") => json_response(StatusCode::OK, &drain(gateway)),
         (&Method::GET, "/api/generations") => json_response(StatusCode::OK, &generations(gateway)),
         (&Method::GET, "/api/deploys") => json_response(StatusCode::OK, &deploys(gateway)),
         (&Method::GET, "/api/endpoints") => {
@@ -220,6 +234,10 @@ async fn deploy(gateway: &Gateway, request: Request<Incoming>) -> AdminResponse 
         Err(DeployError::Config(errors)) => {
             json_response(StatusCode::UNPROCESSABLE_ENTITY, &errors_json(&errors))
         }
+        Err(error @ DeployError::Draining) => json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({ "errors": [{ "field": "", "message": error.to_string(), "text": error.to_string() }] }),
+        ),
         Err(DeployError::Bind(error)) => json_response(
             StatusCode::UNPROCESSABLE_ENTITY,
             &json!({ "errors": [{
@@ -248,6 +266,19 @@ pub fn errors_json(errors: &ConfigErrors) -> Value {
         })
         .collect();
     json!({ "errors": errors })
+}
+
+/// The drain's phase and progress.
+fn drain(gateway: &Gateway) -> Value {
+    let drain = gateway.drain_state();
+    let settings = &gateway.generation().config.gateway;
+    json!({
+        "phase": drain.phase().name(),
+        "connections": gateway.active_connections(),
+        "closed": drain.closed(),
+        "grace_ms": settings.drain_grace.0.as_millis(),
+        "window_ms": settings.drain_window.0.as_millis(),
+    })
 }
 
 fn generations(gateway: &Gateway) -> Value {

@@ -55,6 +55,22 @@ pub(crate) fn render(gateway: &Gateway, admin: &Load) -> String {
     )
     .sample("", &[], gateway.active_connections());
 
+    let drain = gateway.drain_state();
+    family(
+        &mut out,
+        "wsgate_drain_phase",
+        "gauge",
+        "Drain phase: 0 serving, 1 grace (not ready, still accepting), 2 closing connections with 1012, 3 done.",
+    )
+    .sample("", &[], drain.phase() as u8);
+    family(
+        &mut out,
+        "wsgate_drain_closed_total",
+        "counter",
+        "Connections closed with 1012 (Service Restart) by a drain.",
+    )
+    .sample("", &[], drain.closed());
+
     family(
         &mut out,
         "wsgate_pending_upgrades",

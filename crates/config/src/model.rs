@@ -82,9 +82,19 @@ pub struct Gateway {
     /// takes effect at restart.
     #[serde(default = "default_workers")]
     pub workers: Spanned<u32>,
-    /// Time open connections get to finish their close handshake at shutdown.
+    /// Time open connections get to finish their close handshake at shutdown
+    /// (and, in a drain, after the drain window).
     #[serde(default = "default_shutdown_timeout")]
     pub shutdown_timeout: HumanDuration,
+    /// In a drain (SIGTERM, `POST /api/drain`): how long the gateway keeps
+    /// accepting after `/readyz` turned 503, while load balancers notice.
+    #[serde(default = "default_drain_grace")]
+    pub drain_grace: HumanDuration,
+    /// In a drain, after the grace: the time over which connections are
+    /// closed with 1012 (Service Restart), each at its own instant, so that
+    /// clients do not all reconnect at once.
+    #[serde(default = "default_drain_window")]
+    pub drain_window: HumanDuration,
     /// Read buffer per WebSocket stream (tungstenite's default, 128 KiB, costs
     /// too much memory per idle connection).
     #[serde(default = "default_read_buffer")]
@@ -701,6 +711,12 @@ fn unlimited() -> i64 {
 }
 fn default_handshake_timeout() -> HumanDuration {
     HumanDuration(Duration::from_secs(10))
+}
+fn default_drain_grace() -> HumanDuration {
+    HumanDuration(Duration::from_secs(5))
+}
+fn default_drain_window() -> HumanDuration {
+    HumanDuration(Duration::from_secs(20))
 }
 fn default_shutdown_timeout() -> HumanDuration {
     HumanDuration(Duration::from_secs(10))

@@ -39,10 +39,12 @@ pub fn from_plugin(message: Message) -> WsMessage {
     }
 }
 
-/// A close frame with a code that may be sent on the wire (RFC 6455 7.4):
-/// reserved or unassigned codes become 1011, and the reason is cut to fit.
+/// A close frame with a code that may be sent on the wire (RFC 6455 7.4
+/// and IANA's registry: 1012 Service Restart, 1013 Try Again Later, 1014
+/// Bad Gateway): reserved or unassigned codes become 1011, and the reason
+/// is cut to fit.
 pub fn close_frame(code: u16, reason: &str) -> WsCloseFrame {
-    let sendable = matches!(code, 1000..=1003 | 1007..=1011 | 3000..=4999);
+    let sendable = matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999);
     let code = if sendable { code } else { 1011 };
     let mut end = reason.len().min(123);
     while !reason.is_char_boundary(end) {
@@ -64,6 +66,8 @@ mod tests {
         assert_eq!(u16::from(close_frame(1005, "").code), 1011);
         assert_eq!(u16::from(close_frame(4000, "").code), 4000);
         assert_eq!(u16::from(close_frame(1008, "").code), 1008);
+        assert_eq!(u16::from(close_frame(1012, "").code), 1012);
+        assert_eq!(u16::from(close_frame(1015, "").code), 1011);
     }
 
     #[test]

@@ -12,6 +12,7 @@ use wsgate_monitor::Monitor;
 use wsgate_runtime::Runtime;
 
 use crate::counters::TrafficCounters;
+use crate::drain::{Drain, DrainPhase};
 use crate::generation::Generation;
 use crate::listener::{self, BindError};
 use crate::shared::Shared;
@@ -40,6 +41,9 @@ pub enum DeployError {
     /// A listener the configuration adds could not be bound.
     #[error("{0}")]
     Bind(#[from] BindError),
+    /// The gateway is draining: it takes no new configuration.
+    #[error("the gateway is draining; deploy to another replica")]
+    Draining,
 }
 
 impl DeployError {
@@ -48,6 +52,7 @@ impl DeployError {
         match self {
             Self::Config(errors) => errors.0.iter().map(ToString::to_string).collect(),
             Self::Bind(error) => vec![error.to_string()],
+            Self::Draining => vec![self.to_string()],
         }
     }
 }
@@ -144,7 +149,11 @@ impl Gateway {
     ) -> Result<u64, DeployError> {
         let _deploying = self.shared.deploying.lock().await;
         let id = self.shared.next_generation.load(Ordering::Relaxed);
-        let result = self.build_and_install(id, config).await;
+        let result = if self.shared.drain.phase() == DrainPhase::Serving {
+            self.build_and_install(id, config).await
+        } else {
+            Err(DeployError::Draining)
+        };
         match &result {
             Ok(id) => tracing::info!(generation = id, source, "deployed"),
             Err(error) => tracing::warn!(
@@ -286,6 +295,59 @@ impl Gateway {
     /// The quotas this gateway's plugins count in (`quota.take`).
     pub fn quotas(&self) -> &Arc<wsgate_quota::Quotas> {
         self.shared.runtime.quotas()
+    }
+
+    /// Begin a drain, unless one has begun: `/readyz` turns 503 now; the
+    /// listener keeps accepting for `drain-grace`, then stops; every
+    /// connection is closed with 1012 to the client and 1001 to the
+    /// upstream, each at its own instant over `drain-window`; the drain is
+    /// done when none is left or `shutdown-timeout` after the window.
+    /// Returns whether this call began it.
+    pub fn drain(&self) -> bool {
+        if !self.shared.drain.begin() {
+            return false;
+        }
+        self.shared.ready.store(false, Ordering::Relaxed);
+        let gateway = &self.generation().config.gateway;
+        let (grace, window, timeout) = (
+            gateway.drain_grace.0,
+            gateway.drain_window.0,
+            gateway.shutdown_timeout.0,
+        );
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            tracing::info!(
+                connections = shared.ledger.active(),
+                ?grace,
+                ?window,
+                "draining: not ready; accepting for the grace"
+            );
+            tokio::time::sleep(grace).await;
+            shared.listeners.stop_accepting();
+            shared.drain.start_closing(window);
+            tracing::info!(
+                connections = shared.ledger.active(),
+                "draining: stopped accepting; closing connections with 1012 over the window"
+            );
+            let all_closed = shared.ledger.wait_for_at_most(0);
+            if tokio::time::timeout(window + timeout, all_closed)
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    connections = shared.ledger.active(),
+                    "drain window and shutdown timeout over with connections still open"
+                );
+            }
+            tracing::info!(closed = shared.drain.closed(), "drained");
+            shared.drain.finish();
+        });
+        true
+    }
+
+    /// The drain: its phase, its progress, and a wait for its end.
+    pub fn drain_state(&self) -> &Drain {
+        &self.shared.drain
     }
 
     /// Stop accepting, close every connection (1001 to clients, 1000 to

@@ -11,7 +11,7 @@
 //!    the route's check, the upstream connection (`upstream`), the
 //!    client's 101;
 //! 3. `relay` moves messages both ways through the message chains and
-//!    carries the close handshake, expiry and shutdown.
+//!    carries the close handshake, expiry, drain and shutdown.
 //!
 //! One `observe::Observer` per connection tells the counters and the
 //! traffic monitor what happened. The bytes on the wire (WebSocket framing,
@@ -21,6 +21,7 @@
 
 mod convert;
 pub mod counters;
+mod drain;
 pub mod echo;
 mod gateway;
 mod generation;
@@ -35,6 +36,7 @@ mod upgrade;
 mod upstream;
 mod workers;
 
+pub use drain::{Drain, DrainPhase};
 pub use gateway::{DeployError, DeployRecord, Gateway, GenerationStatus, StartError};
 pub use generation::{ChainStep, Generation, LiveEndpoint, RemoteLimit};
 pub use listener::BindError;

@@ -59,6 +59,19 @@ impl Listeners {
             .map(|l| l.local)
     }
 
+    /// Stop accepting on the client-facing listener (a drain's grace is
+    /// over); connections accepted already are untouched.
+    pub fn stop_accepting(&self) {
+        if let Some(bound) = self
+            .gateway
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+        {
+            bound.stop.cancel();
+        }
+    }
+
     /// Addresses of the embedded echo servers, in configuration order.
     pub fn echo_addrs(&self) -> Vec<SocketAddr> {
         self.echo_servers

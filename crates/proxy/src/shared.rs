@@ -9,6 +9,7 @@ use wsgate_monitor::Monitor;
 use wsgate_runtime::Runtime;
 
 use crate::counters::TrafficCounters;
+use crate::drain::Drain;
 use crate::gateway::DeployRecord;
 use crate::generation::Generation;
 use crate::ledger::Ledger;
@@ -36,6 +37,9 @@ pub(crate) struct Shared {
     pub ready: AtomicBool,
     /// Cancelled at shutdown: every accept loop and relay stops.
     pub shutdown: CancellationToken,
+    /// The drain (SIGTERM, `POST /api/drain`): relays close at their
+    /// instant in its window.
+    pub drain: Arc<Drain>,
     /// Every task the gateway spawned, to wait for at shutdown.
     pub tracker: TaskTracker,
     /// The traffic monitor (its storage is set at start; deploys change
@@ -68,6 +72,7 @@ impl Shared {
             next_id: AtomicU64::new(1),
             ready: AtomicBool::new(true),
             shutdown: CancellationToken::new(),
+            drain: Arc::default(),
             tracker: TaskTracker::new(),
             monitor,
             counters: Arc::default(),

@@ -159,12 +159,30 @@ async fn run(path: &Path) -> anyhow::Result<()> {
         ));
     }
     drop(generation);
-    while signals.next().await == Signal::Reload {
-        reload(&gateway, path).await;
-    }
+    serve_until_stopped(&gateway, path, &mut signals).await;
     gateway.shutdown().await;
     admin_stop.cancel();
     Ok(())
+}
+
+/// Serve until a stop: SIGINT stops at once; SIGTERM (or `POST /api/drain`)
+/// drains and stops when the drain is done, or at once on a second signal.
+/// SIGHUP redeploys the configuration file.
+async fn serve_until_stopped(gateway: &Gateway, path: &Path, signals: &mut ShutdownSignals) {
+    let drained = gateway.drain_state().done();
+    tokio::pin!(drained);
+    loop {
+        tokio::select! {
+            signal = signals.next() => match signal {
+                Signal::Reload => reload(gateway, path).await,
+                Signal::Drain if gateway.drain() => {
+                    eprintln!("draining: /readyz is 503; a second signal stops at once");
+                }
+                Signal::Drain | Signal::Stop => return,
+            },
+            () = &mut drained => return,
+        }
+    }
 }
 
 /// SIGHUP: deploy the configuration file the gateway was started with.
@@ -241,6 +259,7 @@ async fn echo(
         shutdown.clone(),
         ticker,
     ));
+    // The echo server has nothing to drain: any stop stops it.
     while signals.next().await == Signal::Reload {}
     shutdown.cancel();
     server.await.context("echo server task failed")?;
@@ -248,15 +267,17 @@ async fn echo(
 }
 
 mod signals {
-    //! SIGINT and SIGTERM stop; SIGHUP reloads.
+    //! SIGINT stops, SIGTERM drains, SIGHUP reloads.
 
     use tokio::signal::unix::{SignalKind, signal};
 
     /// What a signal asks for.
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     pub enum Signal {
-        /// SIGINT or SIGTERM: drain and exit.
+        /// SIGINT: close every connection (1001) and exit.
         Stop,
+        /// SIGTERM: drain (hand clients over with 1012), then exit.
+        Drain,
         /// SIGHUP: deploy the configuration file again.
         Reload,
     }
@@ -287,8 +308,8 @@ mod signals {
                     Signal::Stop
                 }
                 _ = self.terminate.recv() => {
-                    tracing::info!("terminated");
-                    Signal::Stop
+                    tracing::info!("terminated: draining");
+                    Signal::Drain
                 }
                 _ = self.hangup.recv() => {
                     tracing::info!("hangup: reloading the configuration");

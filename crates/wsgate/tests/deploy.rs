@@ -1,4 +1,5 @@
-//! The real binary: `wsgate deploy`, SIGHUP and SIGTERM against `wsgate run`.
+//! The real binary: `wsgate deploy`, SIGHUP, SIGINT and SIGTERM (a drain)
+//! against `wsgate run`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
@@ -74,7 +75,7 @@ fn tagged(echo: std::net::SocketAddr, version: &str) -> String {
 }
 
 #[test]
-fn deploy_and_sighup_switch_versions_side_by_side_and_sigterm_drains() {
+fn deploy_and_sighup_switch_versions_side_by_side_and_sigint_stops() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let echo = runtime.block_on(start_echo());
     let dir = std::env::temp_dir().join(format!("wsgate-deploy-{}", std::process::id()));
@@ -136,11 +137,56 @@ fn deploy_and_sighup_switch_versions_side_by_side_and_sigterm_drains() {
     assert_eq!(exchange(&mut third, "c"), "c+v1.0.0");
     assert_eq!(exchange(&mut new, "b"), "b+v2.0.0");
 
-    // SIGTERM: every client gets 1001, the process exits cleanly.
-    gateway.signal("TERM");
+    // SIGINT: every client gets 1001 at once, the process exits cleanly.
+    gateway.signal("INT");
     for client in [&mut old, &mut new, &mut third] {
         assert_eq!(runtime.block_on(expect_close(client)).0, 1001);
     }
     let mut child = gateway.child;
     assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn sigterm_drains_hands_every_client_over_with_1012_and_exits() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let echo = runtime.block_on(start_echo());
+    let dir = std::env::temp_dir().join(format!("wsgate-drain-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = write(
+        &dir,
+        "drain.toml",
+        &tagged(echo, "1.0.0").replacen(
+            "listen = \"127.0.0.1:0\"\n",
+            "listen = \"127.0.0.1:0\"\ndrain-grace = \"2s\"\ndrain-window = \"500ms\"\n",
+            1,
+        ),
+    );
+    let gateway = Running::start(&config);
+    let listen = gateway.wait_for("wsgate listening on");
+    let url = format!("ws://{}/load", listen.rsplit(' ').next().unwrap());
+    let admin = gateway.wait_for("admin listening on http://");
+    let admin: std::net::SocketAddr = admin.rsplit("http://").next().unwrap().parse().unwrap();
+    let connect = || {
+        runtime
+            .block_on(tokio_tungstenite::connect_async(url.as_str()))
+            .unwrap()
+            .0
+    };
+    let mut clients: Vec<Client> = (0..3).map(|_| connect()).collect();
+
+    gateway.signal("TERM");
+    gateway.wait_for("draining: /readyz is 503");
+    let ready = runtime.block_on(admin_http(admin, "GET", "/readyz", None, ""));
+    assert_eq!(ready.0, 503);
+    // Accepted in the grace, handed over like the others.
+    clients.push(connect());
+    for client in &mut clients {
+        assert_eq!(
+            runtime.block_on(expect_close(client)),
+            (1012, "service restart".to_string())
+        );
+    }
+    let mut child = gateway.child;
+    assert!(child.wait().unwrap().success());
+    let _ = std::fs::remove_dir_all(&dir);
 }

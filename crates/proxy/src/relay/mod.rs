@@ -14,6 +14,9 @@
 //! * the endpoint's expire time or idle timeout: 1001 to both sides;
 //! * a plugin's expiry (`session.expire-at`, credentials expired): 1008 to
 //!   the client, 1001 to the upstream;
+//! * a drain (SIGTERM, `POST /api/drain`), at the connection's instant in
+//!   the drain window: 1012 (Service Restart) to the client, 1001 to the
+//!   upstream;
 //! * gateway shutdown: 1001 to the client, 1000 to the upstream.
 
 mod chain;
@@ -32,6 +35,7 @@ use wsgate_runtime::{CallContext, ConnectionInfo};
 use wsgate_wire::ReadFailure;
 
 use crate::counters::ExpiredBy;
+use crate::drain::Drain;
 use crate::generation::{Generation, LiveEndpoint};
 use crate::ledger::Place;
 use crate::observe::{ClosedBy, Observer, micros_since};
@@ -68,6 +72,8 @@ pub struct Session {
     pub observer: Observer,
     /// Cancelled when the gateway shuts down.
     pub shutdown: CancellationToken,
+    /// The gateway's drain: the connection closes at its instant in the window.
+    pub drain: Arc<Drain>,
 }
 
 impl Session {
@@ -86,6 +92,13 @@ pub async fn run(mut session: Session, client: WsStream, upstream: WsStream) {
     let shutdown = session.shutdown.clone();
     let shutting_down = shutdown.cancelled();
     tokio::pin!(shutting_down);
+    let drain = session.drain.clone();
+    let drain_begins = drain.closing().cancelled();
+    tokio::pin!(drain_begins);
+    // Armed once the drain's closing begins, at this connection's instant.
+    let mut draining = false;
+    let drain_at = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(drain_at);
     let expiry = session.endpoint.config.lifetime();
     let endpoint = session.endpoint.clone();
     let expires_at = tokio::time::sleep(expiry.unwrap_or(Duration::ZERO));
@@ -109,6 +122,19 @@ pub async fn run(mut session: Session, client: WsStream, upstream: WsStream) {
                 session.observer.closing(ClosedBy::Gateway, Some(1001), "gateway shutting down");
                 client.close(1001, "gateway shutting down", &session.observer).await;
                 upstream.close(1000, "gateway shutting down", &session.observer).await;
+            }
+            () = &mut drain_begins, if !draining && !closing => {
+                draining = true;
+                if let Some(at) = drain.close_at(session.id) {
+                    drain_at.as_mut().reset(at);
+                }
+            }
+            () = &mut drain_at, if draining && !closing => {
+                tracing::debug!(connection = session.id, "drained");
+                drain.count_close();
+                session.observer.closing(ClosedBy::Gateway, Some(1012), "service restart");
+                client.close(1012, "service restart", &session.observer).await;
+                upstream.close(1001, "service restart", &session.observer).await;
             }
             () = &mut expires_at, if expiry.is_some() && !closing => {
                 tracing::info!(connection = session.id, "connection expired");

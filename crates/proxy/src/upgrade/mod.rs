@@ -264,6 +264,7 @@ impl Connection {
             place,
             observer,
             shutdown: shared.shutdown.clone(),
+            drain: shared.drain.clone(),
         };
         let relay = async move {
             match on_upgrade.await {

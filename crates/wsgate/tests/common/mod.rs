@@ -134,10 +134,11 @@ impl GatewayProcess {
             .expect("VmHWM in /proc/<pid>/status")
     }
 
-    /// SIGTERM, wait for the exit and for the log to be written out.
+    /// SIGINT (stop at once, no drain), wait for the exit and for the log
+    /// to be written out.
     pub fn stop(mut self) {
         let status = Command::new("kill")
-            .arg("-TERM")
+            .arg("-INT")
             .arg(self.child.id().to_string())
             .status()
             .unwrap();
