@@ -134,17 +134,27 @@ impl GatewayProcess {
             .expect("VmHWM in /proc/<pid>/status")
     }
 
-    /// SIGINT (stop at once, no drain), wait for the exit and for the log
-    /// to be written out.
-    pub fn stop(mut self) {
+    /// Send it signal `name` (`TERM`, `INT`, `HUP`).
+    pub fn signal(&self, name: &str) {
         let status = Command::new("kill")
-            .arg("-INT")
+            .arg(format!("-{name}"))
             .arg(self.child.id().to_string())
             .status()
             .unwrap();
         assert!(status.success());
+    }
+
+    /// Wait for the exit (it must succeed) and for the log to be written out.
+    pub fn wait(mut self) {
         assert!(self.child.wait().unwrap().success());
         self.tee.take().unwrap().join().unwrap();
+    }
+
+    /// SIGINT (stop at once, no drain), wait for the exit and for the log
+    /// to be written out.
+    pub fn stop(self) {
+        self.signal("INT");
+        self.wait();
     }
 }
 

@@ -1,0 +1,315 @@
+//! A fleet behind a load balancer: three gateway processes behind HAProxy
+//! (Debian's, health-checking `/readyz`), 200 clients sending continuously and
+//! reconnecting on 1012, every replica restarted in turn, twice (a rolling
+//! restart: SIGTERM drains it, a new process takes its place). Every
+//! message comes back to its client exactly once; no client ever sees a
+//! refused connection, an error status or a close code other than 1012.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream as StdUnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::UnixStream;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use wsgate_tests::config_text;
+
+mod common;
+use common::{GatewayProcess, TempDir};
+
+/// Clients sending through the load balancer.
+const CLIENTS: usize = 200;
+/// Gateway processes behind it.
+const REPLICAS: usize = 3;
+/// Rolling restarts of the whole fleet.
+const ROUNDS: usize = 2;
+/// Each client's pace: one message per this long at most (4,000 messages
+/// per second in all: a load shape, not a synchronisation).
+const PACE: Duration = Duration::from_millis(50);
+/// A safety net against a stalled test, not a synchronisation.
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One replica's configuration: a short drain (HAProxy checks every 100 ms).
+fn replica_config(echo: std::net::SocketAddr) -> String {
+    config_text(&format!(
+        "[[endpoint]]\npath = \"/echo\"\nallowed-upstreams = [\"ws://{echo}\"]\n\
+         upgrade = [{{ plugin = \"static-router@1.0.0\", config = {{ url = \"ws://{echo}/\" }} }}]\n\
+         client-messages = [{{ plugin = \"passthrough@1.0.0\" }}]\n\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n"
+    ))
+    .replacen(
+        "listen = \"127.0.0.1:0\"\n",
+        "listen = \"127.0.0.1:0\"\ndrain-grace = \"1s\"\ndrain-window = \"2s\"\n",
+        1,
+    )
+}
+
+/// A started replica: its process and the ports HAProxy needs.
+struct Replica {
+    process: GatewayProcess,
+    port: u16,
+    admin_port: u16,
+}
+
+fn start_replica(dir: &Path, name: &str, echo: std::net::SocketAddr) -> Replica {
+    let config = dir.join(format!("{name}.toml"));
+    std::fs::write(&config, replica_config(echo)).unwrap();
+    let process = GatewayProcess::start(&config, &dir.join(format!("{name}.log")));
+    let port = process
+        .listen_address()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let admin_port = process.admin_address().port();
+    Replica {
+        process,
+        port,
+        admin_port,
+    }
+}
+
+/// Debian's HAProxy: clients on a Unix socket, the replicas health-checked
+/// on `/readyz`, connect failures retried on another replica, and a
+/// runtime API socket to point a server at a restarted replica.
+struct Haproxy {
+    child: Child,
+    front: PathBuf,
+    api: PathBuf,
+}
+
+impl Haproxy {
+    fn start(dir: &Path, replicas: &[Replica]) -> Self {
+        let front = dir.join("front.sock");
+        let api = dir.join("api.sock");
+        let servers: String = replicas
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                format!(
+                    "    server s{i} 127.0.0.1:{} check port {}\n",
+                    r.port, r.admin_port
+                )
+            })
+            .collect();
+        let config = format!(
+            "global\n    stats socket {api} level admin\n\n\
+             defaults\n    mode http\n    timeout connect 1s\n    timeout client 30s\n\
+             \x20   timeout server 30s\n    timeout tunnel 1h\n    retries 3\n    option redispatch 1\n\n\
+             frontend clients\n    bind unix@{front}\n    default_backend gateways\n\n\
+             backend gateways\n    balance roundrobin\n    option httpchk GET /readyz\n\
+             \x20   http-check expect status 200\n    default-server inter 100ms fall 1 rise 1\n{servers}",
+            api = api.display(),
+            front = front.display(),
+        );
+        let path = dir.join("haproxy.cfg");
+        std::fs::write(&path, config).unwrap();
+        let child = Command::new("haproxy")
+            .arg("-db")
+            .arg("-f")
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("haproxy (scripts/setup-test-peers installs it)");
+        let haproxy = Self { child, front, api };
+        haproxy.wait_for_up(REPLICAS);
+        haproxy
+    }
+
+    /// One runtime API command and its answer.
+    fn command(&self, command: &str) -> String {
+        let mut stream = StdUnixStream::connect(&self.api).unwrap();
+        stream.write_all(format!("{command}\n").as_bytes()).unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        answer
+    }
+
+    /// Servers HAProxy sees as UP.
+    fn servers_up(&self) -> usize {
+        if !self.api.exists() {
+            return 0;
+        }
+        self.command("show stat")
+            .lines()
+            .filter(|line| line.starts_with("gateways,s") && line.contains(",UP,"))
+            .count()
+    }
+
+    /// Wait (polling the runtime API) until `count` servers are UP.
+    fn wait_for_up(&self, count: usize) {
+        let started = std::time::Instant::now();
+        while self.servers_up() != count {
+            assert!(started.elapsed() < TIMEOUT, "HAProxy never saw {count} up");
+            std::thread::yield_now();
+        }
+    }
+
+    /// Point server `index` at a restarted replica.
+    fn repoint(&self, index: usize, replica: &Replica) {
+        let answer = self.command(&format!(
+            "set server gateways/s{index} addr 127.0.0.1 port {}",
+            replica.port
+        ));
+        assert!(!answer.contains("No such"), "{answer}");
+        let answer = self.command(&format!(
+            "set server gateways/s{index} check-port {}",
+            replica.admin_port
+        ));
+        assert!(!answer.contains("No such"), "{answer}");
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        // Its log says what it saw; a failed test shows it.
+        if std::thread::panicking()
+            && let Some(stderr) = self.child.stderr.take()
+        {
+            for line in BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+                .take(20)
+            {
+                eprintln!("haproxy: {line}");
+            }
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// What the clients saw, all together.
+#[derive(Default)]
+struct Tally {
+    /// Messages echoed back.
+    echoed: AtomicU64,
+    /// Connections closed with 1012 and reconnected.
+    handovers: AtomicU64,
+}
+
+/// Connect through HAProxy's Unix socket; anything but a 101 fails the test.
+async fn connect(front: &Path) -> WebSocketStream<UnixStream> {
+    let stream = UnixStream::connect(front)
+        .await
+        .unwrap_or_else(|e| panic!("the load balancer refused a connection: {e}"));
+    tokio_tungstenite::client_async("ws://fleet/echo", stream)
+        .await
+        .unwrap_or_else(|e| panic!("an upgrade through the load balancer failed: {e}"))
+        .0
+}
+
+/// One client: numbered messages, each sent once it has the answer to the
+/// last; on 1012 it reconnects and resends what was not answered. It
+/// checks each answer is the one it waits for (none lost, none twice).
+async fn client(id: usize, front: PathBuf, stop: Arc<AtomicBool>, tally: Arc<Tally>) {
+    let mut ws = connect(&front).await;
+    let mut seq = 0u64;
+    let mut pace = tokio::time::interval(PACE);
+    while !stop.load(Ordering::Relaxed) {
+        pace.tick().await;
+        let text = format!("{id}-{seq}");
+        ws.send(Message::text(text.clone())).await.unwrap();
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(answer))) => {
+                    assert_eq!(answer.as_str(), text, "client {id}: out of order");
+                    seq += 1;
+                    tally.echoed.fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
+                Some(Ok(Message::Close(Some(frame)))) => {
+                    assert_eq!(u16::from(frame.code), 1012, "client {id}: {frame:?}");
+                    while ws.next().await.is_some() {}
+                    tally.handovers.fetch_add(1, Ordering::Relaxed);
+                    ws = connect(&front).await;
+                    // Resend what was not answered.
+                    ws.send(Message::text(text.clone())).await.unwrap();
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                other => panic!("client {id}: unexpected {other:?}"),
+            }
+        }
+    }
+    ws.close(None).await.unwrap();
+}
+
+#[test]
+fn two_rolling_restarts_of_three_replicas_behind_haproxy_lose_no_message() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let dir = TempDir::new("fleet");
+    let echo = runtime.block_on(wsgate_tests::start_echo());
+    let mut replicas: Vec<Replica> = (0..REPLICAS)
+        .map(|i| start_replica(&dir.0, &format!("replica-{i}-0"), echo))
+        .collect();
+    let haproxy = Haproxy::start(&dir.0, &replicas);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Tally::default());
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|id| {
+            runtime.spawn(client(
+                id,
+                haproxy.front.clone(),
+                stop.clone(),
+                tally.clone(),
+            ))
+        })
+        .collect();
+    let wait_for_progress = |since: u64| {
+        let started = std::time::Instant::now();
+        while tally.echoed.load(Ordering::Relaxed) < since + CLIENTS as u64 {
+            assert!(started.elapsed() < TIMEOUT, "messages stopped flowing");
+            std::thread::yield_now();
+        }
+    };
+    wait_for_progress(0);
+
+    for round in 1..=ROUNDS {
+        for index in 0..REPLICAS {
+            // SIGTERM: the replica drains and exits; a new one takes its place.
+            let old = replicas.remove(index);
+            old.process.signal("TERM");
+            old.process.wait();
+            let new = start_replica(&dir.0, &format!("replica-{index}-{round}"), echo);
+            haproxy.repoint(index, &new);
+            replicas.insert(index, new);
+            haproxy.wait_for_up(REPLICAS);
+            wait_for_progress(tally.echoed.load(Ordering::Relaxed));
+        }
+    }
+
+    stop.store(true, Ordering::Relaxed);
+    runtime.block_on(async {
+        for client in clients {
+            tokio::time::timeout(TIMEOUT, client)
+                .await
+                .expect("a client stalled")
+                .expect("a client failed");
+        }
+    });
+    let echoed = tally.echoed.load(Ordering::Relaxed);
+    let handovers = tally.handovers.load(Ordering::Relaxed);
+    eprintln!(
+        "fleet: {CLIENTS} clients, {REPLICAS} replicas restarted in turn {ROUNDS} times: \
+         {echoed} messages echoed exactly once, {handovers} handovers (1012), 0 lost"
+    );
+    // Every replica had connections to hand over, each round.
+    assert!(
+        handovers >= (REPLICAS * ROUNDS) as u64,
+        "{handovers} handovers"
+    );
+    drop(haproxy);
+    for replica in replicas {
+        replica.process.stop();
+    }
+}
