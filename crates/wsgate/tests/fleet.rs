@@ -7,7 +7,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -84,6 +84,7 @@ struct Haproxy {
     child: Child,
     front: PathBuf,
     api: PathBuf,
+    log: PathBuf,
 }
 
 impl Haproxy {
@@ -117,10 +118,15 @@ impl Haproxy {
             .arg("-f")
             .arg(&path)
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+            .stderr(std::fs::File::create(dir.join("haproxy.log")).unwrap())
             .spawn()
             .expect("haproxy (scripts/setup-test-peers installs it)");
-        let haproxy = Self { child, front, api };
+        let haproxy = Self {
+            child,
+            front,
+            api,
+            log: dir.join("haproxy.log"),
+        };
         haproxy.wait_for_up(REPLICAS);
         haproxy
     }
@@ -173,16 +179,9 @@ impl Drop for Haproxy {
     fn drop(&mut self) {
         let _ = self.child.kill();
         // Its log says what it saw; a failed test shows it.
-        if std::thread::panicking()
-            && let Some(stderr) = self.child.stderr.take()
-        {
-            for line in BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-                .take(20)
-            {
-                eprintln!("haproxy: {line}");
-            }
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            eprintln!("haproxy's log:\n{log}");
         }
         let _ = self.child.wait();
     }
