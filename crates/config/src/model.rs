@@ -86,6 +86,12 @@ pub struct Gateway {
     /// (and, in a drain, after the drain window).
     #[serde(default = "default_shutdown_timeout")]
     pub shutdown_timeout: HumanDuration,
+    /// How often `wsgate run` looks at its configuration file and the files
+    /// it names (plugins, TLS identity); a change that stays the same for
+    /// one more look is deployed with the checks of `wsgate deploy` (a
+    /// refused one is logged and changes nothing). `0` (the default): never.
+    #[serde(default = "default_watch_config")]
+    pub watch_config: HumanDuration,
     /// In a drain (SIGTERM, `POST /api/drain`): how long the gateway keeps
     /// accepting after `/readyz` turned 503, while load balancers notice.
     #[serde(default = "default_drain_grace")]
@@ -711,6 +717,9 @@ fn unlimited() -> i64 {
 }
 fn default_handshake_timeout() -> HumanDuration {
     HumanDuration(Duration::from_secs(10))
+}
+fn default_watch_config() -> HumanDuration {
+    HumanDuration(Duration::ZERO)
 }
 fn default_drain_grace() -> HumanDuration {
     HumanDuration(Duration::from_secs(5))

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 mod deploy;
 mod plugin;
+mod watch;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -157,6 +158,11 @@ async fn run(path: &Path) -> anyhow::Result<()> {
             admin.token.clone(),
             admin_stop.clone(),
         ));
+    }
+    let watch = generation.config.gateway.watch_config.0;
+    if !watch.is_zero() {
+        eprintln!("following {} (every {watch:?})", path.display());
+        tokio::spawn(watch::follow(gateway.clone(), path.to_path_buf(), watch));
     }
     drop(generation);
     serve_until_stopped(&gateway, path, &mut signals).await;

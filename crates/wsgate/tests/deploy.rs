@@ -50,6 +50,11 @@ impl Running {
         }
     }
 
+    /// Wait for the process to exit.
+    fn exit(mut self) -> std::process::ExitStatus {
+        self.child.wait().unwrap()
+    }
+
     fn signal(&self, name: &str) {
         let status = Command::new("kill")
             .arg(format!("-{name}"))
@@ -57,6 +62,15 @@ impl Running {
             .status()
             .unwrap();
         assert!(status.success());
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // A failed test must not leave its gateway running (after a clean
+        // exit this finds nothing to kill).
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -142,8 +156,7 @@ fn deploy_and_sighup_switch_versions_side_by_side_and_sigint_stops() {
     for client in [&mut old, &mut new, &mut third] {
         assert_eq!(runtime.block_on(expect_close(client)).0, 1001);
     }
-    let mut child = gateway.child;
-    assert!(child.wait().unwrap().success());
+    assert!(gateway.exit().success());
 }
 
 #[test]
@@ -186,7 +199,63 @@ fn sigterm_drains_hands_every_client_over_with_1012_and_exits() {
             (1012, "service restart".to_string())
         );
     }
-    let mut child = gateway.child;
-    assert!(child.wait().unwrap().success());
+    assert!(gateway.exit().success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_watched_configuration_file_deploys_each_valid_change_once_and_refuses_a_broken_one() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let echo = runtime.block_on(start_echo());
+    let dir = std::env::temp_dir().join(format!("wsgate-watch-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let watched = |version: &str| {
+        tagged(echo, version).replacen(
+            "listen = \"127.0.0.1:0\"\n",
+            "listen = \"127.0.0.1:0\"\nwatch-config = \"100ms\"\n",
+            1,
+        )
+    };
+    // As a ConfigMap is updated: the new file written beside, then renamed
+    // over the watched one in one step.
+    let swap = |text: &str| {
+        let staged = write(&dir, "staged.toml", text);
+        std::fs::rename(staged, dir.join("gateway.toml")).unwrap();
+    };
+    let config = write(&dir, "gateway.toml", &watched("1.0.0"));
+    let gateway = Running::start(&config);
+    let listen = gateway.wait_for("wsgate listening on");
+    let url = format!("ws://{}/load", listen.rsplit(' ').next().unwrap());
+    gateway.wait_for("following");
+    let exchange = |text: &str| -> String {
+        runtime.block_on(async {
+            let mut client = tokio_tungstenite::connect_async(url.as_str())
+                .await
+                .unwrap()
+                .0;
+            send_text(&mut client, text).await;
+            next_text(&mut client).await
+        })
+    };
+    assert_eq!(exchange("a"), "a+v1.0.0");
+
+    swap(&watched("2.0.0"));
+    gateway.wait_for("changed: deployed as generation 2");
+    assert_eq!(exchange("b"), "b+v2.0.0");
+
+    // A broken change is refused, naming file, line and field; v2 serves on.
+    swap(&watched("2.0.0").replace("path = \"/load\"", "path = \"/load\"\nexpires = \"1h\""));
+    gateway.wait_for("gateway.toml changed: deploy refused");
+    let problem = gateway.wait_for("endpoint[0].expires");
+    assert!(problem.contains("gateway.toml:"), "{problem}");
+    assert_eq!(exchange("c"), "c+v2.0.0");
+
+    // Fixed again: the next deploy is generation 3 (the broken one and the
+    // swaps before deployed nothing twice).
+    swap(&watched("1.0.0"));
+    gateway.wait_for("changed: deployed as generation 3");
+    assert_eq!(exchange("d"), "d+v1.0.0");
+    gateway.signal("INT");
+    assert!(gateway.exit().success());
     let _ = std::fs::remove_dir_all(&dir);
 }
