@@ -440,7 +440,7 @@ async fn two_endpoints_pin_two_versions_of_one_plugin_side_by_side() {
 async fn a_drain_stops_being_ready_accepts_through_the_grace_then_closes_each_client_with_1012() {
     let mut upstream = TestUpstream::start().await;
     let config = config_with_gateway(
-        "drain-grace = \"2s\"\ndrain-window = \"300ms\"\nshutdown-timeout = \"5s\"",
+        "drain-grace = \"4s\"\ndrain-window = \"300ms\"\nshutdown-timeout = \"5s\"",
         &endpoint("/d", upstream.address, ""),
     );
     let gateway = Gateway::start(parse_config(&config), runtime())

@@ -90,6 +90,7 @@ pub struct Gateway {
     /// it names (plugins, TLS identity); a change that stays the same for
     /// one more look is deployed with the checks of `wsgate deploy` (a
     /// refused one is logged and changes nothing). `0` (the default): never.
+    /// Read at start.
     #[serde(default = "default_watch_config")]
     pub watch_config: HumanDuration,
     /// In a drain (SIGTERM, `POST /api/drain`): how long the gateway keeps

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError, Weak};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use wsgate_config::{Config, ConfigErrors};
 use wsgate_monitor::Monitor;
@@ -131,8 +131,18 @@ impl Gateway {
     /// [`Gateway::deploy`] the configuration `text`, read from `path`
     /// (relative plugin paths resolve against its directory).
     pub async fn deploy_text(&self, text: &str, path: &Path) -> Result<u64, DeployError> {
-        let source = path.display().to_string();
-        self.deploy_parsed(wsgate_config::parse(text, path), &source)
+        self.deploy_source(text, path, &path.display().to_string())
+            .await
+    }
+
+    /// [`Gateway::deploy_text`], recorded in the history as from `source`.
+    pub async fn deploy_source(
+        &self,
+        text: &str,
+        path: &Path,
+        source: &str,
+    ) -> Result<u64, DeployError> {
+        self.deploy_parsed(wsgate_config::parse(text, path), source)
             .await
     }
 
@@ -189,6 +199,10 @@ impl Gateway {
         let mut generation = Generation::build(id, config?, &self.shared.runtime)?;
         generation.carry_limits_from(&self.shared.generation());
         let generation = Arc::new(generation);
+        // A drain may have begun while the plugins compiled.
+        if self.shared.drain.phase() != DrainPhase::Serving {
+            return Err(DeployError::Draining);
+        }
         listener::apply(&self.shared, &generation.config).await?;
         self.install(generation);
         Ok(id)
@@ -316,30 +330,12 @@ impl Gateway {
         );
         let shared = self.shared.clone();
         tokio::spawn(async move {
-            tracing::info!(
-                connections = shared.ledger.active(),
-                ?grace,
-                ?window,
-                "draining: not ready; accepting for the grace"
-            );
-            tokio::time::sleep(grace).await;
-            shared.listeners.stop_accepting();
-            shared.drain.start_closing(window);
-            tracing::info!(
-                connections = shared.ledger.active(),
-                "draining: stopped accepting; closing connections with 1012 over the window"
-            );
-            let all_closed = shared.ledger.wait_for_at_most(0);
-            if tokio::time::timeout(window + timeout, all_closed)
-                .await
-                .is_err()
-            {
-                tracing::warn!(
-                    connections = shared.ledger.active(),
-                    "drain window and shutdown timeout over with connections still open"
-                );
+            let stopped = shared.shutdown.clone();
+            tokio::select! {
+                // A stop (SIGINT, a second SIGTERM) ends the drain at once.
+                () = stopped.cancelled() => {}
+                () = drain(&shared, grace, window, timeout) => {}
             }
-            tracing::info!(closed = shared.drain.closed(), "drained");
             shared.drain.finish();
         });
         true
@@ -351,10 +347,20 @@ impl Gateway {
     }
 
     /// Stop accepting, close every connection (1001 to clients, 1000 to
-    /// upstreams) and wait for them up to the shutdown timeout.
+    /// upstreams) and wait for them up to the shutdown timeout (a second at
+    /// most after a drain, whose window was followed by that timeout).
     pub async fn shutdown(self) {
         self.shared.ready.store(false, Ordering::Relaxed);
-        let drain = self.generation().config.gateway.shutdown_timeout.0;
+        // After a drain, connections already had `shutdown-timeout` after
+        // the window: what is left gets a second at most (the background
+        // tasks' goodbyes, such as leaving the quota fleet), so the whole
+        // budget stays grace + window + timeout (+1 s).
+        let timeout = self.generation().config.gateway.shutdown_timeout.0;
+        let drain = if self.shared.drain.phase() == DrainPhase::Done {
+            timeout.min(Duration::from_secs(1))
+        } else {
+            timeout
+        };
         tracing::info!(
             connections = self.active_connections(),
             "shutting down: closing connections"
@@ -373,3 +379,46 @@ impl Gateway {
         self.shared.monitor.flush().await;
     }
 }
+
+/// A drain's steps: accept through `grace`, then stop accepting and let
+/// every connection close at its instant in `window`; wait for the last
+/// one (upgrades still under way included), at most `window + timeout`.
+async fn drain(shared: &Shared, grace: Duration, window: Duration, timeout: Duration) {
+    tracing::info!(
+        connections = shared.ledger.active(),
+        ?grace,
+        ?window,
+        "draining: not ready; accepting for the grace"
+    );
+    tokio::time::sleep(grace).await;
+    shared.listeners.stop_accepting();
+    shared.drain.start_closing(window);
+    tracing::info!(
+        connections = shared.ledger.active(),
+        "draining: stopped accepting; closing connections with 1012 over the window"
+    );
+    let all_closed = async {
+        loop {
+            shared.ledger.wait_for_at_most(0).await;
+            // An upgrade accepted in the grace may still be under way: it
+            // becomes a connection that closes at once with 1012.
+            if shared.ledger.pending().0 == 0 && shared.ledger.active() == 0 {
+                return;
+            }
+            tokio::time::sleep(PENDING_POLL).await;
+        }
+    };
+    if tokio::time::timeout(window + timeout, all_closed)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            connections = shared.ledger.active(),
+            "drain window and shutdown timeout over with connections still open"
+        );
+    }
+    tracing::info!(closed = shared.drain.closed(), "drained");
+}
+
+/// How often a drain looks again for upgrades still under way.
+const PENDING_POLL: Duration = Duration::from_millis(10);

@@ -6,8 +6,9 @@
 //! answered from those at once. With other replicas counting, a replica
 //! admits at most its share of what the fleet left at the last
 //! reconciliation, rounded up (so at least one place while any is left),
-//! and a replica that has not seen the key lately admits one place before
-//! its first reconciliation of it. So replicas racing for a key's last
+//! and a replica whose view of the key was not read lately (a key new
+//! here, or unused for longer than the read span) admits one place before
+//! its next reconciliation of it. So replicas racing for a key's last
 //! places admit at most `replicas − 1` over the limit, within one
 //! reconciliation interval. The price: past its share, a replica refuses
 //! (with a `retry-after-ms` of one round) until it hears from the others.
@@ -67,12 +68,14 @@ impl Gauge {
     /// Redis (1: alone, or Redis unreachable: then only this replica's
     /// places count).
     pub(crate) fn hold(&mut self, limit: u64, replicas: u64, now_ms: u64) -> Grant {
-        self.last_used_ms = now_ms;
-        if self.limit == 0 && replicas > 1 {
-            // New here: the other replicas may hold every place already;
-            // until the first reconciliation, admit one.
+        // A view not read lately (a key new here, or unused for longer than
+        // the read span) may be stale: the other replicas may hold every
+        // place already. Until the next reconciliation, admit one.
+        let stale = self.limit == 0 || self.last_used_ms + READ_SPAN_MS < now_ms;
+        if stale && replicas > 1 {
             self.allowance = Some(1);
         }
+        self.last_used_ms = now_ms;
         self.limit = limit;
         let others = if replicas > 1 { self.others } else { 0 };
         let counted = self.local + others;

@@ -84,7 +84,7 @@ pub async fn run(
         }
     };
     let mut sync = Sync {
-        replica: format!("{}-{}", std::process::id(), now_ms()),
+        replica: replica_id(),
         quotas,
         client,
         settings,
@@ -103,10 +103,19 @@ pub async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            () = shutdown.cancelled() => return,
+            () = shutdown.cancelled() => break,
             _ = tick.tick() => sync.round().await,
         }
     }
+    sync.leave().await;
+}
+
+/// This replica's name in Redis: unique even for replicas started in the
+/// same millisecond with the same pid (containers: pid 1).
+fn replica_id() -> String {
+    use std::hash::BuildHasher;
+    let random = foldhash::fast::RandomState::default().hash_one(now_ms());
+    format!("{}-{}-{random:016x}", std::process::id(), now_ms())
 }
 
 /// The reconciliation's state between rounds.
@@ -174,7 +183,9 @@ impl Sync {
             self.last_full_hold = Instant::now();
         }
         match self.exchange_holds(&round).await {
-            Ok(others) => self.quotas.finish_hold_round(round, Some(others)),
+            Ok(Some(others)) => self.quotas.finish_hold_round(round, Some(others)),
+            // Written, but read from a stale replica list: nothing learnt.
+            Ok(None) => self.quotas.finish_hold_round(round, None),
             Err(error) => {
                 self.failed(&error);
                 self.quotas.finish_hold_round(round, None);
@@ -183,8 +194,9 @@ impl Sync {
     }
 
     /// One pipeline for `round`; answers, per read key, the places the
-    /// other replicas hold.
-    async fn exchange_holds(&mut self, round: &HoldRound) -> Result<Vec<u64>, String> {
+    /// other replicas hold (`None` when the live replicas changed since
+    /// the last round: the reads went to the old list).
+    async fn exchange_holds(&mut self, round: &HoldRound) -> Result<Option<Vec<u64>>, String> {
         let Some(mut connection) = self.connection.clone() else {
             return Err("no connection".to_string());
         };
@@ -226,8 +238,37 @@ impl Sync {
                 }
             }
         }
-        self.others = live.into_iter().filter(|r| *r != self.replica).collect();
-        Ok(others)
+        let live: Vec<String> = live.into_iter().filter(|r| *r != self.replica).collect();
+        if live != self.others {
+            // The reads went to the replicas of the last round, not to the
+            // ones live now (one joined or left): read again next round.
+            self.others = live;
+            return Ok(None);
+        }
+        Ok(Some(others))
+    }
+
+    /// Leave the fleet at shutdown: this replica's places and presence go
+    /// at once (its connections are closed), so the others need not wait
+    /// for them to expire. Best effort, within the timeout.
+    async fn leave(&mut self) {
+        let Some(mut connection) = self.connection.clone() else {
+            return;
+        };
+        let mut pipe = redis::pipe();
+        pipe.cmd("DEL").arg(places_key(&self.replica)).ignore();
+        pipe.cmd("ZREM")
+            .arg(REPLICAS_KEY)
+            .arg(&self.replica)
+            .ignore();
+        let left = tokio::time::timeout(
+            self.settings.timeout,
+            pipe.query_async::<()>(&mut connection),
+        )
+        .await;
+        if !matches!(left, Ok(Ok(()))) {
+            tracing::debug!("could not leave the quota fleet; its entries expire");
+        }
     }
 
     /// How long a replica counts as live after it last reconciled.
@@ -373,7 +414,14 @@ fn hold_pipeline(
         .unwrap_or(u64::MAX)
         .saturating_mul(3);
     pipe.cmd("PEXPIRE").arg(&mine).arg(ttl).ignore();
-    commands += 1;
+    // A replica with places but no bucket in use reconciles only here: its
+    // presence must stay fresh too.
+    pipe.cmd("ZADD")
+        .arg(REPLICAS_KEY)
+        .arg(now_ms())
+        .arg(replica)
+        .ignore();
+    commands += 2;
     if !round.reads.is_empty() {
         for other in others {
             let mut hmget = redis::cmd("HMGET");

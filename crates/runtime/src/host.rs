@@ -601,11 +601,7 @@ mod v0_2_host {
                 .quotas
                 .take(&self.quota_scope, &key, units, limit, window_ms)
             {
-                Ok(grant) => Ok(Grant {
-                    allowed: grant.allowed,
-                    remaining: grant.remaining,
-                    retry_after_ms: grant.retry_after_ms,
-                }),
+                Ok(grant) => Ok(to_wit(grant)),
                 Err(refused) => Err(self.over_budget(refused.to_string())),
             }
         }
@@ -613,6 +609,15 @@ mod v0_2_host {
         fn hold(&mut self, key: String, limit: u32) -> wasmtime::Result<Grant> {
             self.hold_place(&key, limit)
                 .map_err(|budget| self.over_budget(budget))
+        }
+    }
+
+    /// A quota's answer as the contract spells it.
+    fn to_wit(grant: wsgate_quota::Grant) -> Grant {
+        Grant {
+            allowed: grant.allowed,
+            remaining: grant.remaining,
+            retry_after_ms: grant.retry_after_ms,
         }
     }
 
@@ -637,11 +642,7 @@ mod v0_2_host {
                 .hold(&self.quota_scope, key, limit)
                 .map_err(|refused| refused.to_string())?;
             call.state.holds.extend(hold);
-            Ok(Grant {
-                allowed: grant.allowed,
-                remaining: grant.remaining,
-                retry_after_ms: grant.retry_after_ms,
-            })
+            Ok(to_wit(grant))
         }
     }
 

@@ -126,6 +126,9 @@ fn main() -> ExitCode {
 async fn run(path: &Path) -> anyhow::Result<()> {
     let mut signals = ShutdownSignals::install().context("cannot listen for signals")?;
     let config = wsgate_config::load(path).map_err(anyhow::Error::msg)?;
+    // What the files looked like when read: a change from here on is a
+    // change to follow (`watch-config`).
+    let loaded = watch::fingerprint(path, &config);
     print_warnings(&config);
     let runtime = Runtime::with_cache(config.gateway.plugin_cache_dir.clone())?;
     let gateway = Gateway::start(config, &runtime).await?;
@@ -162,7 +165,12 @@ async fn run(path: &Path) -> anyhow::Result<()> {
     let watch = generation.config.gateway.watch_config.0;
     if !watch.is_zero() {
         eprintln!("following {} (every {watch:?})", path.display());
-        tokio::spawn(watch::follow(gateway.clone(), path.to_path_buf(), watch));
+        tokio::spawn(watch::follow(
+            gateway.clone(),
+            path.to_path_buf(),
+            watch,
+            loaded,
+        ));
     }
     drop(generation);
     serve_until_stopped(&gateway, path, &mut signals).await;
@@ -177,11 +185,16 @@ async fn run(path: &Path) -> anyhow::Result<()> {
 async fn serve_until_stopped(gateway: &Gateway, path: &Path, signals: &mut ShutdownSignals) {
     let drained = gateway.drain_state().done();
     tokio::pin!(drained);
+    // SIGTERMs seen: the first drains (or lets a drain begun through the
+    // admin API go on), the second stops at once.
+    let mut terminations = 0;
     loop {
         tokio::select! {
             signal = signals.next() => match signal {
                 Signal::Reload => reload(gateway, path).await,
-                Signal::Drain if gateway.drain() => {
+                Signal::Drain if terminations == 0 => {
+                    terminations += 1;
+                    gateway.drain();
                     eprintln!("draining: /readyz is 503; a second signal stops at once");
                 }
                 Signal::Drain | Signal::Stop => return,

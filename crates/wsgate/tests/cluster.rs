@@ -1,7 +1,8 @@
 //! Quotas shared by gateway processes through a real Redis (Debian's
 //! `redis-server`, started by the test on a Unix socket): a key-scoped
-//! `rate-limit` across three replicas, Redis stopped and started mid-run,
-//! and a paused Redis (`CLIENT PAUSE`) that must stall no message.
+//! `rate-limit` and `key-limit`'s open connections per user across three
+//! replicas, Redis stopped and started mid-run, a paused Redis (`CLIENT
+//! PAUSE`) that must stall no message, and a password (AUTH) in the URL.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
@@ -26,6 +27,9 @@ const WINDOW: Duration = Duration::from_secs(1);
 const CLIENTS: usize = 3;
 /// How long the clients offer load (a load duration, not a synchronisation).
 const LOAD: Duration = Duration::from_secs(3);
+/// Between two looks at a metric the test waits for, so that looking does
+/// not take the CPU from the gateways.
+const POLL: Duration = Duration::from_millis(10);
 /// A safety net against a stalled message, not a synchronisation.
 const TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -40,12 +44,18 @@ struct Redis {
 
 impl Redis {
     fn start(dir: &Path) -> Self {
+        Self::start_with(dir, &[])
+    }
+
+    /// Started with extra `redis-server` arguments.
+    fn start_with(dir: &Path, args: &[&str]) -> Self {
         let socket = dir.join("redis.sock");
         let mut child = Command::new("redis-server")
             .args(["--port", "0", "--save", "", "--appendonly", "no"])
             .arg("--unixsocket")
             .arg(&socket)
             .args(["--unixsocketperm", "700"])
+            .args(args)
             .stdout(Stdio::piped())
             .spawn()
             .expect("redis-server (scripts/setup-test-peers installs it)");
@@ -137,8 +147,9 @@ async fn connect_as(listen: &str, user: &str) -> Client {
     upgrade_as(listen, "/q", user).await.unwrap()
 }
 
-/// An upgrade to `path` as `user`: the client, or the refusal's status.
-async fn upgrade_as(listen: &str, path: &str, user: &str) -> Result<Client, u16> {
+/// An upgrade to `path` as `user`: the client, or the refusal's status and
+/// whether it said when to retry (`Retry-After`).
+async fn upgrade_as(listen: &str, path: &str, user: &str) -> Result<Client, (u16, bool)> {
     use tokio_tungstenite::tungstenite::Error;
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let mut request = format!("ws://{listen}{path}")
@@ -149,12 +160,17 @@ async fn upgrade_as(listen: &str, path: &str, user: &str) -> Result<Client, u16>
         .insert("x-user", user.parse().unwrap());
     match tokio_tungstenite::connect_async(request).await {
         Ok((client, _)) => Ok(client),
-        Err(Error::Http(response)) => Err(response.status().as_u16()),
+        Err(Error::Http(response)) => Err((
+            response.status().as_u16(),
+            response.headers().contains_key("retry-after"),
+        )),
         Err(other) => panic!("unexpected upgrade error: {other}"),
     }
 }
 
-/// Upgrades to `/c` as `user` on `replica` until one is refused with 429;
+/// Upgrades to `/c` as `user` on `replica` until one is refused with 429
+/// because the key is full (no `Retry-After`: a refusal with one only says
+/// the replica has not heard from the others yet, so it is tried again);
 /// the ones admitted on the way (over-admission while views converge).
 async fn admitted_until_refused(replica: &Replica, user: &str) -> Vec<Client> {
     let mut admitted = Vec::new();
@@ -162,7 +178,8 @@ async fn admitted_until_refused(replica: &Replica, user: &str) -> Vec<Client> {
         loop {
             match upgrade_as(&replica.listen, "/c", user).await {
                 Ok(client) => admitted.push(client),
-                Err(status) => {
+                Err((429, true)) => tokio::time::sleep(POLL).await,
+                Err((status, _)) => {
                     assert_eq!(status, 429);
                     return;
                 }
@@ -181,7 +198,10 @@ async fn refused_until_admitted(replica: &Replica, user: &str) -> Client {
         loop {
             match upgrade_as(&replica.listen, "/c", user).await {
                 Ok(client) => return client,
-                Err(status) => assert_eq!(status, 429),
+                Err((status, _)) => {
+                    assert_eq!(status, 429);
+                    tokio::time::sleep(POLL).await;
+                }
             }
         }
     })
@@ -193,7 +213,7 @@ async fn refused_until_admitted(replica: &Replica, user: &str) -> Client {
 async fn replicas_become(admin: SocketAddr, replicas: u64) {
     tokio::time::timeout(TIMEOUT, async {
         while metric(&metrics(admin).await, "wsgate_quota_replicas") != replicas {
-            tokio::task::yield_now().await;
+            tokio::time::sleep(POLL).await;
         }
     })
     .await
@@ -268,7 +288,7 @@ async fn metrics(admin: SocketAddr) -> String {
 async fn redis_up_becomes(admin: SocketAddr, up: u64) {
     tokio::time::timeout(TIMEOUT, async {
         while metric(&metrics(admin).await, "wsgate_quota_redis_up") != up {
-            tokio::task::yield_now().await;
+            tokio::time::sleep(POLL).await;
         }
     })
     .await
@@ -423,7 +443,7 @@ fn three_gateways_share_a_users_open_connections_within_the_bound() {
         for replica in &replicas {
             tokio::time::timeout(TIMEOUT, async {
                 while metric(&metrics(replica.admin).await, "wsgate_quota_places") != 0 {
-                    tokio::task::yield_now().await;
+                    tokio::time::sleep(POLL).await;
                 }
             })
             .await
@@ -481,6 +501,52 @@ fn a_redis_outage_or_pause_stalls_no_message_and_is_reconciled() {
         assert!(metric(&metrics, "wsgate_quota_sync_errors_total") > 0);
     });
     for replica in replicas {
+        replica.process.stop();
+    }
+    redis.stop();
+}
+
+#[test]
+fn a_redis_with_a_password_is_reached_with_it_in_the_url_and_refused_with_a_wrong_one() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let dir = TempDir::new("cluster-auth");
+    let redis = Redis::start_with(&dir.0, &["--requirepass", "s3cret"]);
+    let echo = runtime.block_on(wsgate_tests::start_echo());
+    let good_dir = dir.0.join("good");
+    let bad_dir = dir.0.join("bad");
+    std::fs::create_dir_all(&good_dir).unwrap();
+    std::fs::create_dir_all(&bad_dir).unwrap();
+    let good = start_replicas(&good_dir, 1, echo, &format!("{}?pass=s3cret", redis.url()));
+    let bad = start_replicas(&bad_dir, 1, echo, &format!("{}?pass=wrong", redis.url()));
+    runtime.block_on(async {
+        let mut ws = connect_as(&good[0].listen, "fay").await;
+        assert!(round_trip(&mut ws, "with the password").await.0);
+        // Reached: commands sent, none failed.
+        tokio::time::timeout(TIMEOUT, async {
+            while metric(
+                &metrics(good[0].admin).await,
+                "wsgate_quota_redis_commands_total",
+            ) == 0
+            {
+                tokio::time::sleep(POLL).await;
+            }
+        })
+        .await
+        .expect("the replica with the password reconciles");
+        // The wrong password: Redis refuses it, quotas count locally, the
+        // gauge and the error counter say so, messages flow.
+        let mut ws = connect_as(&bad[0].listen, "fay").await;
+        assert!(round_trip(&mut ws, "without it").await.0);
+        redis_up_becomes(bad[0].admin, 0).await;
+        let refused = metrics(bad[0].admin).await;
+        assert!(metric(&refused, "wsgate_quota_sync_errors_total") > 0);
+        let reached = metrics(good[0].admin).await;
+        assert_eq!(metric(&reached, "wsgate_quota_redis_up"), 1);
+        assert_eq!(metric(&reached, "wsgate_quota_sync_errors_total"), 0);
+        assert!(metric(&reached, "wsgate_quota_redis_commands_total") > 0);
+    });
+    for replica in good.into_iter().chain(bad) {
         replica.process.stop();
     }
     redis.stop();

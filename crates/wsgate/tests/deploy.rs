@@ -40,10 +40,14 @@ impl Running {
         Self { child, lines }
     }
 
-    /// The first log line containing `needle`.
+    /// The first log line containing `needle` (a minute at most: a
+    /// safety net, not a synchronisation).
     fn wait_for(&self, needle: &str) -> String {
         loop {
-            let line = self.lines.recv().expect("wsgate exited");
+            let line = self
+                .lines
+                .recv_timeout(std::time::Duration::from_secs(60))
+                .unwrap_or_else(|e| panic!("waiting for {needle:?}: {e}"));
             if line.contains(needle) {
                 return line;
             }
@@ -170,7 +174,7 @@ fn sigterm_drains_hands_every_client_over_with_1012_and_exits() {
         "drain.toml",
         &tagged(echo, "1.0.0").replacen(
             "listen = \"127.0.0.1:0\"\n",
-            "listen = \"127.0.0.1:0\"\ndrain-grace = \"2s\"\ndrain-window = \"500ms\"\n",
+            "listen = \"127.0.0.1:0\"\ndrain-grace = \"4s\"\ndrain-window = \"500ms\"\n",
             1,
         ),
     );

@@ -33,10 +33,14 @@ const ROUNDS: usize = 2;
 /// Each client's pace: one message per this long at most (4,000 messages
 /// per second in all: a load shape, not a synchronisation).
 const PACE: Duration = Duration::from_millis(50);
+/// Between two looks at what the test waits for (HAProxy's state, the
+/// clients' progress), so that looking does not take the CPU from them.
+const POLL: Duration = Duration::from_millis(10);
 /// A safety net against a stalled test, not a synchronisation.
 const TIMEOUT: Duration = Duration::from_secs(60);
 
-/// One replica's configuration: a short drain (HAProxy checks every 100 ms).
+/// One replica's configuration: a short drain (HAProxy checks every 100 ms
+/// and takes a replica out after two failed checks).
 fn replica_config(echo: std::net::SocketAddr) -> String {
     config_text(&format!(
         "[[endpoint]]\npath = \"/echo\"\nallowed-upstreams = [\"ws://{echo}\"]\n\
@@ -46,7 +50,7 @@ fn replica_config(echo: std::net::SocketAddr) -> String {
     ))
     .replacen(
         "listen = \"127.0.0.1:0\"\n",
-        "listen = \"127.0.0.1:0\"\ndrain-grace = \"1s\"\ndrain-window = \"2s\"\n",
+        "listen = \"127.0.0.1:0\"\ndrain-grace = \"2s\"\ndrain-window = \"2s\"\n",
         1,
     )
 }
@@ -107,7 +111,8 @@ impl Haproxy {
              \x20   timeout server 30s\n    timeout tunnel 1h\n    retries 3\n    option redispatch 1\n\n\
              frontend clients\n    bind unix@{front}\n    default_backend gateways\n\n\
              backend gateways\n    balance roundrobin\n    option httpchk GET /readyz\n\
-             \x20   http-check expect status 200\n    default-server inter 100ms fall 1 rise 1\n{servers}",
+             \x20   http-check expect status 200\n    timeout check 1s\n\
+             \x20   default-server inter 100ms fall 2 rise 1\n{servers}",
             api = api.display(),
             front = front.display(),
         );
@@ -156,7 +161,7 @@ impl Haproxy {
         let started = std::time::Instant::now();
         while self.servers_up() != count {
             assert!(started.elapsed() < TIMEOUT, "HAProxy never saw {count} up");
-            std::thread::yield_now();
+            std::thread::sleep(POLL);
         }
     }
 
@@ -268,7 +273,7 @@ fn two_rolling_restarts_of_three_replicas_behind_haproxy_lose_no_message() {
         let started = std::time::Instant::now();
         while tally.echoed.load(Ordering::Relaxed) < since + CLIENTS as u64 {
             assert!(started.elapsed() < TIMEOUT, "messages stopped flowing");
-            std::thread::yield_now();
+            std::thread::sleep(POLL);
         }
     };
     wait_for_progress(0);

@@ -114,13 +114,29 @@ fn is_key_placeholder(name: &str) -> bool {
     name.strip_prefix("claim.").is_some_and(|n| !n.is_empty()) || is_connection_placeholder(name)
 }
 
+/// Longest key used as it is; longer ones (a client's header can be long)
+/// are replaced by a hash, so a key never exceeds the host's key budget.
+const MAX_PLAIN_KEY: usize = 64;
+
 /// The upgrade's key: the template rendered; `None` without a value for it.
 fn key_of(config: &Config) -> Option<String> {
-    render_template(&config.key, |name| match name.strip_prefix("claim.") {
+    let key = render_template(&config.key, |name| match name.strip_prefix("claim.") {
         Some(_) => state::attribute(name),
         None => connection_value(name, Direction::ClientToServer),
     })
-    .ok()
+    .ok()?;
+    Some(bounded(key))
+}
+
+/// `key`, or for a long one `h:` and its 64-bit FNV-1a hash in hex.
+fn bounded(key: String) -> String {
+    if key.len() <= MAX_PLAIN_KEY {
+        return key;
+    }
+    let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    });
+    format!("h:{hash:016x}")
 }
 
 /// 429 with `body`, and `Retry-After` (whole seconds, rounded up) when the
@@ -145,6 +161,14 @@ mod tests {
 
     fn parse(json: &str) -> Config {
         serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn long_keys_are_hashed_to_a_bounded_length() {
+        assert_eq!(bounded("ann".to_string()), "ann");
+        let long = bounded("x".repeat(10_000));
+        assert_eq!(long.len(), 18);
+        assert_ne!(long, bounded("y".repeat(10_000)));
     }
 
     #[test]

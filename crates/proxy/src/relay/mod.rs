@@ -60,7 +60,9 @@ pub struct Session {
     pub endpoint: Arc<LiveEndpoint>,
     /// The connection's facts its plugins share (attributes, expiry).
     pub connection: Arc<ConnectionInfo>,
-    /// Each plugin's per-connection state, by slot.
+    /// Each plugin's per-connection state, by slot (with the quota places
+    /// its plugins hold: dropped before `place` below, as fields drop in
+    /// order, so a connection's quota places are free when its limits are).
     pub contexts: Vec<CallContext>,
     /// Its place under every connection limit, given back when it ends.
     #[allow(
