@@ -352,6 +352,45 @@ pub async fn connect(gateway: &Gateway, path: &str) -> Client {
         .0
 }
 
+/// An upgrade refused: its status, `Retry-After` and body.
+#[derive(Debug)]
+pub struct Refusal {
+    /// The HTTP status.
+    pub status: u16,
+    /// The `Retry-After` header, if any.
+    pub retry_after: Option<String>,
+    /// The body, as text.
+    pub body: String,
+}
+
+/// An upgrade to `ws://{address}{path}` as `user` (the `x-user` header; none
+/// when empty): the client, or the refusal.
+pub async fn upgrade_as(address: &str, path: &str, user: &str) -> Result<Client, Refusal> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = format!("ws://{address}{path}")
+        .into_client_request()
+        .unwrap();
+    if !user.is_empty() {
+        request
+            .headers_mut()
+            .insert("x-user", user.parse().unwrap());
+    }
+    match tokio_tungstenite::connect_async(request).await {
+        Ok((client, _)) => Ok(client),
+        Err(WsError::Http(response)) => Err(Refusal {
+            status: response.status().as_u16(),
+            retry_after: response
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+            body: String::from_utf8_lossy(response.body().as_deref().unwrap_or_default())
+                .into_owned(),
+        }),
+        Err(other) => panic!("unexpected upgrade error: {other}"),
+    }
+}
+
 /// Try an upgrade with extra headers; the HTTP status and body when refused.
 pub async fn try_upgrade(
     gateway: &Gateway,

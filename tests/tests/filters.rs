@@ -132,37 +132,6 @@ async fn ip_filter_allows_and_denies_by_cidr() {
     );
 }
 
-/// An upgrade as `user` (`x-user`): the client, or the refusal's status,
-/// `Retry-After` and body.
-async fn upgrade_as(
-    gateway: &wsgate_proxy::Gateway,
-    path: &str,
-    user: &str,
-) -> Result<Client, (u16, Option<String>, String)> {
-    use tokio_tungstenite::tungstenite::Error;
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    let mut request = format!("ws://{}{path}", gateway.local_addr())
-        .into_client_request()
-        .unwrap();
-    if !user.is_empty() {
-        request
-            .headers_mut()
-            .insert("x-user", user.parse().unwrap());
-    }
-    match tokio_tungstenite::connect_async(request).await {
-        Ok((client, _)) => Ok(client),
-        Err(Error::Http(response)) => Err((
-            response.status().as_u16(),
-            response
-                .headers()
-                .get("retry-after")
-                .map(|v| v.to_str().unwrap().to_string()),
-            String::from_utf8_lossy(response.body().as_deref().unwrap_or_default()).into_owned(),
-        )),
-        Err(other) => panic!("unexpected upgrade error: {other}"),
-    }
-}
-
 #[tokio::test]
 async fn key_limit_bounds_open_connections_and_upgrades_per_key_with_429() {
     let echo = start_echo().await;
@@ -175,32 +144,40 @@ async fn key_limit_bounds_open_connections_and_upgrades_per_key_with_429() {
     )
     .await;
     // Two open connections per user; a third is refused, another user is not.
-    let first = upgrade_as(&gateway, "/k", "ann").await.unwrap();
-    let _second = upgrade_as(&gateway, "/k", "ann").await.unwrap();
-    let (status, retry_after, body) = upgrade_as(&gateway, "/k", "ann").await.err().unwrap();
+    let address = gateway.local_addr().to_string();
+    let first = upgrade_as(&address, "/k", "ann").await.unwrap();
+    let _second = upgrade_as(&address, "/k", "ann").await.unwrap();
+    let refused = upgrade_as(&address, "/k", "ann").await.err().unwrap();
     assert_eq!(
-        (status, retry_after, body.as_str()),
+        (refused.status, refused.retry_after, refused.body.as_str()),
         (429, None, "too many open connections for this user\n")
     );
-    let _bob = upgrade_as(&gateway, "/k", "bob").await.unwrap();
+    let _bob = upgrade_as(&address, "/k", "bob").await.unwrap();
     // A closed connection gives its place back.
     drop(first);
     gateway.wait_for_connections(2).await;
-    let _third = upgrade_as(&gateway, "/k", "ann").await.unwrap();
+    let _third = upgrade_as(&address, "/k", "ann").await.unwrap();
     // The fifth upgrade in the window is refused, with the time to wait.
-    let (status, retry_after, _) = upgrade_as(&gateway, "/k", "ann").await.err().unwrap();
-    assert_eq!(status, 429);
-    let seconds: u64 = retry_after.expect("Retry-After").parse().unwrap();
+    let refused = upgrade_as(&address, "/k", "ann").await.err().unwrap();
+    assert_eq!(refused.status, 429);
+    let seconds: u64 = refused.retry_after.expect("Retry-After").parse().unwrap();
     // A sliding window: the upgrades taken in this window still weigh on
     // the next one, so the wait is at most two windows.
     assert!((1..=120).contains(&seconds), "Retry-After {seconds}");
     // No key: no credentials.
-    assert_eq!(upgrade_as(&gateway, "/k", "").await.err().unwrap().0, 401);
+    assert_eq!(
+        upgrade_as(&address, "/k", "").await.err().unwrap().status,
+        401
+    );
     // An upgrade refused after its hold (the upstream is down) gives the
     // place back: with one place, every attempt reaches the upstream.
     for _ in 0..3 {
         assert_eq!(
-            upgrade_as(&gateway, "/down", "ann").await.err().unwrap().0,
+            upgrade_as(&address, "/down", "ann")
+                .await
+                .err()
+                .unwrap()
+                .status,
             502
         );
     }

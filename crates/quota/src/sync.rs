@@ -202,26 +202,7 @@ impl Sync {
         };
         let presence = self.presence();
         let (pipe, commands) = hold_pipeline(&self.replica, &self.others, presence, round);
-        let answered = tokio::time::timeout(
-            self.settings.timeout,
-            pipe.query_async::<Vec<redis::Value>>(&mut connection),
-        )
-        .await;
-        self.quotas
-            .stats
-            .commands
-            .fetch_add(commands, Ordering::Relaxed);
-        let mut values = match answered {
-            Ok(Ok(values)) => values,
-            Ok(Err(error)) => {
-                self.connection = None;
-                return Err(error.to_string());
-            }
-            Err(_) => {
-                self.connection = None;
-                return Err(format!("no answer within {:?}", self.settings.timeout));
-            }
-        };
+        let mut values: Vec<redis::Value> = self.query(&mut connection, &pipe, commands).await?;
         let live: Vec<String> = values
             .pop()
             .map(redis::from_redis_value)
@@ -271,6 +252,34 @@ impl Sync {
         }
     }
 
+    /// Send `pipe` (`commands` long, counted) and read its answer within the
+    /// timeout. On an error or a slow Redis the connection is dropped: the
+    /// next round starts over with a fresh one.
+    async fn query<T: redis::FromRedisValue>(
+        &mut self,
+        connection: &mut MultiplexedConnection,
+        pipe: &redis::Pipeline,
+        commands: u64,
+    ) -> Result<T, String> {
+        let timeout = self.settings.timeout;
+        let answered = tokio::time::timeout(timeout, pipe.query_async(connection)).await;
+        self.quotas
+            .stats
+            .commands
+            .fetch_add(commands, Ordering::Relaxed);
+        match answered {
+            Ok(Ok(values)) => Ok(values),
+            Ok(Err(error)) => {
+                self.connection = None;
+                Err(error.to_string())
+            }
+            Err(_) => {
+                self.connection = None;
+                Err(format!("no answer within {timeout:?}"))
+            }
+        }
+    }
+
     /// How long a replica counts as live after it last reconciled.
     fn presence(&self) -> Duration {
         self.settings.interval.max(Duration::from_millis(100)) * 10
@@ -294,23 +303,7 @@ impl Sync {
         let mut connection = connection;
         let presence = self.presence();
         let (pipe, commands) = pipeline(&self.replica, presence, pushes);
-        let answered = tokio::time::timeout(timeout, pipe.query_async(&mut connection)).await;
-        self.quotas
-            .stats
-            .commands
-            .fetch_add(commands, Ordering::Relaxed);
-        let values: Vec<Option<u64>> = match answered {
-            Ok(Ok(values)) => values,
-            Ok(Err(error)) => {
-                self.connection = None;
-                return Err(error.to_string());
-            }
-            Err(_) => {
-                // A slow Redis: start over with a fresh connection next round.
-                self.connection = None;
-                return Err(format!("no answer within {timeout:?}"));
-            }
-        };
+        let values: Vec<Option<u64>> = self.query(&mut connection, &pipe, commands).await?;
         let Some((replicas, values)) = values.split_first() else {
             return Err("Redis answered nothing".to_string());
         };

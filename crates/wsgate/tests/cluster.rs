@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 
-use wsgate_tests::{Client, admin_http, config_text, next_data, send_text};
+use wsgate_tests::{Client, admin_http, config_text, next_data, send_text, upgrade_as};
 
 mod common;
 use common::{GatewayProcess, TempDir};
@@ -147,27 +147,6 @@ async fn connect_as(listen: &str, user: &str) -> Client {
     upgrade_as(listen, "/q", user).await.unwrap()
 }
 
-/// An upgrade to `path` as `user`: the client, or the refusal's status and
-/// whether it said when to retry (`Retry-After`).
-async fn upgrade_as(listen: &str, path: &str, user: &str) -> Result<Client, (u16, bool)> {
-    use tokio_tungstenite::tungstenite::Error;
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    let mut request = format!("ws://{listen}{path}")
-        .into_client_request()
-        .unwrap();
-    request
-        .headers_mut()
-        .insert("x-user", user.parse().unwrap());
-    match tokio_tungstenite::connect_async(request).await {
-        Ok((client, _)) => Ok(client),
-        Err(Error::Http(response)) => Err((
-            response.status().as_u16(),
-            response.headers().contains_key("retry-after"),
-        )),
-        Err(other) => panic!("unexpected upgrade error: {other}"),
-    }
-}
-
 /// Upgrades to `/c` as `user` on `replica` until one is refused with 429
 /// because the key is full (no `Retry-After`: a refusal with one only says
 /// the replica has not heard from the others yet, so it is tried again);
@@ -178,9 +157,11 @@ async fn admitted_until_refused(replica: &Replica, user: &str) -> Vec<Client> {
         loop {
             match upgrade_as(&replica.listen, "/c", user).await {
                 Ok(client) => admitted.push(client),
-                Err((429, true)) => tokio::time::sleep(POLL).await,
-                Err((status, _)) => {
-                    assert_eq!(status, 429);
+                Err(refused) if refused.status == 429 && refused.retry_after.is_some() => {
+                    tokio::time::sleep(POLL).await;
+                }
+                Err(refused) => {
+                    assert_eq!(refused.status, 429);
                     return;
                 }
             }
@@ -198,8 +179,8 @@ async fn refused_until_admitted(replica: &Replica, user: &str) -> Client {
         loop {
             match upgrade_as(&replica.listen, "/c", user).await {
                 Ok(client) => return client,
-                Err((status, _)) => {
-                    assert_eq!(status, 429);
+                Err(refused) => {
+                    assert_eq!(refused.status, 429);
                     tokio::time::sleep(POLL).await;
                 }
             }
