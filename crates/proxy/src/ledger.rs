@@ -299,6 +299,9 @@ impl Drop for Place {
             endpoint.active.fetch_sub(1, Ordering::Relaxed);
             generation.active.fetch_sub(1, Ordering::Relaxed);
             self.ledger.active.fetch_sub(1, Ordering::Relaxed);
+            // Let go of the generation before saying the connection ended:
+            // whoever waits for it may count the generations still alive.
+            drop((endpoint, generation));
             self.ledger.closed.notify_waiters();
         }
     }
