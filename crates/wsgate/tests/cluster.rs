@@ -190,17 +190,6 @@ async fn refused_until_admitted(replica: &Replica, user: &str) -> Client {
     .expect("a freed place is admitted")
 }
 
-/// Wait (on the metric, polled) until `admin`'s replica counts `replicas`.
-async fn replicas_become(admin: SocketAddr, replicas: u64) {
-    tokio::time::timeout(TIMEOUT, async {
-        while metric(&metrics(admin).await, "wsgate_quota_replicas") != replicas {
-            tokio::time::sleep(POLL).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("wsgate_quota_replicas never became {replicas}"));
-}
-
 /// One message and its answer: whether the quota admitted it (echoed) or
 /// refused it (the rate-limit reply), and the round trip.
 async fn round_trip(ws: &mut Client, text: &str) -> (bool, Duration) {
@@ -265,15 +254,21 @@ async fn metrics(admin: SocketAddr) -> String {
     admin_http(admin, "GET", "/metrics", None, "").await.1
 }
 
-/// Wait (on the metric, polled) until `replica` reports Redis `up`.
-async fn redis_up_becomes(admin: SocketAddr, up: u64) {
+/// Wait (on the metric, polled) until `admin`'s replica reports `value`
+/// for the metric `name`.
+async fn metric_becomes(admin: SocketAddr, name: &str, value: u64) {
     tokio::time::timeout(TIMEOUT, async {
-        while metric(&metrics(admin).await, "wsgate_quota_redis_up") != up {
+        while metric(&metrics(admin).await, name) != value {
             tokio::time::sleep(POLL).await;
         }
     })
     .await
-    .unwrap_or_else(|_| panic!("wsgate_quota_redis_up never became {up}"));
+    .unwrap_or_else(|_| panic!("{name} never became {value}"));
+}
+
+/// Wait until `admin`'s replica reports Redis `up` (1) or not (0).
+async fn redis_up_becomes(admin: SocketAddr, up: u64) {
+    metric_becomes(admin, "wsgate_quota_redis_up", up).await;
 }
 
 /// `n` round trips labelled `label`; prints their p50 and p99 (a figure
@@ -379,7 +374,7 @@ fn three_gateways_share_a_users_open_connections_within_the_bound() {
     let replicas = start_replicas(&dir.0, 3, echo, &redis.url());
     runtime.block_on(async {
         for replica in &replicas {
-            replicas_become(replica.admin, 3).await;
+            metric_becomes(replica.admin, "wsgate_quota_replicas", 3).await;
         }
         // Ann opens her places one replica after another. A replica past
         // its share of her places refuses (429) until its next round
@@ -422,13 +417,7 @@ fn three_gateways_share_a_users_open_connections_within_the_bound() {
     // Every place is given back with its connection.
     runtime.block_on(async {
         for replica in &replicas {
-            tokio::time::timeout(TIMEOUT, async {
-                while metric(&metrics(replica.admin).await, "wsgate_quota_places") != 0 {
-                    tokio::time::sleep(POLL).await;
-                }
-            })
-            .await
-            .expect("places given back");
+            metric_becomes(replica.admin, "wsgate_quota_places", 0).await;
         }
     });
     for replica in replicas {
