@@ -9,7 +9,10 @@
     missing_docs
 )]
 
+pub mod authority;
 pub mod webdriver;
+
+pub use authority::Authority;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -20,7 +20,7 @@ pub use error::{ConfigError, ConfigErrors, SourceMap};
 pub use model::{
     Admin, Capability, ChainEntry, Cluster, Compression, Config, EchoServer, Endpoint, FailPolicy,
     Gateway, ListenerTls, MonitorLevel, MonitorSettings, PathMatch, PluginDecl, PluginRef,
-    RemoteHost, Signing, TrustedKey,
+    Registry, RemoteHost, Signing, TrustedKey,
 };
 pub use units::{ByteSize, HumanDuration, parse_duration, parse_size};
 
@@ -95,6 +95,14 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
     if let Some(tls) = config.gateway.tls.as_mut() {
         resolve(&mut tls.certificate);
         resolve(&mut tls.key);
+    }
+    for registry in &mut config.registries {
+        for path in [registry.ca_bundle.as_mut(), registry.password_file.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            resolve(path);
+        }
     }
     for host in &mut config.remote_hosts {
         for path in [

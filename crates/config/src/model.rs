@@ -37,6 +37,9 @@ pub struct Config {
     /// Per-upstream limits and timeouts.
     #[serde(default, rename = "remote-host")]
     pub remote_hosts: Vec<RemoteHost>,
+    /// How to reach the OCI registries that `[[plugin]] source` names.
+    #[serde(default, rename = "registry")]
+    pub registries: Vec<Registry>,
     /// The WebSocket endpoints, matched by path.
     #[serde(default, rename = "endpoint")]
     pub endpoints: Vec<Endpoint>,
@@ -209,6 +212,11 @@ pub struct PluginDecl {
     /// `digest`, and the store's index must list `name@version` with it.
     #[serde(default)]
     pub path: PathBuf,
+    /// Where the component is published: `oci://HOST[:PORT]/REPOSITORY:TAG`
+    /// (or `@sha256:…` for a manifest digest). It is pulled into the
+    /// `plugin-store` once, when the store does not hold `digest` yet.
+    #[serde(default)]
+    pub source: Option<Spanned<String>>,
     /// The plugin store's index entry for `name@version`, when the component
     /// comes from the store (set while loading the configuration).
     #[serde(skip)]
@@ -400,6 +408,39 @@ impl RemoteHost {
     pub fn connection_limit(&self) -> Option<usize> {
         usize::try_from(self.max_connections).ok()
     }
+}
+
+/// How to reach one OCI registry (`[[registry]]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Registry {
+    /// `host[:port]`, as written in `oci://` sources.
+    pub host: Spanned<String>,
+    /// User name for the registry's basic or token authentication.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// File holding the password (or token), relative to the configuration
+    /// file; surrounding whitespace is ignored.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// Environment variable holding the password (or token).
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// Trust these CA certificates (PEM) for the registry, besides the
+    /// system's roots.
+    #[serde(default)]
+    pub ca_bundle: Option<PathBuf>,
+    /// Speak plain HTTP to the registry (for a registry on the same host or
+    /// network only).
+    #[serde(default)]
+    pub plain_http: bool,
+    /// Longest time to connect, and to wait for each response.
+    #[serde(default = "default_registry_timeout")]
+    pub timeout: HumanDuration,
+}
+
+fn default_registry_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(10))
 }
 
 /// With which peers an endpoint negotiates permessage-deflate. Either way,

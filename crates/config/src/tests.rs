@@ -386,3 +386,62 @@ fn offload_settings_default_and_zero_threads_is_an_error() {
     assert_eq!(error.field, "plugin[0].offload-threads");
     assert_eq!(error.line, 6);
 }
+
+#[test]
+fn a_plugin_from_a_registry_needs_a_digest_a_store_and_an_oci_reference() {
+    let digest = format!("sha256:{}", "a".repeat(64));
+    let with = |gateway: &str, plugin: &str| {
+        format!(
+            "[gateway]\nlisten = \"127.0.0.1:8080\"\n{gateway}\n\n\
+             [[registry]]\nhost = \"registry.example.com\"\nusername = \"ci\"\npassword-file = \"secrets/registry\"\n\n\
+             [[plugin]]\nname = \"static-router\"\nversion = \"1.0.0\"\n{plugin}\n"
+        )
+    };
+    let store = "plugin-store = \"store\"";
+    let source = "source = \"oci://registry.example.com/wsgate/static-router:1.0.0\"";
+
+    let config = parse_at(&with(store, &format!("{source}\ndigest = \"{digest}\""))).unwrap();
+    let plugin = &config.plugins[0];
+    assert_eq!(
+        plugin.path,
+        Path::new("conf/store/blobs/sha256").join("a".repeat(64))
+    );
+    assert_eq!(
+        config.registries[0].password_file.as_deref(),
+        Some(Path::new("conf/secrets/registry"))
+    );
+
+    for (gateway, plugin, expected) in [
+        (store, source.to_string(), "`digest`"),
+        (
+            "",
+            format!("{source}\ndigest = \"{digest}\""),
+            "plugin-store",
+        ),
+        (
+            store,
+            format!("{source}\ndigest = \"{digest}\"\npath = \"p.wasm\""),
+            "not both",
+        ),
+        (
+            store,
+            format!("source = \"registry.example.com/x:1\"\ndigest = \"{digest}\""),
+            "oci://HOST",
+        ),
+    ] {
+        let error = single_error(&with(gateway, &plugin));
+        assert_eq!(error.field, "plugin[0].source", "{error}");
+        assert!(error.message.contains(expected), "{error}");
+        assert_eq!(error.line, 13, "{error}");
+    }
+}
+
+#[test]
+fn a_registry_is_listed_once_with_one_password_source() {
+    let text = "[gateway]\nlisten = \"127.0.0.1:8080\"\n\n\
+                [[registry]]\nhost = \"r.example.com\"\npassword-file = \"p\"\npassword-env = \"P\"\n\n\
+                [[registry]]\nhost = \"R.example.com\"\n";
+    let errors = parse_at(text).err().unwrap().0;
+    let fields: Vec<_> = errors.iter().map(|e| e.field.as_str()).collect();
+    assert_eq!(fields, ["registry[0].password-file", "registry[1].host"]);
+}

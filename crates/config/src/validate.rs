@@ -80,7 +80,30 @@ pub(crate) fn validate(config: &Config, renamed: &Renamed) -> Result<(), ConfigE
                 );
             }
         }
-        if plugin.store_entry.is_none() && plugin.path.as_os_str().is_empty() {
+        if let Some(source) = &plugin.source {
+            let problem = if plugin.store_entry.is_none() && !plugin.path.as_os_str().is_empty() {
+                Some("a plugin comes from a `path` or from a `source`, not both")
+            } else if plugin.digest.is_none() {
+                Some(
+                    "a plugin from a registry is pinned by the `digest` of its component (printed by `wsgate plugin push`)",
+                )
+            } else if config.gateway.plugin_store.is_none() {
+                Some(
+                    "a plugin from a registry is pulled into the gateway's `plugin-store`: set [gateway] plugin-store",
+                )
+            } else if !is_oci_reference(source.get_ref()) {
+                Some("a source is written `oci://HOST[:PORT]/REPOSITORY:TAG` (or `@sha256:…`)")
+            } else {
+                None
+            };
+            if let Some(problem) = problem {
+                at(
+                    source.span(),
+                    format!("plugin[{i}].source"),
+                    problem.to_string(),
+                );
+            }
+        } else if plugin.store_entry.is_none() && plugin.path.as_os_str().is_empty() {
             let missing = if config.gateway.plugin_store.is_none() {
                 "a plugin needs a `path`, or a `digest` and the gateway's `plugin-store` to load it from"
             } else {
@@ -148,6 +171,40 @@ pub(crate) fn validate(config: &Config, renamed: &Renamed) -> Result<(), ConfigE
                 count.span(),
                 field.to_string(),
                 "must be at least 1".to_string(),
+            );
+        }
+    }
+
+    let mut registries = HashSet::new();
+    for (i, registry) in config.registries.iter().enumerate() {
+        let host = registry.host.get_ref();
+        if host.is_empty() || host.contains(['/', ' ', '@']) {
+            at(
+                registry.host.span(),
+                format!("registry[{i}].host"),
+                format!("`{host}` is not `host[:port]`"),
+            );
+        }
+        if !registries.insert(host.to_ascii_lowercase()) {
+            at(
+                registry.host.span(),
+                format!("registry[{i}].host"),
+                format!("registry `{host}` is listed twice"),
+            );
+        }
+        if registry.password_file.is_some() && registry.password_env.is_some() {
+            at(
+                registry.host.span(),
+                format!("registry[{i}].password-file"),
+                "a registry's password comes from password-file or password-env, not both"
+                    .to_string(),
+            );
+        }
+        if registry.timeout.0.is_zero() {
+            at(
+                registry.host.span(),
+                format!("registry[{i}].timeout"),
+                "the timeout must be greater than zero".to_string(),
             );
         }
     }
@@ -351,4 +408,15 @@ impl Config {
                     .max_by_key(|(_, e)| e.path.get_ref().len())
             })
     }
+}
+
+/// Whether `source` has the shape `oci://HOST/REPOSITORY[:TAG][@DIGEST]`
+/// (the registry client checks the rest when it pulls).
+pub(crate) fn is_oci_reference(source: &str) -> bool {
+    source
+        .strip_prefix("oci://")
+        .and_then(|rest| rest.split_once('/'))
+        .is_some_and(|(host, repository)| {
+            !host.is_empty() && !repository.is_empty() && !source.contains(char::is_whitespace)
+        })
 }

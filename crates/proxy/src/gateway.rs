@@ -95,6 +95,9 @@ impl Gateway {
         // This gateway's own quotas: its plugins count there, and (with
         // `[cluster] redis`) reconcile with the other replicas.
         let runtime = runtime.with_quotas(Arc::default());
+        wsgate_registry::fetch_plugins(&config)
+            .await
+            .map_err(DeployError::from)?;
         let generation =
             Arc::new(Generation::build(1, config, &runtime).map_err(DeployError::from)?);
         let workers = Workers::start(*generation.config.gateway.workers.get_ref())
@@ -196,7 +199,10 @@ impl Gateway {
         id: u64,
         config: Result<Config, ConfigErrors>,
     ) -> Result<u64, DeployError> {
-        let mut generation = Generation::build(id, config?, &self.shared.runtime)?;
+        let config = config?;
+        // Plugins published in a registry and not yet in the store.
+        wsgate_registry::fetch_plugins(&config).await?;
+        let mut generation = Generation::build(id, config, &self.shared.runtime)?;
         generation.carry_limits_from(&self.shared.generation());
         let generation = Arc::new(generation);
         // A drain may have begun while the plugins compiled.

@@ -29,6 +29,15 @@ impl Role {
         }
     }
 
+    /// The WIT world a plugin of this role is built against.
+    pub fn world(self) -> &'static str {
+        match self {
+            Self::Upgrade => "upgrade-filter",
+            Self::Message => "message-filter",
+            Self::Filter => "filter",
+        }
+    }
+
     /// The name written in manifests.
     pub fn as_str(self) -> &'static str {
         match self {

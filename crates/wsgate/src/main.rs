@@ -53,8 +53,8 @@ enum Command {
         #[arg(long, default_value = "host-config.toml")]
         config: PathBuf,
     },
-    /// Plugins: the content-addressed store (add, list, inspect, verify)
-    /// and signing (keygen, sign).
+    /// Plugins: the content-addressed store (add, list, inspect, verify),
+    /// OCI registries (push, pull) and signing (keygen, sign).
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
     /// Run a WebSocket echo server.
@@ -79,6 +79,8 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colours for a terminal only, not for a log file or a collector.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -94,7 +96,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Run { config } => run(&config).await,
-            Command::Check { config } => check(&config),
+            Command::Check { config } => check(&config).await,
             Command::Deploy {
                 config,
                 admin,
@@ -111,7 +113,7 @@ fn main() -> ExitCode {
                 });
                 echo(listen, ticker).await
             }
-            Command::Plugin(command) => plugin::run(command),
+            Command::Plugin(command) => plugin::run(command).await,
         }
     });
     match result {
@@ -231,9 +233,12 @@ fn print_warnings(config: &wsgate_config::Config) {
 
 /// `wsgate check`: its report is the command's output, on stdout.
 #[allow(clippy::print_stdout)]
-fn check(path: &Path) -> anyhow::Result<()> {
+async fn check(path: &Path) -> anyhow::Result<()> {
     let config = wsgate_config::load(path).map_err(anyhow::Error::msg)?;
     print_warnings(&config);
+    wsgate_registry::fetch_plugins(&config)
+        .await
+        .map_err(anyhow::Error::msg)?;
     let runtime = Runtime::with_cache(config.gateway.plugin_cache_dir.clone())?;
     let generation = Generation::build(0, config, &runtime).map_err(anyhow::Error::msg)?;
     println!(

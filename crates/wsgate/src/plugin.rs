@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
+use wsgate_registry::{Connection, Registry, artifact};
 use wsgate_runtime::{Runtime, signing};
 use wsgate_store::{Entry, Manifest, Role, Store};
 
@@ -59,6 +60,44 @@ pub enum PluginCommand {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Publish a component in an OCI registry (the CNCF Wasm artifact
+    /// layout), with its manifest and, when `<component>.sig` exists, its
+    /// signature (tagged `sha256-<manifest hex>.sig`); prints the
+    /// `[[plugin]]` entry that pulls it.
+    Push {
+        /// The component (`.wasm`).
+        component: PathBuf,
+        /// Where to publish it: `oci://HOST[:PORT]/REPOSITORY:TAG`.
+        reference: String,
+        /// The plugin's manifest.
+        #[arg(long, default_value = "wsgate-plugin.toml")]
+        manifest: PathBuf,
+        #[command(flatten)]
+        registry: RegistryArgs,
+    },
+    /// Fetch a plugin from an OCI registry into the plugin store (checking
+    /// its digest and, with `--config`, its signature); prints the
+    /// `[[plugin]]` entry that pins it.
+    Pull {
+        /// `oci://HOST[:PORT]/REPOSITORY:TAG` or `…@sha256:<manifest digest>`.
+        reference: String,
+        /// The component digest to insist on (`sha256:…`).
+        #[arg(long)]
+        digest: Option<String>,
+        /// The name to store it under, for a component published without a
+        /// wsgate manifest (default: the last part of the repository).
+        #[arg(long)]
+        name: Option<String>,
+        /// The version to store it under, for a component published without
+        /// a wsgate manifest (default: the tag).
+        #[arg(long)]
+        version: Option<String>,
+        /// The plugin store.
+        #[arg(long, default_value = DEFAULT_STORE)]
+        store: PathBuf,
+        #[command(flatten)]
+        registry: RegistryArgs,
+    },
     /// Create an ed25519 key pair: the secret key goes to `--out` (mode 0600),
     /// the `trusted-keys` entry for the gateway's configuration is printed.
     Keygen {
@@ -82,9 +121,86 @@ pub enum PluginCommand {
     },
 }
 
+/// How to reach the registry, for `push` and `pull`.
+#[derive(clap::Args)]
+pub struct RegistryArgs {
+    /// A gateway configuration whose `[[registry]]` entry for the host to use
+    /// (and, for `pull`, whose `[signing]` to check the signature with).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Speak plain HTTP to the registry.
+    #[arg(long)]
+    plain_http: bool,
+    /// Trust these CA certificates (PEM) for the registry.
+    #[arg(long)]
+    ca_bundle: Option<PathBuf>,
+    /// User name; the password (or token) is read from `WSGATE_REGISTRY_PASSWORD`.
+    #[arg(long)]
+    username: Option<String>,
+}
+
+impl RegistryArgs {
+    /// The configuration named by `--config`, if any.
+    fn config(&self) -> anyhow::Result<Option<wsgate_config::Config>> {
+        self.config
+            .as_deref()
+            .map(|path| wsgate_config::load(path).map_err(anyhow::Error::msg))
+            .transpose()
+    }
+
+    /// The connection to `host`: the configuration's `[[registry]]` entry,
+    /// with what the flags add.
+    fn connection(
+        &self,
+        config: Option<&wsgate_config::Config>,
+        host: &str,
+    ) -> anyhow::Result<Connection> {
+        let mut connection = match config {
+            Some(config) => {
+                wsgate_registry::connection_for(config, host).map_err(anyhow::Error::msg)?
+            }
+            None => Connection::default(),
+        };
+        connection.plain_http |= self.plain_http;
+        if let Some(path) = &self.ca_bundle {
+            connection.ca_bundle = Some(
+                std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?,
+            );
+        }
+        if self.username.is_some() {
+            connection.username.clone_from(&self.username);
+        }
+        if let Ok(password) = std::env::var("WSGATE_REGISTRY_PASSWORD") {
+            connection.password = Some(password);
+        }
+        Ok(connection)
+    }
+}
+
 /// Run one `wsgate plugin` command.
-pub fn run(command: PluginCommand) -> anyhow::Result<()> {
+pub async fn run(command: PluginCommand) -> anyhow::Result<()> {
     match command {
+        PluginCommand::Push {
+            component,
+            reference,
+            manifest,
+            registry,
+        } => push(&component, &reference, &manifest, &registry).await,
+        PluginCommand::Pull {
+            reference,
+            digest,
+            name,
+            version,
+            store,
+            registry,
+        } => {
+            let wanted = Wanted {
+                digest,
+                name,
+                version,
+            };
+            pull(&reference, &wanted, &Store::open(store), &registry).await
+        }
         PluginCommand::Add {
             component,
             manifest,
@@ -106,7 +222,20 @@ pub fn run(command: PluginCommand) -> anyhow::Result<()> {
     }
 }
 
-fn add(component: &Path, manifest_path: &Path, store: &Store) -> anyhow::Result<()> {
+/// A component checked against its manifest: what `add` stores and `push`
+/// publishes.
+struct Checked {
+    bytes: Vec<u8>,
+    manifest: Manifest,
+    schema: Option<String>,
+    info: wsgate_runtime::ComponentInfo,
+    signature: Option<String>,
+}
+
+/// Read `component` and its manifest; check that the component fits the
+/// contract, has the manifest's role and needs no capability it does not
+/// request; read its signature file, if present.
+fn checked(component: &Path, manifest_path: &Path) -> anyhow::Result<Checked> {
     let (manifest, schema) = Manifest::read(manifest_path)?;
     let bytes =
         std::fs::read(component).with_context(|| format!("cannot read {}", component.display()))?;
@@ -119,8 +248,24 @@ fn add(component: &Path, manifest_path: &Path, store: &Store) -> anyhow::Result<
             &info.imports,
         )
         .map_err(|e| anyhow::anyhow!("{}: {e}", manifest_path.display()))?;
-    let signature = signature_path(component);
-    let signature = std::fs::read_to_string(&signature).ok();
+    let signature = std::fs::read_to_string(signature_path(component)).ok();
+    Ok(Checked {
+        bytes,
+        manifest,
+        schema,
+        info,
+        signature,
+    })
+}
+
+fn add(component: &Path, manifest_path: &Path, store: &Store) -> anyhow::Result<()> {
+    let Checked {
+        bytes,
+        manifest,
+        schema,
+        signature,
+        ..
+    } = checked(component, manifest_path)?;
     let entry = store.add(&bytes, manifest, schema, signature.as_deref())?;
     println!(
         "added {} {} ({} bytes{}) to {}",
@@ -131,11 +276,161 @@ fn add(component: &Path, manifest_path: &Path, store: &Store) -> anyhow::Result<
         store.root().display()
     );
     println!("\npin it in the gateway's configuration (with [gateway] plugin-store):\n");
+    print_pin(&entry, None);
+    Ok(())
+}
+
+/// Print the `[[plugin]]` entry that pins `entry` (pulled from `source`).
+fn print_pin(entry: &Entry, source: Option<&str>) {
     println!("[[plugin]]");
     println!("name = \"{}\"", entry.manifest.name);
     println!("version = \"{}\"", entry.manifest.version);
+    if let Some(source) = source {
+        println!("source = \"{source}\"");
+    }
     println!("digest = \"{}\"", entry.digest);
-    println!("grants = [{}]", quoted_capabilities(&entry));
+    println!("grants = [{}]", quoted_capabilities(entry));
+}
+
+async fn push(
+    component: &Path,
+    reference: &str,
+    manifest_path: &Path,
+    args: &RegistryArgs,
+) -> anyhow::Result<()> {
+    let checked = checked(component, manifest_path)?;
+    let parsed = wsgate_registry::parse_reference(reference)?;
+    let connection = args.connection(args.config()?.as_ref(), parsed.registry())?;
+    let registry = Registry::connect(&parsed, &connection)?;
+    let entry = Entry {
+        digest: wsgate_store::digest_of(&checked.bytes),
+        size: checked.bytes.len() as u64,
+        manifest: checked.manifest,
+        config_schema_json: checked.schema,
+    };
+    let description = artifact::Description {
+        shape: artifact::ComponentShape {
+            imports: checked
+                .info
+                .imports
+                .iter()
+                .map(|(i, _)| i.clone())
+                .collect(),
+            exports: checked.info.exports.clone(),
+            target: Some(format!(
+                "wsgate:plugin/{}@{}",
+                entry.manifest.role.world(),
+                checked.info.contract.as_str()
+            )),
+        },
+        created: None,
+        entry: Some(entry.clone()),
+    };
+    let upload = artifact::plugin_upload(checked.bytes, &description)?;
+    let pushed = registry
+        .push(&parsed, &upload, checked.signature.as_deref())
+        .await?;
+    println!(
+        "pushed {} to {reference}\n  manifest  {}\n  component {}{}",
+        entry.id(),
+        pushed.manifest_digest,
+        pushed.component_digest,
+        pushed
+            .signature_tag
+            .map(|tag| format!("\n  signature :{tag}"))
+            .unwrap_or_default()
+    );
+    println!("\npull it in the gateway's configuration (with [gateway] plugin-store):\n");
+    print_pin(&entry, Some(reference));
+    Ok(())
+}
+
+/// What `pull` insists on or names the plugin by.
+struct Wanted {
+    digest: Option<String>,
+    name: Option<String>,
+    version: Option<String>,
+}
+
+async fn pull(
+    reference: &str,
+    wanted: &Wanted,
+    store: &Store,
+    args: &RegistryArgs,
+) -> anyhow::Result<()> {
+    let parsed = wsgate_registry::parse_reference(reference)?;
+    let config = args.config()?;
+    let connection = args.connection(config.as_ref(), parsed.registry())?;
+    let registry = Registry::connect(&parsed, &connection)?;
+    let pulled = registry.pull(&parsed, wanted.digest.as_deref()).await?;
+    let info = Runtime::new()?
+        .inspect(&pulled.component)
+        .map_err(|e| anyhow::anyhow!("{reference}: {e}"))?;
+    let role = Role::of_exports(info.roles.upgrade, info.roles.message)
+        .context("the component exports no plugin hook")?;
+    let (manifest, schema) = match &pulled.entry {
+        Some(entry) => (entry.manifest.clone(), entry.config_schema_json.clone()),
+        None => {
+            let repository_name = parsed.repository().rsplit('/').next().unwrap_or_default();
+            let name = wanted
+                .name
+                .clone()
+                .unwrap_or_else(|| repository_name.to_string());
+            let version = wanted
+                .version
+                .clone()
+                .or_else(|| parsed.tag().map(str::to_string))
+                .context(
+                    "the artifact has no wsgate manifest and the reference no tag: pass --version",
+                )?;
+            let manifest = Manifest {
+                name,
+                version,
+                description: format!("pulled from {reference}"),
+                role,
+                capabilities: info.capabilities(),
+                config_schema: None,
+            };
+            (manifest, None)
+        }
+    };
+    manifest
+        .check_component(Some(role), &info.imports)
+        .map_err(|e| anyhow::anyhow!("{reference}: {e}"))?;
+    if let (Some(policy), Some(config)) = (pulled.signature.as_ref(), config.as_ref()) {
+        let trusted = config
+            .signing
+            .trusted_keys
+            .iter()
+            .map(|k| (k.name.as_str(), k.public_key.as_str()));
+        signing::verify(policy, &pulled.component, trusted)
+            .with_context(|| format!("{reference}: its signature"))?;
+    } else if pulled.signature.is_none()
+        && config.as_ref().is_some_and(|c| c.signing.require_signed)
+    {
+        bail!("{reference} is unsigned, and the configuration's [signing] require-signed is set");
+    }
+    let entry = store.add(
+        &pulled.component,
+        manifest,
+        schema,
+        pulled.signature.as_deref(),
+    )?;
+    println!(
+        "pulled {} {} ({} bytes{}) from {reference} (manifest {}) to {}",
+        entry.id(),
+        entry.digest,
+        entry.size,
+        if pulled.signature.is_some() {
+            ", signed"
+        } else {
+            ""
+        },
+        pulled.manifest_digest,
+        store.root().display()
+    );
+    println!("\npin it in the gateway's configuration (with [gateway] plugin-store):\n");
+    print_pin(&entry, Some(reference));
     Ok(())
 }
 

@@ -9,8 +9,10 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+pub mod registry;
+
 /// A safety net against a hung gateway, not a synchronisation.
-const TIMEOUT: Duration = Duration::from_secs(120);
+pub const TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The `wsgate` binary built for these tests.
 pub fn wsgate() -> Command {
