@@ -1,7 +1,9 @@
 //! A fleet behind a load balancer: three gateway processes behind HAProxy
-//! (Debian's, health-checking `/readyz`), 200 clients sending continuously and
-//! reconnecting on 1012, every replica restarted in turn, twice (a rolling
-//! restart: SIGTERM drains it, a new process takes its place). Every
+//! (Debian's, health-checking `/readyz`), their plugins pulled from a
+//! registry (Debian's `docker-registry`) that then goes away, 200 clients
+//! sending continuously and reconnecting on 1012, every replica restarted
+//! in turn, twice (a rolling restart: SIGTERM drains it, a new process
+//! takes its place, served from its plugin store). Every
 //! message comes back to its client exactly once; no client ever sees a
 //! refused connection, an error status or a close code other than 1012.
 
@@ -19,9 +21,8 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::net::UnixStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
-use wsgate_tests::config_text;
-
 mod common;
+use common::registry::{DockerRegistry, Options};
 use common::{GatewayProcess, TempDir};
 
 /// Clients sending through the load balancer.
@@ -39,19 +40,76 @@ const POLL: Duration = Duration::from_millis(10);
 /// A safety net against a stalled test, not a synchronisation.
 const TIMEOUT: Duration = Duration::from_secs(60);
 
-/// One replica's configuration: a short drain (HAProxy checks every 100 ms
-/// and takes a replica out after two failed checks).
-fn replica_config(echo: std::net::SocketAddr) -> String {
-    config_text(&format!(
-        "[[endpoint]]\npath = \"/echo\"\nallowed-upstreams = [\"ws://{echo}\"]\n\
+/// The fleet's plugins, published in a registry: its address and the
+/// component digests of `static-router` and `passthrough`.
+struct Published {
+    registry: String,
+    router: String,
+    passthrough: String,
+}
+
+impl Published {
+    /// Push both plugins to `registry` with `wsgate plugin push`.
+    fn push(dir: &Path, registry: &str) -> Self {
+        let push = |name: &str| {
+            let component = dir.join(format!("{name}.wasm"));
+            std::fs::copy(wsgate_tests::plugin_path(name), &component).unwrap();
+            let output = common::wsgate()
+                .args(["plugin", "push", "--plain-http", "--manifest"])
+                .arg(wsgate_tests::repo_root().join(format!("plugins/{name}/wsgate-plugin.toml")))
+                .arg(&component)
+                .arg(format!("oci://{registry}/fleet/{name}:1.0.0"))
+                .output()
+                .unwrap();
+            assert!(output.status.success(), "{}", common::stderr(&output));
+            String::from_utf8_lossy(&output.stdout)
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("component "))
+                .unwrap()
+                .trim()
+                .to_string()
+        };
+        Self {
+            registry: registry.to_string(),
+            router: push("static-router"),
+            passthrough: push("passthrough"),
+        }
+    }
+
+    /// The `[[plugin]]` blocks that pull both into a replica's store.
+    fn plugin_blocks(&self) -> String {
+        [
+            ("static-router", &self.router),
+            ("passthrough", &self.passthrough),
+        ]
+        .iter()
+        .map(|(name, digest)| {
+            format!(
+                "[[plugin]]\nname = \"{name}\"\nversion = \"1.0.0\"\n\
+                     source = \"oci://{}/fleet/{name}:1.0.0\"\ndigest = \"{digest}\"\n\n",
+                self.registry
+            )
+        })
+        .collect()
+    }
+}
+
+/// One replica's configuration: its plugins from the registry through
+/// `store` (the replica slot's own, as a pod's volume), and a short drain
+/// (HAProxy checks every 100 ms and takes a replica out after two failed
+/// checks).
+fn replica_config(echo: std::net::SocketAddr, plugins: &Published, store: &Path) -> String {
+    format!(
+        "[gateway]\nlisten = \"127.0.0.1:0\"\ndrain-grace = \"2s\"\ndrain-window = \"2s\"\n\
+         plugin-store = \"{}\"\n\n\
+         [[registry]]\nhost = \"{}\"\nplain-http = true\n\n{}\
+         [[endpoint]]\npath = \"/echo\"\nallowed-upstreams = [\"ws://{echo}\"]\n\
          upgrade = [{{ plugin = \"static-router@1.0.0\", config = {{ url = \"ws://{echo}/\" }} }}]\n\
          client-messages = [{{ plugin = \"passthrough@1.0.0\" }}]\n\n\
-         [admin]\nlisten = \"127.0.0.1:0\"\n"
-    ))
-    .replacen(
-        "listen = \"127.0.0.1:0\"\n",
-        "listen = \"127.0.0.1:0\"\ndrain-grace = \"2s\"\ndrain-window = \"2s\"\n",
-        1,
+         [admin]\nlisten = \"127.0.0.1:0\"\n",
+        store.display(),
+        plugins.registry,
+        plugins.plugin_blocks()
     )
 }
 
@@ -62,10 +120,23 @@ struct Replica {
     admin_port: u16,
 }
 
-fn start_replica(dir: &Path, name: &str, echo: std::net::SocketAddr) -> Replica {
+/// Start replica `index` (restart `round`), its store kept across rounds.
+fn start_replica(
+    dir: &Path,
+    index: usize,
+    round: usize,
+    echo: std::net::SocketAddr,
+    plugins: &Published,
+) -> Replica {
+    let name = format!("replica-{index}-{round}");
     let config = dir.join(format!("{name}.toml"));
-    std::fs::write(&config, replica_config(echo)).unwrap();
+    let store = dir.join(format!("store-{index}"));
+    std::fs::write(&config, replica_config(echo, plugins, &store)).unwrap();
     let process = GatewayProcess::start(&config, &dir.join(format!("{name}.log")));
+    if round == 0 {
+        // A new replica: its empty store is filled from the registry.
+        process.wait_for("pulled into the plugin store");
+    }
     let port = process
         .listen_address()
         .rsplit(':')
@@ -252,10 +323,16 @@ fn two_rolling_restarts_of_three_replicas_behind_haproxy_lose_no_message() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let dir = TempDir::new("fleet");
     let echo = runtime.block_on(wsgate_tests::start_echo());
+    // The plugins come from a registry; each replica pulls them into its
+    // own store when it first starts.
+    let registry = DockerRegistry::start(&dir.0.join("registry"), &Options::default());
+    let plugins = Published::push(&dir.0, &registry.address);
     let mut replicas: Vec<Replica> = (0..REPLICAS)
-        .map(|i| start_replica(&dir.0, &format!("replica-{i}-0"), echo))
+        .map(|i| start_replica(&dir.0, i, 0, echo, &plugins))
         .collect();
     let haproxy = Haproxy::start(&dir.0, &replicas);
+    // The registry goes away: every restart is served from its store.
+    registry.stop();
 
     let stop = Arc::new(AtomicBool::new(false));
     let tally = Arc::new(Tally::default());
@@ -284,7 +361,7 @@ fn two_rolling_restarts_of_three_replicas_behind_haproxy_lose_no_message() {
             let old = replicas.remove(index);
             old.process.signal("TERM");
             old.process.wait();
-            let new = start_replica(&dir.0, &format!("replica-{index}-{round}"), echo);
+            let new = start_replica(&dir.0, index, round, echo, &plugins);
             haproxy.repoint(index, &new);
             replicas.insert(index, new);
             haproxy.wait_for_up(REPLICAS);
