@@ -445,3 +445,15 @@ fn a_registry_is_listed_once_with_one_password_source() {
     let fields: Vec<_> = errors.iter().map(|e| e.field.as_str()).collect();
     assert_eq!(fields, ["registry[0].password-file", "registry[1].host"]);
 }
+
+#[test]
+fn the_kubernetes_configurations_load() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/kubernetes");
+    for file in ["base/host-config.toml", "overlays/example/host-config.toml"] {
+        let config = load(&root.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert!(
+            config.plugins.iter().all(|p| p.source.is_some()),
+            "{file}: every plugin comes from the registry"
+        );
+    }
+}
