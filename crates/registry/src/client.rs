@@ -323,12 +323,24 @@ impl Registry {
             size: i64::try_from(layer.size).unwrap_or(i64::MAX),
             ..Default::default()
         };
-        let mut bytes = Vec::with_capacity(usize::try_from(layer.size).unwrap_or(0).min(64 << 20));
+        if layer.size > MAX_BLOB {
+            return Err(RegistryError::NotAPlugin {
+                reference: reference.whole(),
+                message: format!(
+                    "{} is {} bytes, over the {MAX_BLOB} a plugin may have",
+                    layer.digest, layer.size
+                ),
+            });
+        }
+        let mut out = Bounded {
+            bytes: Vec::new(),
+            limit: usize::try_from(layer.size).unwrap_or(usize::MAX),
+        };
         self.client
-            .pull_blob(reference, &descriptor, &mut bytes)
+            .pull_blob(reference, &descriptor, &mut out)
             .await
             .map_err(|e| self.failed(reference, e))?;
-        Ok(bytes)
+        Ok(out.bytes)
     }
 
     fn tagged(&self, reference: &Reference, tag: &str) -> Reference {
@@ -377,6 +389,48 @@ impl Registry {
     }
 }
 
+/// The largest blob a pull downloads (the largest plugin in the repository,
+/// Python's json-mask, is 18 MB).
+const MAX_BLOB: u64 = 256 << 20;
+
+/// A download that holds no more than its descriptor's size: a registry
+/// sending more is cut off, not buffered.
+struct Bounded {
+    bytes: Vec<u8>,
+    limit: usize,
+}
+
+impl tokio::io::AsyncWrite for Bounded {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if self.bytes.len() + buf.len() > self.limit {
+            return std::task::Poll::Ready(Err(std::io::Error::other(format!(
+                "the registry sent more than the {} bytes the manifest declares",
+                self.limit
+            ))));
+        }
+        self.bytes.extend_from_slice(buf);
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
 /// An error and its causes on one line (reqwest's own message leaves out
 /// why a connection failed).
 fn describe(error: &dyn std::error::Error) -> String {
@@ -391,4 +445,22 @@ fn describe(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     message
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncWriteExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_download_stops_at_its_declared_size() {
+        let mut out = Bounded {
+            bytes: Vec::new(),
+            limit: 4,
+        };
+        out.write_all(b"wasm").await.unwrap();
+        assert!(out.write_all(b"!").await.is_err());
+        assert_eq!(out.bytes, b"wasm");
+    }
 }

@@ -397,13 +397,13 @@ async fn pull(
     manifest
         .check_component(Some(role), &info.imports)
         .map_err(|e| anyhow::anyhow!("{reference}: {e}"))?;
-    if let (Some(policy), Some(config)) = (pulled.signature.as_ref(), config.as_ref()) {
+    if let (Some(signature), Some(config)) = (pulled.signature.as_ref(), config.as_ref()) {
         let trusted = config
             .signing
             .trusted_keys
             .iter()
             .map(|k| (k.name.as_str(), k.public_key.as_str()));
-        signing::verify(policy, &pulled.component, trusted)
+        signing::verify(signature, &pulled.component, trusted)
             .with_context(|| format!("{reference}: its signature"))?;
     } else if pulled.signature.is_none()
         && config.as_ref().is_some_and(|c| c.signing.require_signed)
