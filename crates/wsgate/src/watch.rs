@@ -99,9 +99,12 @@ fn look(path: &Path, config: &Config) -> (Fingerprint, Option<String>) {
 /// configuration file's directory.
 fn named_files(path: &Path, config: &Config) -> Vec<PathBuf> {
     let base = path.parent().unwrap_or(Path::new("."));
+    // Plugins from the store (pulled from a registry or added) are pinned
+    // by digest: their files never change, they only appear when pulled.
     let plugins = config
         .plugins
         .iter()
+        .filter(|plugin| plugin.store_entry.is_none())
         .map(|plugin| plugin.path.clone())
         .filter(|p| !p.as_os_str().is_empty());
     let tls = config
