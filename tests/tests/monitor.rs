@@ -373,7 +373,7 @@ async fn metrics_scrape_cleanly_with_traffic_verdicts_and_latency() {
     }
     for expected in [
         "wsgate_upgrades_total{endpoint=\"/m\",status=\"101\"} 1",
-        "wsgate_messages_total{direction=\"client_to_server\"} 2",
+        "wsgate_messages_total{endpoint=\"/m\",direction=\"client_to_server\"} 2",
         "wsgate_message_verdicts_total{verdict=\"replace\"} 1",
         "wsgate_message_verdicts_total{verdict=\"forward\"} 1",
         "wsgate_upgrade_verdicts_total{verdict=\"route\"} 1",

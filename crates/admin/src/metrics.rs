@@ -163,31 +163,37 @@ pub(crate) fn render(gateway: &Gateway, admin: &Load) -> String {
         ("client_to_server", Peer::Client),
         ("server_to_client", Peer::Upstream),
     ];
+    let by_endpoint =
+        directions.map(|(direction, from)| (direction, counters.messages_by_endpoint(from)));
     let mut f = family(
         &mut out,
         "wsgate_messages_total",
         "counter",
-        "Messages read, by direction.",
+        "Messages read, by endpoint and direction.",
     );
-    for (direction, from) in directions {
-        f.sample(
-            "",
-            &[("direction", direction)],
-            counters.messages_from(from).0,
-        );
+    for (direction, endpoints) in &by_endpoint {
+        for (endpoint, (messages, _)) in endpoints {
+            f.sample(
+                "",
+                &[("endpoint", endpoint), ("direction", direction)],
+                messages,
+            );
+        }
     }
     let mut f = family(
         &mut out,
         "wsgate_message_bytes_total",
         "counter",
-        "Message payload bytes read, by direction.",
+        "Message payload bytes read, by endpoint and direction.",
     );
-    for (direction, from) in directions {
-        f.sample(
-            "",
-            &[("direction", direction)],
-            counters.messages_from(from).1,
-        );
+    for (direction, endpoints) in &by_endpoint {
+        for (endpoint, (_, bytes)) in endpoints {
+            f.sample(
+                "",
+                &[("endpoint", endpoint), ("direction", direction)],
+                bytes,
+            );
+        }
     }
 
     let mut f = family(

@@ -2,8 +2,8 @@
 //! messages and bytes per direction, plugin verdicts by kind.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use wsgate_runtime::{MessageVerdict, PluginFault, UpgradeVerdict};
 
@@ -133,15 +133,50 @@ impl ExpiredBy {
     }
 }
 
+/// Most endpoint paths counted apart in the message counters (each is a
+/// label value in `/metrics`); more share [`OTHER_ENDPOINTS`].
+pub const MAX_ENDPOINT_LABELS: usize = 256;
+/// The endpoint label of the paths past [`MAX_ENDPOINT_LABELS`].
+pub const OTHER_ENDPOINTS: &str = "(other)";
+
+/// Messages and payload bytes read on one endpoint, from clients then from
+/// upstreams.
+#[derive(Debug, Default)]
+pub struct EndpointTraffic {
+    messages: [AtomicU64; 2],
+    bytes: [AtomicU64; 2],
+}
+
+impl EndpointTraffic {
+    /// Count one message of `bytes` payload bytes read from `from`.
+    pub fn message(&self, from: Peer, bytes: usize) {
+        let side = usize::from(from == Peer::Upstream);
+        if let (Some(messages), Some(total)) = (self.messages.get(side), self.bytes.get(side)) {
+            messages.fetch_add(1, Ordering::Relaxed);
+            total.fetch_add(bytes as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Messages and payload bytes read from `from`.
+    pub fn from(&self, from: Peer) -> (u64, u64) {
+        let side = usize::from(from == Peer::Upstream);
+        let load = |counters: &[AtomicU64; 2]| {
+            counters
+                .get(side)
+                .map_or(0, |counter| counter.load(Ordering::Relaxed))
+        };
+        (load(&self.messages), load(&self.bytes))
+    }
+}
+
 /// Counters shared by every connection of a gateway.
 #[derive(Debug, Default)]
 pub struct TrafficCounters {
     /// Upgrade answers by (endpoint, status).
     upgrades: Mutex<BTreeMap<(String, u16), u64>>,
-    /// Messages read from clients, then from upstreams.
-    messages: [AtomicU64; 2],
-    /// Payload bytes read from clients, then from upstreams.
-    bytes: [AtomicU64; 2],
+    /// Messages and bytes read, by endpoint path (every path any
+    /// generation has served, at most [`MAX_ENDPOINT_LABELS`]).
+    endpoints: Mutex<BTreeMap<String, Arc<EndpointTraffic>>>,
     /// Message plugin verdicts, in [`MessageVerdictKind::ALL`] order.
     message_verdicts: [AtomicU64; 6],
     /// Upgrade plugin verdicts, in [`UpgradeVerdictKind::ALL`] order.
@@ -166,24 +201,35 @@ impl TrafficCounters {
             .unwrap_or_default()
     }
 
-    /// Count one message of `bytes` payload bytes read from `from`.
-    pub fn message(&self, from: Peer, bytes: usize) {
-        let side = usize::from(from == Peer::Upstream);
-        if let (Some(messages), Some(total)) = (self.messages.get(side), self.bytes.get(side)) {
-            messages.fetch_add(1, Ordering::Relaxed);
-            total.fetch_add(bytes as u64, Ordering::Relaxed);
+    /// The message counters of `endpoint` (its path), shared by every
+    /// generation that serves it; past [`MAX_ENDPOINT_LABELS`] paths, one
+    /// shared entry, [`OTHER_ENDPOINTS`].
+    pub fn endpoint_traffic(&self, endpoint: &str) -> Arc<EndpointTraffic> {
+        let Ok(mut endpoints) = self.endpoints.lock() else {
+            return Arc::default();
+        };
+        if let Some(traffic) = endpoints.get(endpoint) {
+            return traffic.clone();
         }
+        let key = if endpoints.len() < MAX_ENDPOINT_LABELS {
+            endpoint
+        } else {
+            OTHER_ENDPOINTS
+        };
+        endpoints.entry(key.to_string()).or_default().clone()
     }
 
-    /// Messages and payload bytes read from `from`.
-    pub fn messages_from(&self, from: Peer) -> (u64, u64) {
-        let side = usize::from(from == Peer::Upstream);
-        let load = |counters: &[AtomicU64; 2]| {
-            counters
-                .get(side)
-                .map_or(0, |counter| counter.load(Ordering::Relaxed))
-        };
-        (load(&self.messages), load(&self.bytes))
+    /// Messages and payload bytes read from `from`, by endpoint path.
+    pub fn messages_by_endpoint(&self, from: Peer) -> Vec<(String, (u64, u64))> {
+        self.endpoints
+            .lock()
+            .map(|endpoints| {
+                endpoints
+                    .iter()
+                    .map(|(path, traffic)| (path.clone(), traffic.from(from)))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Count a message plugin's verdict.

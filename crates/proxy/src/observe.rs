@@ -18,7 +18,9 @@ use wsgate_monitor::{EndRecord, Monitor, PluginVerdict, Record, UpgradeRecord, n
 use wsgate_runtime::{MessageVerdict, PluginFault, UpgradeVerdict};
 use wsgate_wire::{FrameLog, SharedFrameLog};
 
-use crate::counters::{ExpiredBy, MessageVerdictKind, TrafficCounters, UpgradeVerdictKind};
+use crate::counters::{
+    EndpointTraffic, ExpiredBy, MessageVerdictKind, TrafficCounters, UpgradeVerdictKind,
+};
 use crate::peer::Peer;
 
 /// Who started closing a connection, as the monitor records it.
@@ -54,6 +56,8 @@ pub struct RequestSummary<'a> {
 /// A connection's observer (see the module's note).
 pub struct Observer {
     counters: Arc<TrafficCounters>,
+    /// The endpoint's message counters.
+    traffic: Arc<EndpointTraffic>,
     /// The endpoint's path, the upgrade counter's label.
     endpoint: String,
     /// The monitor and this connection's key there, when it records anything.
@@ -120,6 +124,7 @@ impl Observer {
             })
         });
         Self {
+            traffic: counters.endpoint_traffic(endpoint),
             counters,
             endpoint: endpoint.to_string(),
             monitor: key.map(|key| (monitor.clone(), key)),
@@ -183,7 +188,7 @@ impl Observer {
 
     /// A message of `bytes` payload bytes was read from `from`.
     pub fn message(&self, from: Peer, bytes: usize) {
-        self.counters.message(from, bytes);
+        self.traffic.message(from, bytes);
     }
 
     /// Whether message verdicts are described for the frame records (and
