@@ -8,8 +8,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 mod deploy;
+mod log;
 mod plugin;
 mod watch;
+
+use log::report;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -21,6 +24,9 @@ use wsgate_runtime::Runtime;
 #[derive(Parser)]
 #[command(name = "wsgate", version, about)]
 struct Cli {
+    /// How log lines are written on stderr.
+    #[arg(long, global = true, value_enum, default_value_t)]
+    log_format: log::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -73,16 +79,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        // Colours for a terminal only, not for a log file or a collector.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let cli = Cli::parse();
+    log::init(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -119,7 +117,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            log::fail(&error);
             ExitCode::FAILURE
         }
     }
@@ -135,10 +133,10 @@ async fn run(path: &Path) -> anyhow::Result<()> {
     let runtime = Runtime::with_cache(config.gateway.plugin_cache_dir.clone())?;
     let gateway = Gateway::start(config, &runtime).await?;
     let generation = gateway.generation();
-    eprintln!("wsgate listening on {}", gateway.local_addr());
+    report!("wsgate listening on {}", gateway.local_addr());
     for endpoint in &generation.endpoints {
         if endpoint.config.enabled {
-            eprintln!(
+            report!(
                 "  endpoint ws://{}{}",
                 gateway.local_addr(),
                 endpoint.config.path.get_ref()
@@ -146,7 +144,7 @@ async fn run(path: &Path) -> anyhow::Result<()> {
         }
     }
     for address in gateway.echo_addrs() {
-        eprintln!("  embedded echo server ws://{address}/");
+        report!("  embedded echo server ws://{address}/");
     }
     let admin_stop = tokio_util::sync::CancellationToken::new();
     if let Some(admin) = &generation.config.admin {
@@ -155,8 +153,8 @@ async fn run(path: &Path) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen on {listen} (admin)"))?;
         let admin_address = listener.local_addr()?;
-        eprintln!("admin listening on http://{admin_address}");
-        eprintln!("  console http://{admin_address}/console/");
+        report!("admin listening on http://{admin_address}");
+        report!("  console http://{admin_address}/console/");
         tokio::spawn(wsgate_admin::serve(
             listener,
             gateway.clone(),
@@ -166,7 +164,7 @@ async fn run(path: &Path) -> anyhow::Result<()> {
     }
     let watch = generation.config.gateway.watch_config.0;
     if !watch.is_zero() {
-        eprintln!("following {} (every {watch:?})", path.display());
+        report!("following {} (every {watch:?})", path.display());
         tokio::spawn(watch::follow(
             gateway.clone(),
             path.to_path_buf(),
@@ -197,7 +195,7 @@ async fn serve_until_stopped(gateway: &Gateway, path: &Path, signals: &mut Shutd
                 Signal::Drain if terminations == 0 => {
                     terminations += 1;
                     gateway.drain();
-                    eprintln!("draining: /readyz is 503; a second signal stops at once");
+                    report!("draining: /readyz is 503; a second signal stops at once");
                 }
                 Signal::Drain | Signal::Stop => return,
             },
@@ -211,14 +209,14 @@ async fn reload(gateway: &Gateway, path: &Path) {
     let source = format!("SIGHUP {}", path.display());
     match gateway.deploy_file(path, &source).await {
         Ok(generation) => {
-            eprintln!("deployed {} as generation {generation}", path.display());
+            report!("deployed {} as generation {generation}", path.display());
             let deployed = gateway.generation();
             if deployed.id == generation {
                 print_warnings(&deployed.config);
             }
         }
         Err(errors) => {
-            eprintln!("deploy refused; still serving the previous configuration:\n{errors}")
+            report!("deploy refused; still serving the previous configuration:\n{errors}")
         }
     }
 }
@@ -227,7 +225,7 @@ async fn reload(gateway: &Gateway, path: &Path) {
 /// `warning: file:line:column: …` line each.
 fn print_warnings(config: &wsgate_config::Config) {
     for warning in &config.warnings {
-        eprintln!("warning: {warning}");
+        report!("warning: {warning}");
     }
 }
 

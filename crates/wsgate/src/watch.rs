@@ -46,7 +46,7 @@ pub async fn follow(gateway: Gateway, path: PathBuf, every: Duration, loaded: Fi
         // the next change from it is the next deploy.
         deployed = now;
         let Some(text) = text else {
-            eprintln!(
+            crate::log::report!(
                 "{} changed: unreadable; still serving the previous configuration",
                 path.display()
             );
@@ -55,12 +55,12 @@ pub async fn follow(gateway: Gateway, path: PathBuf, every: Duration, loaded: Fi
         let source = format!("watch {}", path.display());
         match gateway.deploy_source(&text, &path, &source).await {
             Ok(generation) => {
-                eprintln!(
+                crate::log::report!(
                     "{} changed: deployed as generation {generation}",
                     path.display()
                 );
             }
-            Err(errors) => eprintln!(
+            Err(errors) => crate::log::report!(
                 "{} changed: deploy refused; still serving the previous configuration:\n{errors}",
                 path.display()
             ),

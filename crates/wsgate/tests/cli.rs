@@ -305,3 +305,66 @@ fn plugin_store_workflow_add_list_inspect_verify_then_check_pins_from_it() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_json_log_is_one_object_per_line_and_a_plugin_fault_carries_its_connection() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let echo = runtime.block_on(wsgate_tests::start_echo());
+    let config = write_config(
+        "json-log",
+        &wsgate_tests::config_text(&wsgate_tests::endpoint(
+            "/echo",
+            echo,
+            "client-messages = [{ plugin = \"test-faults@0.1.0\", fail = \"open\" }]",
+        )),
+    );
+    let mut child = wsgate()
+        .args(["--log-format", "json", "run", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    // Every line is a JSON object; the first that satisfies `wanted`.
+    let mut next_event = |wanted: &dyn Fn(&serde_json::Value) -> bool| loop {
+        let line = lines.next().expect("the gateway logs").unwrap();
+        let event: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(
+            event["timestamp"].is_string() && event["level"].is_string(),
+            "{line}"
+        );
+        if wanted(&event) {
+            return event;
+        }
+    };
+    let listening = next_event(&|e| {
+        e["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("wsgate listening on "))
+    });
+    let address = listening["message"]
+        .as_str()
+        .unwrap()
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .to_string();
+    runtime.block_on(async {
+        let mut client = wsgate_tests::upgrade_as(&address, "/echo", "")
+            .await
+            .unwrap();
+        // The plugin traps; fail = "open" forwards the message anyway.
+        wsgate_tests::send_text(&mut client, "trap").await;
+        assert_eq!(wsgate_tests::next_text(&mut client).await, "trap");
+    });
+    let fault = next_event(&|e| e["level"] == "ERROR");
+    assert_eq!(fault["plugin"], "test-faults@0.1.0", "{fault}");
+    assert_eq!(fault["kind"], "trap", "{fault}");
+    assert_eq!(fault["span"]["name"], "connection", "{fault}");
+    assert_eq!(fault["span"]["endpoint"], "/echo", "{fault}");
+    assert!(fault["span"]["id"].is_number(), "{fault}");
+    let _ = child.kill();
+    let _ = child.wait();
+}
