@@ -485,6 +485,10 @@ pub enum MonitorLevel {
     Metadata,
     /// Also every frame's payload, up to the endpoint's `monitor-capture`.
     Full,
+    /// Also each message as it entered its message chain and what left it
+    /// (forwarded, replies, close), whole and masked by `[monitor] mask`:
+    /// what `wsgate replay` runs a candidate configuration on.
+    Replay,
 }
 
 impl MonitorLevel {
@@ -495,6 +499,7 @@ impl MonitorLevel {
             Self::Headers => "headers",
             Self::Metadata => "metadata",
             Self::Full => "full",
+            Self::Replay => "replay",
         }
     }
 }
@@ -523,6 +528,11 @@ pub struct MonitorSettings {
     /// counted rather than slowing the traffic down.
     #[serde(default = "default_monitor_queue")]
     pub queue: usize,
+    /// JSON pointers (`/password`, `/card/number`) whose values are replaced
+    /// by `"***"` in JSON text messages recorded for replay, before they are
+    /// stored or shown.
+    #[serde(default)]
+    pub mask: Vec<Spanned<String>>,
 }
 
 impl Default for MonitorSettings {
@@ -534,6 +544,7 @@ impl Default for MonitorSettings {
             memory_connections: default_memory_connections(),
             memory_frames: default_memory_frames(),
             queue: default_monitor_queue(),
+            mask: Vec::new(),
         }
     }
 }

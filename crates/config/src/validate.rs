@@ -175,6 +175,19 @@ pub(crate) fn validate(config: &Config, renamed: &Renamed) -> Result<(), ConfigE
         }
     }
 
+    for (i, pointer) in config.monitor.mask.iter().enumerate() {
+        if !pointer.get_ref().starts_with('/') {
+            at(
+                pointer.span(),
+                format!("monitor.mask[{i}]"),
+                format!(
+                    "`{}` is not a JSON pointer (`/field/nested`)",
+                    pointer.get_ref()
+                ),
+            );
+        }
+    }
+
     let mut registries = HashSet::new();
     for (i, registry) in config.registries.iter().enumerate() {
         let host = registry.host.get_ref();

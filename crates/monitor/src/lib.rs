@@ -12,6 +12,7 @@
 
 #![deny(clippy::indexing_slicing)]
 
+pub mod mask;
 mod memory;
 pub mod query;
 pub mod record;
@@ -28,7 +29,8 @@ use wsgate_config::MonitorSettings;
 
 pub use query::{Connection, ConnectionFilter, FrameFilter};
 pub use record::{
-    EndRecord, FrameRecord, Origin, PluginVerdict, Record, UpgradeRecord, now_us, opcode_name,
+    EndRecord, FrameRecord, MessageRecord, Origin, Payload, PluginVerdict, Record, UpgradeRecord,
+    now_us, opcode_name,
 };
 
 use memory::Memory;
@@ -40,6 +42,37 @@ const BATCH: usize = 1024;
 const POLL: Duration = Duration::from_millis(10);
 /// How often the database is trimmed to its retention and size.
 const TRIM_EVERY: Duration = Duration::from_secs(60);
+
+/// A connection recorded at level `replay`: its upgrade and every message
+/// through its chains, in order.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Recorded {
+    /// The upgrade request as the upgrade chain saw it, and its answer.
+    pub upgrade: UpgradeRecord,
+    /// Its messages, both directions, in the order they were read.
+    pub messages: Vec<MessageRecord>,
+}
+
+/// Read the connections recorded for replay in the monitor database at
+/// `path` (see [`Recorded`]); `filter`'s endpoint, time range and limit
+/// apply.
+pub fn read_recorded(
+    path: &std::path::Path,
+    filter: &ConnectionFilter,
+) -> Result<Vec<Recorded>, MonitorError> {
+    let error = |e: rusqlite::Error| MonitorError::Database {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    };
+    if !path.exists() {
+        return Err(MonitorError::Database {
+            path: path.display().to_string(),
+            message: "no such file".to_string(),
+        });
+    }
+    let db = sqlite::open(path).map_err(error)?;
+    sqlite::recorded(&db, filter).map_err(error)
+}
 
 /// Why the monitor could not start or answer.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +96,7 @@ enum Item {
 }
 
 struct Shared {
+    mask: mask::Mask,
     memory: Mutex<Memory>,
     live: broadcast::Sender<Arc<Record>>,
     dropped: AtomicU64,
@@ -108,6 +142,7 @@ impl Monitor {
         let (queue, items) = std::sync::mpsc::sync_channel(settings.queue.max(1));
         let (live, _) = broadcast::channel(4096);
         let shared = Arc::new(Shared {
+            mask: mask::Mask::new(settings.mask.iter().map(|p| p.get_ref().clone())),
             memory: Mutex::new(Memory::new(
                 settings.memory_connections,
                 settings.memory_frames,
@@ -159,6 +194,11 @@ impl Monitor {
         if matches!(sent, Ok(true)) {
             let _ = wait.await;
         }
+    }
+
+    /// What replay records mask before they are stored (`[monitor] mask`).
+    pub fn mask(&self) -> &mask::Mask {
+        &self.shared.mask
     }
 
     /// Records dropped because the queue was full.

@@ -65,6 +65,8 @@ impl Memory {
                     entry.connection.end = Some(end.clone());
                 }
             }
+            // Kept in the database only, for replay.
+            Record::Message(_) => {}
         }
     }
 

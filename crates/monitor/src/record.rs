@@ -126,6 +126,53 @@ pub fn opcode_name(opcode: u8) -> &'static str {
     }
 }
 
+/// One message, in the form replay keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Payload {
+    /// A text message.
+    Text {
+        /// Its text (masked).
+        data: String,
+    },
+    /// A binary message.
+    Binary {
+        /// Its bytes, base64.
+        base64: String,
+    },
+    /// A close frame.
+    Close {
+        /// Its code, if it has one.
+        code: Option<u16>,
+        /// Its reason.
+        reason: String,
+    },
+}
+
+/// One message through its message chain (monitor level `replay`): as it
+/// entered the chain and what left it.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct MessageRecord {
+    /// The connection's key.
+    pub connection: String,
+    /// Position among the connection's recorded messages, from 1.
+    pub seq: u64,
+    /// When it was read, microseconds since the Unix epoch.
+    pub time_us: u64,
+    /// Who sent it: `client` or `upstream`.
+    pub from: String,
+    /// The message as read.
+    pub input: Payload,
+    /// What the chain sent on to the other side.
+    pub forward: Vec<Payload>,
+    /// What the chain sent back to the sender.
+    pub replies: Vec<Payload>,
+    /// The close (code, reason) the chain ended the connection with.
+    pub close: Option<(u16, String)>,
+    /// Time in the chain, in microseconds.
+    pub filter_us: u64,
+}
+
 /// How a connection ended.
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct EndRecord {
@@ -151,6 +198,8 @@ pub enum Record {
     Upgrade(UpgradeRecord),
     /// One frame.
     Frame(FrameRecord),
+    /// One message through its chain (level `replay`).
+    Message(MessageRecord),
     /// A connection's end.
     End(EndRecord),
 }
@@ -161,6 +210,7 @@ impl Record {
         match self {
             Self::Upgrade(r) => &r.connection,
             Self::Frame(r) => &r.connection,
+            Self::Message(r) => &r.connection,
             Self::End(r) => &r.connection,
         }
     }

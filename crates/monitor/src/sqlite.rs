@@ -33,6 +33,13 @@ CREATE TABLE IF NOT EXISTS frames (
     PRIMARY KEY (connection, seq)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS frames_by_time ON frames (time_us);
+CREATE TABLE IF NOT EXISTS messages (
+    connection TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    time_us INTEGER NOT NULL,
+    json TEXT NOT NULL,
+    PRIMARY KEY (connection, seq)
+) WITHOUT ROWID;
 ";
 
 pub(crate) fn open(path: &Path) -> rusqlite::Result<Db> {
@@ -59,6 +66,9 @@ pub(crate) fn write(db: &mut Db, records: &[std::sync::Arc<Record>]) -> rusqlite
         let mut frame = tx.prepare_cached(
             "INSERT OR REPLACE INTO frames (connection, seq, time_us, origin, opcode, json) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )?;
+        let mut message = tx.prepare_cached(
+            "INSERT OR REPLACE INTO messages (connection, seq, time_us, json) VALUES (?1, ?2, ?3, ?4)",
+        )?;
         let mut end = tx.prepare_cached(
             "UPDATE connections SET close_code = ?2, end_json = ?3 WHERE key = ?1",
         )?;
@@ -80,6 +90,14 @@ pub(crate) fn write(db: &mut Db, records: &[std::sync::Arc<Record>]) -> rusqlite
                         r.time_us as i64,
                         r.origin.as_str(),
                         r.opcode,
+                        json(r)
+                    ])?;
+                }
+                Record::Message(r) => {
+                    message.execute(params![
+                        r.connection,
+                        r.seq as i64,
+                        r.time_us as i64,
                         json(r)
                     ])?;
                 }
@@ -123,10 +141,14 @@ pub(crate) fn trim(db: &mut Db, cutoff_us: Option<u64>, max_bytes: u64) -> rusql
 
 fn delete_before(db: &mut Db, cutoff: i64) -> rusqlite::Result<u64> {
     let tx = db.transaction()?;
-    tx.execute(
-        "DELETE FROM frames WHERE connection IN (SELECT key FROM connections WHERE time_us < ?1)",
-        [cutoff],
-    )?;
+    for table in ["frames", "messages"] {
+        tx.execute(
+            &format!(
+                "DELETE FROM {table} WHERE connection IN (SELECT key FROM connections WHERE time_us < ?1)"
+            ),
+            [cutoff],
+        )?;
+    }
     let deleted = tx.execute("DELETE FROM connections WHERE time_us < ?1", [cutoff])?;
     tx.commit()?;
     Ok(deleted as u64)
@@ -211,4 +233,46 @@ pub(crate) fn frames(db: &Db, filter: &FrameFilter) -> rusqlite::Result<Vec<Fram
     Ok(rows
         .filter_map(|row| row.ok().and_then(|j| serde_json::from_str(&j).ok()))
         .collect())
+}
+
+/// Connections recorded for replay (their upgrade and their messages, in
+/// order), oldest first: the last `limit` matching `filter`'s endpoint and
+/// time range.
+pub(crate) fn recorded(
+    db: &Db,
+    filter: &ConnectionFilter,
+) -> rusqlite::Result<Vec<crate::Recorded>> {
+    let mut statement = db.prepare_cached(
+        "SELECT c.key, c.upgrade_json FROM connections c
+         WHERE EXISTS (SELECT 1 FROM messages m WHERE m.connection = c.key)
+           AND (?1 IS NULL OR c.endpoint = ?1) AND (?2 IS NULL OR c.time_us >= ?2)
+           AND (?3 IS NULL OR c.time_us <= ?3)
+         ORDER BY c.time_us DESC LIMIT ?4",
+    )?;
+    let keys: Vec<(String, String)> = statement
+        .query_map(
+            params![
+                filter.endpoint,
+                filter.since_us.map(|t| t as i64),
+                filter.until_us.map(|t| t as i64),
+                filter.limit as i64
+            ],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )?
+        .filter_map(Result::ok)
+        .collect();
+    let mut messages =
+        db.prepare_cached("SELECT json FROM messages WHERE connection = ?1 ORDER BY seq")?;
+    let mut recorded = Vec::new();
+    for (key, upgrade) in keys.into_iter().rev() {
+        let Ok(upgrade) = serde_json::from_str(&upgrade) else {
+            continue;
+        };
+        let rows = messages.query_map([&key], |row| row.get::<_, String>(0))?;
+        let messages = rows
+            .filter_map(|row| row.ok().and_then(|j| serde_json::from_str(&j).ok()))
+            .collect();
+        recorded.push(crate::Recorded { upgrade, messages });
+    }
+    Ok(recorded)
 }

@@ -1,8 +1,12 @@
 //! Between tungstenite's messages and the plugin contract's messages.
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame as WsCloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use wsgate_monitor::Payload;
+use wsgate_monitor::mask::Mask;
 use wsgate_runtime::{CloseFrame, Message};
 
 /// The contract's view of a wire message; `None` for raw frames, which the
@@ -37,6 +41,39 @@ pub fn from_plugin(message: Message) -> WsMessage {
         }
         Message::Close(frame) => WsMessage::Close(frame.map(|f| close_frame(f.code, &f.reason))),
     }
+}
+
+/// A wire message as replay keeps it (text masked by `mask`); `None` for
+/// pings, pongs and raw frames, which are answered hop by hop.
+pub fn to_payload(message: &WsMessage, mask: &Mask) -> Option<Payload> {
+    Some(match message {
+        WsMessage::Text(text) => Payload::Text {
+            data: mask.apply(text.as_str()),
+        },
+        WsMessage::Binary(data) => Payload::Binary {
+            base64: STANDARD.encode(data),
+        },
+        WsMessage::Close(frame) => Payload::Close {
+            code: frame.as_ref().map(|f| u16::from(f.code)),
+            reason: frame
+                .as_ref()
+                .map(|f| f.reason.as_str().to_owned())
+                .unwrap_or_default(),
+        },
+        WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_) => return None,
+    })
+}
+
+/// A recorded message back on the wire; `None` for binary data that is
+/// not base64.
+pub fn from_payload(payload: &Payload) -> Option<WsMessage> {
+    Some(match payload {
+        Payload::Text { data } => WsMessage::text(data.as_str()),
+        Payload::Binary { base64 } => WsMessage::binary(STANDARD.decode(base64).ok()?),
+        Payload::Close { code, reason } => {
+            WsMessage::Close(code.map(|code| close_frame(code, reason)))
+        }
+    })
 }
 
 /// A close frame with a code that may be sent on the wire (RFC 6455 7.4

@@ -30,6 +30,7 @@ mod listener;
 mod observe;
 mod peer;
 mod relay;
+pub mod replay;
 mod shared;
 mod tls;
 mod upgrade;

@@ -13,15 +13,20 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use http::HeaderMap;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
 use wsgate_config::{FailPolicy, MonitorLevel};
-use wsgate_monitor::{EndRecord, Monitor, PluginVerdict, Record, UpgradeRecord, now_us};
+use wsgate_monitor::{
+    EndRecord, MessageRecord, Monitor, PluginVerdict, Record, UpgradeRecord, now_us,
+};
 use wsgate_runtime::{MessageVerdict, PluginFault, UpgradeVerdict};
 use wsgate_wire::{FrameLog, SharedFrameLog};
 
+use crate::convert::to_payload;
 use crate::counters::{
     EndpointTraffic, ExpiredBy, MessageVerdictKind, TrafficCounters, UpgradeVerdictKind,
 };
 use crate::peer::Peer;
+use crate::relay::ChainResult;
 
 /// Who started closing a connection, as the monitor records it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +71,8 @@ pub struct Observer {
     upgrade: Option<(Instant, UpgradeRecord)>,
     /// The client's frames (monitor level `metadata` and above).
     frames: Option<SharedFrameLog>,
+    /// Messages recorded through their chains so far (level `replay`).
+    replayed: Option<u64>,
     /// The plugin verdicts on the message in the chains now.
     notes: Vec<String>,
     /// Who started closing first, with the code and reason.
@@ -115,7 +122,7 @@ impl Observer {
         });
         let frames = key.as_ref().and_then(|key| {
             (level >= MonitorLevel::Metadata).then(|| {
-                let capture = if level == MonitorLevel::Full {
+                let capture = if level >= MonitorLevel::Full {
                     capture
                 } else {
                     0
@@ -124,6 +131,7 @@ impl Observer {
             })
         });
         Self {
+            replayed: (key.is_some() && level >= MonitorLevel::Replay).then_some(0),
             traffic: counters.endpoint_traffic(endpoint),
             counters,
             endpoint: endpoint.to_string(),
@@ -237,6 +245,47 @@ impl Observer {
         {
             frames.lock().verdict_on_read(verdict, filter_us, payload);
         }
+    }
+
+    /// Whether messages are recorded through their chains (level `replay`).
+    pub fn records_chains(&self) -> bool {
+        self.replayed.is_some()
+    }
+
+    /// Record `input`, read from `from`, and what its chain made of it
+    /// (level `replay`; masked by `[monitor] mask`).
+    pub fn chain_ran(
+        &mut self,
+        from: Peer,
+        input: &WsMessage,
+        result: &ChainResult,
+        filter_us: u64,
+    ) {
+        let (Some(seq), Some((monitor, key))) = (self.replayed.as_mut(), &self.monitor) else {
+            return;
+        };
+        let mask = monitor.mask();
+        let Some(input) = to_payload(input, mask) else {
+            return;
+        };
+        let payloads = |messages: &[WsMessage]| {
+            messages
+                .iter()
+                .filter_map(|m| to_payload(m, mask))
+                .collect()
+        };
+        *seq += 1;
+        monitor.record(Record::Message(MessageRecord {
+            connection: key.clone(),
+            seq: *seq,
+            time_us: now_us(),
+            from: from.name().to_string(),
+            input,
+            forward: payloads(&result.forward),
+            replies: payloads(&result.replies),
+            close: result.close.clone(),
+            filter_us,
+        }));
     }
 
     /// What produced the frames written to `to` next (`None`: the gateway

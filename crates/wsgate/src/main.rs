@@ -10,6 +10,7 @@ use std::time::Duration;
 mod deploy;
 mod log;
 mod plugin;
+mod replay;
 mod watch;
 
 use log::report;
@@ -58,6 +59,32 @@ enum Command {
         /// The configuration file.
         #[arg(long, default_value = "host-config.toml")]
         config: PathBuf,
+    },
+    /// Run a candidate configuration on traffic recorded at monitor level
+    /// `replay`, in process (no client, no upstream), and report, message
+    /// by message, what it would have done differently.
+    Replay {
+        /// The candidate configuration.
+        #[arg(long)]
+        config: PathBuf,
+        /// The monitor database the traffic was recorded in.
+        #[arg(long)]
+        from: PathBuf,
+        /// Only connections on this endpoint (its configured path).
+        #[arg(long)]
+        endpoint: Option<String>,
+        /// Only connections upgraded within this long before now (`1h`, `30min`).
+        #[arg(long, value_parser = parse_duration_arg)]
+        since: Option<Duration>,
+        /// The last this many recorded connections.
+        #[arg(long, default_value_t = 1000)]
+        connections: usize,
+        /// The report's form.
+        #[arg(long, value_enum, default_value = "text")]
+        format: replay::Format,
+        /// What makes the command exit non-zero.
+        #[arg(long, value_enum, default_value = "none")]
+        fail_on: replay::FailOn,
     },
     /// Plugins: the content-addressed store (add, list, inspect, verify),
     /// OCI registries (push, pull) and signing (keygen, sign).
@@ -112,6 +139,26 @@ fn main() -> ExitCode {
                 echo(listen, ticker).await
             }
             Command::Plugin(command) => plugin::run(command).await,
+            Command::Replay {
+                config,
+                from,
+                endpoint,
+                since,
+                connections,
+                format,
+                fail_on,
+            } => {
+                replay::run(replay::Options {
+                    config: &config,
+                    from: &from,
+                    endpoint,
+                    since,
+                    connections,
+                    format,
+                    fail_on,
+                })
+                .await
+            }
         }
     });
     match result {
@@ -222,6 +269,11 @@ async fn reload(gateway: &Gateway, path: &Path) {
 }
 
 /// Print a loaded configuration's warnings (deprecated keys) to stderr, one
+/// A `--since` duration (`1h`, `30min`).
+fn parse_duration_arg(text: &str) -> Result<Duration, String> {
+    wsgate_config::parse_duration(text)
+}
+
 /// `warning: file:line:column: …` line each.
 fn print_warnings(config: &wsgate_config::Config) {
     for warning in &config.warnings {

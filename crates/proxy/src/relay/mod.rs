@@ -41,8 +41,8 @@ use crate::ledger::Place;
 use crate::observe::{ClosedBy, Observer, micros_since};
 use crate::peer::Peer;
 use crate::upstream::WsStream;
-pub use chain::log_fault;
-use chain::run_chain;
+pub(crate) use chain::run_chain;
+pub use chain::{ChainResult, log_fault};
 use expiry::CredentialsExpiry;
 use side::{Side, payload};
 
@@ -317,6 +317,13 @@ async fn on_read(
     if chain.is_empty() {
         // The fast path: nothing to run, nothing to convert.
         observer.read(from.peer, None, 0, payload(&message));
+        if observer.records_chains() {
+            let result = ChainResult {
+                forward: smallvec::smallvec![message.clone()],
+                ..ChainResult::default()
+            };
+            observer.chain_ran(from.peer, &message, &result, 0);
+        }
         to.send_all([message], observer).await;
         if is_close {
             from.finish().await;
@@ -324,10 +331,11 @@ async fn on_read(
         return;
     }
     let describe = observer.describes_verdicts();
-    let started = describe.then(std::time::Instant::now);
+    let replaying = observer.records_chains();
+    let started = (describe || replaying).then(std::time::Instant::now);
     // The monitor records the message as read, after the chain has had it
     // (a clone shares the payload).
-    let read = describe.then(|| message.clone());
+    let read = (describe || replaying).then(|| message.clone());
     let mut result = run_chain(
         chain,
         &mut session.contexts,
@@ -340,6 +348,9 @@ async fn on_read(
     let verdict = observer.take_verdicts();
     if let Some(read) = &read {
         observer.read(from.peer, verdict.clone(), filter_us, payload(read));
+        if replaying {
+            observer.chain_ran(from.peer, read, &result, filter_us);
+        }
     }
     // Notes for the monitor's record of what is written, made only for
     // the writes that happen (and only when frames are recorded).

@@ -6,7 +6,7 @@
 //! [`Refused`] that says who failed and what the client gets.
 
 mod answer;
-mod chain;
+pub(crate) mod chain;
 mod headers;
 mod refused;
 mod request;
@@ -154,24 +154,12 @@ impl Connection {
         })
     }
 
-    /// The connection's facts as plugins see them, and one call context
-    /// (with its own state) per distinct plugin on the endpoint.
+    /// The connection's facts as plugins see them, and its call contexts.
     fn plugin_contexts(
         &self,
         view: &wsgate_runtime::UpgradeRequest,
     ) -> (Arc<ConnectionInfo>, Vec<CallContext>) {
-        let info = Arc::new(ConnectionInfo {
-            id: self.id,
-            endpoint_path: self.endpoint.config.path.get_ref().clone(),
-            content_type: self.endpoint.config.content_type.clone(),
-            request_headers: view.headers.clone(),
-            expiry: Expiry::new(self.endpoint.config.lifetime().map(unix_ms_after)),
-            ..ConnectionInfo::default()
-        });
-        let contexts = (0..self.endpoint.slots)
-            .map(|_| CallContext::new(info.clone()))
-            .collect();
-        (info, contexts)
+        plugin_contexts(&self.endpoint, self.id, view)
     }
 
     /// Take the connection's place under the gateway, endpoint and client limits.
@@ -289,6 +277,28 @@ impl Connection {
             .spawn(relay.instrument(tracing::Span::current()));
         response
     }
+}
+
+/// Connection `id`'s facts as plugins see them, from its upgrade request
+/// `view`, and one call context (with its own state) per distinct plugin
+/// on `endpoint`.
+pub(crate) fn plugin_contexts(
+    endpoint: &LiveEndpoint,
+    id: u64,
+    view: &wsgate_runtime::UpgradeRequest,
+) -> (Arc<ConnectionInfo>, Vec<CallContext>) {
+    let info = Arc::new(ConnectionInfo {
+        id,
+        endpoint_path: endpoint.config.path.get_ref().clone(),
+        content_type: endpoint.config.content_type.clone(),
+        request_headers: view.headers.clone(),
+        expiry: Expiry::new(endpoint.config.lifetime().map(unix_ms_after)),
+        ..ConnectionInfo::default()
+    });
+    let contexts = (0..endpoint.slots)
+        .map(|_| CallContext::new(info.clone()))
+        .collect();
+    (info, contexts)
 }
 
 /// Unix milliseconds `after` from now.

@@ -1,0 +1,287 @@
+//! Replay: connections recorded at monitor level `replay`, run through a
+//! candidate generation's chains in process. No client and no upstream:
+//! the recorded upgrade request goes through the upgrade chain, then each
+//! recorded message, in the order it was read, through its direction's
+//! chain (the recorded upstream messages stand in for the upstream). What
+//! the candidate makes of each is set beside what was recorded.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+use wsgate_config::MonitorLevel;
+use wsgate_monitor::mask::Mask;
+use wsgate_monitor::{MessageRecord, Monitor, Payload, Recorded};
+use wsgate_runtime::{Header, UpgradeRequest};
+
+use crate::convert::{from_payload, to_payload};
+use crate::counters::TrafficCounters;
+use crate::generation::Generation;
+use crate::observe::{Observer, RequestSummary};
+use crate::peer::Peer;
+use crate::relay::{ChainResult, run_chain};
+use crate::upgrade::{chain::run_upgrade_chain, plugin_contexts};
+
+/// What a chain made of one message: sent on, sent back, or a close.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
+pub struct Output {
+    /// Messages sent on to the other side.
+    pub forward: Vec<Payload>,
+    /// Messages sent back to the sender.
+    pub replies: Vec<Payload>,
+    /// The close (code, reason) that ended the connection.
+    pub close: Option<(u16, String)>,
+}
+
+impl Output {
+    fn of_record(record: &MessageRecord) -> Self {
+        Self {
+            forward: record.forward.clone(),
+            replies: record.replies.clone(),
+            close: record.close.clone(),
+        }
+    }
+
+    fn of_result(result: &ChainResult, mask: &Mask) -> Self {
+        let payloads = |messages: &[tokio_tungstenite::tungstenite::Message]| {
+            messages
+                .iter()
+                .filter_map(|m| to_payload(m, mask))
+                .collect()
+        };
+        Self {
+            forward: payloads(&result.forward),
+            replies: payloads(&result.replies),
+            close: result.close.clone(),
+        }
+    }
+}
+
+/// How the candidate's output compares with the recorded one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Difference {
+    /// Byte for byte the same.
+    Same,
+    /// Other messages sent on or back.
+    Changed,
+    /// The recorded chain sent something on; the candidate sends nothing.
+    Dropped,
+    /// The candidate closes the connection; the recorded chain did not.
+    Closed,
+}
+
+impl Difference {
+    fn of(recorded: &Output, candidate: &Output) -> Self {
+        if recorded == candidate {
+            Self::Same
+        } else if candidate.close.is_some() && recorded.close.is_none() {
+            Self::Closed
+        } else if candidate.forward.is_empty()
+            && candidate.replies.is_empty()
+            && !recorded.forward.is_empty()
+        {
+            Self::Dropped
+        } else {
+            Self::Changed
+        }
+    }
+}
+
+/// One recorded message, replayed.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReplayedMessage {
+    /// Its position among the connection's recorded messages.
+    pub seq: u64,
+    /// Who sent it: `client` or `upstream`.
+    pub from: String,
+    /// The message as it entered the chain.
+    pub input: Payload,
+    /// What the recorded chain made of it.
+    pub recorded: Output,
+    /// What the candidate's chain makes of it.
+    pub candidate: Output,
+    /// How they compare.
+    pub difference: Difference,
+    /// Time in the recorded chain, microseconds.
+    pub recorded_us: u64,
+    /// Time in the candidate's chain, microseconds.
+    pub candidate_us: u64,
+}
+
+/// One recorded connection, replayed.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Replayed {
+    /// The recorded connection's key.
+    pub connection: String,
+    /// The endpoint path it was recorded on.
+    pub endpoint: String,
+    /// The status the client got.
+    pub recorded_status: u16,
+    /// The status the candidate's upgrade chain would give (101 when it
+    /// routes; the upstream is not asked); `None`: no candidate endpoint
+    /// serves the path.
+    pub candidate_status: Option<u16>,
+    /// Its messages, replayed while the candidate kept the connection
+    /// (after an upgrade the candidate refuses or a close, none).
+    pub messages: Vec<ReplayedMessage>,
+    /// Recorded messages not replayed (the candidate refused the upgrade
+    /// or closed the connection before them, or binary data that was not
+    /// base64).
+    pub not_replayed: usize,
+}
+
+/// Replays into one candidate generation.
+pub struct Replayer {
+    generation: Arc<Generation>,
+    monitor: Monitor,
+    counters: Arc<TrafficCounters>,
+    mask: Mask,
+}
+
+impl Replayer {
+    /// Replay into `generation` (built from the candidate configuration);
+    /// candidate outputs are masked with `mask`, like the recorded ones.
+    pub fn new(
+        generation: Arc<Generation>,
+        mask: Mask,
+    ) -> Result<Self, wsgate_monitor::MonitorError> {
+        Ok(Self {
+            generation,
+            // Nothing is recorded; observers need a monitor to not record to.
+            monitor: Monitor::start(&wsgate_config::MonitorSettings::default())?,
+            counters: Arc::default(),
+            mask,
+        })
+    }
+
+    /// The candidate generation (its pools hold the calls' statistics).
+    pub fn generation(&self) -> &Arc<Generation> {
+        &self.generation
+    }
+
+    /// Replay one recorded connection: its plugin state and attributes are
+    /// its own, made new as for a live connection.
+    pub async fn replay(&self, id: u64, recorded: &Recorded) -> Replayed {
+        let upgrade = &recorded.upgrade;
+        let mut replayed = Replayed {
+            connection: upgrade.connection.clone(),
+            endpoint: upgrade.endpoint.clone(),
+            recorded_status: upgrade.status,
+            candidate_status: None,
+            messages: Vec::new(),
+            not_replayed: recorded.messages.len(),
+        };
+        let Some(endpoint) = self.generation.endpoint_for(&upgrade.path).cloned() else {
+            return replayed;
+        };
+        let client: SocketAddr = upgrade
+            .client
+            .parse()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
+        let headers: HeaderMap = upgrade
+            .request_headers
+            .iter()
+            .filter_map(|(name, value)| {
+                Some((
+                    HeaderName::from_bytes(name.as_bytes()).ok()?,
+                    HeaderValue::from_str(value).ok()?,
+                ))
+            })
+            .collect();
+        let mut observer = Observer::new(
+            self.counters.clone(),
+            &self.monitor,
+            MonitorLevel::Off,
+            0,
+            id,
+            self.generation.id,
+            endpoint.config.path.get_ref(),
+            client,
+            RequestSummary {
+                method: &upgrade.method,
+                path: &upgrade.path,
+                query: &upgrade.query,
+                headers: &headers,
+            },
+        );
+        let view = UpgradeRequest {
+            connection_id: id,
+            method: upgrade.method.clone(),
+            path: upgrade.path.clone(),
+            query: upgrade.query.clone(),
+            headers: upgrade
+                .request_headers
+                .iter()
+                .map(|(name, value)| Header {
+                    name: name.clone(),
+                    value: value.clone(),
+                })
+                .collect(),
+            client_addr: upgrade.client.clone(),
+            tls: false,
+        };
+        let (info, mut contexts) = plugin_contexts(&endpoint, id, &view);
+        match run_upgrade_chain(&endpoint, &view, &mut contexts, &mut observer).await {
+            Ok((route, _)) => {
+                let _ = info.route_url.set(route.url);
+                replayed.candidate_status = Some(101);
+            }
+            Err(refused) => {
+                replayed.candidate_status = Some(refused.response().status().as_u16());
+                return replayed;
+            }
+        }
+        for record in &recorded.messages {
+            let Some(input) = from_payload(&record.input) else {
+                continue;
+            };
+            let from = if record.from == Peer::Upstream.name() {
+                Peer::Upstream
+            } else {
+                Peer::Client
+            };
+            let chain = match from {
+                Peer::Client => &endpoint.client_messages,
+                Peer::Upstream => &endpoint.upstream_messages,
+            };
+            let started = Instant::now();
+            let result = if chain.is_empty() {
+                ChainResult {
+                    forward: smallvec::smallvec![input],
+                    ..ChainResult::default()
+                }
+            } else {
+                run_chain(
+                    chain,
+                    &mut contexts,
+                    from.direction_from(),
+                    input,
+                    &mut observer,
+                )
+                .await
+            };
+            let candidate_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+            let recorded_output = Output::of_record(record);
+            let candidate = Output::of_result(&result, &self.mask);
+            let difference = Difference::of(&recorded_output, &candidate);
+            replayed.not_replayed -= 1;
+            replayed.messages.push(ReplayedMessage {
+                seq: record.seq,
+                from: record.from.clone(),
+                input: record.input.clone(),
+                recorded: recorded_output,
+                candidate,
+                difference,
+                recorded_us: record.filter_us,
+                candidate_us,
+            });
+            if result.close.is_some() {
+                break;
+            }
+        }
+        observer.finish();
+        replayed
+    }
+}
