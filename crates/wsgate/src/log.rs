@@ -17,11 +17,11 @@ pub enum LogFormat {
 
 static FORMAT: OnceLock<LogFormat> = OnceLock::new();
 
-/// Install the subscriber: `RUST_LOG` filters (default `info`).
-pub fn init(format: LogFormat) {
+/// Install the subscriber: `RUST_LOG` filters (default `default_level`).
+pub fn init(format: LogFormat, default_level: &str) {
     let _ = FORMAT.set(format);
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -107,7 +107,13 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    log::init(cli.log_format);
+    // A replay runs every recorded upgrade and message through plugins:
+    // their routine lines would bury the report.
+    let default_level = match cli.command {
+        Command::Replay { .. } => "warn",
+        _ => "info",
+    };
+    log::init(cli.log_format, default_level);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
