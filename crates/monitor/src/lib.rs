@@ -53,25 +53,66 @@ pub struct Recorded {
     pub messages: Vec<MessageRecord>,
 }
 
-/// Read the connections recorded for replay in the monitor database at
-/// `path` (see [`Recorded`]); `filter`'s endpoint, time range and limit
-/// apply.
+/// Read the connections recorded for replay (see [`Recorded`]), oldest
+/// first, from `path`: a monitor database, or a traffic file written by
+/// [`write_traffic`]. `filter`'s endpoint, time range and limit apply.
 pub fn read_recorded(
     path: &std::path::Path,
     filter: &ConnectionFilter,
 ) -> Result<Vec<Recorded>, MonitorError> {
-    let error = |e: rusqlite::Error| MonitorError::Database {
+    let error = |message: String| MonitorError::Database {
         path: path.display().to_string(),
-        message: e.to_string(),
+        message,
     };
     if !path.exists() {
-        return Err(MonitorError::Database {
-            path: path.display().to_string(),
-            message: "no such file".to_string(),
-        });
+        return Err(error("no such file".to_string()));
     }
-    let db = sqlite::open(path).map_err(error)?;
-    sqlite::recorded(&db, filter).map_err(error)
+    let mut head = [0u8; 16];
+    let is_database = std::fs::File::open(path)
+        .and_then(|mut file| std::io::Read::read_exact(&mut file, &mut head))
+        .map(|()| &head == b"SQLite format 3\0")
+        .unwrap_or(false);
+    if is_database {
+        let db = sqlite::open(path).map_err(|e| error(e.to_string()))?;
+        return sqlite::recorded(&db, filter).map_err(|e| error(e.to_string()));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?;
+    let mut recorded = Vec::new();
+    for (number, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let connection: Recorded = serde_json::from_str(line).map_err(|e| {
+            error(format!(
+                "line {}: not a recorded connection (a traffic file has one JSON object per line): {e}",
+                number + 1
+            ))
+        })?;
+        let upgrade = &connection.upgrade;
+        let wanted = filter
+            .endpoint
+            .as_ref()
+            .is_none_or(|e| *e == upgrade.endpoint)
+            && filter.since_us.is_none_or(|t| upgrade.time_us >= t)
+            && filter.until_us.is_none_or(|t| upgrade.time_us <= t);
+        if wanted {
+            recorded.push(connection);
+        }
+    }
+    let skip = recorded.len().saturating_sub(filter.limit);
+    recorded.drain(..skip);
+    Ok(recorded)
+}
+
+/// Write `connections` to a traffic file at `path`: one JSON object per
+/// line, for a repository to keep and `wsgate replay --from` to read.
+pub fn write_traffic(path: &std::path::Path, connections: &[Recorded]) -> std::io::Result<()> {
+    let mut text = String::new();
+    for connection in connections {
+        text.push_str(&serde_json::to_string(connection).map_err(std::io::Error::other)?);
+        text.push('\n');
+    }
+    std::fs::write(path, text)
 }
 
 /// Why the monitor could not start or answer.

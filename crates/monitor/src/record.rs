@@ -157,7 +157,8 @@ pub struct MessageRecord {
     pub connection: String,
     /// Position among the connection's recorded messages, from 1.
     pub seq: u64,
-    /// When it was read, microseconds since the Unix epoch.
+    /// When it was read (before its chain), microseconds since the Unix
+    /// epoch; replay's `clocks.now-ms` answers this.
     pub time_us: u64,
     /// Who sent it: `client` or `upstream`.
     pub from: String,

@@ -278,7 +278,8 @@ impl Observer {
         monitor.record(Record::Message(MessageRecord {
             connection: key.clone(),
             seq: *seq,
-            time_us: now_us(),
+            // When it was read: before its chain ran.
+            time_us: now_us().saturating_sub(filter_us),
             from: from.name().to_string(),
             input,
             forward: payloads(&result.forward),

@@ -7,6 +7,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -223,6 +224,12 @@ impl Replayer {
             tls: false,
         };
         let (info, mut contexts) = plugin_contexts(&endpoint, id, &view);
+        // Plugins reading the clock see the recorded time.
+        let set_clock = |time_us: u64| {
+            info.replay_clock_ms
+                .store((time_us / 1000).max(1), Ordering::Relaxed);
+        };
+        set_clock(upgrade.time_us);
         match run_upgrade_chain(&endpoint, &view, &mut contexts, &mut observer).await {
             Ok((route, _)) => {
                 let _ = info.route_url.set(route.url);
@@ -246,6 +253,7 @@ impl Replayer {
                 Peer::Client => &endpoint.client_messages,
                 Peer::Upstream => &endpoint.upstream_messages,
             };
+            set_clock(record.time_us);
             let started = Instant::now();
             let result = if chain.is_empty() {
                 ChainResult {

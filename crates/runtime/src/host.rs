@@ -36,6 +36,9 @@ pub struct ConnectionInfo {
     pub attributes: Mutex<HashMap<String, String>>,
     /// When the connection must close (`session.expire-at`, the endpoint's `expire`).
     pub expiry: crate::Expiry,
+    /// What `clocks.now-ms` answers while a recorded connection is
+    /// replayed (Unix milliseconds, the recorded time); 0: the real clock.
+    pub replay_clock_ms: AtomicU64,
 }
 
 /// The context of calls into one plugin on behalf of one connection: the
@@ -477,6 +480,12 @@ impl wsgate::plugin::state::Host for HostState {
 
 impl wsgate::plugin::clocks::Host for HostState {
     fn now_ms(&mut self) -> u64 {
+        let replayed = self.call.as_ref().map_or(0, |call| {
+            call.connection.replay_clock_ms.load(Ordering::Relaxed)
+        });
+        if replayed > 0 {
+            return replayed;
+        }
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))

@@ -11,6 +11,7 @@ mod deploy;
 mod log;
 mod plugin;
 mod replay;
+mod traffic;
 mod watch;
 
 use log::report;
@@ -67,7 +68,8 @@ enum Command {
         /// The candidate configuration.
         #[arg(long)]
         config: PathBuf,
-        /// The monitor database the traffic was recorded in.
+        /// The monitor database the traffic was recorded in, or a traffic
+        /// file (`wsgate traffic export`).
         #[arg(long)]
         from: PathBuf,
         /// Only connections on this endpoint (its configured path).
@@ -86,6 +88,9 @@ enum Command {
         #[arg(long, value_enum, default_value = "none")]
         fail_on: replay::FailOn,
     },
+    /// Recorded traffic: export connections recorded for replay to a file.
+    #[command(subcommand)]
+    Traffic(traffic::TrafficCommand),
     /// Plugins: the content-addressed store (add, list, inspect, verify),
     /// OCI registries (push, pull) and signing (keygen, sign).
     #[command(subcommand)]
@@ -145,6 +150,7 @@ fn main() -> ExitCode {
                 echo(listen, ticker).await
             }
             Command::Plugin(command) => plugin::run(command).await,
+            Command::Traffic(command) => traffic::run(command),
             Command::Replay {
                 config,
                 from,

@@ -186,3 +186,68 @@ async fn start_gateway_from(text: &str) -> wsgate_proxy::Gateway {
         .await
         .unwrap_or_else(|e| panic!("gateway failed to start: {e}"))
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_traffic_file_replays_like_the_database_and_plugins_read_the_recorded_clock() {
+    let dir = TempDir::new("replay-export");
+    let database = dir.0.join("monitor.db");
+    let echo = start_echo().await;
+    // json-transform stamps each message with the time plugins read.
+    let recorded = config(
+        &database,
+        echo,
+        "{ plugin = \"json-transform@1.0.0\", config = { set = { \"/at\" = \"${now-ms}\" } } }",
+    );
+    let gateway = start_gateway_from(&recorded).await;
+    let address = gateway.local_addr().to_string();
+    let mut client = upgrade_as(&address, "/chat", "zed-the-user").await.unwrap();
+    for i in 0..20 {
+        send_text(&mut client, &format!("{{\"i\":{i}}}")).await;
+        next_text(&mut client).await;
+    }
+    client.close(None).await.unwrap();
+    while let Some(Ok(_)) = futures_util::StreamExt::next(&mut client).await {}
+    gateway.monitor().flush().await;
+
+    // Exported with the user header masked (and the default secrets).
+    let traffic = dir.0.join("traffic.jsonl");
+    let output = wsgate()
+        .args(["traffic", "export", "--mask-header", "x-user", "--from"])
+        .arg(&database)
+        .arg("--out")
+        .arg(&traffic)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    let text = std::fs::read_to_string(&traffic).unwrap();
+    assert_eq!(text.lines().count(), 1);
+    assert!(
+        !text.contains("zed-the-user") && text.contains("\"x-user\",\"***\""),
+        "{text}"
+    );
+
+    // Replayed from the file, well after the recording: the stamps are the
+    // recorded times (the clock is the recorded one; a stamp may differ by
+    // the millisecond the recorded chain crossed), not the replay's.
+    let config_path = write(&dir.0, "same.toml", &recorded);
+    let (output, report) = replay(&config_path, &traffic, "none");
+    assert!(output.status.success(), "{}", stderr(&output));
+    let chat = &report["endpoints"][0];
+    let messages = &chat["messages"];
+    assert_eq!(
+        messages["same"].as_u64().unwrap() + messages["changed"].as_u64().unwrap(),
+        2 * 20 + 2
+    );
+    for example in chat["examples"].as_array().unwrap() {
+        for line in example["diff"].as_array().unwrap() {
+            let line = line.as_str().unwrap();
+            let (before, after) = line
+                .strip_prefix("/at: ")
+                .and_then(|rest| rest.split_once(" -> "))
+                .unwrap_or_else(|| panic!("only /at may differ: {line}"));
+            let before: i64 = before.trim_matches('"').parse().unwrap();
+            let after: i64 = after.trim_matches('"').parse().unwrap();
+            assert!((before - after).abs() <= 1, "{line}");
+        }
+    }
+}
