@@ -10,10 +10,13 @@ use hyper_util::rt::TokioIo;
 
 /// Deploy the file at `path` to the gateway whose admin listener is `admin`
 /// (default: the file's own `[admin] listen`).
+/// With `gate`, the candidate is replayed on recorded traffic first and
+/// refused without being sent when the replay says so.
 pub async fn run(
     path: &Path,
     admin: Option<SocketAddr>,
     token: Option<String>,
+    gate: Option<crate::replay::Gate>,
 ) -> anyhow::Result<()> {
     let path = std::path::absolute(path).with_context(|| format!("bad path {}", path.display()))?;
     let text = std::fs::read_to_string(&path)
@@ -21,6 +24,9 @@ pub async fn run(
     // Parse locally first: a file that does not parse never leaves this machine.
     let config = wsgate_config::parse(&text, &path).map_err(anyhow::Error::msg)?;
     crate::print_warnings(&config);
+    if let Some(gate) = &gate {
+        crate::replay::gate(&path, gate).await?;
+    }
     let admin = admin
         .or_else(|| config.admin.as_ref().map(|a| *a.listen.get_ref()))
         .context("no admin address: pass --admin or set [admin] listen in the file")?;

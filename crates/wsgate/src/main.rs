@@ -54,6 +54,20 @@ enum Command {
         /// Admin bearer token (default: `WSGATE_ADMIN_TOKEN`, then `[admin] token`).
         #[arg(long)]
         token: Option<String>,
+        /// First replay the last this many recorded connections of each of
+        /// the file's endpoints against it (`wsgate replay`); refuse the
+        /// deploy, sending nothing, when a plugin faults or a
+        /// `--must-not-change` endpoint would get anything else.
+        #[arg(long)]
+        require_replay: Option<usize>,
+        /// Where the traffic was recorded, for `--require-replay` (default:
+        /// the file's `[monitor] database`).
+        #[arg(long)]
+        replay_from: Option<PathBuf>,
+        /// An endpoint (its path) on which the replayed candidate may change
+        /// nothing (repeatable).
+        #[arg(long)]
+        must_not_change: Vec<String>,
     },
     /// Validate a configuration and load every plugin, without serving.
     Check {
@@ -137,7 +151,15 @@ fn main() -> ExitCode {
                 config,
                 admin,
                 token,
-            } => deploy::run(&config, admin, token).await,
+                require_replay,
+                replay_from,
+                must_not_change,
+            } => {
+                let gate = require_replay
+                    .map(|n| replay::Gate::new(&config, n, replay_from, must_not_change))
+                    .transpose()?;
+                deploy::run(&config, admin, token, gate).await
+            }
             Command::Echo {
                 listen,
                 broadcast_every_ms,

@@ -5,14 +5,14 @@
 #![allow(clippy::print_stdout)]
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use anyhow::Context;
 use serde::Serialize;
 use serde_json::Value;
-use wsgate_monitor::{ConnectionFilter, Payload};
+use wsgate_monitor::{ConnectionFilter, Payload, Recorded};
 use wsgate_proxy::Generation;
 use wsgate_proxy::replay::{Difference, Output, Replayed, ReplayedMessage, Replayer};
 use wsgate_runtime::{FaultKind, LATENCY_BUCKETS_US, Runtime};
@@ -127,12 +127,17 @@ struct Report {
     plugins: Vec<PluginReport>,
 }
 
+impl EndpointReport {
+    /// Whether the candidate answers any upgrade or message otherwise.
+    fn differs(&self) -> bool {
+        self.upgrades_changed > 0
+            || self.messages.changed + self.messages.dropped + self.messages.closed > 0
+    }
+}
+
 impl Report {
     fn differs(&self) -> bool {
-        self.endpoints.iter().any(|e| {
-            e.upgrades_changed > 0
-                || e.messages.changed + e.messages.dropped + e.messages.closed > 0
-        })
+        self.endpoints.iter().any(EndpointReport::differs)
     }
 
     fn faults(&self) -> u64 {
@@ -142,14 +147,6 @@ impl Report {
 
 /// Run `wsgate replay`.
 pub async fn run(options: Options<'_>) -> anyhow::Result<()> {
-    let config = wsgate_config::load(options.config).map_err(anyhow::Error::msg)?;
-    wsgate_registry::fetch_plugins(&config)
-        .await
-        .map_err(anyhow::Error::msg)?;
-    let mask =
-        wsgate_monitor::mask::Mask::new(config.monitor.mask.iter().map(|p| p.get_ref().clone()));
-    let runtime = Runtime::with_cache(config.gateway.plugin_cache_dir.clone())?;
-    let generation = Generation::build(0, config, &runtime).map_err(anyhow::Error::msg)?;
     let filter = ConnectionFilter {
         endpoint: options.endpoint.clone(),
         since_us: options.since.map(|ago| {
@@ -170,37 +167,8 @@ pub async fn run(options: Options<'_>) -> anyhow::Result<()> {
                 .unwrap_or_default()
         );
     }
-    let replayer = Replayer::new(Arc::new(generation), mask).context("cannot start replay")?;
-    let mut endpoints: BTreeMap<String, EndpointReport> = BTreeMap::new();
-    let mut messages = 0;
-    for (id, connection) in (1..).zip(&recorded) {
-        let replayed = replayer.replay(id, connection).await;
-        messages += connection.messages.len() as u64;
-        let report = endpoints
-            .entry(replayed.endpoint.clone())
-            .or_insert_with(|| EndpointReport {
-                endpoint: replayed.endpoint.clone(),
-                ..EndpointReport::default()
-            });
-        add(report, &replayed);
-    }
-    let mut endpoints: Vec<EndpointReport> = endpoints.into_values().collect();
-    for report in &mut endpoints {
-        report.recorded_time = times(&mut report.recorded_us);
-        report.candidate_time = times(&mut report.candidate_us);
-    }
-    let report = Report {
-        candidate: options.config.display().to_string(),
-        from: options.from.display().to_string(),
-        connections: recorded.len() as u64,
-        messages,
-        endpoints,
-        plugins: plugin_reports(replayer.generation()),
-    };
-    match options.format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
-        Format::Text => print_text(&report),
-    }
+    let report = replay(options.config, options.from, &recorded).await?;
+    print(&report, options.format)?;
     let failed = match options.fail_on {
         FailOn::Changed => report.differs() || report.faults() > 0,
         FailOn::Faults => report.faults() > 0,
@@ -220,6 +188,136 @@ pub async fn run(options: Options<'_>) -> anyhow::Result<()> {
                 FailOn::None => "none",
             }
         );
+    }
+    Ok(())
+}
+
+/// What `wsgate deploy --require-replay` asks of a candidate before it is
+/// deployed.
+pub struct Gate {
+    /// Recorded connections replayed per endpoint of the candidate.
+    pub connections: usize,
+    /// Where they were recorded (a monitor database or a traffic file).
+    pub from: PathBuf,
+    /// Endpoints on which the candidate may change nothing.
+    pub must_not_change: Vec<String>,
+}
+
+impl Gate {
+    /// Replay `connections` per endpoint from `from` (default: `config`'s
+    /// `[monitor] database`).
+    pub fn new(
+        config: &Path,
+        connections: usize,
+        from: Option<PathBuf>,
+        must_not_change: Vec<String>,
+    ) -> anyhow::Result<Self> {
+        let from = match from {
+            Some(from) => from,
+            None => wsgate_config::load(config)
+                .map_err(anyhow::Error::msg)?
+                .monitor
+                .database
+                .context(
+                    "--require-replay: pass --replay-from, or set [monitor] database in the file",
+                )?,
+        };
+        Ok(Self {
+            connections,
+            from,
+            must_not_change,
+        })
+    }
+}
+
+/// Replay the last `gate.connections` recorded connections of each of the
+/// candidate `config`'s endpoints against it; print the report; refuse (an
+/// error saying why) when a plugin faults or a `must_not_change` endpoint
+/// would get anything else.
+pub async fn gate(config: &Path, gate: &Gate) -> anyhow::Result<()> {
+    let candidate = wsgate_config::load(config).map_err(anyhow::Error::msg)?;
+    let mut recorded = Vec::new();
+    for endpoint in &candidate.endpoints {
+        let filter = ConnectionFilter {
+            endpoint: Some(endpoint.path.get_ref().clone()),
+            limit: gate.connections,
+            ..ConnectionFilter::default()
+        };
+        recorded.extend(wsgate_monitor::read_recorded(&gate.from, &filter)?);
+    }
+    if recorded.is_empty() {
+        anyhow::bail!(
+            "--require-replay: {} holds no connection recorded at monitor level `replay` on the candidate's endpoints",
+            gate.from.display()
+        );
+    }
+    let report = replay(config, &gate.from, &recorded).await?;
+    print(&report, Format::Text)?;
+    if report.faults() > 0 {
+        anyhow::bail!(
+            "deploy refused by replay: the candidate's plugins fault {} times on recorded traffic",
+            report.faults()
+        );
+    }
+    let changed: Vec<&str> = report
+        .endpoints
+        .iter()
+        .filter(|e| gate.must_not_change.contains(&e.endpoint) && e.differs())
+        .map(|e| e.endpoint.as_str())
+        .collect();
+    if !changed.is_empty() {
+        anyhow::bail!(
+            "deploy refused by replay: the candidate changes what {} got, marked must-not-change",
+            changed.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// Replay `recorded` (read from `from`) against the candidate `config`.
+async fn replay(config_path: &Path, from: &Path, recorded: &[Recorded]) -> anyhow::Result<Report> {
+    let config = wsgate_config::load(config_path).map_err(anyhow::Error::msg)?;
+    wsgate_registry::fetch_plugins(&config)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let mask =
+        wsgate_monitor::mask::Mask::new(config.monitor.mask.iter().map(|p| p.get_ref().clone()));
+    let runtime = Runtime::with_cache(config.gateway.plugin_cache_dir.clone())?;
+    let generation = Generation::build(0, config, &runtime).map_err(anyhow::Error::msg)?;
+    let replayer = Replayer::new(Arc::new(generation), mask).context("cannot start replay")?;
+    let mut endpoints: BTreeMap<String, EndpointReport> = BTreeMap::new();
+    let mut messages = 0;
+    for (id, connection) in (1..).zip(recorded) {
+        let replayed = replayer.replay(id, connection).await;
+        messages += connection.messages.len() as u64;
+        let report = endpoints
+            .entry(replayed.endpoint.clone())
+            .or_insert_with(|| EndpointReport {
+                endpoint: replayed.endpoint.clone(),
+                ..EndpointReport::default()
+            });
+        add(report, &replayed);
+    }
+    let mut endpoints: Vec<EndpointReport> = endpoints.into_values().collect();
+    for report in &mut endpoints {
+        report.recorded_time = times(&mut report.recorded_us);
+        report.candidate_time = times(&mut report.candidate_us);
+    }
+    Ok(Report {
+        candidate: config_path.display().to_string(),
+        from: from.display().to_string(),
+        connections: recorded.len() as u64,
+        messages,
+        endpoints,
+        plugins: plugin_reports(replayer.generation()),
+    })
+}
+
+/// Print `report` on stdout as `format` says.
+fn print(report: &Report, format: Format) -> anyhow::Result<()> {
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(report)?),
+        Format::Text => print_text(report),
     }
     Ok(())
 }

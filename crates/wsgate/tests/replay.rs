@@ -178,6 +178,44 @@ async fn replay_finds_no_difference_then_a_version_change_then_faults() {
         .unwrap();
     assert_eq!(faults["faults"]["trap"], 2, "{faults}");
     assert_eq!(report["endpoints"][0]["messages"]["changed"], 0);
+
+    // Gated deploys: refused before anything is sent when the replay
+    // faults, or changes an endpoint marked must-not-change; sent when not.
+    let (admin, _stop) = start_admin(&gateway, None).await;
+    let admin = admin.to_string();
+    let deploy = |config: &Path, extra: &[&str]| {
+        wsgate()
+            .args([
+                "deploy",
+                "--admin",
+                &admin,
+                "--require-replay",
+                "5",
+                "--config",
+            ])
+            .arg(config)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let output = deploy(&next, &["--must-not-change", "/chat"]);
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("changes what /chat got, marked must-not-change"),
+        "{}",
+        stderr(&output)
+    );
+    let output = deploy(&faulty, &[]);
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("fault 2 times"),
+        "{}",
+        stderr(&output)
+    );
+    assert_eq!(gateway.generation().id, 1, "nothing was deployed");
+    let output = deploy(&next, &[]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(gateway.generation().id, 2);
 }
 
 /// A gateway started from a whole configuration text.
