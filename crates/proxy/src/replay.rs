@@ -13,12 +13,12 @@ use std::time::Instant;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use wsgate_config::MonitorLevel;
 use wsgate_monitor::mask::Mask;
-use wsgate_monitor::{MessageRecord, Monitor, Payload, Recorded};
-use wsgate_runtime::{Header, UpgradeRequest};
+use wsgate_monitor::{MessageRecord, Monitor, Payload, Recorded, UpgradeRecord};
+use wsgate_runtime::{CallContext, ConnectionInfo, Header, UpgradeRequest};
 
 use crate::convert::{from_payload, to_payload};
 use crate::counters::TrafficCounters;
-use crate::generation::Generation;
+use crate::generation::{Generation, LiveEndpoint};
 use crate::observe::{Observer, RequestSummary};
 use crate::peer::Peer;
 use crate::relay::{ChainResult, run_chain};
@@ -174,8 +174,37 @@ impl Replayer {
             messages: Vec::new(),
             not_replayed: recorded.messages.len(),
         };
-        let Some(endpoint) = self.generation.endpoint_for(&upgrade.path).cloned() else {
+        let (status, session) = self.open(id, upgrade).await;
+        replayed.candidate_status = status;
+        let Some(mut session) = session else {
             return replayed;
+        };
+        for record in &recorded.messages {
+            let Some(message) = session.message(record).await else {
+                continue;
+            };
+            replayed.not_replayed -= 1;
+            let closed = message.candidate.close.is_some();
+            replayed.messages.push(message);
+            if closed {
+                break;
+            }
+        }
+        session.finish();
+        replayed
+    }
+
+    /// Start replaying connection `id` from its recorded `upgrade`: the
+    /// status the candidate's upgrade chain gives (`None`: no endpoint
+    /// serves the path), and the session its messages go through when it
+    /// routes.
+    pub async fn open(
+        &self,
+        id: u64,
+        upgrade: &UpgradeRecord,
+    ) -> (Option<u16>, Option<ReplaySession>) {
+        let Some(endpoint) = self.generation.endpoint_for(&upgrade.path).cloned() else {
+            return (None, None);
         };
         let client: SocketAddr = upgrade
             .client
@@ -225,71 +254,91 @@ impl Replayer {
         };
         let (info, mut contexts) = plugin_contexts(&endpoint, id, &view);
         // Plugins reading the clock see the recorded time.
-        let set_clock = |time_us: u64| {
-            info.replay_clock_ms
-                .store((time_us / 1000).max(1), Ordering::Relaxed);
-        };
-        set_clock(upgrade.time_us);
+        set_clock(&info, upgrade.time_us);
         match run_upgrade_chain(&endpoint, &view, &mut contexts, &mut observer).await {
             Ok((route, _)) => {
                 let _ = info.route_url.set(route.url);
-                replayed.candidate_status = Some(101);
+                let session = ReplaySession {
+                    endpoint,
+                    info,
+                    contexts,
+                    observer,
+                    mask: self.mask.clone(),
+                };
+                (Some(101), Some(session))
             }
             Err(refused) => {
-                replayed.candidate_status = Some(refused.response().status().as_u16());
-                return replayed;
+                observer.finish();
+                (Some(refused.response().status().as_u16()), None)
             }
         }
-        for record in &recorded.messages {
-            let Some(input) = from_payload(&record.input) else {
-                continue;
-            };
-            let from = if record.from == Peer::Upstream.name() {
-                Peer::Upstream
-            } else {
-                Peer::Client
-            };
-            let chain = match from {
-                Peer::Client => &endpoint.client_messages,
-                Peer::Upstream => &endpoint.upstream_messages,
-            };
-            set_clock(record.time_us);
-            let started = Instant::now();
-            let result = if chain.is_empty() {
-                ChainResult {
-                    forward: smallvec::smallvec![input],
-                    ..ChainResult::default()
-                }
-            } else {
-                run_chain(
-                    chain,
-                    &mut contexts,
-                    from.direction_from(),
-                    input,
-                    &mut observer,
-                )
-                .await
-            };
-            let candidate_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-            let recorded_output = Output::of_record(record);
-            let candidate = Output::of_result(&result, &self.mask);
-            let difference = Difference::of(&recorded_output, &candidate);
-            replayed.not_replayed -= 1;
-            replayed.messages.push(ReplayedMessage {
-                seq: record.seq,
-                from: record.from.clone(),
-                input: record.input.clone(),
-                recorded: recorded_output,
-                candidate,
-                difference,
-                recorded_us: record.filter_us,
-                candidate_us,
-            });
-            if result.close.is_some() {
-                break;
+    }
+}
+
+/// Set what `clocks.now-ms` answers on `info`'s connection to `time_us`.
+fn set_clock(info: &ConnectionInfo, time_us: u64) {
+    info.replay_clock_ms
+        .store((time_us / 1000).max(1), Ordering::Relaxed);
+}
+
+/// One connection being replayed: its candidate endpoint, plugin contexts
+/// (state, attributes) and observer.
+pub struct ReplaySession {
+    endpoint: Arc<LiveEndpoint>,
+    info: Arc<ConnectionInfo>,
+    contexts: Vec<CallContext>,
+    observer: Observer,
+    mask: Mask,
+}
+
+impl ReplaySession {
+    /// Run one recorded message through its direction's candidate chain;
+    /// `None` for binary data that is not base64.
+    pub async fn message(&mut self, record: &MessageRecord) -> Option<ReplayedMessage> {
+        let input = from_payload(&record.input)?;
+        let from = if record.from == Peer::Upstream.name() {
+            Peer::Upstream
+        } else {
+            Peer::Client
+        };
+        let chain = match from {
+            Peer::Client => &self.endpoint.client_messages,
+            Peer::Upstream => &self.endpoint.upstream_messages,
+        };
+        set_clock(&self.info, record.time_us);
+        let started = Instant::now();
+        let result = if chain.is_empty() {
+            ChainResult {
+                forward: smallvec::smallvec![input],
+                ..ChainResult::default()
             }
-        }
-        observer.finish();
-        replayed
+        } else {
+            run_chain(
+                chain,
+                &mut self.contexts,
+                from.direction_from(),
+                input,
+                &mut self.observer,
+            )
+            .await
+        };
+        let candidate_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let recorded = Output::of_record(record);
+        let candidate = Output::of_result(&result, &self.mask);
+        Some(ReplayedMessage {
+            seq: record.seq,
+            from: record.from.clone(),
+            input: record.input.clone(),
+            difference: Difference::of(&recorded, &candidate),
+            recorded,
+            candidate,
+            recorded_us: record.filter_us,
+            candidate_us,
+        })
+    }
+
+    /// The connection ended: its places and holds are given back.
+    pub fn finish(self) {
+        self.observer.finish();
     }
 }
