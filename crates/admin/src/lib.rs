@@ -5,6 +5,10 @@
 //! | `GET /healthz` | 200 while the process serves |
 //! | `GET /readyz` | 200 while accepting, 503 once a drain or shutdown has begun |
 //! | `POST /api/deploy` | body: a whole `host-config.toml`; header `x-wsgate-config-path` names it (relative plugin paths resolve against its directory). 200 `{"generation": N}`, or 422 `{"errors": [{file, line, column, field, message}]}` with the running configuration untouched |
+//! | `POST /api/shadow?sample=R` | body: a whole `host-config.toml` (as `/api/deploy`), run in the shadow of the serving generation on the share `R` (0 to 1, default 1) of the connections on its endpoints: verdicts compared, never applied. 200 `{"generation": N}` or 422 |
+//! | `GET /api/shadow` | the shadow: generation, source, sample, connections sampled, dropped, counts per endpoint (same, changed, dropped, closed, upgrades_changed), the latest differences, its plugins' calls and faults; 404 without one |
+//! | `DELETE /api/shadow` | stop the shadow |
+//! | `POST /api/shadow/promote` | deploy the shadow's configuration as the serving generation and stop the shadow: as `/api/deploy` |
 //! | `POST /api/drain` | begin a drain (as SIGTERM): 202 with its state, or 200 when one had begun; the process exits when it is done |
 //! | `GET /api/drain` | the drain: `phase` (serving, grace, closing, done), open `connections`, `closed` with 1012, `grace_ms`, `window_ms` |
 //! | `GET /api/generations` | live generations and their open connections |
@@ -144,6 +148,18 @@ async fn route(context: &Context, request: Request<Incoming>) -> AdminResponse {
             response
         }
         (&Method::POST, "/api/deploy") => deploy(gateway, request).await,
+        (&Method::POST, "/api/shadow") => deploy_shadow(gateway, request).await,
+        (&Method::GET, "/api/shadow") => shadow_status(gateway),
+        (&Method::DELETE, "/api/shadow") if gateway.stop_shadow() => {
+            text(StatusCode::OK, "shadow stopped\n")
+        }
+        (&Method::DELETE, "/api/shadow") => {
+            text(StatusCode::NOT_FOUND, "no shadow generation runs\n")
+        }
+        (&Method::POST, "/api/shadow/promote") => match gateway.promote_shadow().await {
+            Some(result) => deploy_response(result),
+            None => text(StatusCode::NOT_FOUND, "no shadow generation runs\n"),
+        },
         (&Method::POST, "/api/drain") => {
             let began = gateway.drain();
             json_response(
@@ -208,6 +224,38 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 async fn deploy(gateway: &Gateway, request: Request<Incoming>) -> AdminResponse {
+    let (text_body, path) = match deployed_file(request).await {
+        Ok(file) => file,
+        Err(response) => return response,
+    };
+    deploy_response(gateway.deploy_text(&text_body, Path::new(&path)).await)
+}
+
+/// `POST /api/shadow?sample=R`: the body's configuration in the shadow.
+async fn deploy_shadow(gateway: &Gateway, request: Request<Incoming>) -> AdminResponse {
+    let sample = form_urlencoded::parse(request.uri().query().unwrap_or("").as_bytes())
+        .find(|(k, _)| k == "sample")
+        .map(|(_, v)| v.parse::<f64>());
+    let sample = match sample {
+        None => 1.0,
+        Some(Ok(sample)) if (0.0..=1.0).contains(&sample) => sample,
+        Some(_) => return text(StatusCode::BAD_REQUEST, "sample is a number from 0 to 1\n"),
+    };
+    let (text_body, path) = match deployed_file(request).await {
+        Ok(file) => file,
+        Err(response) => return response,
+    };
+    let source = format!("admin API (shadow) {path}");
+    deploy_response(
+        gateway
+            .deploy_shadow(&text_body, Path::new(&path), &source, sample)
+            .await,
+    )
+}
+
+/// A deployed file: its text and the path it names (relative plugin paths
+/// resolve against its directory); or the response refusing it.
+async fn deployed_file(request: Request<Incoming>) -> Result<(String, String), AdminResponse> {
     let path = request
         .headers()
         .get("x-wsgate-config-path")
@@ -220,21 +268,29 @@ async fn deploy(gateway: &Gateway, request: Request<Incoming>) -> AdminResponse 
     {
         Ok(body) => body.to_bytes(),
         Err(error) => {
-            return text(
+            return Err(text(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 &format!("cannot read the configuration: {error}\n"),
-            );
+            ));
         }
     };
-    let Ok(text_body) = std::str::from_utf8(&body) else {
-        return text(StatusCode::BAD_REQUEST, "the configuration is not UTF-8\n");
-    };
-    match gateway.deploy_text(text_body, Path::new(&path)).await {
+    match String::from_utf8(body.to_vec()) {
+        Ok(text_body) => Ok((text_body, path)),
+        Err(_) => Err(text(
+            StatusCode::BAD_REQUEST,
+            "the configuration is not UTF-8\n",
+        )),
+    }
+}
+
+/// A deploy's answer: 200 with the generation, or its problems.
+fn deploy_response(result: Result<u64, DeployError>) -> AdminResponse {
+    match result {
         Ok(generation) => json_response(StatusCode::OK, &json!({ "generation": generation })),
         Err(DeployError::Config(errors)) => {
             json_response(StatusCode::UNPROCESSABLE_ENTITY, &errors_json(&errors))
         }
-        Err(error @ DeployError::Draining) => json_response(
+        Err(error @ (DeployError::Draining | DeployError::Shadow(_))) => json_response(
             StatusCode::SERVICE_UNAVAILABLE,
             &json!({ "errors": [{ "field": "", "message": error.to_string(), "text": error.to_string() }] }),
         ),
@@ -247,6 +303,44 @@ async fn deploy(gateway: &Gateway, request: Request<Incoming>) -> AdminResponse 
             }] }),
         ),
     }
+}
+
+/// `GET /api/shadow`: what the shadow generation has seen.
+fn shadow_status(gateway: &Gateway) -> AdminResponse {
+    let Some(shadow) = gateway.shadow() else {
+        return text(StatusCode::NOT_FOUND, "no shadow generation runs\n");
+    };
+    let plugins: Vec<Value> = shadow
+        .generation
+        .pools
+        .iter()
+        .map(|pool| {
+            let stats = pool.stats();
+            let faults: serde_json::Map<String, Value> = wsgate_runtime::FaultKind::ALL
+                .iter()
+                .map(|kind| (kind.as_str().to_string(), json!(stats.fault_count(*kind))))
+                .filter(|(_, count)| count.as_u64() != Some(0))
+                .collect();
+            json!({
+                "plugin": pool.plugin().id(),
+                "calls": stats.calls.load(std::sync::atomic::Ordering::Relaxed),
+                "faults": faults,
+            })
+        })
+        .collect();
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "generation": shadow.generation.id,
+            "source": shadow.source,
+            "sample": shadow.sample,
+            "connections": shadow.stats.connections.load(std::sync::atomic::Ordering::Relaxed),
+            "dropped": shadow.stats.dropped.load(std::sync::atomic::Ordering::Relaxed),
+            "endpoints": shadow.stats.counts(),
+            "examples": shadow.stats.examples(),
+            "plugins": plugins,
+        }),
+    )
 }
 
 /// Configuration errors as JSON, one object per problem.

@@ -441,6 +441,73 @@ pub(crate) fn render(gateway: &Gateway, admin: &Load) -> String {
     );
     f.sample("", &[("result", "ok")], ok);
     f.sample("", &[("result", "refused")], deploys.len() - ok);
+
+    let shadow = gateway.shadow();
+    let counts = shadow
+        .as_ref()
+        .map(|shadow| shadow.stats.counts())
+        .unwrap_or_default();
+    let mut f = family(
+        &mut out,
+        "wsgate_shadow_messages_total",
+        "counter",
+        "Messages the shadow generation compared, by endpoint and result (same, changed, dropped, closed).",
+    );
+    for (endpoint, c) in &counts {
+        for (result, count) in [
+            ("same", c.same),
+            ("changed", c.changed),
+            ("dropped", c.dropped),
+            ("closed", c.closed),
+        ] {
+            f.sample("", &[("endpoint", endpoint), ("result", result)], count);
+        }
+    }
+    let mut f = family(
+        &mut out,
+        "wsgate_shadow_upgrades_changed_total",
+        "counter",
+        "Upgrades the shadow generation answers otherwise than the serving one, by endpoint.",
+    );
+    for (endpoint, c) in &counts {
+        f.sample("", &[("endpoint", endpoint)], c.upgrades_changed);
+    }
+    let mut f = family(
+        &mut out,
+        "wsgate_shadow_connections_total",
+        "counter",
+        "Connections sampled into the shadow generation.",
+    );
+    if let Some(shadow) = &shadow {
+        f.sample("", &[], load(&shadow.stats.connections));
+    }
+    let mut f = family(
+        &mut out,
+        "wsgate_shadow_dropped_total",
+        "counter",
+        "Sampled connections the shadow stopped following because its queue was full (the serving path never waits for it).",
+    );
+    if let Some(shadow) = &shadow {
+        f.sample("", &[], load(&shadow.stats.dropped));
+    }
+    let mut f = family(
+        &mut out,
+        "wsgate_shadow_plugin_faults_total",
+        "counter",
+        "The shadow generation's plugin calls that failed, by kind.",
+    );
+    if let Some(shadow) = &shadow {
+        for pool in &shadow.generation.pools {
+            let stats = pool.stats();
+            for kind in wsgate_runtime::FaultKind::ALL {
+                f.sample(
+                    "",
+                    &[("plugin", pool.plugin().id()), ("kind", kind.as_str())],
+                    stats.fault_count(kind),
+                );
+            }
+        }
+    }
     out
 }
 

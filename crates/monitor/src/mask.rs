@@ -4,17 +4,17 @@
 /// What a masked value becomes.
 pub const MASKED: &str = "***";
 
-/// JSON pointers whose values are masked (`[monitor] mask`).
+/// JSON pointers whose values are masked (`[monitor] mask`); cheap to clone.
 #[derive(Debug, Clone, Default)]
 pub struct Mask {
-    pointers: Vec<String>,
+    pointers: std::sync::Arc<[String]>,
 }
 
 impl Mask {
     /// Mask the values at `pointers` (`/password`, `/card/number`).
     pub fn new(pointers: impl IntoIterator<Item = String>) -> Self {
         Self {
-            pointers: pointers.into_iter().collect(),
+            pointers: pointers.into_iter().collect::<Vec<_>>().into(),
         }
     }
 
@@ -29,7 +29,7 @@ impl Mask {
             return text.to_string();
         };
         let mut masked = false;
-        for pointer in &self.pointers {
+        for pointer in self.pointers.iter() {
             if let Some(found) = value.pointer_mut(pointer) {
                 *found = serde_json::Value::String(MASKED.to_string());
                 masked = true;

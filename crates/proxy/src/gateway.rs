@@ -15,6 +15,7 @@ use crate::counters::TrafficCounters;
 use crate::drain::{Drain, DrainPhase};
 use crate::generation::Generation;
 use crate::listener::{self, BindError};
+use crate::shadow::Shadow;
 use crate::shared::Shared;
 use crate::workers::Workers;
 
@@ -44,6 +45,9 @@ pub enum DeployError {
     /// The gateway is draining: it takes no new configuration.
     #[error("the gateway is draining; deploy to another replica")]
     Draining,
+    /// The shadow generation's thread could not start.
+    #[error("cannot start the shadow: {0}")]
+    Shadow(String),
 }
 
 impl DeployError {
@@ -52,7 +56,7 @@ impl DeployError {
         match self {
             Self::Config(errors) => errors.0.iter().map(ToString::to_string).collect(),
             Self::Bind(error) => vec![error.to_string()],
-            Self::Draining => vec![self.to_string()],
+            Self::Draining | Self::Shadow(_) => vec![self.to_string()],
         }
     }
 }
@@ -191,6 +195,75 @@ impl Gateway {
             .unwrap_or_else(PoisonError::into_inner)
             .push(record);
         result
+    }
+
+    /// Run the configuration `text` (read from `path`) in the shadow of
+    /// the serving generation: its chains see `sample` of the connections
+    /// on its endpoints (every n-th), their verdicts compared and never
+    /// applied, off the serving path; its quotas count apart. Replaces a
+    /// shadow already running. The serving generation is untouched.
+    pub async fn deploy_shadow(
+        &self,
+        text: &str,
+        path: &Path,
+        source: &str,
+        sample: f64,
+    ) -> Result<u64, DeployError> {
+        let _deploying = self.shared.deploying.lock().await;
+        if self.shared.drain.phase() != DrainPhase::Serving {
+            return Err(DeployError::Draining);
+        }
+        let config = wsgate_config::parse(text, path)?;
+        wsgate_registry::fetch_plugins(&config).await?;
+        let id = self.shared.next_generation.fetch_add(1, Ordering::Relaxed);
+        let runtime = self.shared.runtime.with_quotas(Arc::default());
+        let generation = Arc::new(Generation::build(id, config, &runtime)?);
+        let shadow = Shadow::start(
+            generation,
+            source.to_string(),
+            text.to_string(),
+            path.to_path_buf(),
+            sample,
+        )
+        .map_err(|error| DeployError::Shadow(error.to_string()))?;
+        tracing::info!(generation = id, source, sample, "shadow deployed");
+        *self
+            .shared
+            .shadow
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(shadow));
+        Ok(id)
+    }
+
+    /// The shadow generation, if one runs.
+    pub fn shadow(&self) -> Option<Arc<Shadow>> {
+        self.shared.shadow()
+    }
+
+    /// Stop the shadow generation; whether one ran.
+    pub fn stop_shadow(&self) -> bool {
+        let stopped = self
+            .shared
+            .shadow
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        stopped.is_some()
+    }
+
+    /// Deploy the shadow's configuration as the serving generation (as
+    /// [`Gateway::deploy_text`]) and stop the shadow; `None` when no
+    /// shadow runs.
+    pub async fn promote_shadow(&self) -> Option<Result<u64, DeployError>> {
+        let shadow = self.shadow()?;
+        let source = format!("promoted shadow ({})", shadow.source);
+        let result = self
+            .deploy_source(&shadow.text, &shadow.path, &source)
+            .await;
+        if result.is_ok() {
+            self.stop_shadow();
+        }
+        Some(result)
     }
 
     /// Build generation `id` from `config`, bind what it adds, install it.

@@ -31,6 +31,7 @@ mod observe;
 mod peer;
 mod relay;
 pub mod replay;
+pub mod shadow;
 mod shared;
 mod tls;
 mod upgrade;

@@ -27,6 +27,7 @@ use crate::counters::{
 };
 use crate::peer::Peer;
 use crate::relay::ChainResult;
+use crate::shadow::{ShadowFeed, ShadowItem};
 
 /// Who started closing a connection, as the monitor records it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,8 +72,12 @@ pub struct Observer {
     upgrade: Option<(Instant, UpgradeRecord)>,
     /// The client's frames (monitor level `metadata` and above).
     frames: Option<SharedFrameLog>,
-    /// Messages recorded through their chains so far (level `replay`).
-    replayed: Option<u64>,
+    /// Messages are recorded through their chains (level `replay`).
+    records_replay: bool,
+    /// The shadow generation this connection is sampled into, if any.
+    shadow: Option<ShadowFeed>,
+    /// Messages recorded through their chains so far.
+    chain_seq: u64,
     /// The plugin verdicts on the message in the chains now.
     notes: Vec<String>,
     /// Who started closing first, with the code and reason.
@@ -97,11 +102,15 @@ impl Observer {
         endpoint: &str,
         client: SocketAddr,
         request: RequestSummary<'_>,
+        shadow: Option<ShadowFeed>,
     ) -> Self {
         let key = (level > MonitorLevel::Off).then(|| monitor.key(id));
-        let upgrade = key.as_ref().map(|key| {
+        let record_key = key
+            .clone()
+            .or_else(|| shadow.as_ref().map(|f| f.key.clone()));
+        let upgrade = record_key.map(|key| {
             let record = UpgradeRecord {
-                connection: key.clone(),
+                connection: key,
                 id,
                 generation,
                 time_us: now_us(),
@@ -131,7 +140,9 @@ impl Observer {
             })
         });
         Self {
-            replayed: (key.is_some() && level >= MonitorLevel::Replay).then_some(0),
+            records_replay: key.is_some() && level >= MonitorLevel::Replay,
+            shadow,
+            chain_seq: 0,
             traffic: counters.endpoint_traffic(endpoint),
             counters,
             endpoint: endpoint.to_string(),
@@ -179,12 +190,20 @@ impl Observer {
     /// The client got `status` with `headers`: count it, record the upgrade.
     pub fn answered(&mut self, status: u16, headers: &HeaderMap) {
         self.counters.upgrade(&self.endpoint, status);
-        if let (Some((started, mut record)), Some((monitor, _))) =
-            (self.upgrade.take(), &self.monitor)
-        {
-            record.status = status;
-            record.response_headers = header_pairs(headers);
-            record.duration_us = micros_since(started);
+        let Some((started, mut record)) = self.upgrade.take() else {
+            return;
+        };
+        record.status = status;
+        record.response_headers = header_pairs(headers);
+        record.duration_us = micros_since(started);
+        if status != 101 {
+            // Nothing for the shadow to follow.
+            self.shadow = None;
+        } else if let Some(feed) = &mut self.shadow {
+            let key = feed.key.clone();
+            feed.send(ShadowItem::Open(key, Box::new(record.clone())));
+        }
+        if let Some((monitor, _)) = &self.monitor {
             monitor.record(Record::Upgrade(record));
         }
     }
@@ -247,13 +266,14 @@ impl Observer {
         }
     }
 
-    /// Whether messages are recorded through their chains (level `replay`).
+    /// Whether messages are recorded through their chains (level
+    /// `replay`, or a shadow generation follows the connection).
     pub fn records_chains(&self) -> bool {
-        self.replayed.is_some()
+        self.records_replay || self.shadow.is_some()
     }
 
     /// Record `input`, read from `from`, and what its chain made of it
-    /// (level `replay`; masked by `[monitor] mask`).
+    /// (masked by `[monitor] mask`), for replay and for the shadow.
     pub fn chain_ran(
         &mut self,
         from: Peer,
@@ -261,10 +281,11 @@ impl Observer {
         result: &ChainResult,
         filter_us: u64,
     ) {
-        let (Some(seq), Some((monitor, key))) = (self.replayed.as_mut(), &self.monitor) else {
-            return;
+        let mask = match (&self.monitor, &self.shadow) {
+            (Some((monitor, _)), _) => monitor.mask(),
+            (None, Some(feed)) => &feed.mask,
+            (None, None) => return,
         };
-        let mask = monitor.mask();
         let Some(input) = to_payload(input, mask) else {
             return;
         };
@@ -274,10 +295,10 @@ impl Observer {
                 .filter_map(|m| to_payload(m, mask))
                 .collect()
         };
-        *seq += 1;
-        monitor.record(Record::Message(MessageRecord {
-            connection: key.clone(),
-            seq: *seq,
+        self.chain_seq += 1;
+        let record = MessageRecord {
+            connection: String::new(),
+            seq: self.chain_seq,
             // When it was read: before its chain ran.
             time_us: now_us().saturating_sub(filter_us),
             from: from.name().to_string(),
@@ -286,7 +307,23 @@ impl Observer {
             replies: payloads(&result.replies),
             close: result.close.clone(),
             filter_us,
-        }));
+        };
+        if let Some(feed) = &mut self.shadow {
+            let key = feed.key.clone();
+            let record = MessageRecord {
+                connection: key.clone(),
+                ..record.clone()
+            };
+            feed.send(ShadowItem::Message(key, Box::new(record)));
+        }
+        if self.records_replay
+            && let Some((monitor, key)) = &self.monitor
+        {
+            monitor.record(Record::Message(MessageRecord {
+                connection: key.clone(),
+                ..record
+            }));
+        }
     }
 
     /// What produced the frames written to `to` next (`None`: the gateway
@@ -326,6 +363,10 @@ impl Observer {
     /// verdict, then how it ended.
     pub fn finish(mut self) {
         drop(self.frames.take());
+        if let Some(mut feed) = self.shadow.take() {
+            let key = feed.key.clone();
+            feed.send(ShadowItem::End(key));
+        }
         let Some((monitor, connection)) = self.monitor.take() else {
             return;
         };

@@ -235,6 +235,7 @@ impl Replayer {
                 query: &upgrade.query,
                 headers: &headers,
             },
+            None,
         );
         let view = UpgradeRequest {
             connection_id: id,

@@ -14,6 +14,7 @@ use crate::gateway::DeployRecord;
 use crate::generation::Generation;
 use crate::ledger::Ledger;
 use crate::listener::Listeners;
+use crate::shadow::Shadow;
 use crate::workers::Workers;
 
 /// State shared by the listener, every request and every relay task.
@@ -51,6 +52,9 @@ pub(crate) struct Shared {
     pub ledger: Arc<Ledger>,
     /// The threads that serve connections.
     pub workers: Workers,
+    /// The candidate generation running in the shadow of the serving
+    /// one, if any.
+    pub shadow: RwLock<Option<Arc<Shadow>>>,
 }
 
 impl Shared {
@@ -78,7 +82,16 @@ impl Shared {
             counters: Arc::default(),
             ledger: Arc::default(),
             workers,
+            shadow: RwLock::new(None),
         }
+    }
+
+    /// The shadow generation, if one runs.
+    pub fn shadow(&self) -> Option<Arc<Shadow>> {
+        self.shadow
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// The configuration generation new connections use.

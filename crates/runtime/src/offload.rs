@@ -187,7 +187,7 @@ impl Offload {
 /// An offload thread: lower its priority, then run jobs until the plugin
 /// is gone (its queue's sender dropped).
 fn work(plugin: &str, receiver: &Mutex<Receiver<Job>>) {
-    lower_priority(plugin);
+    lower_thread_priority(plugin);
     loop {
         let job = match receiver.lock() {
             Ok(receiver) => receiver.recv(),
@@ -204,14 +204,15 @@ fn work(plugin: &str, receiver: &Mutex<Receiver<Job>>) {
     }
 }
 
-/// Give the calling thread the niceness [`OFFLOAD_NICE`]. Linux keeps a
+/// Give the calling thread (`thread` names it in the log: an offload
+/// thread's plugin, the shadow) the niceness [`OFFLOAD_NICE`]. Linux keeps a
 /// niceness per thread (`setpriority` on pid 0 sets the caller's); elsewhere
 /// it would apply to the whole process, so the threads keep the default.
-fn lower_priority(plugin: &str) {
+pub fn lower_thread_priority(thread: &str) {
     #[cfg(target_os = "linux")]
     if let Err(error) = rustix::process::setpriority_process(None, OFFLOAD_NICE) {
-        tracing::warn!(plugin, %error, "cannot lower an offload thread's priority");
+        tracing::warn!(thread, %error, "cannot lower a background thread's priority");
     }
     #[cfg(not(target_os = "linux"))]
-    tracing::debug!(plugin, "offload threads keep the default priority here");
+    tracing::debug!(thread, "background threads keep the default priority here");
 }

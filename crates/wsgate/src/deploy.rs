@@ -10,6 +10,18 @@ use hyper_util::rt::TokioIo;
 
 /// Deploy the file at `path` to the gateway whose admin listener is `admin`
 /// (default: the file's own `[admin] listen`).
+/// What a deploy makes of the file.
+#[derive(Debug, Clone, Copy)]
+pub enum Target {
+    /// The serving generation.
+    Serve,
+    /// A shadow generation seeing this share of the connections (0 to 1).
+    Shadow(f64),
+    /// Promote the running shadow to serving (the file names the admin
+    /// listener only).
+    Promote,
+}
+
 /// With `gate`, the candidate is replayed on recorded traffic first and
 /// refused without being sent when the replay says so.
 pub async fn run(
@@ -17,6 +29,7 @@ pub async fn run(
     admin: Option<SocketAddr>,
     token: Option<String>,
     gate: Option<crate::replay::Gate>,
+    target: Target,
 ) -> anyhow::Result<()> {
     let path = std::path::absolute(path).with_context(|| format!("bad path {}", path.display()))?;
     let text = std::fs::read_to_string(&path)
@@ -41,7 +54,12 @@ pub async fn run(
         .await
         .context("admin handshake failed")?;
     tokio::spawn(connection);
-    let mut request = http::Request::post("/api/deploy")
+    let (route, text) = match target {
+        Target::Serve => ("/api/deploy".to_string(), text),
+        Target::Shadow(sample) => (format!("/api/shadow?sample={sample}"), text),
+        Target::Promote => ("/api/shadow/promote".to_string(), String::new()),
+    };
+    let mut request = http::Request::post(route)
         .header(http::header::HOST, admin.to_string())
         .header(http::header::CONTENT_TYPE, "application/toml")
         .header("x-wsgate-config-path", path.display().to_string());
@@ -65,11 +83,15 @@ pub async fn run(
     let reply: serde_json::Value = serde_json::from_slice(&body)
         .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&body).into_owned()));
     if status.is_success() {
-        eprintln!(
-            "deployed {} as generation {}",
-            path.display(),
-            reply.get("generation").unwrap_or(&serde_json::Value::Null)
-        );
+        let generation = reply.get("generation").unwrap_or(&serde_json::Value::Null);
+        match target {
+            Target::Serve => eprintln!("deployed {} as generation {generation}", path.display()),
+            Target::Shadow(sample) => eprintln!(
+                "{} runs in the shadow as generation {generation}, on {sample} of the connections; `wsgate deploy --promote` serves it",
+                path.display()
+            ),
+            Target::Promote => eprintln!("promoted the shadow: serving generation {generation}"),
+        }
         return Ok(());
     }
     if let Some(errors) = reply.get("errors").and_then(serde_json::Value::as_array) {

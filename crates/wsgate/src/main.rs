@@ -68,6 +68,17 @@ enum Command {
         /// nothing (repeatable).
         #[arg(long)]
         must_not_change: Vec<String>,
+        /// Run the file in the shadow of the serving generation instead:
+        /// its verdicts are compared on live traffic, never applied
+        /// (`GET /api/shadow`, the console, `/metrics`).
+        #[arg(long, conflicts_with = "promote")]
+        shadow: bool,
+        /// The share of connections the shadow sees (0 to 1; by connection).
+        #[arg(long, default_value_t = 1.0, requires = "shadow")]
+        sample: f64,
+        /// Make the running shadow the serving generation.
+        #[arg(long)]
+        promote: bool,
     },
     /// Validate a configuration and load every plugin, without serving.
     Check {
@@ -154,11 +165,21 @@ fn main() -> ExitCode {
                 require_replay,
                 replay_from,
                 must_not_change,
+                shadow,
+                sample,
+                promote,
             } => {
                 let gate = require_replay
                     .map(|n| replay::Gate::new(&config, n, replay_from, must_not_change))
                     .transpose()?;
-                deploy::run(&config, admin, token, gate).await
+                let target = if promote {
+                    deploy::Target::Promote
+                } else if shadow {
+                    deploy::Target::Shadow(sample)
+                } else {
+                    deploy::Target::Serve
+                };
+                deploy::run(&config, admin, token, gate, target).await
             }
             Command::Echo {
                 listen,

@@ -54,6 +54,9 @@ pub async fn handle(
     let id = shared.next_connection_id();
     let path = endpoint.config.path.get_ref();
     let span = tracing::info_span!("connection", id, endpoint = %path, %client);
+    let shadow = shared
+        .shadow()
+        .and_then(|shadow| shadow.sample(request.uri().path(), id, shared.monitor.mask()));
     let observer = Observer::new(
         shared.counters.clone(),
         &shared.monitor,
@@ -69,6 +72,7 @@ pub async fn handle(
             query: request.uri().query().unwrap_or(""),
             headers: request.headers(),
         },
+        shadow,
     );
     let connection = Connection {
         shared,
