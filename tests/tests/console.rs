@@ -129,3 +129,70 @@ async fn the_console_shows_the_upgrade_and_each_frame_of_a_test_client_connectio
     let _ = std::fs::write(repo_root().join("target/console.png"), shot);
     browser.quit().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shadow_page_counts_what_a_candidate_would_change_live() {
+    let echo = start_echo().await;
+    let gateway = start_gateway(&endpoint(
+        "/chat",
+        echo,
+        "client-messages = [{ plugin = \"tagger@1.0.0\" }]",
+    ))
+    .await;
+    let (admin, _stop) = start_admin(&gateway, None).await;
+    let browser = Browser::start().await;
+    browser
+        .goto(&format!(
+            "http://127.0.0.1:{}/console/#/shadow",
+            admin.port()
+        ))
+        .await;
+    browser
+        .wait_for("#shadow-summary", |t| {
+            t.starts_with("No shadow generation runs")
+        })
+        .await;
+
+    // tagger 2.0.0 in the shadow; a client's messages counted while the
+    // page is open.
+    let candidate = config_text(&endpoint(
+        "/chat",
+        echo,
+        "client-messages = [{ plugin = \"tagger@2.0.0\" }]",
+    ));
+    gateway
+        .deploy_shadow(&candidate, std::path::Path::new("next.toml"), "test", 1.0)
+        .await
+        .unwrap();
+    let mut client = connect(&gateway, "/chat").await;
+    for text in ["one", "two", "three"] {
+        send_text(&mut client, text).await;
+        assert_eq!(next_text(&mut client).await, format!("{text}+v1.0.0"));
+    }
+    browser
+        .wait_for(
+            "#shadow-endpoints tr[data-endpoint='/chat'] .changed",
+            |t| t == "3",
+        )
+        .await;
+    browser
+        .wait_for("#shadow-endpoints tr[data-endpoint='/chat'] .same", |t| {
+            t == "3"
+        })
+        .await;
+    browser
+        .wait_for(
+            "#shadow-plugins tr[data-plugin='tagger@2.0.0'] .faults",
+            |t| t == "none",
+        )
+        .await;
+    browser
+        .wait_for("#shadow-examples .diff", |t| {
+            t.contains("- forward [three+v1.0.0]") && t.contains("+ forward [three+v2.0.0]")
+        })
+        .await;
+    browser
+        .wait_for("#shadow-summary", |t| t.contains("1 sampled, 0 dropped"))
+        .await;
+    browser.quit().await;
+}

@@ -1,5 +1,6 @@
 // The wsgate console: Traffic > HTTP (upgrades), Traffic > WebSockets
-// (frames), endpoints and plugins, and a test client. Plain DOM, no build
+// (frames), endpoints and plugins, a test client, and the shadow
+// generation's differences. Plain DOM, no build
 // step; data from the admin API, live updates from /api/tail.
 'use strict';
 
@@ -12,6 +13,7 @@ const state = {
   selectedConnection: null,
   selectedFrame: null,
   client: null,
+  shadowTimer: null,   // polls /api/shadow while the Shadow page shows
 };
 
 // ---- helpers ----
@@ -89,7 +91,7 @@ function hexDump(bytes) {
 function route() {
   const [path, search] = (location.hash.slice(1) || '/http').split('?');
   const params = new URLSearchParams(search || '');
-  const view = { '/http': 'http', '/ws': 'ws', '/endpoints': 'endpoints', '/client': 'client' }[path] || 'http';
+  const view = { '/http': 'http', '/ws': 'ws', '/endpoints': 'endpoints', '/client': 'client', '/shadow': 'shadow' }[path] || 'http';
   for (const section of document.querySelectorAll('.view')) section.classList.toggle('active', section.id === `view-${view}`);
   for (const link of document.querySelectorAll('nav a')) link.classList.toggle('active', link.id === `nav-${view}`);
   if (view === 'http') loadUpgrades();
@@ -99,6 +101,12 @@ function route() {
   }
   if (view === 'endpoints') renderEndpoints();
   if (view === 'client') renderClientEndpoints();
+  clearInterval(state.shadowTimer);
+  if (view === 'shadow') {
+    renderShadow();
+    // The shadow works off the serving path: its counts are polled.
+    state.shadowTimer = setInterval(renderShadow, 1000);
+  }
 }
 
 // ---- Traffic > HTTP ----
@@ -401,6 +409,50 @@ function connectTail() {
       if (connection && $('#view-http').classList.contains('active')) renderUpgrades();
     }
   };
+}
+
+// ---- Shadow ----
+
+function payloadText(payload) {
+  if (payload.kind === 'text') return payload.data;
+  if (payload.kind === 'binary') return `binary ${payload.base64}`;
+  return `close ${payload.code ?? ''} ${payload.reason}`.trim();
+}
+
+function outputText(output) {
+  const parts = [`forward [${output.forward.map(payloadText).join(', ')}]`];
+  if (output.replies.length) parts.push(`reply [${output.replies.map(payloadText).join(', ')}]`);
+  if (output.close) parts.push(`close ${output.close[0]} ${output.close[1]}`);
+  return parts.join('; ');
+}
+
+async function renderShadow() {
+  let shadow;
+  try {
+    shadow = await api('/api/shadow');
+  } catch (error) {
+    $('#shadow-summary').textContent = 'No shadow generation runs. `wsgate deploy --shadow --config FILE` starts one.';
+    $('#shadow-endpoints tbody').replaceChildren();
+    $('#shadow-plugins tbody').replaceChildren();
+    $('#shadow-examples').replaceChildren();
+    return;
+  }
+  $('#shadow-summary').textContent =
+    `Generation ${shadow.generation} from ${shadow.source}, on ${shadow.sample * 100}% of the connections: ` +
+    `${shadow.connections} sampled, ${shadow.dropped} dropped (queue full). Its verdicts are compared, never applied.`;
+  $('#shadow-endpoints tbody').replaceChildren(...Object.entries(shadow.endpoints).map(([endpoint, c]) =>
+    el('tr', { 'data-endpoint': endpoint },
+      el('td', {}, endpoint), el('td', { class: 'same' }, String(c.same)),
+      el('td', { class: 'changed' }, String(c.changed)), el('td', { class: 'dropped' }, String(c.dropped)),
+      el('td', { class: 'closed' }, String(c.closed)), el('td', {}, String(c.upgrades_changed)))));
+  $('#shadow-plugins tbody').replaceChildren(...shadow.plugins.map((p) =>
+    el('tr', { 'data-plugin': p.plugin },
+      el('td', {}, p.plugin), el('td', {}, String(p.calls)),
+      el('td', { class: 'faults' }, Object.entries(p.faults).map(([kind, n]) => `${n} ${kind}`).join(', ') || 'none'))));
+  $('#shadow-examples').replaceChildren(...shadow.examples.slice().reverse().map((e) =>
+    el('li', { class: 'example', 'data-endpoint': e.endpoint },
+      el('div', {}, `${e.endpoint} ${e.connection} ${e.message.from} message ${e.message.seq}: ${e.message.difference} — ${payloadText(e.message.input)}`),
+      el('pre', { class: 'diff' }, `- ${outputText(e.message.recorded)}\n+ ${outputText(e.message.candidate)}`))));
 }
 
 // ---- wiring ----

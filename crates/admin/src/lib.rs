@@ -19,7 +19,7 @@
 //! | `GET /api/frames` | frames; filters `connection`, `endpoint`, `origin` (client/server), `opcode`, `since`, `until`, `limit` |
 //! | `GET /api/tail` | WebSocket: every record from now on as JSON; filters `endpoint`, `connection` |
 //! | `GET /metrics` | Prometheus text |
-//! | `GET /console/` | the web console (Traffic > HTTP, Traffic > WebSockets, endpoints and plugins, test client) |
+//! | `GET /console/` | the web console (Traffic > HTTP, Traffic > WebSockets, endpoints and plugins, test client, Shadow) |
 //!
 //! With a token configured, every route but `/healthz`, `/readyz` and the
 //! console's files needs `Authorization: Bearer <token>` (`?token=` on
