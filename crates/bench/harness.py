@@ -229,14 +229,25 @@ class Target:
             conf.write_text(HAPROXY.format(port=self.port, echo=self.echo))
             self.proc = pinned(self.core, ["haproxy", "-f", conf], stdout=log, stderr=log)
         else:
+            # wsgate+passthrough+shadow-R: the passthrough gateway with the
+            # same configuration in its shadow, sampling R of the connections.
+            base, _, shadow = self.name.partition("+shadow-")
             chains = {"wsgate": ROUTER, "wsgate+passthrough": ROUTER + PASSTHROUGH, "wsgate+3-plugin-chains": CHAIN3,
-                      "wsgate+deflate": ROUTER}[self.name]
+                      "wsgate+deflate": ROUTER}[base]
             conf = self.out / f"{self.name}.toml"
-            conf.write_text(GATEWAY.format(port=self.port, echo=self.echo, plugins=PLUGINS,
-                                           deflate="client" if self.name == "wsgate+deflate" else "off",
-                                           chains=chains.format(echo=self.echo)))
+            text = GATEWAY.format(port=self.port, echo=self.echo, plugins=PLUGINS,
+                                  deflate="client" if self.name == "wsgate+deflate" else "off",
+                                  chains=chains.format(echo=self.echo))
+            admin = free_port() if shadow else None
+            if admin:
+                text += f'\n[admin]\nlisten = "127.0.0.1:{admin}"\n'
+            conf.write_text(text)
             self.proc = pinned(self.core, [WSGATE, "run", "--config", conf], stdout=log, stderr=log,
                                env={**os.environ, "RUST_LOG": "warn"})
+            if admin:
+                wait_port(admin, self.proc)
+                subprocess.run([WSGATE, "deploy", "--shadow", "--sample", shadow, "--config", conf],
+                               check=True, stdout=log, stderr=log)
         wait_port(self.port, self.proc)
 
     def stop(self) -> None:
