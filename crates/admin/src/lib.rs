@@ -314,7 +314,8 @@ fn shadow_status(gateway: &Gateway) -> AdminResponse {
         .generation
         .pools
         .iter()
-        .map(|pool| {
+        .enumerate()
+        .map(|(i, pool)| {
             let stats = pool.stats();
             let faults: serde_json::Map<String, Value> = wsgate_runtime::FaultKind::ALL
                 .iter()
@@ -323,6 +324,7 @@ fn shadow_status(gateway: &Gateway) -> AdminResponse {
                 .collect();
             json!({
                 "plugin": pool.plugin().id(),
+                "pool": i,
                 "calls": stats.calls.load(std::sync::atomic::Ordering::Relaxed),
                 "faults": faults,
             })
@@ -336,6 +338,7 @@ fn shadow_status(gateway: &Gateway) -> AdminResponse {
             "sample": shadow.sample,
             "connections": shadow.stats.connections.load(std::sync::atomic::Ordering::Relaxed),
             "dropped": shadow.stats.dropped.load(std::sync::atomic::Ordering::Relaxed),
+            "skipped": shadow.stats.skipped.load(std::sync::atomic::Ordering::Relaxed),
             "endpoints": shadow.stats.counts(),
             "examples": shadow.stats.examples(),
             "plugins": plugins,

@@ -497,12 +497,17 @@ pub(crate) fn render(gateway: &Gateway, admin: &Load) -> String {
         "The shadow generation's plugin calls that failed, by kind.",
     );
     if let Some(shadow) = &shadow {
-        for pool in &shadow.generation.pools {
+        for (i, pool) in shadow.generation.pools.iter().enumerate() {
             let stats = pool.stats();
+            let index = i.to_string();
             for kind in wsgate_runtime::FaultKind::ALL {
                 f.sample(
                     "",
-                    &[("plugin", pool.plugin().id()), ("kind", kind.as_str())],
+                    &[
+                        ("plugin", pool.plugin().id()),
+                        ("pool", &index),
+                        ("kind", kind.as_str()),
+                    ],
                     stats.fault_count(kind),
                 );
             }

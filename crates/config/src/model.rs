@@ -529,8 +529,8 @@ pub struct MonitorSettings {
     #[serde(default = "default_monitor_queue")]
     pub queue: usize,
     /// JSON pointers (`/password`, `/card/number`) whose values are replaced
-    /// by `"***"` in JSON text messages recorded for replay, before they are
-    /// stored or shown.
+    /// by `"***"` in JSON text messages recorded for replay (level `replay`)
+    /// and in the shadow's examples, before they are stored or shown.
     #[serde(default)]
     pub mask: Vec<Spanned<String>>,
 }

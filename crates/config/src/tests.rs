@@ -457,3 +457,14 @@ fn the_kubernetes_configurations_load() {
         );
     }
 }
+
+#[test]
+fn monitor_level_replay_needs_the_database() {
+    let text = "[gateway]\nlisten = \"127.0.0.1:8080\"\n\n\
+                [[endpoint]]\npath = \"/chat\"\nmonitor = \"replay\"\nenabled = false\n";
+    let error = single_error(text);
+    assert_eq!(error.field, "endpoint[0].monitor", "{error}");
+    assert!(error.message.contains("[monitor] database"), "{error}");
+    let with_database = format!("{text}\n[monitor]\ndatabase = \"monitor.db\"\n");
+    assert!(parse_at(&with_database).is_ok());
+}

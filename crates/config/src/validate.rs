@@ -261,6 +261,15 @@ pub(crate) fn validate(config: &Config, renamed: &Renamed) -> Result<(), ConfigE
     let mut endpoint_paths = HashSet::new();
     for (i, endpoint) in config.endpoints.iter().enumerate() {
         let path = endpoint.path.get_ref();
+        if endpoint.monitor == crate::model::MonitorLevel::Replay
+            && config.monitor.database.is_none()
+        {
+            at(
+                endpoint.path.span(),
+                format!("endpoint[{i}].monitor"),
+                "monitor = \"replay\" records for `wsgate replay`, which reads the monitor's database: set [monitor] database".to_string(),
+            );
+        }
         if !path.starts_with('/') {
             at(
                 endpoint.path.span(),

@@ -64,6 +64,14 @@ pub fn to_payload(message: &WsMessage, mask: &Mask) -> Option<Payload> {
     })
 }
 
+/// Wire messages as replay keeps them, those it keeps (see [`to_payload`]).
+pub fn payloads(messages: &[WsMessage], mask: &Mask) -> Vec<Payload> {
+    messages
+        .iter()
+        .filter_map(|m| to_payload(m, mask))
+        .collect()
+}
+
 /// A recorded message back on the wire; `None` for binary data that is
 /// not base64.
 pub fn from_payload(payload: &Payload) -> Option<WsMessage> {

@@ -224,6 +224,7 @@ impl Gateway {
             text.to_string(),
             path.to_path_buf(),
             sample,
+            self.shared.monitor.mask().clone(),
         )
         .map_err(|error| DeployError::Shadow(error.to_string()))?;
         tracing::info!(generation = id, source, sample, "shadow deployed");
@@ -261,7 +262,15 @@ impl Gateway {
             .deploy_source(&shadow.text, &shadow.path, &source)
             .await;
         if result.is_ok() {
-            self.stop_shadow();
+            // Only the shadow promoted: one deployed meanwhile keeps running.
+            let mut running = self
+                .shared
+                .shadow
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            if running.as_ref().is_some_and(|r| Arc::ptr_eq(r, &shadow)) {
+                *running = None;
+            }
         }
         Some(result)
     }

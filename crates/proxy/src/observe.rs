@@ -15,13 +15,14 @@ use std::time::Instant;
 use http::HeaderMap;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use wsgate_config::{FailPolicy, MonitorLevel};
+use wsgate_monitor::mask::Mask;
 use wsgate_monitor::{
     EndRecord, MessageRecord, Monitor, PluginVerdict, Record, UpgradeRecord, now_us,
 };
 use wsgate_runtime::{MessageVerdict, PluginFault, UpgradeVerdict};
 use wsgate_wire::{FrameLog, SharedFrameLog};
 
-use crate::convert::to_payload;
+use crate::convert::{payloads, to_payload};
 use crate::counters::{
     EndpointTraffic, ExpiredBy, MessageVerdictKind, TrafficCounters, UpgradeVerdictKind,
 };
@@ -131,7 +132,9 @@ impl Observer {
         });
         let frames = key.as_ref().and_then(|key| {
             (level >= MonitorLevel::Metadata).then(|| {
-                let capture = if level >= MonitorLevel::Full {
+                // At `replay`, the messages carry the payloads, masked;
+                // frames keep their metadata only.
+                let capture = if level == MonitorLevel::Full {
                     capture
                 } else {
                     0
@@ -200,8 +203,11 @@ impl Observer {
             // Nothing for the shadow to follow.
             self.shadow = None;
         } else if let Some(feed) = &mut self.shadow {
-            let key = feed.key.clone();
-            feed.send(ShadowItem::Open(key, Box::new(record.clone())));
+            let upgrade = UpgradeRecord {
+                connection: feed.key.clone(),
+                ..record.clone()
+            };
+            feed.send(ShadowItem::Open(Box::new(upgrade)));
         }
         if let Some((monitor, _)) = &self.monitor {
             monitor.record(Record::Upgrade(record));
@@ -281,48 +287,39 @@ impl Observer {
         result: &ChainResult,
         filter_us: u64,
     ) {
-        let mask = match (&self.monitor, &self.shadow) {
-            (Some((monitor, _)), _) => monitor.mask(),
-            (None, Some(feed)) => &feed.mask,
-            (None, None) => return,
-        };
-        let Some(input) = to_payload(input, mask) else {
+        if !self.records_chains() {
             return;
-        };
-        let payloads = |messages: &[WsMessage]| {
-            messages
-                .iter()
-                .filter_map(|m| to_payload(m, mask))
-                .collect()
-        };
-        self.chain_seq += 1;
-        let record = MessageRecord {
-            connection: String::new(),
-            seq: self.chain_seq,
-            // When it was read: before its chain ran.
-            time_us: now_us().saturating_sub(filter_us),
-            from: from.name().to_string(),
-            input,
-            forward: payloads(&result.forward),
-            replies: payloads(&result.replies),
-            close: result.close.clone(),
-            filter_us,
-        };
-        if let Some(feed) = &mut self.shadow {
-            let key = feed.key.clone();
-            let record = MessageRecord {
-                connection: key.clone(),
-                ..record.clone()
-            };
-            feed.send(ShadowItem::Message(key, Box::new(record)));
         }
-        if self.records_replay
-            && let Some((monitor, key)) = &self.monitor
-        {
-            monitor.record(Record::Message(MessageRecord {
-                connection: key.clone(),
-                ..record
-            }));
+        self.chain_seq += 1;
+        let record = |connection: String, mask: &Mask| {
+            Some(MessageRecord {
+                connection,
+                seq: self.chain_seq,
+                // When it was read: before its chain ran.
+                time_us: now_us().saturating_sub(filter_us),
+                from: from.name().to_string(),
+                input: to_payload(input, mask)?,
+                forward: payloads(&result.forward, mask),
+                replies: payloads(&result.replies, mask),
+                close: result.close.clone(),
+                filter_us,
+            })
+        };
+        // The shadow compares what the chains really saw and made; it
+        // masks what it shows.
+        let shadowed = self
+            .shadow
+            .as_ref()
+            .and_then(|feed| record(feed.key.clone(), &Mask::default()));
+        let replayed = match (&self.monitor, self.records_replay) {
+            (Some((monitor, key)), true) => record(key.clone(), monitor.mask()),
+            _ => None,
+        };
+        if let (Some(feed), Some(record)) = (&mut self.shadow, shadowed) {
+            feed.send(ShadowItem::Message(Box::new(record)));
+        }
+        if let (Some((monitor, _)), Some(record)) = (&self.monitor, replayed) {
+            monitor.record(Record::Message(record));
         }
     }
 
@@ -363,10 +360,8 @@ impl Observer {
     /// verdict, then how it ended.
     pub fn finish(mut self) {
         drop(self.frames.take());
-        if let Some(mut feed) = self.shadow.take() {
-            let key = feed.key.clone();
-            feed.send(ShadowItem::End(key));
-        }
+        // The shadow's feed tells it the connection ended as it goes.
+        drop(self.shadow.take());
         let Some((monitor, connection)) = self.monitor.take() else {
             return;
         };

@@ -16,7 +16,7 @@ use wsgate_monitor::mask::Mask;
 use wsgate_monitor::{MessageRecord, Monitor, Payload, Recorded, UpgradeRecord};
 use wsgate_runtime::{CallContext, ConnectionInfo, Header, UpgradeRequest};
 
-use crate::convert::{from_payload, to_payload};
+use crate::convert::{from_payload, payloads};
 use crate::counters::TrafficCounters;
 use crate::generation::{Generation, LiveEndpoint};
 use crate::observe::{Observer, RequestSummary};
@@ -45,16 +45,19 @@ impl Output {
     }
 
     fn of_result(result: &ChainResult, mask: &Mask) -> Self {
-        let payloads = |messages: &[tokio_tungstenite::tungstenite::Message]| {
-            messages
-                .iter()
-                .filter_map(|m| to_payload(m, mask))
-                .collect()
-        };
         Self {
-            forward: payloads(&result.forward),
-            replies: payloads(&result.replies),
+            forward: payloads(&result.forward, mask),
+            replies: payloads(&result.replies, mask),
             close: result.close.clone(),
+        }
+    }
+
+    /// This output with its text messages masked by `mask`.
+    pub fn masked(&self, mask: &Mask) -> Self {
+        Self {
+            forward: self.forward.iter().map(|p| mask_payload(p, mask)).collect(),
+            replies: self.replies.iter().map(|p| mask_payload(p, mask)).collect(),
+            close: self.close.clone(),
         }
     }
 }
@@ -341,5 +344,15 @@ impl ReplaySession {
     /// The connection ended: its places and holds are given back.
     pub fn finish(self) {
         self.observer.finish();
+    }
+}
+
+/// `payload` with its text masked by `mask`.
+pub fn mask_payload(payload: &Payload, mask: &Mask) -> Payload {
+    match payload {
+        Payload::Text { data } => Payload::Text {
+            data: mask.apply(data),
+        },
+        other => other.clone(),
     }
 }

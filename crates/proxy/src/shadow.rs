@@ -13,14 +13,15 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use wsgate_monitor::mask::Mask;
 use wsgate_monitor::{MessageRecord, UpgradeRecord};
 
 use crate::generation::Generation;
-use crate::replay::{Difference, ReplayedMessage, Replayer};
+use crate::replay::{Difference, ReplaySession, ReplayedMessage, Replayer, mask_payload};
 
 /// Items waiting for the shadow's thread; more are dropped (counted).
 const QUEUE: usize = 16_384;
@@ -29,12 +30,14 @@ const MAX_SESSIONS: usize = 10_000;
 /// Differences kept as examples (the latest).
 const EXAMPLES: usize = 20;
 
-/// What a sampled connection feeds its shadow.
+/// What a sampled connection feeds its shadow (each names the connection
+/// by its key).
 pub(crate) enum ShadowItem {
-    /// The connection was upgraded: its request as the upgrade chain saw it.
-    Open(String, Box<UpgradeRecord>),
-    /// One message through the serving chain.
-    Message(String, Box<MessageRecord>),
+    /// The connection was upgraded: its request as the upgrade chain saw
+    /// it (`connection` is the key).
+    Open(Box<UpgradeRecord>),
+    /// One message through the serving chain, unmasked.
+    Message(Box<MessageRecord>),
     /// The connection ended.
     End(String),
 }
@@ -45,8 +48,6 @@ pub(crate) struct ShadowFeed {
     pub key: String,
     sender: SyncSender<ShadowItem>,
     stats: Arc<ShadowStats>,
-    /// What the shadow's examples mask (the serving monitor's mask).
-    pub mask: Mask,
     /// Once one item could not be queued, the rest are not sent: the
     /// shadow would compare a conversation with a gap.
     broken: bool,
@@ -64,9 +65,18 @@ impl ShadowFeed {
                 self.broken = true;
                 self.stats.dropped.fetch_add(1, Ordering::Relaxed);
                 // The session, if opened, ends now; if this too finds the
-                // queue full, the thread evicts it when it has too many.
+                // queue full, the thread evicts it once idle.
                 let _ = self.sender.try_send(ShadowItem::End(self.key.clone()));
             }
+        }
+    }
+}
+
+impl Drop for ShadowFeed {
+    /// The connection ended (or its task did): the shadow lets go of it.
+    fn drop(&mut self) {
+        if !self.broken {
+            let _ = self.sender.try_send(ShadowItem::End(self.key.clone()));
         }
     }
 }
@@ -104,6 +114,9 @@ pub struct ShadowStats {
     pub connections: AtomicU64,
     /// Connections dropped from the shadow because its queue was full.
     pub dropped: AtomicU64,
+    /// Sampled connections not followed: the shadow followed
+    /// [`MAX_SESSIONS`] already.
+    pub skipped: AtomicU64,
     counts: Mutex<BTreeMap<String, ShadowCounts>>,
     examples: Mutex<VecDeque<ShadowExample>>,
 }
@@ -146,7 +159,6 @@ pub struct Shadow {
     pub sample: f64,
     /// What it has seen.
     pub stats: Arc<ShadowStats>,
-    every: u64,
     sampled: AtomicU64,
     sender: SyncSender<ShadowItem>,
     stopped: Arc<AtomicBool>,
@@ -156,12 +168,15 @@ impl Shadow {
     /// Start `generation` in the shadow, sampling `sample` of the
     /// connections on its endpoints; its thread runs until the shadow is
     /// dropped.
+    /// The examples it keeps are masked with `mask` (the serving
+    /// monitor's).
     pub(crate) fn start(
         generation: Arc<Generation>,
         source: String,
         text: String,
         path: std::path::PathBuf,
         sample: f64,
+        mask: Mask,
     ) -> std::io::Result<Self> {
         let (sender, items) = std::sync::mpsc::sync_channel(QUEUE);
         let stats = Arc::new(ShadowStats::default());
@@ -172,7 +187,7 @@ impl Shadow {
         let thread_stopped = stopped.clone();
         std::thread::Builder::new()
             .name("wsgate-shadow".to_string())
-            .spawn(move || run(&replayer, &items, &thread_stats, &thread_stopped))?;
+            .spawn(move || run(&replayer, &items, &thread_stats, &thread_stopped, &mask))?;
         let sample = sample.clamp(0.0, 1.0);
         Ok(Self {
             generation,
@@ -181,13 +196,6 @@ impl Shadow {
             path,
             sample,
             stats,
-            // Every n-th connection: sampling by connection, so stateful
-            // plugins see whole conversations.
-            every: if sample > 0.0 {
-                (1.0 / sample).round().max(1.0) as u64
-            } else {
-                u64::MAX
-            },
             sampled: AtomicU64::new(0),
             sender,
             stopped,
@@ -196,13 +204,14 @@ impl Shadow {
 
     /// A feed for a new connection on `endpoint` (its configured path) if
     /// the candidate serves that path and the connection is sampled.
-    pub(crate) fn sample(&self, path: &str, id: u64, mask: &Mask) -> Option<ShadowFeed> {
+    pub(crate) fn sample(&self, path: &str, id: u64) -> Option<ShadowFeed> {
         self.generation.endpoint_for(path)?;
-        if !self
-            .sampled
-            .fetch_add(1, Ordering::Relaxed)
-            .is_multiple_of(self.every)
-        {
+        // Sampling by connection, so stateful plugins see whole
+        // conversations: connection n (from 0) is sampled when
+        // ceil((n + 1) × sample) > ceil(n × sample), which takes exactly
+        // that share, the first connection first.
+        let n = self.sampled.fetch_add(1, Ordering::Relaxed) as f64;
+        if ((n + 1.0) * self.sample).ceil() <= (n * self.sample).ceil() {
             return None;
         }
         self.stats.connections.fetch_add(1, Ordering::Relaxed);
@@ -210,7 +219,6 @@ impl Shadow {
             key: format!("c{id}"),
             sender: self.sender.clone(),
             stats: self.stats.clone(),
-            mask: mask.clone(),
             broken: false,
         })
     }
@@ -218,18 +226,34 @@ impl Shadow {
 
 impl Drop for Shadow {
     fn drop(&mut self) {
-        // Its thread ends once every feed's sender is gone too.
+        // Its thread sees it within a tick, and lets go of the candidate.
         self.stopped.store(true, Ordering::Relaxed);
     }
 }
 
+/// How long the shadow follows a connection that feeds it nothing (one
+/// whose end was lost to a full queue); then it lets go of it.
+const IDLE: Duration = Duration::from_secs(600);
+/// How often the thread looks whether it should stop or let go of idle
+/// connections, when nothing arrives.
+const TICK: Duration = Duration::from_secs(1);
+
+/// One connection the shadow follows.
+struct Followed {
+    endpoint: String,
+    session: ReplaySession,
+    last: Instant,
+}
+
 /// The shadow's thread: replay what the sampled connections feed, count
-/// what differs. Its calls run here, never on the I/O workers.
+/// what differs (the examples masked with `mask`). Its calls run here,
+/// never on the I/O workers.
 fn run(
     replayer: &Replayer,
     items: &Receiver<ShadowItem>,
     stats: &ShadowStats,
     stopped: &AtomicBool,
+    mask: &Mask,
 ) {
     // The shadow yields to the I/O workers, as offload threads do.
     wsgate_runtime::lower_thread_priority("shadow");
@@ -240,16 +264,22 @@ fn run(
         tracing::error!("the shadow cannot start its runtime; it compares nothing");
         return;
     };
-    let mut sessions = HashMap::new();
+    let mut followed: HashMap<String, Followed> = HashMap::new();
     let mut next_id = 0u64;
-    while let Ok(item) = items.recv() {
-        if stopped.load(Ordering::Relaxed) {
-            break;
-        }
+    while !stopped.load(Ordering::Relaxed) {
+        let item = match items.recv_timeout(TICK) {
+            Ok(item) => item,
+            Err(RecvTimeoutError::Timeout) => {
+                followed.retain(|_, f| f.last.elapsed() < IDLE);
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
         runtime.block_on(async {
             match item {
-                ShadowItem::Open(key, upgrade) => {
-                    if sessions.len() >= MAX_SESSIONS {
+                ShadowItem::Open(upgrade) => {
+                    if followed.len() >= MAX_SESSIONS {
+                        stats.skipped.fetch_add(1, Ordering::Relaxed);
                         return;
                     }
                     next_id += 1;
@@ -258,20 +288,40 @@ fn run(
                         stats.count(&upgrade.endpoint, |c| c.upgrades_changed += 1);
                     }
                     if let Some(session) = session {
-                        sessions.insert(key, (upgrade.endpoint.clone(), session));
+                        let endpoint = upgrade.endpoint.clone();
+                        let last = Instant::now();
+                        followed.insert(
+                            upgrade.connection,
+                            Followed {
+                                endpoint,
+                                session,
+                                last,
+                            },
+                        );
                     }
                 }
-                ShadowItem::Message(key, record) => {
-                    let Some((endpoint, session)) = sessions.get_mut(&key) else {
+                ShadowItem::Message(record) => {
+                    let Some(f) = followed.get_mut(&record.connection) else {
                         return;
                     };
-                    if let Some(message) = session.message(&record).await {
-                        count(stats, endpoint, &key, message);
+                    f.last = Instant::now();
+                    let Some(message) = f.session.message(&record).await else {
+                        return;
+                    };
+                    let closed = message.difference == Difference::Closed
+                        || message.candidate.close.is_some();
+                    count(stats, &f.endpoint, &record.connection, message, mask);
+                    if closed {
+                        // The candidate ended the connection: nothing after
+                        // this compares.
+                        if let Some(f) = followed.remove(&record.connection) {
+                            f.session.finish();
+                        }
                     }
                 }
                 ShadowItem::End(key) => {
-                    if let Some((_, session)) = sessions.remove(&key) {
-                        session.finish();
+                    if let Some(f) = followed.remove(&key) {
+                        f.session.finish();
                     }
                 }
             }
@@ -279,7 +329,7 @@ fn run(
     }
 }
 
-fn count(stats: &ShadowStats, endpoint: &str, key: &str, message: ReplayedMessage) {
+fn count(stats: &ShadowStats, endpoint: &str, key: &str, message: ReplayedMessage, mask: &Mask) {
     stats.count(endpoint, |c| match message.difference {
         Difference::Same => c.same += 1,
         Difference::Changed => c.changed += 1,
@@ -287,6 +337,12 @@ fn count(stats: &ShadowStats, endpoint: &str, key: &str, message: ReplayedMessag
         Difference::Closed => c.closed += 1,
     });
     if message.difference != Difference::Same {
+        let message = ReplayedMessage {
+            input: mask_payload(&message.input, mask),
+            recorded: message.recorded.masked(mask),
+            candidate: message.candidate.masked(mask),
+            ..message
+        };
         let mut examples = stats
             .examples
             .lock()

@@ -20,10 +20,13 @@ pub async fn fetch_plugins(config: &Config) -> Result<(), ConfigErrors> {
         };
         let store = Store::open(store);
         let digest = digest.get_ref();
-        let held = store.blob_path(digest).exists()
-            && store
-                .entry_path(decl.name.get_ref(), decl.version.get_ref())
-                .exists();
+        // Held: listed under name@version with the pinned digest, and the
+        // component still hashes to it (a damaged blob is pulled again).
+        let held = store
+            .get(decl.name.get_ref(), decl.version.get_ref())
+            .ok()
+            .filter(|entry| entry.digest.eq_ignore_ascii_case(digest))
+            .is_some_and(|entry| store.verify(&entry).is_ok());
         if held {
             tracing::debug!(plugin = %decl.id(), digest, "in the plugin store");
             continue;

@@ -194,7 +194,9 @@ impl Store {
             }
         }
         let blob = self.blob_path(&digest);
-        if !blob.exists() {
+        // Written when missing, or again when damaged.
+        let intact = std::fs::read(&blob).is_ok_and(|bytes| digest_of(&bytes) == digest);
+        if !intact {
             write_atomically(&blob, component)?;
         }
         if let Some(signature) = signature {
@@ -290,8 +292,15 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(io_error(parent))?;
     }
+    // Unique per process and write: replicas sharing a store over a
+    // network volume may all be process 1 in their containers.
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let write = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
     let mut temporary = path.as_os_str().to_owned();
-    temporary.push(format!(".tmp{}", std::process::id()));
+    temporary.push(format!(".tmp{}-{write}-{nanos}", std::process::id()));
     let temporary = PathBuf::from(temporary);
     std::fs::write(&temporary, bytes).map_err(io_error(&temporary))?;
     std::fs::rename(&temporary, path).map_err(io_error(path))

@@ -17,11 +17,20 @@ pub enum LogFormat {
 
 static FORMAT: OnceLock<LogFormat> = OnceLock::new();
 
+/// The target of the operator's reports in the JSON log, and the filter
+/// directive that always lets them through.
+const REPORTS: &str = "wsgate::report=info";
+
 /// Install the subscriber: `RUST_LOG` filters (default `default_level`).
 pub fn init(format: LogFormat, default_level: &str) {
     let _ = FORMAT.set(format);
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    // The operator's reports are always written, whatever RUST_LOG says.
+    let filter = match REPORTS.parse() {
+        Ok(directive) => filter.add_directive(directive),
+        Err(_) => filter,
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -43,7 +52,7 @@ pub fn init(format: LogFormat, default_level: &str) {
 /// outcome): a plain line, or an `info` event in the JSON log.
 pub fn report_line(message: &str) {
     if FORMAT.get() == Some(&LogFormat::Json) {
-        tracing::info!(target: "wsgate", "{message}");
+        tracing::info!(target: "wsgate::report", "{message}");
     } else {
         eprintln!("{message}");
     }
@@ -52,7 +61,7 @@ pub fn report_line(message: &str) {
 /// Report the error that ends the command (`error: …`, or an `error` event).
 pub fn fail(error: &anyhow::Error) {
     if FORMAT.get() == Some(&LogFormat::Json) {
-        tracing::error!(target: "wsgate", error = %format!("{error:#}"), "exiting");
+        tracing::error!(target: "wsgate::report", error = %format!("{error:#}"), "exiting");
     } else {
         eprintln!("error: {error:#}");
     }

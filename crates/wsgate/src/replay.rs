@@ -149,9 +149,7 @@ impl Report {
 pub async fn run(options: Options<'_>) -> anyhow::Result<()> {
     let filter = ConnectionFilter {
         endpoint: options.endpoint.clone(),
-        since_us: options.since.map(|ago| {
-            wsgate_monitor::now_us().saturating_sub(u64::try_from(ago.as_micros()).unwrap_or(0))
-        }),
+        since_us: since_us(options.since),
         limit: options.connections,
         ..ConnectionFilter::default()
     };
@@ -190,6 +188,13 @@ pub async fn run(options: Options<'_>) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The time `ago` before now, in microseconds since the epoch.
+pub fn since_us(ago: Option<std::time::Duration>) -> Option<u64> {
+    ago.map(|ago| {
+        wsgate_monitor::now_us().saturating_sub(u64::try_from(ago.as_micros()).unwrap_or(0))
+    })
 }
 
 /// What `wsgate deploy --require-replay` asks of a candidate before it is
@@ -236,6 +241,17 @@ impl Gate {
 /// would get anything else.
 pub async fn gate(config: &Path, gate: &Gate) -> anyhow::Result<()> {
     let candidate = wsgate_config::load(config).map_err(anyhow::Error::msg)?;
+    if let Some(unknown) = gate.must_not_change.iter().find(|path| {
+        !candidate
+            .endpoints
+            .iter()
+            .any(|e| e.path.get_ref() == *path)
+    }) {
+        anyhow::bail!(
+            "--must-not-change {unknown}: {} has no such endpoint",
+            config.display()
+        );
+    }
     let mut recorded = Vec::new();
     for endpoint in &candidate.endpoints {
         let filter = ConnectionFilter {

@@ -10,7 +10,12 @@ use wsgate_monitor::mask::{MASKED, Mask};
 use wsgate_monitor::{ConnectionFilter, Payload, Recorded};
 
 /// Headers masked when `--mask-header` is not given.
-const SECRET_HEADERS: [&str; 3] = ["authorization", "proxy-authorization", "cookie"];
+const SECRET_HEADERS: [&str; 4] = [
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "set-cookie",
+];
 
 #[derive(Subcommand)]
 pub enum TrafficCommand {
@@ -36,8 +41,8 @@ pub enum TrafficCommand {
         /// (repeatable; the recording's own `[monitor] mask` already applied).
         #[arg(long = "mask")]
         masks: Vec<String>,
-        /// Mask this request header's value (repeatable; default:
-        /// authorization, proxy-authorization, cookie).
+        /// Mask this header's value, in requests and responses (repeatable;
+        /// default: authorization, proxy-authorization, cookie, set-cookie).
         #[arg(long = "mask-header")]
         mask_headers: Vec<String>,
     },
@@ -59,9 +64,7 @@ pub fn run(command: TrafficCommand) -> anyhow::Result<()> {
     }
     let filter = ConnectionFilter {
         endpoint,
-        since_us: since.map(|ago| {
-            wsgate_monitor::now_us().saturating_sub(u64::try_from(ago.as_micros()).unwrap_or(0))
-        }),
+        since_us: crate::replay::since_us(since),
         limit: connections,
         ..ConnectionFilter::default()
     };
@@ -87,10 +90,15 @@ pub fn run(command: TrafficCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Mask `connection`'s request headers named in `headers` and its text
-/// messages at `mask`'s pointers.
+/// Mask `connection`'s request and response headers named in `headers`
+/// and its text messages at `mask`'s pointers.
 fn mask_connection(connection: &mut Recorded, mask: &Mask, headers: &[String]) {
-    for (name, value) in &mut connection.upgrade.request_headers {
+    let upgrade = &mut connection.upgrade;
+    for (name, value) in upgrade
+        .request_headers
+        .iter_mut()
+        .chain(upgrade.response_headers.iter_mut())
+    {
         if headers.iter().any(|h| h.eq_ignore_ascii_case(name)) {
             *value = MASKED.to_string();
         }

@@ -106,6 +106,17 @@ async fn replay_finds_no_difference_then_a_version_change_then_faults() {
     assert_eq!(stored[0].messages.len(), per_connection);
     let text = serde_json::to_string(&stored).unwrap();
     assert!(!text.contains("hunter2") && text.contains("***"), "{text}");
+    // The frames keep their metadata only: the (masked) messages carry
+    // the payloads.
+    let frames = gateway
+        .monitor()
+        .frames(&wsgate_monitor::FrameFilter {
+            limit: 1000,
+            ..Default::default()
+        })
+        .unwrap();
+    assert!(!frames.is_empty());
+    assert!(frames.iter().all(|f| f.payload.is_none()), "{frames:?}");
 
     // (a) The same configuration: every message the same.
     let same = write(&dir.0, "same.toml", &recorded);

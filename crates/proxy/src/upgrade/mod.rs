@@ -56,7 +56,7 @@ pub async fn handle(
     let span = tracing::info_span!("connection", id, endpoint = %path, %client);
     let shadow = shared
         .shadow()
-        .and_then(|shadow| shadow.sample(request.uri().path(), id, shared.monitor.mask()));
+        .and_then(|shadow| shadow.sample(request.uri().path(), id));
     let observer = Observer::new(
         shared.counters.clone(),
         &shared.monitor,
