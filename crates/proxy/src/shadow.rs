@@ -115,7 +115,7 @@ pub struct ShadowStats {
     /// Connections dropped from the shadow because its queue was full.
     pub dropped: AtomicU64,
     /// Sampled connections not followed: the shadow followed
-    /// [`MAX_SESSIONS`] already.
+    /// the most it follows at once (10,000) already.
     pub skipped: AtomicU64,
     counts: Mutex<BTreeMap<String, ShadowCounts>>,
     examples: Mutex<VecDeque<ShadowExample>>,
