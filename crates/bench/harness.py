@@ -22,9 +22,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 TARGET = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
-# `--profile debug` (the CI smoke run) sets these to the debug builds.
-WSGATE = TARGET / "release/wsgate"
-BENCH = TARGET / "release/wsgate-bench"
+# The `dist` profile (whole-program optimisation); `--profile debug` (the CI
+# smoke run) sets these to the debug builds.
+WSGATE = TARGET / "dist/wsgate"
+BENCH = TARGET / "dist/wsgate-bench"
 PLUGINS = ROOT / "plugins/target/wasm32-wasip2/release"
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -392,7 +393,7 @@ def main() -> int:
                         help="where the echo server runs: on the load generator's core or the proxy's")
     parser.add_argument("--targets", default="direct,nginx,haproxy,wsgate,wsgate+passthrough,wsgate+3-plugin-chains")
     parser.add_argument("--out", default=str(ROOT / "target/bench"))
-    parser.add_argument("--profile", choices=("release", "debug"), default="release",
+    parser.add_argument("--profile", choices=("dist", "release", "debug"), default="dist",
                         help="which builds to run (debug: the CI smoke run, figures not comparable)")
     args = parser.parse_args()
     global WSGATE, BENCH

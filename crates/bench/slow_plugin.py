@@ -104,8 +104,8 @@ def beside(bench: Path, port: int, seconds: float, clients: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--wsgate", type=Path, default=ROOT / "target/release/wsgate")
-    parser.add_argument("--bench", type=Path, default=ROOT / "target/release/wsgate-bench")
+    parser.add_argument("--wsgate", type=Path, default=ROOT / "target/dist/wsgate")
+    parser.add_argument("--bench", type=Path, default=ROOT / "target/dist/wsgate-bench")
     parser.add_argument("--plugins", type=Path,
                         default=ROOT / "plugins/target/wasm32-wasip2/release")
     parser.add_argument("--rounds", type=int, default=3)

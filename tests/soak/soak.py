@@ -4,7 +4,7 @@ plain clients) and random abrupt disconnects on both sides (TCP aborted
 without a close frame). Samples the gateway's resident memory and open file
 descriptors, writes them to CSV, and says whether they stayed flat.
 
-   python3 soak.py --gateway target/release/wsgate --out target/soak \
+   python3 soak.py --gateway target/dist/wsgate --out target/soak \
        [--connections 1000] [--duration 600]
 """
 import argparse
