@@ -2,7 +2,9 @@
 //! chromedriver): the test client page opens a connection through the
 //! gateway and sends a message; Traffic > HTTP shows the upgrade, live;
 //! Traffic > WebSockets shows its frames, and a frame's detail has the
-//! seed's fields.
+//! seed's fields; the Overview charts a client's traffic live and marks a
+//! deploy; the Deploys page shows what a deploy changed and why another
+//! was refused; the Shadow page counts a candidate's differences.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
@@ -193,6 +195,131 @@ async fn the_shadow_page_counts_what_a_candidate_would_change_live() {
         .await;
     browser
         .wait_for("#shadow-summary", |t| t.contains("1 sampled, 0 dropped"))
+        .await;
+    browser.quit().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_overview_charts_traffic_live_and_deploys_show_what_changed() {
+    let echo = start_echo().await;
+    let tagged = |version: &str| {
+        config_text(&endpoint(
+            "/chat",
+            echo,
+            &format!("client-messages = [{{ plugin = \"tagger@{version}\" }}]"),
+        ))
+    };
+    let gateway = start_gateway(&endpoint(
+        "/chat",
+        echo,
+        "client-messages = [{ plugin = \"tagger@1.0.0\" }]",
+    ))
+    .await;
+    let (admin, _stop) = start_admin(&gateway, None).await;
+    let browser = Browser::start().await;
+    // The Overview is the console's first page.
+    browser
+        .goto(&format!("http://127.0.0.1:{}/console/", admin.port()))
+        .await;
+    browser.wait_for("#nav-overview.active", |_| true).await;
+
+    // A client that keeps talking while the page polls.
+    let mut client = connect(&gateway, "/chat").await;
+    let (stop_talking, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    let talker = tokio::spawn(async move {
+        let mut pace = tokio::time::interval(std::time::Duration::from_millis(50));
+        loop {
+            tokio::select! {
+                _ = &mut stopped => return client,
+                _ = pace.tick() => {
+                    send_text(&mut client, "tick").await;
+                    assert_eq!(next_text(&mut client).await, "tick+v1.0.0");
+                }
+            }
+        }
+    });
+    let rate = |t: &str| {
+        t.rsplit(' ')
+            .next()
+            .and_then(|n| n.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    browser
+        .wait_for("#chart-messages [data-series='client → upstream']", |t| {
+            rate(t) > 0.0
+        })
+        .await;
+    browser
+        .wait_for("#chart-messages [data-series='upstream → client']", |t| {
+            rate(t) > 0.0
+        })
+        .await;
+    browser
+        .wait_for(
+            "#overview-figures [data-figure='open connections'] dd",
+            |t| t == "1",
+        )
+        .await;
+    browser
+        .wait_for("#chart-upgrades [data-series='101']", |_| true)
+        .await;
+    browser
+        .wait_for(
+            "#overview-plugins tr[data-plugin='tagger@1.0.0'] .calls",
+            |t| t.parse::<f64>().is_ok_and(|calls| calls > 0.0),
+        )
+        .await;
+    browser
+        .wait_for(
+            "#overview-plugins tr[data-plugin='tagger@1.0.0'] .faults",
+            |t| t == "none",
+        )
+        .await;
+    browser
+        .wait_for("#health", |t| t.starts_with("Healthy since"))
+        .await;
+
+    // A deploy (tagger 2.0.0) and a refused one; the client keeps generation 1.
+    let next = std::path::Path::new("next.toml");
+    assert_eq!(
+        gateway.deploy_text(&tagged("2.0.0"), next).await.unwrap(),
+        2
+    );
+    assert!(gateway.deploy_text(&tagged("9.9.9"), next).await.is_err());
+    browser
+        .wait_for("#chart-messages .mark-label", |t| t == "g2")
+        .await;
+    browser
+        .wait_for("#chart-messages .mark-label.refused", |t| t == "✕")
+        .await;
+    let shot = browser.screenshot().await;
+    let _ = std::fs::write(repo_root().join("target/console-overview.png"), shot);
+    stop_talking.send(()).unwrap();
+    let _client = talker.await.unwrap();
+
+    browser.click_on("#nav-deploys", |_| true).await;
+    browser
+        .wait_for(
+            "#deploys-generations tr[data-generation='1'] .connections",
+            |t| t == "1",
+        )
+        .await;
+    browser
+        .wait_for("#deploys-generations tr[data-generation='2']", |t| {
+            t.contains("serves them")
+        })
+        .await;
+    browser
+        .wait_for("#deploys-history .deploy.deployed", |t| {
+            t.contains("generation 2 from next.toml")
+                && t.contains("-client-messages = [{ plugin = \"tagger@1.0.0\" }]")
+                && t.contains("+client-messages = [{ plugin = \"tagger@2.0.0\" }]")
+        })
+        .await;
+    browser
+        .wait_for("#deploys-history .deploy.refused", |t| {
+            t.contains("refused from next.toml") && t.contains("tagger@9.9.9")
+        })
         .await;
     browser.quit().await;
 }

@@ -1,19 +1,20 @@
-// The wsgate console: Traffic > HTTP (upgrades), Traffic > WebSockets
-// (frames), endpoints and plugins, a test client, and the shadow
-// generation's differences. Plain DOM, no build
-// step; data from the admin API, live updates from /api/tail.
+// The wsgate console: the Overview (live charts of the gateway's counters,
+// deploys marked), Traffic > HTTP (upgrades), Traffic > WebSockets
+// (frames), endpoints and plugins, a test client, the shadow generation's
+// differences, and Deploys. Plain DOM and hand-drawn SVG, no build step;
+// data from the admin API, live updates from /api/tail.
 'use strict';
 
 const $ = (selector) => document.querySelector(selector);
 const state = {
   token: sessionStorage.getItem('wsgate-token') || '',
-  overview: null,
+  configured: null,   // /api/endpoints: the listener, endpoints, plugins
   upgrades: [],        // connections shown in Traffic > HTTP
   frames: [],          // frames shown in Traffic > WebSockets
   selectedConnection: null,
   selectedFrame: null,
   client: null,
-  shadowTimer: null,   // polls /api/shadow while the Shadow page shows
+  pageTimer: null,     // polls the page's data while the Overview or Shadow shows
 };
 
 // ---- helpers ----
@@ -89,9 +90,10 @@ function hexDump(bytes) {
 // ---- routing ----
 
 function route() {
-  const [path, search] = (location.hash.slice(1) || '/http').split('?');
+  const [path, search] = (location.hash.slice(1) || '/overview').split('?');
   const params = new URLSearchParams(search || '');
-  const view = { '/http': 'http', '/ws': 'ws', '/endpoints': 'endpoints', '/client': 'client', '/shadow': 'shadow' }[path] || 'http';
+  const views = ['overview', 'http', 'ws', 'endpoints', 'client', 'shadow', 'deploys'];
+  const view = views.find((name) => path === `/${name}`) || 'overview';
   for (const section of document.querySelectorAll('.view')) section.classList.toggle('active', section.id === `view-${view}`);
   for (const link of document.querySelectorAll('nav a')) link.classList.toggle('active', link.id === `nav-${view}`);
   if (view === 'http') loadUpgrades();
@@ -101,11 +103,13 @@ function route() {
   }
   if (view === 'endpoints') renderEndpoints();
   if (view === 'client') renderClientEndpoints();
-  clearInterval(state.shadowTimer);
-  if (view === 'shadow') {
-    renderShadow();
-    // The shadow works off the serving path: its counts are polled.
-    state.shadowTimer = setInterval(renderShadow, 1000);
+  if (view === 'deploys') renderDeploys();
+  clearInterval(state.pageTimer);
+  // The Overview's samples and the shadow's counts are polled.
+  const polled = { overview: [renderOverview, 2000], shadow: [renderShadow, 1000] }[view];
+  if (polled) {
+    polled[0]();
+    state.pageTimer = setInterval(polled[0], polled[1]);
   }
 }
 
@@ -282,13 +286,13 @@ function showFrame(frame) {
 
 // ---- endpoints and plugins ----
 
-async function loadOverview() {
-  state.overview = await api('/api/endpoints');
+async function loadConfigured() {
+  state.configured = await api('/api/endpoints');
   for (const id of ['#http-endpoint', '#ws-endpoint']) {
     const select = $(id);
     const current = select.value;
     select.replaceChildren(el('option', { value: '' }, 'all'),
-      ...state.overview.endpoints.map((e) => el('option', { value: e.path }, e.path)));
+      ...state.configured.endpoints.map((e) => el('option', { value: e.path }, e.path)));
     select.value = current;
   }
 }
@@ -298,8 +302,8 @@ function chainText(chain) {
 }
 
 async function renderEndpoints() {
-  await loadOverview();
-  const o = state.overview;
+  await loadConfigured();
+  const o = state.configured;
   $('#endpoints-summary').textContent = `Listening on ${o.listen}, configuration generation ${o.generation}; monitor history ${o.monitor_database ? 'in ' + o.monitor_database : 'in memory only'}.`;
   $('#endpoints-table tbody').replaceChildren(...o.endpoints.map((e) => el('tr', {},
     el('td', {}, `${e.path}${e.match === 'prefix' ? ' (prefix)' : ''}${e.enabled ? '' : ' (disabled)'}`),
@@ -320,16 +324,16 @@ async function renderEndpoints() {
 // ---- test client ----
 
 function gatewayUrl(path) {
-  const port = state.overview.listen.split(':').pop();
-  const scheme = state.overview.tls ? 'wss' : 'ws';
+  const port = state.configured.listen.split(':').pop();
+  const scheme = state.configured.tls ? 'wss' : 'ws';
   return `${scheme}://${location.hostname}:${port}${path}`;
 }
 
 async function renderClientEndpoints() {
-  await loadOverview();
+  await loadConfigured();
   const select = $('#client-endpoint');
   const current = select.value;
-  select.replaceChildren(...state.overview.endpoints.filter((e) => e.enabled).map((e) => el('option', { value: e.path }, e.path)));
+  select.replaceChildren(...state.configured.endpoints.filter((e) => e.enabled).map((e) => el('option', { value: e.path }, e.path)));
   if (current) select.value = current;
   if (!$('#client-url').value || !state.client) $('#client-url').value = gatewayUrl(select.value || '/');
 }
@@ -455,9 +459,233 @@ async function renderShadow() {
       el('pre', { class: 'diff' }, `- ${outputText(e.message.recorded)}\n+ ${outputText(e.message.candidate)}`))));
 }
 
+// ---- Overview ----
+
+const SVG = 'http://www.w3.org/2000/svg';
+const PALETTE = ['#1a5fb4', '#26a269', '#c01c28', '#e5a50a', '#813d9c', '#2ec27e', '#63452c', '#77808f'];
+
+function svg(tag, attributes = {}, ...children) {
+  const node = document.createElementNS(SVG, tag);
+  for (const [key, value] of Object.entries(attributes)) node.setAttribute(key, value);
+  for (const child of children) node.append(child instanceof Node ? child : document.createTextNode(child));
+  return node;
+}
+
+// 1234567 -> "1.23M"; units are appended by the caller.
+function compact(value) {
+  if (value == null) return '–';
+  const abs = Math.abs(value);
+  for (const [size, suffix] of [[1e9, 'G'], [1e6, 'M'], [1e3, 'k']]) {
+    if (abs >= size) return `${+(value / size).toPrecision(3)}${suffix}`;
+  }
+  return String(+value.toPrecision(3));
+}
+
+// A value with its unit: microseconds become milliseconds or seconds when
+// large; other units are appended to the compact number.
+function measure(value, unit) {
+  if (value == null) return '–';
+  if (unit === 'µs') {
+    if (value >= 1e6) return `${compact(value / 1e6)} s`;
+    if (value >= 1e3) return `${compact(value / 1e3)} ms`;
+  }
+  return `${compact(value)}${unit ? ` ${unit}` : ''}`;
+}
+
+function clock(ms, seconds) {
+  return new Date(ms).toLocaleTimeString([], { hour12: false, hour: '2-digit', minute: '2-digit', ...(seconds ? { second: '2-digit' } : {}) });
+}
+
+// A line chart: `series` is [{ name, points: [[ms, value]] }], drawn over
+// [from, to]; a gap longer than 2.5 steps breaks the line; `marks` are the
+// range's deploys. The figure's data-latest holds each series' last value.
+function lineChart(id, title, series, { from, to, step, unit = '', marks = [] }) {
+  const [width, height, left, right, top, bottom] = [460, 170, 44, 8, 8, 20];
+  const values = series.flatMap((s) => s.points.map(([, v]) => v)).filter((v) => v != null);
+  const peak = Math.max(0, ...values);
+  const magnitude = 10 ** Math.floor(Math.log10(peak || 1));
+  const max = [1, 2, 2.5, 5, 10].map((m) => m * magnitude).find((m) => m >= peak) || 1;
+  const x = (t) => left + ((t - from) / Math.max(1, to - from)) * (width - left - right);
+  const y = (v) => top + (1 - v / max) * (height - top - bottom);
+  const chart = svg('svg', { viewBox: `0 0 ${width} ${height}`, role: 'img', 'aria-label': title });
+  for (const fraction of [0, 0.5, 1]) {
+    const value = max * fraction;
+    chart.append(svg('line', { class: 'grid', x1: left, x2: width - right, y1: y(value), y2: y(value) }),
+      svg('text', { class: 'axis', x: left - 4, y: y(value) + 3, 'text-anchor': 'end' }, measure(value, unit)));
+  }
+  for (let i = 0; i <= 3; i += 1) {
+    const t = from + ((to - from) * i) / 3;
+    chart.append(svg('text', { class: 'axis', x: x(t), y: height - 5, 'text-anchor': ['start', 'middle', 'middle', 'end'][i] },
+      clock(t, to - from <= 3600e3)));
+  }
+  for (const mark of marks) {
+    const at = x(mark.at_ms);
+    chart.append(svg('line', { class: `mark${mark.refused ? ' refused' : ''}`, x1: at, x2: at, y1: top, y2: height - bottom },
+      svg('title', {}, mark.refused ? `refused deploy from ${mark.source}` : `generation ${mark.generation} deployed from ${mark.source}`)));
+    // Labels sit right of their line, or left of it near the right edge.
+    const leftOfLine = at > width - right - 24;
+    chart.append(svg('text', {
+      class: `mark-label${mark.refused ? ' refused' : ''}`, x: leftOfLine ? at - 2 : at + 2, y: top + (mark.refused ? 18 : 8),
+      'text-anchor': leftOfLine ? 'end' : 'start',
+    }, mark.refused ? '✕' : `g${mark.generation}`));
+  }
+  series.forEach((s, i) => {
+    let path = '';
+    let previous = null;
+    for (const [t, v] of s.points) {
+      if (v == null) { previous = null; continue; }
+      path += `${previous == null || t - previous > 2.5 * step ? 'M' : 'L'}${x(t).toFixed(1)},${y(v).toFixed(1)}`;
+      previous = t;
+    }
+    if (path) chart.append(svg('path', { class: 'line', d: path, stroke: PALETTE[i % PALETTE.length] }));
+  });
+  if (!values.length) chart.append(svg('text', { class: 'empty', x: width / 2, y: height / 2, 'text-anchor': 'middle' }, 'no data in this range'));
+  const latest = {};
+  const legend = el('div', { class: 'legend' }, ...series.map((s, i) => {
+    const last = [...s.points].reverse().find(([, v]) => v != null);
+    latest[s.name] = last ? last[1] : null;
+    const swatch = el('span', { class: 'swatch' });
+    swatch.style.background = PALETTE[i % PALETTE.length];
+    return el('span', { 'data-series': s.name }, swatch, `${s.name} ${measure(latest[s.name], unit)}`);
+  }));
+  const figure = $(`#${id}`);
+  figure.dataset.latest = JSON.stringify(latest);
+  figure.replaceChildren(el('figcaption', {}, title), chart, legend);
+}
+
+// Series named by every key of `pick(point)` over the points.
+function keyed(points, pick) {
+  const names = [...new Set(points.flatMap((p) => Object.keys(pick(p) || {})))].sort();
+  return names.map((name) => ({ name, points: points.map((p) => [p.at_ms, (pick(p) || {})[name] ?? 0]) }));
+}
+
+// Whether a point shows trouble: plugin faults, 5xx upgrades, monitor drops.
+function trouble(point) {
+  const faults = Object.values(point.plugins).reduce((n, p) => n + Object.values(p.faults).reduce((a, b) => a + b, 0), 0);
+  const failed = Object.entries(point.upgrades_per_s).filter(([status]) => Number(status) >= 500).reduce((n, [, r]) => n + r, 0);
+  const reasons = [];
+  if (faults) reasons.push(`${faults} plugin fault${faults === 1 ? '' : 's'}`);
+  if (failed) reasons.push('upgrades answered 5xx');
+  if (point.monitor_dropped) reasons.push('monitor records dropped');
+  return reasons;
+}
+
+function renderHealth(points) {
+  const health = $('#health');
+  if (!points.length) {
+    health.className = 'health';
+    health.textContent = 'Collecting samples…';
+    return;
+  }
+  const last = points[points.length - 1];
+  const unhealthy = trouble(last).length > 0;
+  let since = last.at_ms;
+  for (let i = points.length - 1; i >= 0 && (trouble(points[i]).length > 0) === unhealthy; i -= 1) since = points[i].at_ms;
+  const recent = points.slice(-5).flatMap(trouble);
+  health.className = `health ${unhealthy ? 'unhealthy' : 'healthy'}`;
+  health.textContent = unhealthy
+    ? `Unhealthy since ${clock(since, true)}: ${[...new Set(recent)].join(', ')}`
+    : `Healthy since ${clock(since, true)}`;
+}
+
+async function renderOverview() {
+  const range = $('#overview-range').value;
+  let data;
+  try {
+    data = await api(`/api/overview?range=${range}`);
+  } catch (error) {
+    $('#overview-updated').textContent = error.message;
+    return;
+  }
+  const points = data.points;
+  const span = { from: data.since_ms, to: data.now_ms, step: data.step_ms, marks: data.deploys };
+  const last = points[points.length - 1];
+  const sum = (pick) => points.reduce((n, p) => n + pick(p), 0);
+  const faults = sum((p) => Object.values(p.plugins).reduce((n, q) => n + Object.values(q.faults).reduce((a, b) => a + b, 0), 0));
+  const figure = (name, value) => el('div', { 'data-figure': name }, el('dt', {}, name), el('dd', {}, value));
+  $('#overview-figures').replaceChildren(
+    figure('open connections', String(data.connections)),
+    figure('messages/s', last ? compact(last.messages_per_s.client_to_server + last.messages_per_s.server_to_client) : '–'),
+    figure('plugin faults', String(faults)),
+    figure('monitor drops', String(sum((p) => p.monitor_dropped))),
+    figure('generation', String(data.generation)),
+    figure('deploys', String(data.deploys.length)));
+  renderHealth(points);
+
+  const direction = (pick) => [
+    { name: 'client → upstream', points: points.map((p) => [p.at_ms, pick(p).client_to_server]) },
+    { name: 'upstream → client', points: points.map((p) => [p.at_ms, pick(p).server_to_client]) },
+  ];
+  const per = { 1000: 'second', 10000: '10 s', 60000: 'minute' }[data.step_ms] || `${data.step_ms / 1000} s`;
+  lineChart('chart-connections', 'Open connections', [{ name: 'open', points: points.map((p) => [p.at_ms, p.connections]) }], span);
+  lineChart('chart-upgrades', 'Upgrades per second, by status', keyed(points, (p) => p.upgrades_per_s), span);
+  lineChart('chart-messages', 'Messages per second', direction((p) => p.messages_per_s), span);
+  lineChart('chart-bytes', 'Payload bytes per second', direction((p) => p.bytes_per_s), { ...span, unit: 'B' });
+  lineChart('chart-closes', `Connections ended per ${per}, by close code`, keyed(points, (p) => p.closes), span);
+  const plugins = [...new Set(points.flatMap((p) => Object.keys(p.plugins)))].sort();
+  lineChart('chart-plugin-time', 'Plugin call time, p50 and p99', plugins.flatMap((name) => ['p50', 'p99'].map((q) => ({
+    name: `${name} ${q}`, points: points.map((p) => [p.at_ms, p.plugins[name]?.[`${q}_us`] ?? null]),
+  }))), { ...span, unit: 'µs' });
+  lineChart('chart-faults', `Plugin faults per ${per}, by kind`, keyed(points, (p) => {
+    const kinds = {};
+    for (const plugin of Object.values(p.plugins)) for (const [kind, n] of Object.entries(plugin.faults)) kinds[kind] = (kinds[kind] || 0) + n;
+    return kinds;
+  }), span);
+  lineChart('chart-drops', `Monitor records dropped per ${per}`, [{ name: 'dropped', points: points.map((p) => [p.at_ms, p.monitor_dropped]) }], span);
+
+  $('#overview-plugins tbody').replaceChildren(...plugins.map((name) => {
+    const latest = [...points].reverse().find((p) => p.plugins[name]?.calls_per_s > 0)?.plugins[name];
+    const kinds = {};
+    for (const p of points) for (const [kind, n] of Object.entries(p.plugins[name]?.faults || {})) kinds[kind] = (kinds[kind] || 0) + n;
+    return el('tr', { 'data-plugin': name },
+      el('td', {}, name), el('td', { class: 'calls' }, compact(last?.plugins[name]?.calls_per_s ?? 0)),
+      el('td', {}, measure(latest?.p50_us, 'µs')),
+      el('td', {}, measure(latest?.p99_us, 'µs')),
+      el('td', { class: 'faults' }, Object.entries(kinds).map(([kind, n]) => `${n} ${kind}`).join(', ') || 'none'));
+  }));
+  $('#overview-updated').textContent = `updated ${clock(data.now_ms, true)}, a point every ${data.step_ms / 1000} s`;
+}
+
+// ---- Deploys ----
+
+function diffLines(changes) {
+  return el('pre', { class: 'diff' }, ...changes.map((line) => {
+    const kind = { '+': 'added', '-': 'removed', '@': 'hunk' }[line[0]] || 'kept';
+    return el('span', { class: kind }, `${line}\n`);
+  }));
+}
+
+async function renderDeploys() {
+  let generations;
+  let history;
+  try {
+    [generations, history] = await Promise.all([api('/api/generations'), api('/api/deploys')]);
+  } catch (error) {
+    $('#deploys-history').replaceChildren(el('li', {}, error.message));
+    return;
+  }
+  $('#deploys-generations tbody').replaceChildren(...generations.generations.slice().reverse().map((g) =>
+    el('tr', { 'data-generation': g.id },
+      el('td', {}, String(g.id)), el('td', { class: 'connections' }, String(g.connections)),
+      el('td', {}, g.current ? 'serves them' : 'keeps its open connections'))));
+  $('#deploys-history').replaceChildren(...history.deploys.slice().reverse().map((d) => {
+    const refused = d.generation == null;
+    const item = el('li', { class: `deploy ${refused ? 'refused' : 'deployed'}`, 'data-generation': d.generation ?? '' },
+      el('span', { class: 'when' }, new Date(d.at_ms).toLocaleString([], { hour12: false })),
+      el('span', { class: 'what' }, refused ? 'refused' : `generation ${d.generation}`),
+      ` from ${d.source}`);
+    if (refused) item.append(el('ul', { class: 'errors' }, ...d.errors.map((e) => el('li', {}, e))));
+    else if (d.changes.length) item.append(diffLines(d.changes));
+    else item.append(el('div', { class: 'status' }, 'the configuration\'s text did not change'));
+    return item;
+  }));
+  if (!history.deploys.length) $('#deploys-history').replaceChildren(el('li', { class: 'status' }, 'No deploy since the gateway started.'));
+}
+
 // ---- wiring ----
 
 window.addEventListener('hashchange', route);
+$('#overview-range').addEventListener('change', renderOverview);
 $('#http-refresh').addEventListener('click', loadUpgrades);
 $('#http-endpoint').addEventListener('change', loadUpgrades);
 $('#ws-refresh').addEventListener('click', loadFrames);
@@ -475,5 +703,5 @@ $('#client-send').addEventListener('click', () => {
   }
 });
 
-loadOverview().then(route, (error) => { $('#http-detail').textContent = error.message; route(); });
+loadConfigured().then(route, (error) => { $('#http-detail').textContent = error.message; route(); });
 connectTail();

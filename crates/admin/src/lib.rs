@@ -12,14 +12,15 @@
 //! | `POST /api/drain` | begin a drain (as SIGTERM): 202 with its state, or 200 when one had begun; the process exits when it is done |
 //! | `GET /api/drain` | the drain: `phase` (serving, grace, closing, done), open `connections`, `closed` with 1012, `grace_ms`, `window_ms` |
 //! | `GET /api/generations` | live generations and their open connections |
-//! | `GET /api/deploys` | deploy history |
+//! | `GET /api/deploys` | deploy history, newest last: when, from where, the generation or the errors that refused it, what it changed (unified-diff lines of the configuration, secret values hidden) |
+//! | `GET /api/overview?range=5m\|1h\|24h` | the console's Overview: per-second rates (upgrades by status, messages and bytes by direction), open connections, close codes, per-plugin calls, p50/p99 call time and faults by kind, monitor drops, one point per second, 10 s or minute; and the range's deploys |
 //! | `GET /api/endpoints` | the listener, endpoints with their chains and monitor levels, plugins |
 //! | `GET /api/connections` | recorded connections, newest first; filters `endpoint`, `since`, `until` (µs since the epoch), `status`, `close_code`, `opcode`, `limit` |
 //! | `GET /api/connections/{key}` | one connection: its upgrade, its end, its frames in order |
 //! | `GET /api/frames` | frames; filters `connection`, `endpoint`, `origin` (client/server), `opcode`, `since`, `until`, `limit` |
 //! | `GET /api/tail` | WebSocket: every record from now on as JSON; filters `endpoint`, `connection` |
 //! | `GET /metrics` | Prometheus text |
-//! | `GET /console/` | the web console (Traffic > HTTP, Traffic > WebSockets, endpoints and plugins, test client, Shadow) |
+//! | `GET /console/` | the web console (Overview, Traffic > HTTP, Traffic > WebSockets, endpoints and plugins, test client, Shadow, Deploys) |
 //!
 //! With a token configured, every route but `/healthz`, `/readyz` and the
 //! console's files needs `Authorization: Bearer <token>` (`?token=` on
@@ -53,9 +54,11 @@ use wsgate_proxy::{DeployError, Gateway};
 mod console;
 mod load;
 mod metrics;
+mod overview;
 mod traffic;
 
 use load::{AdminLimits, Counted, Load};
+use overview::{Overview, Range};
 
 /// Largest configuration a deploy may post.
 const MAX_DEPLOY_BODY: usize = 1 << 20;
@@ -73,6 +76,7 @@ pub async fn serve(
     stop: CancellationToken,
 ) {
     let load = Arc::new(Load::default());
+    let overview = Overview::start(gateway.clone(), stop.clone());
     loop {
         let accepted = tokio::select! {
             () = stop.cancelled() => return,
@@ -96,6 +100,7 @@ pub async fn serve(
             gateway: gateway.clone(),
             token: token.clone(),
             load: load.clone(),
+            overview: overview.clone(),
             limits,
         });
         tokio::spawn(async move {
@@ -125,6 +130,8 @@ pub(crate) struct Context {
     token: Option<String>,
     /// Connections and tails open.
     load: Arc<Load>,
+    /// The counters sampled for the console's Overview.
+    overview: Arc<Overview>,
     /// The limits read when the request's connection was accepted.
     limits: AdminLimits,
 }
@@ -174,6 +181,17 @@ async fn route(context: &Context, request: Request<Incoming>) -> AdminResponse {
         (&Method::GET, "/api/drain") => json_response(StatusCode::OK, &drain(gateway)),
         (&Method::GET, "/api/generations") => json_response(StatusCode::OK, &generations(gateway)),
         (&Method::GET, "/api/deploys") => json_response(StatusCode::OK, &deploys(gateway)),
+        (&Method::GET, "/api/overview") => {
+            let range = form_urlencoded::parse(request.uri().query().unwrap_or("").as_bytes())
+                .find(|(k, _)| k == "range")
+                .map_or(Some(Range::FiveMinutes), |(_, v)| Range::parse(&v));
+            match range {
+                Some(range) => {
+                    json_response(StatusCode::OK, &context.overview.report(gateway, range))
+                }
+                None => text(StatusCode::BAD_REQUEST, "range is 5m, 1h or 24h\n"),
+            }
+        }
         (&Method::GET, "/api/endpoints") => {
             json_response(StatusCode::OK, &traffic::endpoints(gateway))
         }
@@ -397,6 +415,7 @@ fn deploys(gateway: &Gateway) -> Value {
                 "generation": d.generation,
                 "source": d.source,
                 "errors": d.errors,
+                "changes": d.changes,
             })
         })
         .collect();

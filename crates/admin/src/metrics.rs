@@ -223,6 +223,15 @@ pub(crate) fn render(gateway: &Gateway, admin: &Load) -> String {
     for (by, count) in counters.expirations() {
         f.sample("", &[("by", by.as_str())], count);
     }
+    let mut f = family(
+        &mut out,
+        "wsgate_connections_closed_total",
+        "counter",
+        "Connections ended, by the close code sent or received first (none: no close frame; other: past 64 distinct codes).",
+    );
+    for (code, count) in counters.closes() {
+        f.sample("", &[("code", &code)], count);
+    }
 
     let pools: Vec<(String, String, &wsgate_runtime::PluginStats)> = generation
         .pools

@@ -68,10 +68,12 @@ impl fmt::Display for ConfigErrors {
     }
 }
 
-/// Maps byte offsets in a configuration file to lines and columns.
+/// Maps byte offsets in a configuration file to lines and columns, and
+/// keeps the file's text (the deploy history compares it).
 #[derive(Debug, Clone, Default)]
 pub struct SourceMap {
     file: Arc<str>,
+    text: Arc<str>,
     line_starts: Arc<[usize]>,
 }
 
@@ -83,6 +85,7 @@ impl SourceMap {
             .collect();
         Self {
             file: file.display().to_string().into(),
+            text: text.into(),
             line_starts: line_starts.into(),
         }
     }
@@ -90,6 +93,11 @@ impl SourceMap {
     /// The file name as given.
     pub fn file(&self) -> &str {
         &self.file
+    }
+
+    /// The configuration's text as it was read.
+    pub fn text(&self) -> &str {
+        &self.text
     }
 
     /// 1-based line and column of byte `offset`.

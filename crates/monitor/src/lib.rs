@@ -134,7 +134,13 @@ pub enum MonitorError {
 enum Item {
     Record(Arc<Record>),
     Flush(oneshot::Sender<()>),
+    /// A sample of the gateway's counters for the console's charts: its
+    /// time (milliseconds since the epoch) and its JSON.
+    Sample(u64, String),
 }
+
+/// How long the database keeps the console's samples.
+pub const SAMPLE_RETENTION: Duration = Duration::from_secs(25 * 3600);
 
 struct Shared {
     mask: mask::Mask,
@@ -237,6 +243,21 @@ impl Monitor {
         }
     }
 
+    /// Store a sample of the gateway's counters taken at `at_ms`
+    /// (milliseconds since the epoch), kept [`SAMPLE_RETENTION`]; without
+    /// a database, or with the queue full, it is not kept.
+    pub fn store_sample(&self, at_ms: u64, sample: String) {
+        if self.shared.database.is_some() {
+            let _ = self.queue.try_send(Item::Sample(at_ms, sample));
+        }
+    }
+
+    /// The stored samples taken at or after `since_ms`, oldest first
+    /// (none without a database). Blocking.
+    pub fn samples(&self, since_ms: u64) -> Result<Vec<(u64, String)>, MonitorError> {
+        self.read(|db| sqlite::samples(db, since_ms), |_| Vec::new())
+    }
+
     /// What replay records mask before they are stored (`[monitor] mask`).
     pub fn mask(&self) -> &mask::Mask {
         &self.shared.mask
@@ -332,18 +353,19 @@ fn write_loop(
     let mut next_trim = Instant::now();
     let mut batch = Vec::with_capacity(BATCH);
     let mut flushes = Vec::new();
+    let mut samples = Vec::new();
     loop {
         // Poll rather than block: a receiver that is never parked costs the
         // proxy's threads no wake-up per record (measured: blocking here
         // took a third of the throughput at frame level on two cores).
         match items.try_recv() {
-            Ok(item) => take(item, &mut batch, &mut flushes),
+            Ok(item) => take(item, &mut batch, &mut flushes, &mut samples),
             Err(TryRecvError::Empty) => std::thread::sleep(POLL),
             Err(TryRecvError::Disconnected) => return,
         }
         while batch.len() < BATCH {
             match items.try_recv() {
-                Ok(item) => take(item, &mut batch, &mut flushes),
+                Ok(item) => take(item, &mut batch, &mut flushes, &mut samples),
                 Err(_) => break,
             }
         }
@@ -372,6 +394,14 @@ fn write_loop(
                 let _ = shared.live.send(record);
             }
         }
+        if let Some(db) = db.as_mut() {
+            for (at_ms, sample) in samples.drain(..) {
+                let cutoff = at_ms.saturating_sub(SAMPLE_RETENTION.as_millis() as u64);
+                if let Err(error) = sqlite::write_sample(db, at_ms, &sample, cutoff) {
+                    tracing::warn!(%error, "monitor: cannot store a sample of the counters");
+                }
+            }
+        }
         for done in flushes.drain(..) {
             let _ = done.send(());
         }
@@ -389,10 +419,16 @@ fn write_loop(
     }
 }
 
-fn take(item: Item, batch: &mut Vec<Arc<Record>>, flushes: &mut Vec<oneshot::Sender<()>>) {
+fn take(
+    item: Item,
+    batch: &mut Vec<Arc<Record>>,
+    flushes: &mut Vec<oneshot::Sender<()>>,
+    samples: &mut Vec<(u64, String)>,
+) {
     match item {
         Item::Record(record) => batch.push(record),
         Item::Flush(done) => flushes.push(done),
+        Item::Sample(at_ms, sample) => samples.push((at_ms, sample)),
     }
 }
 

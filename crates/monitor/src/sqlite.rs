@@ -40,6 +40,10 @@ CREATE TABLE IF NOT EXISTS messages (
     json TEXT NOT NULL,
     PRIMARY KEY (connection, seq)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS samples (
+    at_ms INTEGER PRIMARY KEY,
+    json TEXT NOT NULL
+);
 ";
 
 pub(crate) fn open(path: &Path) -> rusqlite::Result<Db> {
@@ -50,6 +54,34 @@ pub(crate) fn open(path: &Path) -> rusqlite::Result<Db> {
     db.busy_timeout(Duration::from_secs(5))?;
     db.execute_batch(SCHEMA)?;
     Ok(db)
+}
+
+/// Store one sample of the counters and delete those taken before `cutoff_ms`.
+pub(crate) fn write_sample(
+    db: &Db,
+    at_ms: u64,
+    sample: &str,
+    cutoff_ms: u64,
+) -> rusqlite::Result<()> {
+    db.execute(
+        "INSERT OR REPLACE INTO samples (at_ms, json) VALUES (?1, ?2)",
+        params![at_ms as i64, sample],
+    )?;
+    db.execute(
+        "DELETE FROM samples WHERE at_ms < ?1",
+        params![cutoff_ms as i64],
+    )?;
+    Ok(())
+}
+
+/// The samples taken at or after `since_ms`, oldest first.
+pub(crate) fn samples(db: &Db, since_ms: u64) -> rusqlite::Result<Vec<(u64, String)>> {
+    let mut statement =
+        db.prepare("SELECT at_ms, json FROM samples WHERE at_ms >= ?1 ORDER BY at_ms")?;
+    let rows = statement.query_map(params![since_ms as i64], |row| {
+        Ok((row.get::<_, i64>(0)? as u64, row.get::<_, String>(1)?))
+    })?;
+    rows.collect()
 }
 
 fn json<T: serde::Serialize>(value: &T) -> String {

@@ -173,6 +173,34 @@ async fn the_database_keeps_history_for_the_next_run() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn samples_of_the_counters_outlive_a_restart_for_a_day() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.db");
+    let day_ms = crate::SAMPLE_RETENTION.as_millis() as u64;
+    let first = Monitor::start(&settings(Some(path.clone()))).unwrap();
+    first.store_sample(1_000, "{\"old\":1}".to_string());
+    first.store_sample(2_000, "{\"old\":2}".to_string());
+    // A day later the first two are past the retention.
+    first.store_sample(2_000 + day_ms, "{\"new\":1}".to_string());
+    first.flush().await;
+    drop(first);
+    let second = Monitor::start(&settings(Some(path))).unwrap();
+    assert_eq!(
+        second.samples(0).unwrap(),
+        [
+            (2_000, "{\"old\":2}".to_string()),
+            (2_000 + day_ms, "{\"new\":1}".to_string())
+        ]
+    );
+    assert_eq!(second.samples(3_000).unwrap().len(), 1);
+    // Without a database nothing is kept.
+    let memory = Monitor::start(&settings(None)).unwrap();
+    memory.store_sample(1_000, "{}".to_string());
+    memory.flush().await;
+    assert!(memory.samples(0).unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_drops_and_counts_instead_of_waiting() {
     let monitor = Monitor::start(&MonitorSettings {
         queue: 1,

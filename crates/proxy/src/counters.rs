@@ -139,6 +139,14 @@ pub const MAX_ENDPOINT_LABELS: usize = 256;
 /// The endpoint label of the paths past [`MAX_ENDPOINT_LABELS`].
 pub const OTHER_ENDPOINTS: &str = "(other)";
 
+/// Most close codes counted apart in `wsgate_connections_closed_total`;
+/// more share the label [`OTHER_CLOSE_CODES`].
+pub const MAX_CLOSE_CODES: usize = 64;
+/// The close code label of the codes past [`MAX_CLOSE_CODES`].
+pub const OTHER_CLOSE_CODES: &str = "other";
+/// The close code label of connections that ended without a close frame.
+pub const NO_CLOSE_CODE: &str = "none";
+
 /// Messages and payload bytes read on one endpoint, from clients then from
 /// upstreams.
 #[derive(Debug, Default)]
@@ -183,6 +191,9 @@ pub struct TrafficCounters {
     upgrade_verdicts: [AtomicU64; 5],
     /// Connections closed at their expiry, in [`ExpiredBy::ALL`] order.
     expired: [AtomicU64; 2],
+    /// Connections ended, by the close code sent or received first (its
+    /// label: the number, [`NO_CLOSE_CODE`] or [`OTHER_CLOSE_CODES`]).
+    closes: Mutex<BTreeMap<String, u64>>,
 }
 
 impl TrafficCounters {
@@ -275,5 +286,47 @@ impl TrafficCounters {
             .into_iter()
             .zip(&self.expired)
             .map(|(by, counter)| (by, counter.load(Ordering::Relaxed)))
+    }
+
+    /// Count a connection ended with the close `code` sent or received
+    /// first (none: no close frame).
+    pub fn closed(&self, code: Option<u16>) {
+        let Ok(mut closes) = self.closes.lock() else {
+            return;
+        };
+        let label = code.map_or_else(|| NO_CLOSE_CODE.to_string(), |code| code.to_string());
+        if let Some(count) = closes.get_mut(&label) {
+            *count += 1;
+        } else if closes.len() < MAX_CLOSE_CODES {
+            closes.insert(label, 1);
+        } else {
+            *closes.entry(OTHER_CLOSE_CODES.to_string()).or_default() += 1;
+        }
+    }
+
+    /// Connections ended, by close code label.
+    pub fn closes(&self) -> Vec<(String, u64)> {
+        self.closes
+            .lock()
+            .map(|closes| closes.iter().map(|(k, v)| (k.clone(), *v)).collect())
+            .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{MAX_CLOSE_CODES, TrafficCounters};
+
+    #[test]
+    fn close_codes_stay_bounded() {
+        let counters = TrafficCounters::default();
+        counters.closed(None);
+        for code in 3000..3000 + MAX_CLOSE_CODES as u16 + 10 {
+            counters.closed(Some(code));
+        }
+        let closes = counters.closes();
+        assert_eq!(closes.len(), MAX_CLOSE_CODES + 1);
+        assert!(closes.contains(&("none".to_string(), 1)));
+        assert!(closes.contains(&("other".to_string(), 11)));
     }
 }

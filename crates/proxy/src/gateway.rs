@@ -11,6 +11,7 @@ use wsgate_config::{Config, ConfigErrors};
 use wsgate_monitor::Monitor;
 use wsgate_runtime::Runtime;
 
+use crate::config_diff;
 use crate::counters::TrafficCounters;
 use crate::drain::{Drain, DrainPhase};
 use crate::generation::Generation;
@@ -72,6 +73,9 @@ pub struct DeployRecord {
     pub source: String,
     /// The problems that refused it, one per line.
     pub errors: Vec<String>,
+    /// What it changed in the configuration's text, as unified-diff lines
+    /// (secret values hidden); empty for a refused deploy.
+    pub changes: Vec<String>,
 }
 
 /// A live generation and its open connections.
@@ -166,6 +170,8 @@ impl Gateway {
     ) -> Result<u64, DeployError> {
         let _deploying = self.shared.deploying.lock().await;
         let id = self.shared.next_generation.load(Ordering::Relaxed);
+        let serving = self.generation();
+        let deployed_text = config.as_ref().ok().map(|c| c.source.clone());
         let result = if self.shared.drain.phase() == DrainPhase::Serving {
             self.build_and_install(id, config).await
         } else {
@@ -188,6 +194,12 @@ impl Gateway {
                 .err()
                 .map(DeployError::problems)
                 .unwrap_or_default(),
+            changes: match (&result, deployed_text) {
+                (Ok(_), Some(deployed)) => {
+                    config_diff::changes(serving.config.source.text(), deployed.text())
+                }
+                _ => Vec::new(),
+            },
         };
         self.shared
             .deploys
@@ -367,6 +379,15 @@ impl Gateway {
                 connections: g.active.load(Ordering::Relaxed),
                 current: g.id == current,
             })
+            .collect()
+    }
+
+    /// The generations still alive themselves, oldest first.
+    pub fn live_generations(&self) -> Vec<Arc<Generation>> {
+        self.shared
+            .live_generations()
+            .iter()
+            .filter_map(Weak::upgrade)
             .collect()
     }
 

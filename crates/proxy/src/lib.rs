@@ -19,6 +19,7 @@
 
 #![deny(clippy::indexing_slicing)]
 
+mod config_diff;
 mod convert;
 pub mod counters;
 mod drain;

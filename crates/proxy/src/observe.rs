@@ -362,13 +362,14 @@ impl Observer {
         drop(self.frames.take());
         // The shadow's feed tells it the connection ended as it goes.
         drop(self.shadow.take());
-        let Some((monitor, connection)) = self.monitor.take() else {
-            return;
-        };
         let (closed_by, code, reason) =
             self.first_close
                 .take()
                 .unwrap_or((ClosedBy::Gateway, None, String::from("closed")));
+        self.counters.closed(code);
+        let Some((monitor, connection)) = self.monitor.take() else {
+            return;
+        };
         monitor.record(Record::End(EndRecord {
             connection,
             time_us: now_us(),
