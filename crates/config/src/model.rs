@@ -528,6 +528,12 @@ pub struct MonitorSettings {
     /// counted rather than slowing the traffic down.
     #[serde(default = "default_monitor_queue")]
     pub queue: usize,
+    /// Payload and header bytes the records waiting in the queue may hold
+    /// together; past it, new records are dropped and counted as when the
+    /// queue is full (a burst of large messages at level `replay` or `full`
+    /// cannot make the host hold more).
+    #[serde(default = "default_monitor_queue_bytes")]
+    pub queue_bytes: ByteSize,
     /// JSON pointers (`/password`, `/card/number`) whose values are replaced
     /// by `"***"` in JSON text messages recorded for replay (level `replay`)
     /// and in the shadow's examples, before they are stored or shown.
@@ -544,6 +550,7 @@ impl Default for MonitorSettings {
             memory_connections: default_memory_connections(),
             memory_frames: default_memory_frames(),
             queue: default_monitor_queue(),
+            queue_bytes: default_monitor_queue_bytes(),
             mask: Vec::new(),
         }
     }
@@ -590,6 +597,9 @@ fn default_memory_frames() -> usize {
 }
 fn default_monitor_queue() -> usize {
     65536
+}
+fn default_monitor_queue_bytes() -> ByteSize {
+    ByteSize(64 << 20)
 }
 
 /// How an endpoint's path matches request paths.

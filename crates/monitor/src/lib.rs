@@ -20,7 +20,7 @@ mod sqlite;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -148,6 +148,10 @@ struct Shared {
     live: broadcast::Sender<Arc<Record>>,
     dropped: AtomicU64,
     stored: AtomicU64,
+    /// Bytes held by the records in the queue ([`Record::held_bytes`]).
+    queued_bytes: AtomicU64,
+    /// At most this many (`[monitor] queue-bytes`).
+    max_queued_bytes: u64,
     database: Option<PathBuf>,
     reader: Option<Mutex<rusqlite::Connection>>,
 }
@@ -197,6 +201,8 @@ impl Monitor {
             live,
             dropped: AtomicU64::new(0),
             stored: AtomicU64::new(0),
+            queued_bytes: AtomicU64::new(0),
+            max_queued_bytes: settings.queue_bytes.0,
             database: settings.database.clone(),
             reader,
         });
@@ -222,13 +228,17 @@ impl Monitor {
         format!("{}-{id}", self.run)
     }
 
-    /// Record `record` without waiting: a full queue drops it (counted).
+    /// Record `record` without waiting: a full queue, by count or by bytes
+    /// (`[monitor] queue`, `queue-bytes`), drops it (counted).
     pub fn record(&self, record: Record) {
-        match self.queue.try_send(Item::Record(Arc::new(record))) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                self.shared.dropped.fetch_add(1, Ordering::Relaxed);
-            }
+        let bytes = record.held_bytes() as u64;
+        let queued = &self.shared.queued_bytes;
+        let before = queued.fetch_add(bytes, Ordering::Relaxed);
+        let sent = before + bytes <= self.shared.max_queued_bytes
+            && self.queue.try_send(Item::Record(Arc::new(record))).is_ok();
+        if !sent {
+            queued.fetch_sub(bytes, Ordering::Relaxed);
+            self.shared.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -390,6 +400,8 @@ fn write_loop(
                     }
                 }
             }
+            let held: u64 = batch.iter().map(|r| r.held_bytes() as u64).sum();
+            shared.queued_bytes.fetch_sub(held, Ordering::Relaxed);
             for record in batch.drain(..) {
                 let _ = shared.live.send(record);
             }

@@ -223,3 +223,47 @@ pub fn now_us() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
+
+impl Payload {
+    /// The bytes its text, base64 or reason holds.
+    fn held_bytes(&self) -> usize {
+        match self {
+            Self::Text { data } => data.len(),
+            Self::Binary { base64 } => base64.len(),
+            Self::Close { reason, .. } => reason.len(),
+        }
+    }
+}
+
+impl Record {
+    /// About how many bytes of payload, headers and text the record holds
+    /// (what bounds the monitor's queue by size).
+    pub fn held_bytes(&self) -> usize {
+        let pairs = |headers: &[(String, String)]| -> usize {
+            headers
+                .iter()
+                .map(|(name, value)| name.len() + value.len())
+                .sum()
+        };
+        match self {
+            Self::Upgrade(upgrade) => {
+                pairs(&upgrade.request_headers)
+                    + pairs(&upgrade.response_headers)
+                    + upgrade.path.len()
+                    + upgrade.query.len()
+            }
+            Self::Frame(frame) => frame.payload.as_ref().map_or(0, String::len),
+            Self::Message(message) => {
+                message.input.held_bytes()
+                    + message
+                        .forward
+                        .iter()
+                        .chain(&message.replies)
+                        .map(Payload::held_bytes)
+                        .sum::<usize>()
+                    + message.close.as_ref().map_or(0, |(_, reason)| reason.len())
+            }
+            Self::End(end) => end.reason.len(),
+        }
+    }
+}

@@ -201,6 +201,34 @@ async fn samples_of_the_counters_outlive_a_restart_for_a_day() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_queue_holds_a_bounded_number_of_bytes() {
+    let monitor = Monitor::start(&MonitorSettings {
+        queue_bytes: wsgate_config::ByteSize(10_000),
+        ..settings(None)
+    })
+    .unwrap();
+    let with_payload = |seq: u64, bytes: usize| {
+        let mut record = frame(&monitor, 1, seq, 2, seq);
+        if let Record::Frame(frame) = &mut record {
+            frame.payload = Some("A".repeat(bytes));
+        }
+        record
+    };
+    // One record larger than the bound never enters.
+    monitor.record(with_payload(1, 20_000));
+    monitor.flush().await;
+    assert_eq!(monitor.dropped(), 1);
+    // Stored records give their bytes back: 100 records of 4,000 bytes,
+    // one at a time, all enter.
+    for seq in 2..102 {
+        monitor.record(with_payload(seq, 4_000));
+        monitor.flush().await;
+    }
+    assert_eq!(monitor.dropped(), 1);
+    assert_eq!(monitor.shared.queued_bytes.load(Ordering::Relaxed), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_drops_and_counts_instead_of_waiting() {
     let monitor = Monitor::start(&MonitorSettings {
         queue: 1,

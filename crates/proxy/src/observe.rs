@@ -28,7 +28,7 @@ use crate::counters::{
 };
 use crate::peer::Peer;
 use crate::relay::ChainResult;
-use crate::shadow::{ShadowFeed, ShadowItem};
+use crate::shadow::{ChainRun, ShadowFeed, ShadowItem};
 
 /// Who started closing a connection, as the monitor records it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,7 +108,7 @@ impl Observer {
         let key = (level > MonitorLevel::Off).then(|| monitor.key(id));
         let record_key = key
             .clone()
-            .or_else(|| shadow.as_ref().map(|f| f.key.clone()));
+            .or_else(|| shadow.as_ref().map(|f| f.key.to_string()));
         let upgrade = record_key.map(|key| {
             let record = UpgradeRecord {
                 connection: key,
@@ -204,7 +204,7 @@ impl Observer {
             self.shadow = None;
         } else if let Some(feed) = &mut self.shadow {
             let upgrade = UpgradeRecord {
-                connection: feed.key.clone(),
+                connection: feed.key.to_string(),
                 ..record.clone()
             };
             feed.send(ShadowItem::Open(Box::new(upgrade)));
@@ -305,19 +305,26 @@ impl Observer {
                 filter_us,
             })
         };
-        // The shadow compares what the chains really saw and made; it
-        // masks what it shows.
-        let shadowed = self
-            .shadow
-            .as_ref()
-            .and_then(|feed| record(feed.key.clone(), &Mask::default()));
+        // The shadow compares what the chains really saw and made (sharing
+        // their bytes); it masks what it shows.
+        if let Some(feed) = &mut self.shadow {
+            let run = ChainRun {
+                connection: feed.key.clone(),
+                seq: self.chain_seq,
+                time_us: now_us().saturating_sub(filter_us),
+                from,
+                input: input.clone(),
+                forward: result.forward.clone(),
+                replies: result.replies.clone(),
+                close: result.close.clone(),
+                filter_us,
+            };
+            feed.send(ShadowItem::Message(Box::new(run)));
+        }
         let replayed = match (&self.monitor, self.records_replay) {
             (Some((monitor, key)), true) => record(key.clone(), monitor.mask()),
             _ => None,
         };
-        if let (Some(feed), Some(record)) = (&mut self.shadow, shadowed) {
-            feed.send(ShadowItem::Message(Box::new(record)));
-        }
         if let (Some((monitor, _)), Some(record)) = (&self.monitor, replayed) {
             monitor.record(Record::Message(record));
         }

@@ -10,6 +10,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
 use http::{HeaderMap, HeaderName, HeaderValue};
 use wsgate_config::MonitorLevel;
 use wsgate_monitor::mask::Mask;
@@ -44,7 +46,7 @@ impl Output {
         }
     }
 
-    fn of_result(result: &ChainResult, mask: &Mask) -> Self {
+    pub(crate) fn of_result(result: &ChainResult, mask: &Mask) -> Self {
         Self {
             forward: payloads(&result.forward, mask),
             replies: payloads(&result.replies, mask),
@@ -76,16 +78,35 @@ pub enum Difference {
     Closed,
 }
 
+/// What a comparison needs to know of one side's output besides whether
+/// the two are the same.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Shape {
+    /// It closes the connection.
+    pub closes: bool,
+    /// It sends something on.
+    pub forwards: bool,
+    /// It sends something back.
+    pub replies: bool,
+}
+
 impl Difference {
     fn of(recorded: &Output, candidate: &Output) -> Self {
-        if recorded == candidate {
+        let shape = |output: &Output| Shape {
+            closes: output.close.is_some(),
+            forwards: !output.forward.is_empty(),
+            replies: !output.replies.is_empty(),
+        };
+        Self::between(recorded == candidate, shape(recorded), shape(candidate))
+    }
+
+    /// The difference between two outputs that are `same` or not.
+    pub(crate) fn between(same: bool, recorded: Shape, candidate: Shape) -> Self {
+        if same {
             Self::Same
-        } else if candidate.close.is_some() && recorded.close.is_none() {
+        } else if candidate.closes && !recorded.closes {
             Self::Closed
-        } else if candidate.forward.is_empty()
-            && candidate.replies.is_empty()
-            && !recorded.forward.is_empty()
-        {
+        } else if !candidate.forwards && !candidate.replies && recorded.forwards {
             Self::Dropped
         } else {
             Self::Changed
@@ -305,11 +326,35 @@ impl ReplaySession {
         } else {
             Peer::Client
         };
+        let (result, candidate_us) = self.run(from, record.time_us, input).await;
+        let recorded = Output::of_record(record);
+        let candidate = Output::of_result(&result, &self.mask);
+        Some(ReplayedMessage {
+            seq: record.seq,
+            from: record.from.clone(),
+            input: record.input.clone(),
+            difference: Difference::of(&recorded, &candidate),
+            recorded,
+            candidate,
+            recorded_us: record.filter_us,
+            candidate_us,
+        })
+    }
+
+    /// Run `input`, read from `from` at `time_us` (microseconds since the
+    /// epoch, what `clocks.now-ms` answers), through the candidate's chain
+    /// for its direction: what it made of it, and the microseconds it took.
+    pub(crate) async fn run(
+        &mut self,
+        from: Peer,
+        time_us: u64,
+        input: WsMessage,
+    ) -> (ChainResult, u64) {
         let chain = match from {
             Peer::Client => &self.endpoint.client_messages,
             Peer::Upstream => &self.endpoint.upstream_messages,
         };
-        set_clock(&self.info, record.time_us);
+        set_clock(&self.info, time_us);
         let started = Instant::now();
         let result = if chain.is_empty() {
             ChainResult {
@@ -326,19 +371,8 @@ impl ReplaySession {
             )
             .await
         };
-        let candidate_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-        let recorded = Output::of_record(record);
-        let candidate = Output::of_result(&result, &self.mask);
-        Some(ReplayedMessage {
-            seq: record.seq,
-            from: record.from.clone(),
-            input: record.input.clone(),
-            difference: Difference::of(&recorded, &candidate),
-            recorded,
-            candidate,
-            recorded_us: record.filter_us,
-            candidate_us,
-        })
+        let took = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        (result, took)
     }
 
     /// The connection ended: its places and holds are given back.

@@ -17,11 +17,15 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use wsgate_monitor::UpgradeRecord;
 use wsgate_monitor::mask::Mask;
-use wsgate_monitor::{MessageRecord, UpgradeRecord};
 
+use crate::convert::{payloads, to_payload};
 use crate::generation::Generation;
-use crate::replay::{Difference, ReplaySession, ReplayedMessage, Replayer, mask_payload};
+use crate::peer::Peer;
+use crate::relay::{ChainResult, Messages};
+use crate::replay::{Difference, Output, ReplaySession, ReplayedMessage, Replayer, Shape};
 
 /// Items waiting for the shadow's thread; more are dropped (counted).
 const QUEUE: usize = 16_384;
@@ -36,16 +40,40 @@ pub(crate) enum ShadowItem {
     /// The connection was upgraded: its request as the upgrade chain saw
     /// it (`connection` is the key).
     Open(Box<UpgradeRecord>),
-    /// One message through the serving chain, unmasked.
-    Message(Box<MessageRecord>),
+    /// One message through the serving chain, as it was.
+    Message(Box<ChainRun>),
     /// The connection ended.
     End(String),
+}
+
+/// One message through the serving chain: what entered it and what left
+/// it, sharing the messages' bytes (nothing is copied or encoded on the
+/// serving path; only the shadow's examples are converted, and masked).
+pub(crate) struct ChainRun {
+    /// The connection's key in the shadow.
+    pub connection: Arc<str>,
+    /// Its position among the connection's messages through chains, from 1.
+    pub seq: u64,
+    /// When it was read, microseconds since the epoch.
+    pub time_us: u64,
+    /// Who sent it.
+    pub from: Peer,
+    /// The message as read.
+    pub input: WsMessage,
+    /// What the serving chain sent on.
+    pub forward: Messages<WsMessage>,
+    /// What it sent back.
+    pub replies: Vec<WsMessage>,
+    /// The close it ended the connection with.
+    pub close: Option<(u16, String)>,
+    /// Time in the serving chain, microseconds.
+    pub filter_us: u64,
 }
 
 /// A sampled connection's end of the shadow's queue.
 pub(crate) struct ShadowFeed {
     /// The connection's key in the shadow.
-    pub key: String,
+    pub key: Arc<str>,
     sender: SyncSender<ShadowItem>,
     stats: Arc<ShadowStats>,
     /// Once one item could not be queued, the rest are not sent: the
@@ -66,7 +94,7 @@ impl ShadowFeed {
                 self.stats.dropped.fetch_add(1, Ordering::Relaxed);
                 // The session, if opened, ends now; if this too finds the
                 // queue full, the thread evicts it once idle.
-                let _ = self.sender.try_send(ShadowItem::End(self.key.clone()));
+                let _ = self.sender.try_send(ShadowItem::End(self.key.to_string()));
             }
         }
     }
@@ -76,7 +104,7 @@ impl Drop for ShadowFeed {
     /// The connection ended (or its task did): the shadow lets go of it.
     fn drop(&mut self) {
         if !self.broken {
-            let _ = self.sender.try_send(ShadowItem::End(self.key.clone()));
+            let _ = self.sender.try_send(ShadowItem::End(self.key.to_string()));
         }
     }
 }
@@ -216,7 +244,7 @@ impl Shadow {
         }
         self.stats.connections.fetch_add(1, Ordering::Relaxed);
         Some(ShadowFeed {
-            key: format!("c{id}"),
+            key: format!("c{id}").into(),
             sender: self.sender.clone(),
             stats: self.stats.clone(),
             broken: false,
@@ -234,8 +262,8 @@ impl Drop for Shadow {
 /// How long the shadow follows a connection that feeds it nothing (one
 /// whose end was lost to a full queue); then it lets go of it.
 const IDLE: Duration = Duration::from_secs(600);
-/// How often the thread looks whether it should stop or let go of idle
-/// connections, when nothing arrives.
+/// How often the thread lets go of idle connections (and, when nothing
+/// arrives, looks whether it should stop).
 const TICK: Duration = Duration::from_secs(1);
 
 /// One connection the shadow follows.
@@ -266,13 +294,15 @@ fn run(
     };
     let mut followed: HashMap<String, Followed> = HashMap::new();
     let mut next_id = 0u64;
+    let mut last_tick = Instant::now();
     while !stopped.load(Ordering::Relaxed) {
+        if last_tick.elapsed() >= TICK {
+            followed.retain(|_, f| f.last.elapsed() < IDLE);
+            last_tick = Instant::now();
+        }
         let item = match items.recv_timeout(TICK) {
             Ok(item) => item,
-            Err(RecvTimeoutError::Timeout) => {
-                followed.retain(|_, f| f.last.elapsed() < IDLE);
-                continue;
-            }
+            Err(RecvTimeoutError::Timeout) => continue,
             Err(RecvTimeoutError::Disconnected) => break,
         };
         runtime.block_on(async {
@@ -300,21 +330,21 @@ fn run(
                         );
                     }
                 }
-                ShadowItem::Message(record) => {
-                    let Some(f) = followed.get_mut(&record.connection) else {
+                ShadowItem::Message(run) => {
+                    let Some(f) = followed.get_mut(&*run.connection) else {
                         return;
                     };
                     f.last = Instant::now();
-                    let Some(message) = f.session.message(&record).await else {
-                        return;
-                    };
-                    let closed = message.difference == Difference::Closed
-                        || message.candidate.close.is_some();
-                    count(stats, &f.endpoint, &record.connection, message, mask);
+                    let (result, candidate_us) = f
+                        .session
+                        .run(run.from, run.time_us, run.input.clone())
+                        .await;
+                    let closed = result.close.is_some();
+                    compare(stats, &f.endpoint, &run, &result, candidate_us, mask);
                     if closed {
                         // The candidate ended the connection: nothing after
                         // this compares.
-                        if let Some(f) = followed.remove(&record.connection) {
+                        if let Some(f) = followed.remove(&*run.connection) {
                             f.session.finish();
                         }
                     }
@@ -329,31 +359,68 @@ fn run(
     }
 }
 
-fn count(stats: &ShadowStats, endpoint: &str, key: &str, message: ReplayedMessage, mask: &Mask) {
-    stats.count(endpoint, |c| match message.difference {
+/// Count how the candidate's `result` compares with the serving chain's
+/// `run`; keep a masked example of a difference.
+fn compare(
+    stats: &ShadowStats,
+    endpoint: &str,
+    run: &ChainRun,
+    result: &ChainResult,
+    candidate_us: u64,
+    mask: &Mask,
+) {
+    let same = run.forward.as_slice() == result.forward.as_slice()
+        && run.replies == result.replies
+        && run.close == result.close;
+    let difference = Difference::between(
+        same,
+        Shape {
+            closes: run.close.is_some(),
+            forwards: !run.forward.is_empty(),
+            replies: !run.replies.is_empty(),
+        },
+        Shape {
+            closes: result.close.is_some(),
+            forwards: !result.forward.is_empty(),
+            replies: !result.replies.is_empty(),
+        },
+    );
+    stats.count(endpoint, |c| match difference {
         Difference::Same => c.same += 1,
         Difference::Changed => c.changed += 1,
         Difference::Dropped => c.dropped += 1,
         Difference::Closed => c.closed += 1,
     });
-    if message.difference != Difference::Same {
-        let message = ReplayedMessage {
-            input: mask_payload(&message.input, mask),
-            recorded: message.recorded.masked(mask),
-            candidate: message.candidate.masked(mask),
-            ..message
-        };
-        let mut examples = stats
-            .examples
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if examples.len() == EXAMPLES {
-            examples.pop_front();
-        }
-        examples.push_back(ShadowExample {
-            endpoint: endpoint.to_string(),
-            connection: key.to_string(),
-            message,
-        });
+    if difference == Difference::Same {
+        return;
     }
+    let Some(input) = to_payload(&run.input, mask) else {
+        return;
+    };
+    let message = ReplayedMessage {
+        seq: run.seq,
+        from: run.from.name().to_string(),
+        input,
+        recorded: Output {
+            forward: payloads(&run.forward, mask),
+            replies: payloads(&run.replies, mask),
+            close: run.close.clone(),
+        },
+        candidate: Output::of_result(result, mask),
+        difference,
+        recorded_us: run.filter_us,
+        candidate_us,
+    };
+    let mut examples = stats
+        .examples
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    if examples.len() == EXAMPLES {
+        examples.pop_front();
+    }
+    examples.push_back(ShadowExample {
+        endpoint: endpoint.to_string(),
+        connection: run.connection.to_string(),
+        message,
+    });
 }

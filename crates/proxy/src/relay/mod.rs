@@ -41,8 +41,8 @@ use crate::ledger::Place;
 use crate::observe::{ClosedBy, Observer, micros_since};
 use crate::peer::Peer;
 use crate::upstream::WsStream;
-pub(crate) use chain::run_chain;
 pub use chain::{ChainResult, log_fault};
+pub(crate) use chain::{Messages, run_chain};
 use expiry::CredentialsExpiry;
 use side::{Side, payload};
 
