@@ -394,7 +394,8 @@ def main() -> int:
     parser.add_argument("--targets", default="direct,nginx,haproxy,wsgate,wsgate+passthrough,wsgate+3-plugin-chains")
     parser.add_argument("--out", default=str(ROOT / "target/bench"))
     parser.add_argument("--profile", choices=("dist", "release", "debug"), default="dist",
-                        help="which builds to run (debug: the CI smoke run, figures not comparable)")
+                        help="which builds to run: dist (scripts/bench builds it), release (one you built, "
+                             "for quick iterations), debug (the CI smoke run; figures not comparable)")
     args = parser.parse_args()
     global WSGATE, BENCH
     WSGATE, BENCH = TARGET / args.profile / "wsgate", TARGET / args.profile / "wsgate-bench"

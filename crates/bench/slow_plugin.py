@@ -11,6 +11,7 @@ lines and a markdown table. Run it with `scripts/bench-slow-plugin`, which
 builds what it needs; `--wsgate` and `--bench` measure other builds (the
 configuration uses no key a gateway without offloading would refuse).
 """
+import os
 import argparse
 import json
 import socket
@@ -23,6 +24,7 @@ from pathlib import Path
 from harness import free_port, wait_port
 
 ROOT = Path(__file__).resolve().parents[2]
+TARGET = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
 
 
 def cpu_busy(seconds: float = 1.0) -> float:
@@ -104,8 +106,8 @@ def beside(bench: Path, port: int, seconds: float, clients: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--wsgate", type=Path, default=ROOT / "target/dist/wsgate")
-    parser.add_argument("--bench", type=Path, default=ROOT / "target/dist/wsgate-bench")
+    parser.add_argument("--wsgate", type=Path, default=TARGET / "dist/wsgate")
+    parser.add_argument("--bench", type=Path, default=TARGET / "dist/wsgate-bench")
     parser.add_argument("--plugins", type=Path,
                         default=ROOT / "plugins/target/wasm32-wasip2/release")
     parser.add_argument("--rounds", type=int, default=3)

@@ -415,7 +415,7 @@ fn deploys(gateway: &Gateway) -> Value {
                 "generation": d.generation,
                 "source": d.source,
                 "errors": d.errors,
-                "changes": d.changes,
+                "changes": &*d.changes,
             })
         })
         .collect();

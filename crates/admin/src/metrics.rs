@@ -440,16 +440,15 @@ pub(crate) fn render(gateway: &Gateway, admin: &Load) -> String {
     )
     .sample("", &[], monitor.stored());
 
-    let deploys = gateway.deploys();
-    let ok = deploys.iter().filter(|d| d.generation.is_some()).count();
+    let (installed, refused) = gateway.deploy_totals();
     let mut f = family(
         &mut out,
         "wsgate_deploys_total",
         "counter",
         "Deploy attempts by result.",
     );
-    f.sample("", &[("result", "ok")], ok);
-    f.sample("", &[("result", "refused")], deploys.len() - ok);
+    f.sample("", &[("result", "ok")], installed);
+    f.sample("", &[("result", "refused")], refused);
 
     let shadow = gateway.shadow();
     let counts = shadow

@@ -83,6 +83,10 @@ struct PluginTotals {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 struct Sample {
     at_ms: u64,
+    /// When the sampling process started (milliseconds since the epoch):
+    /// samples of another run count from zero.
+    #[serde(default)]
+    run: u64,
     connections: u64,
     generation: u64,
     /// Upgrades answered, by status.
@@ -116,16 +120,21 @@ struct Rings {
 }
 
 /// The sampled counters, shared by the sampler task and the admin API.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Overview {
     rings: Mutex<Rings>,
+    /// When this process started sampling (see [`Sample::run`]).
+    run: u64,
 }
 
 impl Overview {
     /// Start sampling `gateway` every second until `stop`; the day's
     /// samples stored by an earlier run are read back first.
     pub(crate) fn start(gateway: Gateway, stop: CancellationToken) -> Arc<Self> {
-        let overview = Arc::new(Self::default());
+        let overview = Arc::new(Self {
+            rings: Mutex::default(),
+            run: now_ms(),
+        });
         let sampler = overview.clone();
         tokio::spawn(async move {
             let since = now_ms().saturating_sub(Range::Day.span_ms());
@@ -167,11 +176,15 @@ impl Overview {
     /// Take a sample now and keep it at each resolution it falls on.
     fn sample(&self, gateway: &Gateway) {
         let mut rings = self.lock();
-        let sample = rings.take(gateway, now_ms());
+        let sample = rings.take(gateway, now_ms(), self.run);
         for range in Range::ALL {
             let Some(ring) = rings.rings.get_mut(range.index()) else {
                 continue;
             };
+            // The wall clock stepped back: start the ring again.
+            if ring.back().is_some_and(|last| sample.at_ms < last.at_ms) {
+                ring.clear();
+            }
             let due = ring
                 .back()
                 .is_none_or(|last| sample.at_ms / range.step_ms() > last.at_ms / range.step_ms());
@@ -197,19 +210,21 @@ impl Overview {
     pub(crate) fn report(&self, gateway: &Gateway, range: Range) -> Value {
         let now = now_ms();
         let since = now.saturating_sub(range.span_ms());
-        let rings = self.lock();
-        let samples: Vec<&Sample> = rings
-            .rings
-            .get(range.index())
-            .map(|ring| ring.iter().filter(|s| s.at_ms >= since).collect())
-            .unwrap_or_default();
-        let points: Vec<Value> = samples
-            .windows(2)
-            .filter_map(|pair| match pair {
-                [before, after] => point(before, after, range),
-                _ => None,
-            })
-            .collect();
+        let points: Vec<Value> = {
+            let rings = self.lock();
+            let samples: Vec<&Sample> = rings
+                .rings
+                .get(range.index())
+                .map(|ring| ring.iter().filter(|s| s.at_ms >= since).collect())
+                .unwrap_or_default();
+            samples
+                .windows(2)
+                .filter_map(|pair| match pair {
+                    [before, after] => point(before, after, range),
+                    _ => None,
+                })
+                .collect()
+        };
         let deploys: Vec<Value> = gateway
             .deploys()
             .iter()
@@ -239,9 +254,9 @@ impl Overview {
 }
 
 impl Rings {
-    /// The counters now, with every live pool's calls since the last
-    /// sample added to its plugin's totals.
-    fn take(&mut self, gateway: &Gateway, at_ms: u64) -> Sample {
+    /// The counters now (taken by the sampling `run`), with every live
+    /// pool's calls since the last sample added to its plugin's totals.
+    fn take(&mut self, gateway: &Gateway, at_ms: u64, run: u64) -> Sample {
         let mut live = std::collections::HashSet::new();
         for generation in gateway.live_generations() {
             for (index, pool) in generation.pools.iter().enumerate() {
@@ -273,6 +288,7 @@ impl Rings {
         }
         Sample {
             at_ms,
+            run,
             connections: gateway.active_connections(),
             generation: gateway.generation().id,
             upgrades,
@@ -321,7 +337,16 @@ fn point(before: &Sample, after: &Sample, range: Range) -> Option<Value> {
         return None;
     }
     let seconds = elapsed_ms as f64 / 1000.0;
-    let rate = |before: u64, after: u64| round(increase(before, after) as f64 / seconds);
+    // Totals of another run (a restart) started from zero.
+    let restarted = before.run != after.run;
+    let grown = |before: u64, after: u64| {
+        if restarted {
+            after
+        } else {
+            increase(before, after)
+        }
+    };
+    let rate = |before: u64, after: u64| round(grown(before, after) as f64 / seconds);
     let rates = |before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>| -> Value {
         after
             .iter()
@@ -344,18 +369,18 @@ fn point(before: &Sample, after: &Sample, range: Range) -> Option<Value> {
         .iter()
         .map(|(plugin, now)| {
             let then = before.plugins.get(plugin).cloned().unwrap_or_default();
-            let calls = increase(then.calls, now.calls);
+            let calls = grown(then.calls, now.calls);
             let buckets: Vec<u64> = now
                 .buckets
                 .iter()
                 .enumerate()
-                .map(|(i, n)| increase(then.buckets.get(i).copied().unwrap_or(0), *n))
+                .map(|(i, n)| grown(then.buckets.get(i).copied().unwrap_or(0), *n))
                 .collect();
             let faults: serde_json::Map<String, Value> = now
                 .faults
                 .iter()
                 .filter_map(|(kind, n)| {
-                    let added = increase(then.faults.get(kind).copied().unwrap_or(0), *n);
+                    let added = grown(then.faults.get(kind).copied().unwrap_or(0), *n);
                     (added > 0).then(|| (kind.clone(), json!(added)))
                 })
                 .collect();
@@ -374,7 +399,7 @@ fn point(before: &Sample, after: &Sample, range: Range) -> Option<Value> {
         .closes
         .iter()
         .filter_map(|(code, now)| {
-            let added = increase(before.closes.get(code).copied().unwrap_or(0), *now);
+            let added = grown(before.closes.get(code).copied().unwrap_or(0), *now);
             (added > 0).then(|| (code.clone(), json!(added)))
         })
         .collect();
@@ -387,12 +412,11 @@ fn point(before: &Sample, after: &Sample, range: Range) -> Option<Value> {
         "bytes_per_s": directions(before.bytes, after.bytes),
         "closes": closes,
         "plugins": plugins,
-        "monitor_dropped": increase(before.monitor_dropped, after.monitor_dropped),
+        "monitor_dropped": grown(before.monitor_dropped, after.monitor_dropped),
     }))
 }
 
-/// How much a total grew; a total that fell was reset (a restart), so
-/// all of it is new.
+/// How much a total grew; a total that fell was reset, so all of it is new.
 fn increase(before: u64, after: u64) -> u64 {
     if after >= before {
         after - before
@@ -502,6 +526,20 @@ mod tests {
             )
             .is_none()
         );
+    }
+
+    #[test]
+    fn another_runs_totals_count_from_zero_even_when_higher() {
+        let before = Sample {
+            run: 1,
+            ..sample(10_000, 100, 0, 0, 0)
+        };
+        let after = Sample {
+            run: 2,
+            ..sample(11_000, 150, 0, 0, 0)
+        };
+        let point = point(&before, &after, Range::FiveMinutes).unwrap();
+        assert_eq!(point["messages_per_s"]["client_to_server"], 150.0);
     }
 
     #[test]

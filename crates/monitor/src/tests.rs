@@ -180,7 +180,7 @@ async fn samples_of_the_counters_outlive_a_restart_for_a_day() {
     let first = Monitor::start(&settings(Some(path.clone()))).unwrap();
     first.store_sample(1_000, "{\"old\":1}".to_string());
     first.store_sample(2_000, "{\"old\":2}".to_string());
-    // A day later the first two are past the retention.
+    // 25 hours after the second, the first is past the retention.
     first.store_sample(2_000 + day_ms, "{\"new\":1}".to_string());
     first.flush().await;
     drop(first);

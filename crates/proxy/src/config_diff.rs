@@ -151,26 +151,77 @@ fn hunks(ops: &[(Op, &str)]) -> Vec<String> {
     out
 }
 
-/// `line` with the value of a secret-naming key replaced by `"…"`.
+/// Longest diff line kept, in characters; longer ones are cut.
+const MAX_LINE_CHARS: usize = 200;
+
+/// `line` as the deploy history shows it: from the first key that names a
+/// secret (`token`, `password`, `secret`, at any depth of an inline table)
+/// to the end of the line replaced by `"…"`, the credentials of any URL
+/// (`scheme://user:password@`) hidden, and cut to [`MAX_LINE_CHARS`].
 fn without_secret(line: &str) -> String {
-    let Some((key, _)) = line.split_once('=') else {
-        return line.to_string();
-    };
-    let lower = key.to_ascii_lowercase();
-    let secret = ["token", "password", "secret"]
-        .iter()
-        .any(|word| lower.contains(word))
-        // `password-file` and `password-env` name where a secret is, not it.
-        && !lower.trim_end().ends_with("-file")
-        && !lower.trim_end().ends_with("-env");
-    if secret {
-        format!("{key}= \"…\"")
-    } else {
-        line.to_string()
+    let mut shown = hide_url_credentials(line);
+    if let Some(value_at) = secret_value_start(&shown) {
+        shown.truncate(value_at);
+        shown.push_str(" \"…\"");
     }
+    if shown.chars().count() > MAX_LINE_CHARS {
+        shown = shown.chars().take(MAX_LINE_CHARS).collect();
+        shown.push('…');
+    }
+    shown
+}
+
+/// Where the value of the first secret-naming key of `line` starts (just
+/// after its `=`).
+fn secret_value_start(line: &str) -> Option<usize> {
+    line.match_indices('=').find_map(|(at, _)| {
+        let key: String = line
+            .get(..at)?
+            .trim_end()
+            .chars()
+            .rev()
+            .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '"' | '.'))
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<String>()
+            .to_ascii_lowercase();
+        let key = key.trim_matches('"');
+        let names_secret = ["token", "password", "secret"]
+            .iter()
+            .any(|word| key.contains(word));
+        // `password-file` and `password-env` name where a secret is, not it.
+        let points_elsewhere = key.ends_with("-file") || key.ends_with("-env");
+        (names_secret && !points_elsewhere).then_some(at + 1)
+    })
+}
+
+/// `line` with `user:password@` after every `://` replaced by `…@`.
+fn hide_url_credentials(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut rest = line;
+    while let Some(scheme_end) = rest.find("://") {
+        let (before, after) = rest.split_at(scheme_end + 3);
+        out.push_str(before);
+        let authority_end = after
+            .find(['/', '"', '\'', ' ', '?', '#'])
+            .unwrap_or(after.len());
+        let authority = after.get(..authority_end).unwrap_or_default();
+        match authority.rfind('@') {
+            Some(at) => {
+                out.push('…');
+                out.push_str(authority.get(at..).unwrap_or_default());
+            }
+            None => out.push_str(authority),
+        }
+        rest = after.get(authority_end..).unwrap_or_default();
+    }
+    out.push_str(rest);
+    out
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing)]
 mod tests {
     use super::changes;
 
@@ -234,6 +285,34 @@ mod tests {
                 "+password-file = \"/run/p\""
             ]
         );
+    }
+
+    #[test]
+    fn secrets_in_inline_tables_and_urls_never_show() {
+        let old = "[cluster]\nredis = \"redis://:hunter2@cache:6379/0\"\n";
+        let new = "[cluster]\nredis = \"redis://alice:hunter3@cache:6379/0\"\n\
+                   client-messages = [{ plugin = \"jwt@1.0.0\", config = { keys = [{ alg = \"HS256\", secret = \"k3y\" }] } }]\n\
+                   admin = { token = \"t0k\" }\n";
+        let shown = changes(old, new).join("\n");
+        for secret in ["hunter2", "hunter3", "alice", "k3y", "t0k"] {
+            assert!(!shown.contains(secret), "{secret} shown in:\n{shown}");
+        }
+        assert!(
+            shown.contains("-redis = \"redis://…@cache:6379/0\""),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("{ alg = \"HS256\", secret = \"…\""),
+            "{shown}"
+        );
+        assert!(shown.contains("+admin = { token = \"…\""), "{shown}");
+    }
+
+    #[test]
+    fn long_lines_are_cut() {
+        let long = "x".repeat(1000);
+        let lines = changes("", &long);
+        assert_eq!(lines[1].chars().count(), 1 + super::MAX_LINE_CHARS + 1);
     }
 
     #[test]

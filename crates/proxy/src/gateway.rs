@@ -62,6 +62,9 @@ impl DeployError {
     }
 }
 
+/// Deploy attempts the history keeps (the latest).
+const MAX_DEPLOY_HISTORY: usize = 256;
+
 /// One deploy attempt, for the deploy history.
 #[derive(Debug, Clone)]
 pub struct DeployRecord {
@@ -75,7 +78,7 @@ pub struct DeployRecord {
     pub errors: Vec<String>,
     /// What it changed in the configuration's text, as unified-diff lines
     /// (secret values hidden); empty for a refused deploy.
-    pub changes: Vec<String>,
+    pub changes: Arc<[String]>,
 }
 
 /// A live generation and its open connections.
@@ -196,16 +199,23 @@ impl Gateway {
                 .unwrap_or_default(),
             changes: match (&result, deployed_text) {
                 (Ok(_), Some(deployed)) => {
-                    config_diff::changes(serving.config.source.text(), deployed.text())
+                    config_diff::changes(serving.config.source.text(), deployed.text()).into()
                 }
-                _ => Vec::new(),
+                _ => Arc::default(),
             },
         };
-        self.shared
+        if let Some(total) = self.shared.deploy_totals.get(usize::from(result.is_err())) {
+            total.fetch_add(1, Ordering::Relaxed);
+        }
+        let mut history = self
+            .shared
             .deploys
             .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(record);
+            .unwrap_or_else(PoisonError::into_inner);
+        if history.len() >= MAX_DEPLOY_HISTORY {
+            history.remove(0);
+        }
+        history.push(record);
         result
     }
 
@@ -391,7 +401,16 @@ impl Gateway {
             .collect()
     }
 
-    /// Every deploy attempt since start, oldest first.
+    /// Deploy attempts since start: (installed, refused).
+    pub fn deploy_totals(&self) -> (u64, u64) {
+        let [installed, refused] = &self.shared.deploy_totals;
+        (
+            installed.load(Ordering::Relaxed),
+            refused.load(Ordering::Relaxed),
+        )
+    }
+
+    /// The deploy attempts since start (the latest 256), oldest first.
     pub fn deploys(&self) -> Vec<DeployRecord> {
         self.shared
             .deploys

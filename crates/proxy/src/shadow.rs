@@ -359,6 +359,17 @@ fn run(
     }
 }
 
+/// The messages a comparison looks at: data and closes, not pings and
+/// pongs (which replay's records leave out too).
+fn compared(messages: &[WsMessage]) -> impl Iterator<Item = &WsMessage> {
+    messages.iter().filter(|message| {
+        matches!(
+            message,
+            WsMessage::Text(_) | WsMessage::Binary(_) | WsMessage::Close(_)
+        )
+    })
+}
+
 /// Count how the candidate's `result` compares with the serving chain's
 /// `run`; keep a masked example of a difference.
 fn compare(
@@ -369,20 +380,20 @@ fn compare(
     candidate_us: u64,
     mask: &Mask,
 ) {
-    let same = run.forward.as_slice() == result.forward.as_slice()
-        && run.replies == result.replies
+    let same = compared(&run.forward).eq(compared(&result.forward))
+        && compared(&run.replies).eq(compared(&result.replies))
         && run.close == result.close;
     let difference = Difference::between(
         same,
         Shape {
             closes: run.close.is_some(),
-            forwards: !run.forward.is_empty(),
-            replies: !run.replies.is_empty(),
+            forwards: compared(&run.forward).next().is_some(),
+            replies: compared(&run.replies).next().is_some(),
         },
         Shape {
             closes: result.close.is_some(),
-            forwards: !result.forward.is_empty(),
-            replies: !result.replies.is_empty(),
+            forwards: compared(&result.forward).next().is_some(),
+            replies: compared(&result.replies).next().is_some(),
         },
     );
     stats.count(endpoint, |c| match difference {

@@ -27,6 +27,8 @@ pub(crate) struct Shared {
     pub next_generation: AtomicU64,
     /// Every deploy attempt, oldest first.
     pub deploys: Mutex<Vec<DeployRecord>>,
+    /// Deploy attempts since start: installed, refused.
+    pub deploy_totals: [std::sync::atomic::AtomicU64; 2],
     /// Serialises deploys.
     pub deploying: tokio::sync::Mutex<()>,
     /// Compiles and loads plugins for deploys.
@@ -70,6 +72,7 @@ impl Shared {
             generations: Mutex::new(vec![Arc::downgrade(&generation)]),
             generation: RwLock::new(generation),
             deploys: Mutex::new(Vec::new()),
+            deploy_totals: Default::default(),
             deploying: tokio::sync::Mutex::new(()),
             runtime,
             listeners: Listeners::default(),
