@@ -357,6 +357,17 @@ fn point(before: &Sample, after: &Sample, range: Range) -> Option<Value> {
             .collect::<serde_json::Map<_, _>>()
             .into()
     };
+    // The counts that grew, by key.
+    let added = |before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>| -> Value {
+        after
+            .iter()
+            .filter_map(|(key, now)| {
+                let count = grown(before.get(key).copied().unwrap_or(0), *now);
+                (count > 0).then(|| (key.clone(), json!(count)))
+            })
+            .collect::<serde_json::Map<_, _>>()
+            .into()
+    };
     let directions = |[client_before, upstream_before]: [u64; 2],
                       [client_after, upstream_after]: [u64; 2]| {
         json!({
@@ -376,14 +387,7 @@ fn point(before: &Sample, after: &Sample, range: Range) -> Option<Value> {
                 .enumerate()
                 .map(|(i, n)| grown(then.buckets.get(i).copied().unwrap_or(0), *n))
                 .collect();
-            let faults: serde_json::Map<String, Value> = now
-                .faults
-                .iter()
-                .filter_map(|(kind, n)| {
-                    let added = grown(then.faults.get(kind).copied().unwrap_or(0), *n);
-                    (added > 0).then(|| (kind.clone(), json!(added)))
-                })
-                .collect();
+            let faults = added(&then.faults, &now.faults);
             (
                 plugin.clone(),
                 json!({
@@ -395,14 +399,7 @@ fn point(before: &Sample, after: &Sample, range: Range) -> Option<Value> {
             )
         })
         .collect();
-    let closes: serde_json::Map<String, Value> = after
-        .closes
-        .iter()
-        .filter_map(|(code, now)| {
-            let added = grown(before.closes.get(code).copied().unwrap_or(0), *now);
-            (added > 0).then(|| (code.clone(), json!(added)))
-        })
-        .collect();
+    let closes = added(&before.closes, &after.closes);
     Some(json!({
         "at_ms": after.at_ms,
         "connections": after.connections,
