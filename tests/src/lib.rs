@@ -239,6 +239,16 @@ pub fn endpoint(path: &str, upstream: SocketAddr, extra: &str) -> String {
     )
 }
 
+/// An endpoint at `path` in front of `upstream` with `tagger@{version}` on
+/// its client messages (the tests' plugin whose version shows in each reply).
+pub fn tagged_endpoint(path: &str, upstream: SocketAddr, version: &str) -> String {
+    endpoint(
+        path,
+        upstream,
+        &format!("client-messages = [{{ plugin = \"tagger@{version}\" }}]"),
+    )
+}
+
 /// Start the product's echo server on port 0.
 pub async fn start_echo() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

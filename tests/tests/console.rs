@@ -135,12 +135,7 @@ async fn the_console_shows_the_upgrade_and_each_frame_of_a_test_client_connectio
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_shadow_page_counts_what_a_candidate_would_change_live() {
     let echo = start_echo().await;
-    let gateway = start_gateway(&endpoint(
-        "/chat",
-        echo,
-        "client-messages = [{ plugin = \"tagger@1.0.0\" }]",
-    ))
-    .await;
+    let gateway = start_gateway(&tagged_endpoint("/chat", echo, "1.0.0")).await;
     let (admin, _stop) = start_admin(&gateway, None).await;
     let browser = Browser::start().await;
     browser
@@ -157,11 +152,7 @@ async fn the_shadow_page_counts_what_a_candidate_would_change_live() {
 
     // tagger 2.0.0 in the shadow; a client's messages counted while the
     // page is open.
-    let candidate = config_text(&endpoint(
-        "/chat",
-        echo,
-        "client-messages = [{ plugin = \"tagger@2.0.0\" }]",
-    ));
+    let candidate = config_text(&tagged_endpoint("/chat", echo, "2.0.0"));
     gateway
         .deploy_shadow(&candidate, std::path::Path::new("next.toml"), "test", 1.0)
         .await
@@ -202,19 +193,8 @@ async fn the_shadow_page_counts_what_a_candidate_would_change_live() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_overview_charts_traffic_live_and_deploys_show_what_changed() {
     let echo = start_echo().await;
-    let tagged = |version: &str| {
-        config_text(&endpoint(
-            "/chat",
-            echo,
-            &format!("client-messages = [{{ plugin = \"tagger@{version}\" }}]"),
-        ))
-    };
-    let gateway = start_gateway(&endpoint(
-        "/chat",
-        echo,
-        "client-messages = [{ plugin = \"tagger@1.0.0\" }]",
-    ))
-    .await;
+    let tagged = |version: &str| config_text(&tagged_endpoint("/chat", echo, version));
+    let gateway = start_gateway(&tagged_endpoint("/chat", echo, "1.0.0")).await;
     let (admin, _stop) = start_admin(&gateway, None).await;
     let browser = Browser::start().await;
     // The Overview is the console's first page.

@@ -16,11 +16,7 @@ use wsgate_tests::*;
 
 /// The load endpoint with `tagger@{version}` on client messages.
 fn tagged(echo: SocketAddr, version: &str) -> String {
-    config_text(&endpoint(
-        "/load",
-        echo,
-        &format!("client-messages = [{{ plugin = \"tagger@{version}\" }}]"),
-    ))
+    config_text(&tagged_endpoint("/load", echo, version))
 }
 
 /// [`tagged`] with the listener on `listen` (a line of `[gateway]`, and any

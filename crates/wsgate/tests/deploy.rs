@@ -85,11 +85,7 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
 }
 
 fn tagged(echo: std::net::SocketAddr, version: &str) -> String {
-    config_text(&endpoint(
-        "/load",
-        echo,
-        &format!("client-messages = [{{ plugin = \"tagger@{version}\" }}]"),
-    )) + "[admin]\nlisten = \"127.0.0.1:0\"\n"
+    config_text(&tagged_endpoint("/load", echo, version)) + "[admin]\nlisten = \"127.0.0.1:0\"\n"
 }
 
 #[test]

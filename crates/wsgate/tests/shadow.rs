@@ -87,12 +87,7 @@ async fn shadow_until(
 async fn a_shadow_compares_without_touching_what_clients_get_and_is_promoted() {
     let dir = TempDir::new("shadow");
     let echo = start_echo().await;
-    let gateway = start_gateway(&endpoint(
-        "/chat",
-        echo,
-        "client-messages = [{ plugin = \"tagger@1.0.0\" }]",
-    ))
-    .await;
+    let gateway = start_gateway(&tagged_endpoint("/chat", echo, "1.0.0")).await;
     let (admin, _stop) = start_admin(&gateway, None).await;
     let texts: Vec<String> = (0..MESSAGES).map(|i| format!("m{i}")).collect();
 
