@@ -440,6 +440,17 @@ pub(crate) fn render(gateway: &Gateway, admin: &Load) -> String {
     )
     .sample("", &[], monitor.stored());
 
+    let spans = gateway.trace_totals();
+    let mut f = family(
+        &mut out,
+        "wsgate_trace_spans_total",
+        "counter",
+        "Trace spans by what became of them: exported, dropped (the export queue was full) or failed (the collector refused them or could not be reached).",
+    );
+    f.sample("", &[("outcome", "exported")], spans.exported);
+    f.sample("", &[("outcome", "dropped")], spans.dropped);
+    f.sample("", &[("outcome", "failed")], spans.failed);
+
     let (installed, refused) = gateway.deploy_totals();
     let mut f = family(
         &mut out,

@@ -20,7 +20,7 @@ pub use error::{ConfigError, ConfigErrors, SourceMap};
 pub use model::{
     Admin, Capability, ChainEntry, Cluster, Compression, Config, EchoServer, Endpoint, FailPolicy,
     Gateway, ListenerTls, MonitorLevel, MonitorSettings, PathMatch, PluginDecl, PluginRef,
-    Registry, RemoteHost, Signing, TrustedKey,
+    Registry, RemoteHost, Signing, TracingSettings, TrustedKey,
 };
 pub use units::{ByteSize, HumanDuration, parse_duration, parse_size};
 

@@ -28,6 +28,9 @@ pub struct Config {
     /// What replicas of the gateway share (quotas, through Redis).
     #[serde(default)]
     pub cluster: Cluster,
+    /// OpenTelemetry traces exported over OTLP; off unless an endpoint is set.
+    #[serde(default)]
+    pub tracing: TracingSettings,
     /// Echo WebSocket servers the gateway runs in-process (for demos and tests).
     #[serde(default, rename = "echo-server")]
     pub echo_servers: Vec<EchoServer>,
@@ -595,6 +598,72 @@ fn default_memory_connections() -> usize {
 fn default_memory_frames() -> usize {
     500
 }
+/// OpenTelemetry traces (`[tracing]`): a span per connection with its
+/// upgrade, and spans for a sample of the messages, sent to an OTLP
+/// collector over HTTP/protobuf, off the relay's path.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct TracingSettings {
+    /// The collector's OTLP/HTTP traces URL
+    /// (`http://collector:4318/v1/traces`); none: no traces.
+    #[serde(default)]
+    pub otlp_endpoint: Option<Spanned<String>>,
+    /// The `service.name` the spans are exported under.
+    #[serde(default = "default_service_name")]
+    pub service_name: String,
+    /// The fraction of messages traced (0 to 1) on endpoints that do not
+    /// set `trace-sample`.
+    #[serde(default = "default_trace_sample")]
+    pub sample: Spanned<f64>,
+    /// Finished spans waiting for export; when full, new spans are dropped
+    /// and counted rather than slowing the traffic down.
+    #[serde(default = "default_trace_queue")]
+    pub queue: Spanned<usize>,
+    /// Most spans sent in one export request.
+    #[serde(default = "default_trace_batch")]
+    pub batch: Spanned<usize>,
+    /// How long spans may wait before they are sent (sooner when a batch
+    /// is full).
+    #[serde(default = "default_trace_interval")]
+    pub export_interval: HumanDuration,
+    /// How long one export request may take.
+    #[serde(default = "default_trace_timeout")]
+    pub export_timeout: HumanDuration,
+}
+
+impl Default for TracingSettings {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            service_name: default_service_name(),
+            sample: default_trace_sample(),
+            queue: default_trace_queue(),
+            batch: default_trace_batch(),
+            export_interval: default_trace_interval(),
+            export_timeout: default_trace_timeout(),
+        }
+    }
+}
+
+fn default_service_name() -> String {
+    "wsgate".to_string()
+}
+fn default_trace_sample() -> Spanned<f64> {
+    Spanned::new(0..0, 0.01)
+}
+fn default_trace_queue() -> Spanned<usize> {
+    Spanned::new(0..0, 8192)
+}
+fn default_trace_batch() -> Spanned<usize> {
+    Spanned::new(0..0, 512)
+}
+fn default_trace_interval() -> HumanDuration {
+    HumanDuration(Duration::from_secs(1))
+}
+fn default_trace_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(10))
+}
+
 fn default_monitor_queue() -> usize {
     65536
 }
@@ -671,6 +740,10 @@ pub struct Endpoint {
     /// Most payload bytes the monitor keeps of one frame (level `full`).
     #[serde(default = "default_capture")]
     pub monitor_capture: ByteSize,
+    /// The fraction of this endpoint's messages traced (0 to 1), when
+    /// `[tracing]` exports; none: `[tracing] sample`.
+    #[serde(default)]
+    pub trace_sample: Option<Spanned<f64>>,
     /// Plugins run on the upgrade request, in order; the chain must route.
     #[serde(default)]
     pub upgrade: Vec<ChainEntry>,

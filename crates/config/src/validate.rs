@@ -258,9 +258,46 @@ pub(crate) fn validate(config: &Config, renamed: &Renamed) -> Result<(), ConfigE
         }
     }
 
+    let tracing = &config.tracing;
+    if let Some(url) = &tracing.otlp_endpoint
+        && !(url.get_ref().starts_with("http://") || url.get_ref().starts_with("https://"))
+    {
+        at(
+            url.span(),
+            "tracing.otlp-endpoint".to_string(),
+            "the OTLP endpoint is an http:// or https:// URL (`http://collector:4318/v1/traces`)"
+                .to_string(),
+        );
+    }
+    if !is_fraction(*tracing.sample.get_ref()) {
+        at(
+            tracing.sample.span(),
+            "tracing.sample".to_string(),
+            "a sampling rate is a fraction from 0 to 1".to_string(),
+        );
+    }
+    for (field, count) in [("queue", &tracing.queue), ("batch", &tracing.batch)] {
+        if *count.get_ref() == 0 {
+            at(
+                count.span(),
+                format!("tracing.{field}"),
+                format!("[tracing] {field} must be at least 1"),
+            );
+        }
+    }
+
     let mut endpoint_paths = HashSet::new();
     for (i, endpoint) in config.endpoints.iter().enumerate() {
         let path = endpoint.path.get_ref();
+        if let Some(sample) = &endpoint.trace_sample
+            && !is_fraction(*sample.get_ref())
+        {
+            at(
+                sample.span(),
+                format!("endpoint[{i}].trace-sample"),
+                "a sampling rate is a fraction from 0 to 1".to_string(),
+            );
+        }
         if endpoint.monitor == crate::model::MonitorLevel::Replay
             && config.monitor.database.is_none()
         {
@@ -441,4 +478,9 @@ pub(crate) fn is_oci_reference(source: &str) -> bool {
         .is_some_and(|(host, repository)| {
             !host.is_empty() && !repository.is_empty() && !source.contains(char::is_whitespace)
         })
+}
+
+/// Whether `rate` is a sampling rate: a fraction from 0 to 1.
+fn is_fraction(rate: f64) -> bool {
+    (0.0..=1.0).contains(&rate)
 }

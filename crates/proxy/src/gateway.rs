@@ -29,6 +29,9 @@ pub enum StartError {
     /// The traffic monitor could not start.
     #[error("{0}")]
     Monitor(#[from] wsgate_monitor::MonitorError),
+    /// Trace export could not start.
+    #[error("{0}")]
+    Tracing(#[from] wsgate_trace::TraceError),
     /// The connection worker threads could not start.
     #[error("cannot start the connection workers: {0}")]
     Workers(std::io::Error),
@@ -103,6 +106,7 @@ impl Gateway {
     /// and the configured echo servers, and start serving.
     pub async fn start(config: Config, runtime: &Runtime) -> Result<Self, StartError> {
         let monitor = Monitor::start(&config.monitor)?;
+        let tracer = wsgate_trace::Tracer::start(&config.tracing)?;
         // This gateway's own quotas: its plugins count there, and (with
         // `[cluster] redis`) reconcile with the other replicas.
         let runtime = runtime.with_quotas(Arc::default());
@@ -113,7 +117,13 @@ impl Gateway {
             Arc::new(Generation::build(1, config, &runtime).map_err(DeployError::from)?);
         let workers = Workers::start(*generation.config.gateway.workers.get_ref())
             .map_err(StartError::Workers)?;
-        let shared = Arc::new(Shared::new(generation.clone(), runtime, monitor, workers));
+        let shared = Arc::new(Shared::new(
+            generation.clone(),
+            runtime,
+            monitor,
+            workers,
+            tracer,
+        ));
         listener::apply(&shared, &generation.config)
             .await
             .map_err(DeployError::from)?;
@@ -422,6 +432,15 @@ impl Gateway {
     /// False once shutdown has begun.
     pub fn is_ready(&self) -> bool {
         self.shared.ready.load(Ordering::Relaxed)
+    }
+
+    /// Spans exported, dropped and lost since start (zeros when tracing is off).
+    pub fn trace_totals(&self) -> wsgate_trace::TraceTotals {
+        self.shared
+            .tracer
+            .as_ref()
+            .map(|tracer| tracer.totals())
+            .unwrap_or_default()
     }
 
     /// The traffic monitor.

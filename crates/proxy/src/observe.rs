@@ -7,6 +7,10 @@
 //! `metadata` on, the client's frames too, through a [`SharedFrameLog`] it
 //! shares with the tap in the client's stream stack, and each message's
 //! plugin verdicts with them.
+//!
+//! When `[tracing]` exports, it also builds the connection's trace: the
+//! connection's span, its upgrade with each plugin's call, and the sampled
+//! messages with theirs (`wsgate_trace`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,6 +24,7 @@ use wsgate_monitor::{
     EndRecord, MessageRecord, Monitor, PluginVerdict, Record, UpgradeRecord, now_us,
 };
 use wsgate_runtime::{MessageVerdict, PluginFault, UpgradeVerdict};
+use wsgate_trace::{CallOutcome, ConnectionTrace};
 use wsgate_wire::{FrameLog, SharedFrameLog};
 
 use crate::convert::{payloads, to_payload};
@@ -84,6 +89,10 @@ pub struct Observer {
     /// Who started closing first, with the code and reason.
     first_close: Option<(ClosedBy, Option<u16>, String)>,
     expired: bool,
+    /// The connection's trace, when it is traced.
+    trace: Option<ConnectionTrace>,
+    /// Where the upgrade chain routed (for the upgrade's span).
+    route: Option<String>,
 }
 
 impl Observer {
@@ -104,6 +113,7 @@ impl Observer {
         client: SocketAddr,
         request: RequestSummary<'_>,
         shadow: Option<ShadowFeed>,
+        trace: Option<ConnectionTrace>,
     ) -> Self {
         let key = (level > MonitorLevel::Off).then(|| monitor.key(id));
         let record_key = key
@@ -155,6 +165,8 @@ impl Observer {
             notes: Vec::new(),
             first_close: None,
             expired: false,
+            trace,
+            route: None,
         }
     }
 
@@ -168,6 +180,16 @@ impl Observer {
     ) {
         self.counters
             .upgrade_verdict(UpgradeVerdictKind::of(verdict));
+        if let Some(trace) = &mut self.trace {
+            let outcome = match verdict {
+                Ok(UpgradeVerdict::Continue) => CallOutcome::Verdict("continue"),
+                Ok(UpgradeVerdict::Modify(_)) => CallOutcome::Verdict("modify"),
+                Ok(UpgradeVerdict::Reject(_)) => CallOutcome::Verdict("reject"),
+                Ok(UpgradeVerdict::Route(_)) => CallOutcome::Verdict("route"),
+                Err(fault) => CallOutcome::Fault(fault.kind.as_str()),
+            };
+            trace.upgrade_call(plugin, &outcome, started);
+        }
         if let Some((_, record)) = self.upgrade.as_mut() {
             record.verdicts.push(PluginVerdict {
                 plugin: plugin.to_string(),
@@ -188,11 +210,23 @@ impl Observer {
         if let Some((_, record)) = self.upgrade.as_mut() {
             record.route = Some(url.to_string());
         }
+        if self.trace.is_some() {
+            self.route = Some(url.to_string());
+        }
     }
 
     /// The client got `status` with `headers`: count it, record the upgrade.
     pub fn answered(&mut self, status: u16, headers: &HeaderMap) {
         self.counters.upgrade(&self.endpoint, status);
+        if let Some(trace) = &mut self.trace {
+            trace.answered(status, self.route.as_deref());
+        }
+        if status != 101
+            && let Some(trace) = self.trace.take()
+        {
+            // Refused: the connection ends with its answer.
+            trace.end(None, ClosedBy::Gateway.name());
+        }
         let Some((started, mut record)) = self.upgrade.take() else {
             return;
         };
@@ -230,15 +264,70 @@ impl Observer {
         self.frames.is_some()
     }
 
-    /// A message plugin's verdict on the message in the chains now.
+    /// A message read from `from` enters its chain: the trace draws
+    /// whether it is traced (when the connection is traced at all).
+    pub fn chain_begins(&mut self, from: Peer, message: &WsMessage) {
+        if let Some(trace) = &mut self.trace {
+            let opcode = match message {
+                WsMessage::Text(_) => "text",
+                WsMessage::Binary(_) => "binary",
+                WsMessage::Close(_) => "close",
+                WsMessage::Ping(_) => "ping",
+                WsMessage::Pong(_) => "pong",
+                WsMessage::Frame(_) => "frame",
+            };
+            trace.message_begins(from.direction_name(), opcode, message.len());
+        }
+    }
+
+    /// Whether the message in the chains now is traced, so its plugin
+    /// calls are timed (the clock is read for traced messages only).
+    pub fn times_calls(&self) -> bool {
+        self.trace
+            .as_ref()
+            .is_some_and(ConnectionTrace::traces_message)
+    }
+
+    /// The message left its chain with `result`: its span, if traced, ends.
+    pub fn chain_ends(&mut self, result: &ChainResult) {
+        if let Some(trace) = &mut self.trace
+            && trace.traces_message()
+        {
+            let outcome = if result.close.is_some() {
+                "close"
+            } else if result.forward.is_empty() && result.replies.is_empty() {
+                "drop"
+            } else if result.forward.is_empty() {
+                "reply"
+            } else {
+                "forward"
+            };
+            trace.message_ends(outcome);
+        }
+    }
+
+    /// A message plugin's verdict on the message in the chains now, its
+    /// call `started` then when it is timed ([`Observer::times_calls`]).
     pub fn message_verdict(
         &mut self,
         plugin: &str,
         fail: FailPolicy,
         verdict: &Result<MessageVerdict, PluginFault>,
+        started: Option<Instant>,
     ) {
         self.counters
             .message_verdict(MessageVerdictKind::of(verdict));
+        if let (Some(trace), Some(started)) = (&mut self.trace, started) {
+            let outcome = match verdict {
+                Ok(MessageVerdict::Forward) => CallOutcome::Verdict("forward"),
+                Ok(MessageVerdict::Replace(_)) => CallOutcome::Verdict("replace"),
+                Ok(MessageVerdict::Drop) => CallOutcome::Verdict("drop"),
+                Ok(MessageVerdict::Close(_)) => CallOutcome::Verdict("close"),
+                Ok(MessageVerdict::Reply(_)) => CallOutcome::Verdict("reply"),
+                Err(fault) => CallOutcome::Fault(fault.kind.as_str()),
+            };
+            trace.message_call(plugin, &outcome, started);
+        }
         if !self.describes_verdicts() {
             return;
         }
@@ -374,6 +463,9 @@ impl Observer {
                 .take()
                 .unwrap_or((ClosedBy::Gateway, None, String::from("closed")));
         self.counters.closed(code);
+        if let Some(trace) = self.trace.take() {
+            trace.end(code, closed_by.name());
+        }
         let Some((monitor, connection)) = self.monitor.take() else {
             return;
         };

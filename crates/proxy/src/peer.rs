@@ -23,6 +23,14 @@ impl Peer {
         }
     }
 
+    /// The direction of a message read from this peer, as traces say it.
+    pub fn direction_name(self) -> &'static str {
+        match self {
+            Peer::Client => "client-to-upstream",
+            Peer::Upstream => "upstream-to-client",
+        }
+    }
+
     /// `client` or `upstream`, as logs and the monitor say it.
     pub fn name(self) -> &'static str {
         match self {

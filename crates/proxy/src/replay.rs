@@ -260,6 +260,7 @@ impl Replayer {
                 headers: &headers,
             },
             None,
+            None,
         );
         let view = UpgradeRequest {
             connection_id: id,

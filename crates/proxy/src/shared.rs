@@ -57,6 +57,8 @@ pub(crate) struct Shared {
     /// The candidate generation running in the shadow of the serving
     /// one, if any.
     pub shadow: RwLock<Option<Arc<Shadow>>>,
+    /// Exports traces (`[tracing]`, set at start), if it is on.
+    pub tracer: Option<Arc<wsgate_trace::Tracer>>,
 }
 
 impl Shared {
@@ -66,6 +68,7 @@ impl Shared {
         runtime: Runtime,
         monitor: Monitor,
         workers: Workers,
+        tracer: Option<Arc<wsgate_trace::Tracer>>,
     ) -> Self {
         Self {
             next_generation: AtomicU64::new(generation.id + 1),
@@ -86,6 +89,7 @@ impl Shared {
             ledger: Arc::default(),
             workers,
             shadow: RwLock::new(None),
+            tracer,
         }
     }
 

@@ -45,6 +45,7 @@ pub async fn run_chain(
 ) -> ChainResult {
     let mut result = ChainResult::default();
     let mut items: Messages<Item> = smallvec::smallvec![Item::Wire(message)];
+    let timed = observer.times_calls();
     for step in chain {
         let Some(context) = contexts.get_mut(step.slot) else {
             continue;
@@ -63,11 +64,12 @@ pub async fn run_chain(
                 },
             };
             let is_close = matches!(message, Message::Close(_));
+            let started = timed.then(std::time::Instant::now);
             let called = step
                 .pool
                 .on_message_placed(context, direction, &message)
                 .await;
-            observer.message_verdict(plugin, step.fail, &called);
+            observer.message_verdict(plugin, step.fail, &called, started);
             let verdict = match called {
                 Ok(verdict) => verdict,
                 Err(fault) => {

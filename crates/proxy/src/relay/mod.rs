@@ -314,15 +314,19 @@ async fn on_read(
         Peer::Client => &endpoint.client_messages,
         Peer::Upstream => &endpoint.upstream_messages,
     };
+    observer.chain_begins(from.peer, &message);
     if chain.is_empty() {
         // The fast path: nothing to run, nothing to convert.
         observer.read(from.peer, None, 0, payload(&message));
-        if observer.records_chains() {
+        if observer.records_chains() || observer.times_calls() {
             let result = ChainResult {
                 forward: smallvec::smallvec![message.clone()],
                 ..ChainResult::default()
             };
-            observer.chain_ran(from.peer, &message, &result, 0);
+            observer.chain_ends(&result);
+            if observer.records_chains() {
+                observer.chain_ran(from.peer, &message, &result, 0);
+            }
         }
         to.send_all([message], observer).await;
         if is_close {
@@ -344,6 +348,7 @@ async fn on_read(
         observer,
     )
     .await;
+    observer.chain_ends(&result);
     let filter_us = started.map_or(0, micros_since);
     let verdict = observer.take_verdicts();
     if let Some(read) = &read {

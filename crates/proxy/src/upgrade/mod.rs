@@ -22,6 +22,7 @@ use hyper_util::rt::TokioIo;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tracing::Instrument;
 use wsgate_runtime::{CallContext, ConnectionInfo, Expiry, HeaderOp, Route};
+use wsgate_trace::ConnectionFacts;
 use wsgate_wire::deflate::Agreement;
 
 use crate::generation::{DEFAULT_CONNECT_TIMEOUT, Generation, LiveEndpoint};
@@ -53,10 +54,43 @@ pub async fn handle(
     }
     let id = shared.next_connection_id();
     let path = endpoint.config.path.get_ref();
-    let span = tracing::info_span!("connection", id, endpoint = %path, %client);
+    let span = tracing::info_span!(
+        "connection",
+        id,
+        endpoint = %path,
+        %client,
+        trace_id = tracing::field::Empty
+    );
     let shadow = shared
         .shadow()
         .and_then(|shadow| shadow.sample(request.uri().path(), id));
+    let trace = shared.tracer.as_ref().and_then(|tracer| {
+        let sample = endpoint
+            .config
+            .trace_sample
+            .as_ref()
+            .map_or(tracer.default_sample(), |s| *s.get_ref());
+        tracer.connection(
+            request
+                .headers()
+                .get("traceparent")
+                .map(http::HeaderValue::as_bytes),
+            &ConnectionFacts {
+                id,
+                generation: generation.id,
+                endpoint: path,
+                path: request.uri().path(),
+                client,
+                sample,
+            },
+        )
+    });
+    if let Some(trace) = &trace {
+        span.record("trace_id", trace.trace_id());
+    }
+    let traceparent = trace
+        .as_ref()
+        .map(wsgate_trace::ConnectionTrace::traceparent);
     let observer = Observer::new(
         shared.counters.clone(),
         &shared.monitor,
@@ -73,7 +107,14 @@ pub async fn handle(
             headers: request.headers(),
         },
         shadow,
+        trace,
     );
+    // The monitor recorded the client's traceparent; plugins and the
+    // upstream see this connection's span as the parent.
+    let mut request = request;
+    if let Some(value) = traceparent.and_then(|t| http::HeaderValue::try_from(t).ok()) {
+        request.headers_mut().insert("traceparent", value);
+    }
     let connection = Connection {
         shared,
         generation,
