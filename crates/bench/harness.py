@@ -206,13 +206,33 @@ backend echo
     server echo 127.0.0.1:{echo}
 """
 
+# An OTLP/HTTP sink for the traced targets: answers every export 200 and
+# counts the bytes, so the gateway's export costs what it would with a
+# collector.
+OTLP_SINK = """
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+class Sink(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        self.send_response(200)
+        self.send_header("content-type", "application/x-protobuf")
+        self.send_header("content-length", "0")
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Sink).serve_forever()
+"""
+
 
 class Target:
     """A proxy (or none) in front of the echo server."""
 
-    def __init__(self, name: str, out: Path, echo: int, proxy_core: str):
+    def __init__(self, name: str, out: Path, echo: int, proxy_core: str, load_core: str = ""):
         self.name, self.out, self.echo, self.core = name, out, echo, proxy_core
-        self.proc = None
+        self.load_core = load_core or proxy_core
+        self.proc = self.sink = None
         self.port = echo
 
     def start(self) -> None:
@@ -232,7 +252,10 @@ class Target:
         else:
             # wsgate+passthrough+shadow-R: the passthrough gateway with the
             # same configuration in its shadow, sampling R of the connections.
-            base, _, shadow = self.name.partition("+shadow-")
+            # wsgate+passthrough+trace-R: traced ([tracing]), R of the
+            # messages sampled, exported to an OTLP sink on the load's core.
+            base, _, trace = self.name.partition("+trace-")
+            base, _, shadow = base.partition("+shadow-")
             chains = {"wsgate": ROUTER, "wsgate+passthrough": ROUTER + PASSTHROUGH, "wsgate+3-plugin-chains": CHAIN3,
                       "wsgate+deflate": ROUTER}[base]
             conf = self.out / f"{self.name}.toml"
@@ -242,6 +265,13 @@ class Target:
             admin = free_port() if shadow else None
             if admin:
                 text += f'\n[admin]\nlisten = "127.0.0.1:{admin}"\n'
+            if trace:
+                sink = free_port()
+                self.sink = pinned(self.load_core, [sys.executable, "-c", OTLP_SINK, str(sink)],
+                                   stdout=log, stderr=log)
+                wait_port(sink, self.sink)
+                text += (f'\n[tracing]\notlp-endpoint = "http://127.0.0.1:{sink}/v1/traces"\n'
+                         f'sample = {trace}\n')
             conf.write_text(text)
             self.proc = pinned(self.core, [WSGATE, "run", "--config", conf], stdout=log, stderr=log,
                                env={**os.environ, "RUST_LOG": "warn"})
@@ -259,6 +289,11 @@ class Target:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
             self.proc = None
+        # After the gateway: its last spans are sent at shutdown.
+        if self.sink:
+            self.sink.terminate()
+            self.sink.wait(15)
+            self.sink = None
 
     @property
     def url(self) -> str:
@@ -421,7 +456,7 @@ def main() -> int:
         for round_ in range(1, args.rounds + 1):
             order = names if round_ % 2 else list(reversed(names))
             for name in order:
-                target = Target(name, out, echo_port, proxy_core)
+                target = Target(name, out, echo_port, proxy_core, load_core)
                 target.start()
                 try:
                     for index, workload in enumerate(workloads):

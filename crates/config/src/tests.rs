@@ -468,3 +468,34 @@ fn monitor_level_replay_needs_the_database() {
     let with_database = format!("{text}\n[monitor]\ndatabase = \"monitor.db\"\n");
     assert!(parse_at(&with_database).is_ok());
 }
+
+#[test]
+fn tracing_rates_and_endpoint_are_checked_where_they_are_written() {
+    let text = "[gateway]\nlisten = \"127.0.0.1:8080\"\n\n\
+                [tracing]\notlp-endpoint = \"http://collector:4318/v1/traces\"\nsample = 1.5\n";
+    let error = single_error(text);
+    assert_eq!(
+        (error.field.as_str(), error.line),
+        ("tracing.sample", 6),
+        "{error}"
+    );
+    let text = "[gateway]\nlisten = \"127.0.0.1:8080\"\n\n\
+                [tracing]\notlp-endpoint = \"collector:4318\"\n";
+    let error = single_error(text);
+    assert_eq!(
+        (error.field.as_str(), error.line),
+        ("tracing.otlp-endpoint", 5),
+        "{error}"
+    );
+    let text = "[gateway]\nlisten = \"127.0.0.1:8080\"\n\n\
+                [[endpoint]]\npath = \"/chat\"\nenabled = false\ntrace-sample = -0.5\n";
+    let error = single_error(text);
+    assert_eq!(
+        (error.field.as_str(), error.line),
+        ("endpoint[0].trace-sample", 7),
+        "{error}"
+    );
+    // Off by default: no endpoint, nothing exported.
+    let config = parse_at("[gateway]\nlisten = \"127.0.0.1:8080\"\n").unwrap();
+    assert!(config.tracing.otlp_endpoint.is_none());
+}

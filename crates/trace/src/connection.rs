@@ -43,11 +43,11 @@ pub struct ConnectionFacts<'a> {
 }
 
 /// How one plugin call ended, for its span.
-pub enum CallOutcome<'a> {
+pub enum CallOutcome {
     /// The plugin gave this verdict (`forward`, `reject`, `route`, …).
-    Verdict(&'a str),
+    Verdict(&'static str),
     /// The call failed (`trap`, `deadline`, …); the span's status is an error.
-    Fault(&'a str),
+    Fault(&'static str),
 }
 
 /// A span begun and not yet ended.
@@ -65,6 +65,8 @@ pub struct ConnectionTrace {
     /// The request's traceparent span, when it had one.
     parent: SpanId,
     name: String,
+    /// The name of its message spans (`process {endpoint}`).
+    message_name: String,
     endpoint: Arc<str>,
     /// The instant the connection began, and the wall time then.
     began: (Instant, SystemTime),
@@ -120,6 +122,7 @@ impl Tracer {
             tracer: self.clone(),
             parent: parent.map_or(SpanId::INVALID, |p| p.span_id()),
             name: format!("websocket {}", facts.endpoint),
+            message_name: format!("process {}", facts.endpoint),
             endpoint: Arc::from(facts.endpoint),
             context,
             began: (Instant::now(), SystemTime::now()),
@@ -174,7 +177,7 @@ impl ConnectionTrace {
     }
 
     /// An upgrade plugin's call, `started` then and ended now.
-    pub fn upgrade_call(&mut self, plugin: &str, outcome: &CallOutcome<'_>, started: Instant) {
+    pub fn upgrade_call(&mut self, plugin: &str, outcome: &CallOutcome, started: Instant) {
         if let Some(parent) = self.upgrade.as_ref().map(|u| u.id) {
             self.call(parent, plugin, outcome, started);
         }
@@ -265,7 +268,7 @@ impl ConnectionTrace {
     }
 
     /// A message plugin's call on the traced message, `started` then.
-    pub fn message_call(&mut self, plugin: &str, outcome: &CallOutcome<'_>, started: Instant) {
+    pub fn message_call(&mut self, plugin: &str, outcome: &CallOutcome, started: Instant) {
         if let Some(parent) = self.message.as_ref().map(|m| m.id) {
             self.call(parent, plugin, outcome, started);
         }
@@ -283,7 +286,7 @@ impl ConnectionTrace {
         let span = self.span(
             message.id,
             self.context.span_id(),
-            Cow::Owned(format!("process {}", self.endpoint)),
+            Cow::Owned(self.message_name.clone()),
             SpanKind::Consumer,
             message.start,
             message.attributes,
@@ -324,16 +327,16 @@ impl ConnectionTrace {
     }
 
     /// A plugin call's span under `parent`.
-    fn call(&self, parent: SpanId, plugin: &str, outcome: &CallOutcome<'_>, started: Instant) {
+    fn call(&self, parent: SpanId, plugin: &str, outcome: &CallOutcome, started: Instant) {
         let mut attributes = vec![KeyValue::new("wsgate.plugin", plugin.to_string())];
         let status = match outcome {
             CallOutcome::Verdict(verdict) => {
-                attributes.push(KeyValue::new("wsgate.verdict", verdict.to_string()));
+                attributes.push(KeyValue::new("wsgate.verdict", *verdict));
                 Status::Unset
             }
             CallOutcome::Fault(kind) => {
                 attributes.push(KeyValue::new("wsgate.verdict", "fault"));
-                attributes.push(KeyValue::new("error.type", kind.to_string()));
+                attributes.push(KeyValue::new("error.type", *kind));
                 Status::error(format!("plugin fault: {kind}"))
             }
         };

@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
 use std::task::{Context, Poll, Wake};
 use std::time::{Duration, Instant};
 
@@ -16,6 +16,18 @@ use opentelemetry_sdk::trace::{SpanData, SpanExporter};
 use wsgate_config::TracingSettings;
 
 use crate::{TraceCounts, TraceError};
+
+/// What the export thread's queue carries.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "spans are the queue's traffic; boxing them would cost an allocation each"
+)]
+pub(crate) enum Queued {
+    /// A finished span.
+    Span(SpanData),
+    /// Send what waits now, then answer.
+    Flush(SyncSender<()>),
+}
 
 /// How a batch is gathered and sent.
 struct Batching {
@@ -28,7 +40,7 @@ pub(crate) fn spawn(
     settings: &TracingSettings,
     endpoint: &str,
     counts: Arc<TraceCounts>,
-) -> Result<SyncSender<SpanData>, TraceError> {
+) -> Result<SyncSender<Queued>, TraceError> {
     // reqwest builds a rustls configuration even for plain HTTP; the
     // process's provider is ring, as for the registry client.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -59,53 +71,101 @@ pub(crate) fn spawn(
     Ok(queue)
 }
 
-/// Gather spans into batches (full, or the first span waited `interval`)
-/// and send each, until every sender is gone and the queue is empty.
+/// How often the thread looks at the queue while spans flow. It sleeps
+/// between looks rather than waiting on the queue: a thread waiting on the
+/// queue is woken by every span sent, which would cost the relay a system
+/// call and a context switch per span.
+const TICK: Duration = Duration::from_millis(10);
+
+/// Gather spans into batches (full, the oldest waited `interval`, or a
+/// flush asked) and send each, until every sender is gone and the queue
+/// is empty. Idle, it waits on the queue (the first span wakes it); while
+/// spans flow, it looks every [`TICK`].
 fn run(
-    spans: &Receiver<SpanData>,
+    queue: &Receiver<Queued>,
     exporter: &opentelemetry_otlp::SpanExporter,
     batching: &Batching,
     counts: &TraceCounts,
 ) {
     let mut failing = false;
+    let mut batch = Vec::with_capacity(batching.size);
+    let mut send_batch = |batch: &mut Vec<SpanData>| {
+        if !batch.is_empty() {
+            let full = std::mem::replace(batch, Vec::with_capacity(batching.size));
+            failing = send(exporter, full, counts, failing);
+        }
+    };
     loop {
-        let Ok(first) = spans.recv() else {
-            return;
-        };
-        let deadline = Instant::now() + batching.interval;
-        let mut batch = Vec::with_capacity(batching.size);
-        batch.push(first);
-        let mut closed = false;
-        while batch.len() < batching.size {
-            match spans.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(span) => batch.push(span),
-                Err(RecvTimeoutError::Timeout) => break,
-                Err(RecvTimeoutError::Disconnected) => {
-                    closed = true;
-                    break;
+        let mut next = queue.recv().ok();
+        let mut deadline = Instant::now() + batching.interval;
+        loop {
+            let mut took = false;
+            let mut closed = false;
+            let mut flushed = None;
+            loop {
+                match next.take().map_or_else(|| queue.try_recv(), Ok) {
+                    Ok(Queued::Span(span)) => {
+                        took = true;
+                        batch.push(span);
+                        if batch.len() >= batching.size {
+                            send_batch(&mut batch);
+                            deadline = Instant::now() + batching.interval;
+                        }
+                    }
+                    Ok(Queued::Flush(done)) => {
+                        flushed = Some(done);
+                        break;
+                    }
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        closed = true;
+                        break;
+                    }
                 }
             }
+            if flushed.is_some() || closed || Instant::now() >= deadline {
+                send_batch(&mut batch);
+                deadline = Instant::now() + batching.interval;
+            }
+            if let Some(done) = flushed {
+                let _ = done.try_send(());
+            }
+            if closed {
+                return;
+            }
+            if !took && batch.is_empty() {
+                // Idle again: wait on the queue.
+                break;
+            }
+            std::thread::sleep(TICK.min(batching.interval));
         }
-        let count = u64::try_from(batch.len()).unwrap_or(u64::MAX);
-        match block_on(exporter.export(batch)) {
-            Ok(()) => {
-                counts.exported.fetch_add(count, Ordering::Relaxed);
-                if failing {
-                    tracing::info!("trace export works again");
-                }
-                failing = false;
+    }
+}
+
+/// Send `batch`, counted; whether exports are failing now (`failing`:
+/// they were before).
+fn send(
+    exporter: &opentelemetry_otlp::SpanExporter,
+    batch: Vec<SpanData>,
+    counts: &TraceCounts,
+    failing: bool,
+) -> bool {
+    let count = u64::try_from(batch.len()).unwrap_or(u64::MAX);
+    match block_on(exporter.export(batch)) {
+        Ok(()) => {
+            counts.exported.fetch_add(count, Ordering::Relaxed);
+            if failing {
+                tracing::info!("trace export works again");
             }
-            Err(error) => {
-                counts.failed.fetch_add(count, Ordering::Relaxed);
-                // One warning per outage, not one per batch.
-                if !failing {
-                    tracing::warn!(%error, spans = count, "trace export failed; spans are lost until it works again");
-                }
-                failing = true;
-            }
+            false
         }
-        if closed {
-            return;
+        Err(error) => {
+            counts.failed.fetch_add(count, Ordering::Relaxed);
+            // One warning per outage, not one per batch.
+            if !failing {
+                tracing::warn!(%error, spans = count, "trace export failed; spans are lost until it works again");
+            }
+            true
         }
     }
 }

@@ -15,6 +15,7 @@ mod export;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError};
+use std::time::Duration;
 
 use opentelemetry::InstrumentationScope;
 use opentelemetry_sdk::trace::SpanData;
@@ -72,7 +73,7 @@ impl TraceCounts {
 /// of this process shares.
 #[derive(Debug)]
 pub struct Tracer {
-    queue: SyncSender<SpanData>,
+    queue: SyncSender<export::Queued>,
     counts: Arc<TraceCounts>,
     scope: InstrumentationScope,
     /// The fraction of messages traced where an endpoint does not say.
@@ -109,9 +110,20 @@ impl Tracer {
         self.counts.totals()
     }
 
+    /// Send the spans waiting now and wait for that export, at most
+    /// `timeout` once it is queued (at shutdown, so the last connections'
+    /// spans are not lost). Blocks: call it off the async workers.
+    pub fn flush(&self, timeout: Duration) {
+        let (done, flushed) = std::sync::mpsc::sync_channel(1);
+        // A full queue has room again after the export under way.
+        if self.queue.send(export::Queued::Flush(done)).is_ok() {
+            let _ = flushed.recv_timeout(timeout);
+        }
+    }
+
     /// Queue a finished span; when the queue is full it is dropped and counted.
     fn send(&self, span: SpanData) {
-        match self.queue.try_send(span) {
+        match self.queue.try_send(export::Queued::Span(span)) {
             Ok(()) => {}
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 self.counts.dropped.fetch_add(1, Ordering::Relaxed);

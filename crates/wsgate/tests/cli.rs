@@ -310,12 +310,18 @@ fn plugin_store_workflow_add_list_inspect_verify_then_check_pins_from_it() {
 fn a_json_log_is_one_object_per_line_and_a_plugin_fault_carries_its_connection() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let echo = runtime.block_on(wsgate_tests::start_echo());
+    // Traced (to a collector that is not there): each line of a connection
+    // names its trace.
+    let collector = runtime.block_on(wsgate_tests::closed_port());
     let config = write_config(
         "json-log",
-        &wsgate_tests::config_text(&wsgate_tests::endpoint(
-            "/echo",
-            echo,
-            "client-messages = [{ plugin = \"test-faults@0.1.0\", fail = \"open\" }]",
+        &wsgate_tests::config_text(&format!(
+            "[tracing]\notlp-endpoint = \"http://{collector}/v1/traces\"\n\n{}",
+            wsgate_tests::endpoint(
+                "/echo",
+                echo,
+                "client-messages = [{ plugin = \"test-faults@0.1.0\", fail = \"open\" }]",
+            )
         )),
     );
     let mut child = wsgate()
@@ -365,6 +371,11 @@ fn a_json_log_is_one_object_per_line_and_a_plugin_fault_carries_its_connection()
     assert_eq!(fault["span"]["name"], "connection", "{fault}");
     assert_eq!(fault["span"]["endpoint"], "/echo", "{fault}");
     assert!(fault["span"]["id"].is_number(), "{fault}");
+    let trace_id = fault["span"]["trace_id"].as_str().unwrap_or_default();
+    assert!(
+        trace_id.len() == 32 && trace_id.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{fault}"
+    );
     let _ = child.kill();
     let _ = child.wait();
 }
