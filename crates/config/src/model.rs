@@ -625,10 +625,10 @@ pub struct TracingSettings {
     /// How long spans may wait before they are sent (sooner when a batch
     /// is full).
     #[serde(default = "default_trace_interval")]
-    pub export_interval: HumanDuration,
+    pub export_interval: Spanned<HumanDuration>,
     /// How long one export request may take.
     #[serde(default = "default_trace_timeout")]
-    pub export_timeout: HumanDuration,
+    pub export_timeout: Spanned<HumanDuration>,
 }
 
 impl Default for TracingSettings {
@@ -657,11 +657,11 @@ fn default_trace_queue() -> Spanned<usize> {
 fn default_trace_batch() -> Spanned<usize> {
     Spanned::new(0..0, 512)
 }
-fn default_trace_interval() -> HumanDuration {
-    HumanDuration(Duration::from_secs(1))
+fn default_trace_interval() -> Spanned<HumanDuration> {
+    Spanned::new(0..0, HumanDuration(Duration::from_secs(1)))
 }
-fn default_trace_timeout() -> HumanDuration {
-    HumanDuration(Duration::from_secs(10))
+fn default_trace_timeout() -> Spanned<HumanDuration> {
+    Spanned::new(0..0, HumanDuration(Duration::from_secs(10)))
 }
 
 fn default_monitor_queue() -> usize {

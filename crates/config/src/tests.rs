@@ -499,3 +499,23 @@ fn tracing_rates_and_endpoint_are_checked_where_they_are_written() {
     let config = parse_at("[gateway]\nlisten = \"127.0.0.1:8080\"\n").unwrap();
     assert!(config.tracing.otlp_endpoint.is_none());
 }
+
+#[test]
+fn tracing_export_settings_are_bounded() {
+    let text = "[gateway]\nlisten = \"127.0.0.1:8080\"\n\n\
+                [tracing]\notlp-endpoint = \"http://collector:4318/v1/traces\"\nexport-interval = \"0s\"\n";
+    let error = single_error(text);
+    assert_eq!(
+        (error.field.as_str(), error.line),
+        ("tracing.export-interval", 6),
+        "{error}"
+    );
+    let text = "[gateway]\nlisten = \"127.0.0.1:8080\"\n\n\
+                [tracing]\nqueue = 0\n";
+    let error = single_error(text);
+    assert_eq!(
+        (error.field.as_str(), error.line),
+        ("tracing.queue", 5),
+        "{error}"
+    );
+}

@@ -276,12 +276,32 @@ pub(crate) fn validate(config: &Config, renamed: &Renamed) -> Result<(), ConfigE
             "a sampling rate is a fraction from 0 to 1".to_string(),
         );
     }
-    for (field, count) in [("queue", &tracing.queue), ("batch", &tracing.batch)] {
-        if *count.get_ref() == 0 {
+    for (field, count, most) in [
+        ("queue", &tracing.queue, MAX_TRACE_QUEUE),
+        ("batch", &tracing.batch, MAX_TRACE_BATCH),
+    ] {
+        if !(1..=most).contains(count.get_ref()) {
             at(
                 count.span(),
                 format!("tracing.{field}"),
-                format!("[tracing] {field} must be at least 1"),
+                format!("[tracing] {field} is 1 to {most} spans"),
+            );
+        }
+    }
+    let durations = [
+        (
+            "export-interval",
+            &tracing.export_interval,
+            MIN_TRACE_INTERVAL,
+        ),
+        ("export-timeout", &tracing.export_timeout, MIN_TRACE_TIMEOUT),
+    ];
+    for (field, duration, least) in durations {
+        if !(least..=MAX_TRACE_WAIT).contains(&duration.get_ref().0) {
+            at(
+                duration.span(),
+                format!("tracing.{field}"),
+                format!("[tracing] {field} is {least:?} to {MAX_TRACE_WAIT:?}"),
             );
         }
     }
@@ -479,6 +499,18 @@ pub(crate) fn is_oci_reference(source: &str) -> bool {
             !host.is_empty() && !repository.is_empty() && !source.contains(char::is_whitespace)
         })
 }
+
+/// Most spans `[tracing] queue` may hold (each slot is taken up front).
+const MAX_TRACE_QUEUE: usize = 1 << 20;
+/// Most spans in one export request.
+const MAX_TRACE_BATCH: usize = 1 << 16;
+/// Shortest `[tracing] export-interval` (the export thread looks at its
+/// queue at most this often).
+const MIN_TRACE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(1);
+/// Shortest `[tracing] export-timeout`.
+const MIN_TRACE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(10);
+/// Longest export interval or timeout.
+const MAX_TRACE_WAIT: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// Whether `rate` is a sampling rate: a fraction from 0 to 1.
 fn is_fraction(rate: f64) -> bool {

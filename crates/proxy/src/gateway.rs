@@ -525,8 +525,7 @@ impl Gateway {
         }
         self.shared.monitor.flush().await;
         if let Some(tracer) = self.shared.tracer.clone() {
-            let timeout = self.generation().config.tracing.export_timeout.0;
-            let _ = tokio::task::spawn_blocking(move || tracer.flush(timeout)).await;
+            let _ = tokio::task::spawn_blocking(move || tracer.flush()).await;
         }
     }
 }

@@ -89,8 +89,9 @@ pub struct Observer {
     /// Who started closing first, with the code and reason.
     first_close: Option<(ClosedBy, Option<u16>, String)>,
     expired: bool,
-    /// The connection's trace, when it is traced.
-    trace: Option<ConnectionTrace>,
+    /// The connection's trace, when it is traced (boxed: an untraced
+    /// connection carries a pointer, not the trace's room).
+    trace: Option<Box<ConnectionTrace>>,
     /// Where the upgrade chain routed (for the upgrade's span).
     route: Option<String>,
 }
@@ -165,7 +166,7 @@ impl Observer {
             notes: Vec::new(),
             first_close: None,
             expired: false,
-            trace,
+            trace: trace.map(Box::new),
             route: None,
         }
     }
@@ -285,7 +286,7 @@ impl Observer {
     pub fn times_calls(&self) -> bool {
         self.trace
             .as_ref()
-            .is_some_and(ConnectionTrace::traces_message)
+            .is_some_and(|trace| trace.traces_message())
     }
 
     /// The message left its chain with `result`: its span, if traced, ends.

@@ -73,10 +73,13 @@ pub struct ConnectionTrace {
     attributes: Vec<KeyValue>,
     upgrade: Option<OpenSpan>,
     message: Option<OpenSpan>,
-    /// Messages traced when a draw from `random` falls under it.
+    /// Messages traced when a draw from `sampling_state` falls under it.
     threshold: u64,
-    random: u64,
-    failed: bool,
+    sampling_state: u64,
+    /// The upgrade was answered 5xx: the connection's span is an error.
+    upgrade_failed: bool,
+    /// The connection's span was sent (by [`ConnectionTrace::end`], or on drop).
+    ended: bool,
 }
 
 impl Tracer {
@@ -135,8 +138,9 @@ impl Tracer {
             message: None,
             threshold: threshold(facts.sample),
             // Seeded from the span id, itself random.
-            random: u64::from_be_bytes(span_id.to_bytes()) | 1,
-            failed: false,
+            sampling_state: u64::from_be_bytes(span_id.to_bytes()) | 1,
+            upgrade_failed: false,
+            ended: false,
         })
     }
 }
@@ -171,11 +175,6 @@ impl ConnectionTrace {
         format!("{:032x}", self.context.trace_id())
     }
 
-    /// Add `attribute` to the connection's span.
-    pub fn note(&mut self, attribute: KeyValue) {
-        self.attributes.push(attribute);
-    }
-
     /// An upgrade plugin's call, `started` then and ended now.
     pub fn upgrade_call(&mut self, plugin: &str, outcome: &CallOutcome, started: Instant) {
         if let Some(parent) = self.upgrade.as_ref().map(|u| u.id) {
@@ -184,30 +183,41 @@ impl ConnectionTrace {
     }
 
     /// The upgrade was answered `status` (routed to `route`, if it was):
-    /// its span ends; the connection's too unless it was upgraded.
+    /// its span ends.
     pub fn answered(&mut self, status: u16, route: Option<&str>) {
+        self.end_upgrade(Some(status), route);
+    }
+
+    /// The upgrade's span ends: answered `status`, or (`None`) abandoned
+    /// before an answer.
+    fn end_upgrade(&mut self, status: Option<u16>, route: Option<&str>) {
         let Some(mut upgrade) = self.upgrade.take() else {
             return;
         };
-        upgrade.attributes.push(KeyValue::new(
-            "http.response.status_code",
-            i64::from(status),
-        ));
         if let Some(route) = route {
             upgrade
                 .attributes
                 .push(KeyValue::new("wsgate.route", route.to_string()));
         }
-        self.attributes.push(KeyValue::new(
-            "http.response.status_code",
-            i64::from(status),
-        ));
-        // As for HTTP servers: a 5xx answer is the gateway's failure.
-        self.failed |= status >= 500;
-        let status = if status >= 500 {
-            Status::error(format!("upgrade answered {status}"))
-        } else {
-            Status::Unset
+        let span_status = match status {
+            Some(status) => {
+                let code = KeyValue::new("http.response.status_code", i64::from(status));
+                upgrade.attributes.push(code.clone());
+                self.attributes.push(code);
+                // As for HTTP servers: a 5xx answer is the gateway's failure.
+                self.upgrade_failed |= status >= 500;
+                if status >= 500 {
+                    Status::error(format!("upgrade answered {status}"))
+                } else {
+                    Status::Unset
+                }
+            }
+            None => {
+                upgrade
+                    .attributes
+                    .push(KeyValue::new("wsgate.outcome", "abandoned"));
+                Status::Unset
+            }
         };
         let span = self.span(
             upgrade.id,
@@ -216,7 +226,7 @@ impl ConnectionTrace {
             SpanKind::Internal,
             upgrade.start,
             upgrade.attributes,
-            status,
+            span_status,
         );
         self.tracer.send(span);
     }
@@ -229,14 +239,17 @@ impl ConnectionTrace {
         opcode: &'static str,
         size: usize,
     ) -> bool {
+        // A span its chain never ended (it cannot happen today) is sent as
+        // it is rather than left to take this message's calls.
+        self.message_ends("unfinished");
         if self.threshold == 0 {
             return false;
         }
         // xorshift64: a draw per message, no lock, no system call.
-        self.random ^= self.random << 13;
-        self.random ^= self.random >> 7;
-        self.random ^= self.random << 17;
-        if self.threshold != u64::MAX && self.random > self.threshold {
+        self.sampling_state ^= self.sampling_state << 13;
+        self.sampling_state ^= self.sampling_state >> 7;
+        self.sampling_state ^= self.sampling_state << 17;
+        if self.threshold != u64::MAX && self.sampling_state > self.threshold {
             return false;
         }
         let id = RandomIdGenerator::default().new_span_id();
@@ -298,13 +311,25 @@ impl ConnectionTrace {
     /// The connection ended (closed with `code`, started by `closed_by`):
     /// its span ends and is sent.
     pub fn end(mut self, code: Option<u16>, closed_by: &'static str) {
+        self.send_connection(code, closed_by);
+    }
+
+    /// End what is still open, then the connection's span, and send them.
+    fn send_connection(&mut self, code: Option<u16>, closed_by: &'static str) {
+        if self.ended {
+            return;
+        }
+        self.ended = true;
+        // An upgrade that never got its answer (the client went away).
+        self.end_upgrade(None, None);
+        self.message_ends("unfinished");
         if let Some(code) = code {
             self.attributes
                 .push(KeyValue::new("websocket.close.code", i64::from(code)));
         }
         self.attributes
             .push(KeyValue::new("wsgate.closed_by", closed_by));
-        let status = if self.failed {
+        let status = if self.upgrade_failed {
             Status::error("the upgrade failed")
         } else {
             Status::Unset
@@ -387,6 +412,15 @@ impl ConnectionTrace {
             status,
             instrumentation_scope: self.tracer.scope.clone(),
         }
+    }
+}
+
+impl Drop for ConnectionTrace {
+    /// A connection dropped before it ended (its upgrade abandoned by the
+    /// client, or still open when the gateway stopped waiting at shutdown)
+    /// still sends its spans, so its children are not orphans.
+    fn drop(&mut self) {
+        self.send_connection(None, "abandoned");
     }
 }
 

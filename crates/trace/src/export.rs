@@ -48,11 +48,11 @@ pub(crate) fn spawn(
         .with_http()
         .with_protocol(Protocol::HttpBinary)
         .with_endpoint(endpoint)
-        .with_timeout(settings.export_timeout.0)
+        .with_timeout(settings.export_timeout.get_ref().0)
         .build()
-        .map_err(|error| TraceError::Exporter {
+        .map_err(|source| TraceError::Exporter {
             endpoint: endpoint.to_string(),
-            message: error.to_string(),
+            source,
         })?;
     exporter.set_resource(
         &Resource::builder_empty()
@@ -63,7 +63,7 @@ pub(crate) fn spawn(
     let (queue, spans) = std::sync::mpsc::sync_channel(*settings.queue.get_ref());
     let batching = Batching {
         size: *settings.batch.get_ref(),
-        interval: settings.export_interval.0,
+        interval: settings.export_interval.get_ref().0,
     };
     std::thread::Builder::new()
         .name("wsgate-trace-export".to_string())
@@ -92,12 +92,12 @@ fn run(
     let mut send_batch = |batch: &mut Vec<SpanData>| {
         if !batch.is_empty() {
             let full = std::mem::replace(batch, Vec::with_capacity(batching.size));
-            failing = send(exporter, full, counts, failing);
+            failing = export_batch(exporter, full, counts, failing);
         }
     };
     loop {
         let mut next = queue.recv().ok();
-        let mut deadline = Instant::now() + batching.interval;
+        let mut deadline = later(batching.interval);
         loop {
             let mut took = false;
             let mut closed = false;
@@ -109,7 +109,7 @@ fn run(
                         batch.push(span);
                         if batch.len() >= batching.size {
                             send_batch(&mut batch);
-                            deadline = Instant::now() + batching.interval;
+                            deadline = later(batching.interval);
                         }
                     }
                     Ok(Queued::Flush(done)) => {
@@ -125,7 +125,7 @@ fn run(
             }
             if flushed.is_some() || closed || Instant::now() >= deadline {
                 send_batch(&mut batch);
-                deadline = Instant::now() + batching.interval;
+                deadline = later(batching.interval);
             }
             if let Some(done) = flushed {
                 let _ = done.try_send(());
@@ -144,7 +144,7 @@ fn run(
 
 /// Send `batch`, counted; whether exports are failing now (`failing`:
 /// they were before).
-fn send(
+fn export_batch(
     exporter: &opentelemetry_otlp::SpanExporter,
     batch: Vec<SpanData>,
     counts: &TraceCounts,
@@ -168,6 +168,13 @@ fn send(
             true
         }
     }
+}
+
+/// The instant `after` from now (far ahead when that cannot be written).
+fn later(after: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(after)
+        .unwrap_or_else(|| now + Duration::from_secs(3600))
 }
 
 /// Run `future` to its end on this thread (the exporter's blocking HTTP

@@ -15,7 +15,7 @@ mod export;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use opentelemetry::InstrumentationScope;
 use opentelemetry_sdk::trace::SpanData;
@@ -28,12 +28,12 @@ pub use context::{format_traceparent, parse_traceparent};
 #[derive(Debug, thiserror::Error)]
 pub enum TraceError {
     /// The OTLP exporter could not be built (a bad endpoint URL, no HTTP client).
-    #[error("the OTLP exporter for {endpoint} could not be built: {message}")]
+    #[error("the OTLP exporter for {endpoint} could not be built: {source}")]
     Exporter {
         /// The configured endpoint.
         endpoint: String,
         /// What went wrong.
-        message: String,
+        source: opentelemetry_otlp::ExporterBuildError,
     },
     /// The export thread could not be started.
     #[error("the trace export thread could not start: {0}")]
@@ -55,7 +55,8 @@ pub struct TraceTotals {
     pub exported: u64,
     /// Dropped because the export queue was full.
     pub dropped: u64,
-    /// Lost in a failed export (the collector refused them or could not be reached).
+    /// Lost in a failed export (the collector refused them or could not be
+    /// reached), or because the export thread had stopped.
     pub failed: u64,
 }
 
@@ -78,6 +79,8 @@ pub struct Tracer {
     scope: InstrumentationScope,
     /// The fraction of messages traced where an endpoint does not say.
     sample: f64,
+    /// How long one export may take (`[tracing] export-timeout`).
+    export_timeout: Duration,
 }
 
 impl Tracer {
@@ -97,6 +100,7 @@ impl Tracer {
                 .with_version(env!("CARGO_PKG_VERSION"))
                 .build(),
             sample: *settings.sample.get_ref(),
+            export_timeout: settings.export_timeout.get_ref().0,
         })))
     }
 
@@ -110,14 +114,34 @@ impl Tracer {
         self.counts.totals()
     }
 
-    /// Send the spans waiting now and wait for that export, at most
-    /// `timeout` once it is queued (at shutdown, so the last connections'
-    /// spans are not lost). Blocks: call it off the async workers.
-    pub fn flush(&self, timeout: Duration) {
+    /// Send the spans waiting now, and wait for them to be sent: at most
+    /// twice `export-timeout` in all (at shutdown, so the last
+    /// connections' spans are not lost). Blocks: call it off the async
+    /// workers.
+    pub fn flush(&self) {
+        let deadline = Instant::now() + self.export_timeout.saturating_mul(2);
         let (done, flushed) = std::sync::mpsc::sync_channel(1);
-        // A full queue has room again after the export under way.
-        if self.queue.send(export::Queued::Flush(done)).is_ok() {
-            let _ = flushed.recv_timeout(timeout);
+        let mut flush = export::Queued::Flush(done);
+        // A full queue has room again once the export under way is done.
+        loop {
+            match self.queue.try_send(flush) {
+                Ok(()) => break,
+                Err(TrySendError::Disconnected(_)) => return,
+                Err(TrySendError::Full(back)) if Instant::now() < deadline => {
+                    flush = back;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(TrySendError::Full(_)) => {
+                    tracing::warn!("trace export queue still full at shutdown; its spans are lost");
+                    return;
+                }
+            }
+        }
+        if flushed
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .is_err()
+        {
+            tracing::warn!("trace export did not finish in time at shutdown; spans may be lost");
         }
     }
 
@@ -125,8 +149,12 @@ impl Tracer {
     fn send(&self, span: SpanData) {
         match self.queue.try_send(export::Queued::Span(span)) {
             Ok(()) => {}
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+            Err(TrySendError::Full(_)) => {
                 self.counts.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            // The export thread stopped (it does not, short of a bug).
+            Err(TrySendError::Disconnected(_)) => {
+                self.counts.failed.fetch_add(1, Ordering::Relaxed);
             }
         }
     }

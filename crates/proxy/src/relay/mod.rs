@@ -348,7 +348,6 @@ async fn on_read(
         observer,
     )
     .await;
-    observer.chain_ends(&result);
     let filter_us = started.map_or(0, micros_since);
     let verdict = observer.take_verdicts();
     if let Some(read) = &read {
@@ -383,6 +382,9 @@ async fn on_read(
         observer.writing(to.peer, None);
     }
 
+    // The message's span, if traced, ends with what the chain decided (a
+    // data message turned into a close above counts as a close).
+    observer.chain_ends(&result);
     if let Some((code, reason)) = result.close {
         tracing::info!(connection = session.id, code, %reason, "closing both sides");
         observer.closing(ClosedBy::Gateway, Some(code), &reason);

@@ -70,11 +70,14 @@ pub async fn handle(
             .trace_sample
             .as_ref()
             .map_or(tracer.default_sample(), |s| *s.get_ref());
+        // More than one traceparent is no trace context (W3C Trace Context).
+        let mut parents = request.headers().get_all("traceparent").iter();
+        let parent = match (parents.next(), parents.next()) {
+            (Some(one), None) => Some(one.as_bytes()),
+            _ => None,
+        };
         tracer.connection(
-            request
-                .headers()
-                .get("traceparent")
-                .map(http::HeaderValue::as_bytes),
+            parent,
             &ConnectionFacts {
                 id,
                 generation: generation.id,
