@@ -1,6 +1,8 @@
 //! What a deploy changed: a line diff of the serving configuration's text
 //! against the deployed one, for the deploy history. Values of keys that
-//! name secrets (`token`, `password`, `secret`) are never shown.
+//! name secrets (`token`, `password`, `secret`) are never shown, nor the
+//! continuation lines of such a value written over several lines (a
+//! multi-line string, an array or table).
 
 /// Lines of context kept around each change.
 const CONTEXT: usize = 2;
@@ -10,6 +12,14 @@ const CONTEXT: usize = 2;
 const MAX_TABLE: usize = 1 << 20;
 /// Most diff lines kept; the rest are counted.
 const MAX_LINES: usize = 400;
+
+/// One line of a configuration text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Line<'a> {
+    text: &'a str,
+    /// The line continues a secret's value begun on an earlier line.
+    secret: bool,
+}
 
 /// One line of a diff.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,14 +33,90 @@ enum Op {
 /// each hunk (N counts lines of `new`), then ` ` kept, `-` removed and `+`
 /// added lines. Empty when the texts have the same lines.
 pub fn changes(old: &str, new: &str) -> Vec<String> {
-    let before: Vec<&str> = old.lines().collect();
-    let after: Vec<&str> = new.lines().collect();
+    let before = lines(old);
+    let after = lines(new);
     let ops = line_ops(&before, &after);
     hunks(&ops)
 }
 
+/// A value left open at the end of a line.
+enum Open {
+    Nothing,
+    /// A multi-line string, until this delimiter.
+    Text(&'static str),
+    /// Arrays or inline tables, this many deep.
+    Brackets(usize),
+}
+
+/// `text`'s lines, each marked when it continues a secret's value.
+fn lines(text: &str) -> Vec<Line<'_>> {
+    let mut open = Open::Nothing;
+    text.lines()
+        .map(|line| match open {
+            Open::Text(delimiter) => {
+                if line.contains(delimiter) {
+                    open = Open::Nothing;
+                }
+                Line {
+                    text: line,
+                    secret: true,
+                }
+            }
+            Open::Brackets(depth) => {
+                let depth = brackets_left_open(line, depth);
+                open = if depth == 0 {
+                    Open::Nothing
+                } else {
+                    Open::Brackets(depth)
+                };
+                Line {
+                    text: line,
+                    secret: true,
+                }
+            }
+            Open::Nothing => {
+                let value = secret_value_start(line).and_then(|at| line.get(at..));
+                if let Some(value) = value {
+                    open = ["\"\"\"", "'''"]
+                        .into_iter()
+                        .find(|delimiter| value.matches(delimiter).count() % 2 == 1)
+                        .map_or_else(
+                            || match brackets_left_open(value, 0) {
+                                0 => Open::Nothing,
+                                depth => Open::Brackets(depth),
+                            },
+                            Open::Text,
+                        );
+                }
+                Line {
+                    text: line,
+                    secret: false,
+                }
+            }
+        })
+        .collect()
+}
+
+/// How many arrays and inline tables are still open after `text`, when
+/// `depth` were before it (brackets inside quoted strings do not count).
+fn brackets_left_open(text: &str, mut depth: usize) -> usize {
+    let mut quote = None;
+    for c in text.chars() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '"' | '\'') => quote = Some(c),
+            (None, '[' | '{') => depth += 1,
+            (None, ']' | '}') => depth = depth.saturating_sub(1),
+            (None, '#') => break,
+            _ => {}
+        }
+    }
+    depth
+}
+
 /// Every line of both texts in order, each with what happened to it.
-fn line_ops<'a>(before: &[&'a str], after: &[&'a str]) -> Vec<(Op, &'a str)> {
+fn line_ops<'a>(before: &[Line<'a>], after: &[Line<'a>]) -> Vec<(Op, Line<'a>)> {
     let head = before.iter().zip(after).take_while(|(a, b)| a == b).count();
     let (before_rest, after_rest) = (
         before.get(head..).unwrap_or_default(),
@@ -46,7 +132,7 @@ fn line_ops<'a>(before: &[&'a str], after: &[&'a str]) -> Vec<(Op, &'a str)> {
     let new_middle = after_rest
         .get(..after_rest.len() - tail)
         .unwrap_or_default();
-    let mut ops: Vec<(Op, &str)> = before.iter().take(head).map(|l| (Op::Same, *l)).collect();
+    let mut ops: Vec<(Op, Line<'a>)> = before.iter().take(head).map(|l| (Op::Same, *l)).collect();
     if old_middle.len().saturating_mul(new_middle.len()) <= MAX_TABLE {
         ops.extend(minimal(old_middle, new_middle));
     } else {
@@ -58,7 +144,7 @@ fn line_ops<'a>(before: &[&'a str], after: &[&'a str]) -> Vec<(Op, &'a str)> {
 }
 
 /// A minimal diff by longest common subsequence.
-fn minimal<'a>(before: &[&'a str], after: &[&'a str]) -> Vec<(Op, &'a str)> {
+fn minimal<'a>(before: &[Line<'a>], after: &[Line<'a>]) -> Vec<(Op, Line<'a>)> {
     let width = after.len() + 1;
     // lcs[i * width + j]: the longest common subsequence of before[i..] and after[j..].
     let mut lcs = vec![0u32; (before.len() + 1) * width];
@@ -105,7 +191,7 @@ fn minimal<'a>(before: &[&'a str], after: &[&'a str]) -> Vec<(Op, &'a str)> {
 }
 
 /// The changed lines with [`CONTEXT`] lines around them, grouped in hunks.
-fn hunks(ops: &[(Op, &str)]) -> Vec<String> {
+fn hunks(ops: &[(Op, Line<'_>)]) -> Vec<String> {
     let changed: Vec<usize> = (0..ops.len())
         .filter(|&i| ops.get(i).is_some_and(|(op, _)| *op != Op::Same))
         .collect();
@@ -143,7 +229,11 @@ fn hunks(ops: &[(Op, &str)]) -> Vec<String> {
             Op::Removed => '-',
             Op::Added => '+',
         };
-        out.push(format!("{sign}{}", without_secret(line)));
+        if line.secret {
+            out.push(format!("{sign}…"));
+        } else {
+            out.push(format!("{sign}{}", without_secret(line.text)));
+        }
     }
     if omitted > 0 {
         out.push(format!("… {omitted} more changed lines"));
@@ -306,6 +396,27 @@ mod tests {
             "{shown}"
         );
         assert!(shown.contains("+admin = { token = \"…\""), "{shown}");
+    }
+
+    #[test]
+    fn secrets_written_over_several_lines_never_show() {
+        let old = "[admin]\ntoken = \"\"\"\nfirst-half\nsecond-half\"\"\"\nlisten = \"a\"\n";
+        let new = "[admin]\ntoken = \"\"\"\nnew-first\nnew-second\"\"\"\nlisten = \"b\"\n\
+                   [[plugin.config.keys]]\nsecret = [\n  \"k1\", # [\n  { k = \"k2]\" },\n]\nafter = \"shown\"\n";
+        let shown = changes(old, new).join("\n");
+        for secret in [
+            "first-half",
+            "second-half",
+            "new-first",
+            "new-second",
+            "k1",
+            "k2",
+        ] {
+            assert!(!shown.contains(secret), "{secret} shown in:\n{shown}");
+        }
+        assert!(shown.contains("+listen = \"b\""), "{shown}");
+        assert!(shown.contains("+after = \"shown\""), "{shown}");
+        assert!(shown.contains("-…"), "{shown}");
     }
 
     #[test]
