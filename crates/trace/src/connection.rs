@@ -232,25 +232,21 @@ impl ConnectionTrace {
     }
 
     /// A message of `size` bytes (`opcode`) read from `from` enters its
-    /// chain: whether it is traced (drawn at the connection's rate).
-    pub fn message_begins(
-        &mut self,
-        from: &'static str,
-        opcode: &'static str,
-        size: usize,
-    ) -> bool {
+    /// chain: it is traced when drawn at the connection's rate
+    /// ([`ConnectionTrace::traces_message`] then says so).
+    pub fn message_begins(&mut self, from: &'static str, opcode: &'static str, size: usize) {
         // A span its chain never ended (it cannot happen today) is sent as
         // it is rather than left to take this message's calls.
         self.message_ends("unfinished");
         if self.threshold == 0 {
-            return false;
+            return;
         }
         // xorshift64: a draw per message, no lock, no system call.
         self.sampling_state ^= self.sampling_state << 13;
         self.sampling_state ^= self.sampling_state >> 7;
         self.sampling_state ^= self.sampling_state << 17;
         if self.threshold != u64::MAX && self.sampling_state > self.threshold {
-            return false;
+            return;
         }
         let id = RandomIdGenerator::default().new_span_id();
         self.message = Some(OpenSpan {
@@ -272,7 +268,6 @@ impl ConnectionTrace {
                 KeyValue::new("wsgate.direction", from),
             ],
         });
-        true
     }
 
     /// Whether a message is being traced (its plugin calls are timed).
