@@ -324,9 +324,7 @@ async fn on_read(
                 ..ChainResult::default()
             };
             observer.chain_ends(&result);
-            if observer.records_chains() {
-                observer.chain_ran(from.peer, &message, &result, 0);
-            }
+            observer.chain_ran(from.peer, &message, &result, 0);
         }
         to.send_all([message], observer).await;
         if is_close {

@@ -64,30 +64,10 @@ pub async fn handle(
     let shadow = shared
         .shadow()
         .and_then(|shadow| shadow.sample(request.uri().path(), id));
-    let trace = shared.tracer.as_ref().and_then(|tracer| {
-        let sample = endpoint
-            .config
-            .trace_sample
-            .as_ref()
-            .map_or(tracer.default_sample(), |s| *s.get_ref());
-        // More than one traceparent is no trace context (W3C Trace Context).
-        let mut parents = request.headers().get_all("traceparent").iter();
-        let parent = match (parents.next(), parents.next()) {
-            (Some(one), None) => Some(one.as_bytes()),
-            _ => None,
-        };
-        tracer.connection(
-            parent,
-            &ConnectionFacts {
-                id,
-                generation: generation.id,
-                endpoint: path,
-                path: request.uri().path(),
-                client,
-                sample,
-            },
-        )
-    });
+    let trace = shared
+        .tracer
+        .as_ref()
+        .and_then(|tracer| begin_trace(tracer, &endpoint, generation.id, id, client, &request));
     if let Some(trace) = &trace {
         span.record("trace_id", trace.trace_id());
     }
@@ -126,6 +106,40 @@ pub async fn handle(
         client,
     };
     connection.upgrade(request, observer).instrument(span).await
+}
+
+/// The trace of connection `id` (with `[tracing]` on), its parent the
+/// request's one `traceparent` (more than one is no trace context, as W3C
+/// Trace Context says), its messages sampled at the endpoint's rate.
+fn begin_trace(
+    tracer: &Arc<wsgate_trace::Tracer>,
+    endpoint: &LiveEndpoint,
+    generation: u64,
+    id: u64,
+    client: SocketAddr,
+    request: &Request<Incoming>,
+) -> Option<wsgate_trace::ConnectionTrace> {
+    let sample = endpoint
+        .config
+        .trace_sample
+        .as_ref()
+        .map_or(tracer.default_sample(), |s| *s.get_ref());
+    let mut parents = request.headers().get_all("traceparent").iter();
+    let parent = match (parents.next(), parents.next()) {
+        (Some(one), None) => Some(one.as_bytes()),
+        _ => None,
+    };
+    tracer.connection(
+        parent,
+        &ConnectionFacts {
+            id,
+            generation,
+            endpoint: endpoint.config.path.get_ref(),
+            path: request.uri().path(),
+            client,
+            sample,
+        },
+    )
 }
 
 /// What every phase of one upgrade works on.
