@@ -97,6 +97,89 @@ impl FrameHeader {
     }
 }
 
+/// Follows a byte stream frame by frame without keeping it: where the
+/// stream stands within a frame, and how many frames that end a message
+/// (control frames and final data frames) it has carried.
+#[derive(Debug, Default)]
+pub struct FrameTracker {
+    /// The header being read, while incomplete.
+    header: [u8; MAX_HEADER],
+    header_len: usize,
+    /// Payload bytes of the current frame still to come.
+    payload_left: u64,
+    /// Frames seen that end a message.
+    endings: u64,
+    /// A data message has begun and its final frame has not been seen.
+    fragmented: bool,
+}
+
+impl FrameTracker {
+    /// Follow `bytes`, the next bytes of the stream.
+    pub fn follow(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            if self.payload_left > 0 {
+                let skip = usize::try_from(self.payload_left)
+                    .unwrap_or(usize::MAX)
+                    .min(bytes.len());
+                bytes = bytes.get(skip..).unwrap_or_default();
+                self.payload_left -= skip as u64;
+                continue;
+            }
+            // The first two bytes, then the rest of the header they announce.
+            let size = self.header_size();
+            let take = (size - self.header_len).min(bytes.len());
+            if let (Some(to), Some(from)) = (
+                self.header.get_mut(self.header_len..self.header_len + take),
+                bytes.get(..take),
+            ) {
+                to.copy_from_slice(from);
+            }
+            self.header_len += take;
+            bytes = bytes.get(take..).unwrap_or_default();
+            if self.header_len < self.header_size() {
+                continue;
+            }
+            let header = self
+                .header
+                .get(..self.header_len)
+                .and_then(FrameHeader::parse);
+            self.header_len = 0;
+            if let Some(header) = header {
+                self.payload_left = header.length;
+                if header.opcode >= 8 {
+                    self.endings += 1;
+                } else if header.fin {
+                    self.endings += 1;
+                    self.fragmented = false;
+                } else {
+                    self.fragmented = true;
+                }
+            }
+        }
+    }
+
+    /// Bytes of the header being read: 2 until those are in, then what
+    /// they announce.
+    fn header_size(&self) -> usize {
+        match self.header.get(1) {
+            Some(&b1) if self.header_len >= 2 => FrameHeader::size_from(b1),
+            _ => 2,
+        }
+    }
+
+    /// Frames seen so far that end a message: each is one message for
+    /// whoever reads the stream (a control frame, or a data message's last
+    /// frame).
+    pub fn endings(&self) -> u64 {
+        self.endings
+    }
+
+    /// The stream stops at the end of a frame, outside any fragmented message.
+    pub fn at_message_boundary(&self) -> bool {
+        self.header_len == 0 && self.payload_left == 0 && !self.fragmented
+    }
+}
+
 /// XOR `bytes` with `key`, starting `offset` bytes into the payload.
 pub fn apply_mask(bytes: &mut [u8], key: [u8; 4], offset: u64) {
     let start = (offset % 4) as usize;
@@ -137,6 +220,56 @@ mod tests {
                 assert_eq!(FrameHeader::parse(&out[..out.len() - 1]), None);
             }
         }
+    }
+
+    /// Frames written one after the other, followed in pieces of any size.
+    fn follow_in_pieces(frames: &[(bool, u8, usize)], piece: usize) -> Vec<(u64, bool)> {
+        let mut tracker = FrameTracker::default();
+        let mut states = Vec::new();
+        for &(fin, opcode, length) in frames {
+            let mut bytes = Vec::new();
+            FrameHeader::write(&mut bytes, fin, false, opcode, Some([9, 8, 7, 6]), length);
+            bytes.resize(bytes.len() + length, 0x81);
+            for chunk in bytes.chunks(piece) {
+                tracker.follow(chunk);
+            }
+            states.push((tracker.endings(), tracker.at_message_boundary()));
+        }
+        states
+    }
+
+    #[test]
+    fn the_tracker_counts_message_endings_in_any_pieces() {
+        let frames = [
+            (true, 1, 5),
+            (false, 2, 300),
+            (true, 9, 3),
+            (false, 0, 70_000),
+            (true, 0, 0),
+            (true, 8, 2),
+        ];
+        let expected = vec![
+            (1, true),
+            (1, false),
+            (2, false),
+            (2, false),
+            (3, true),
+            (4, true),
+        ];
+        for piece in [1, 2, 3, 13, 14, 4096, 1 << 20] {
+            assert_eq!(
+                follow_in_pieces(&frames, piece),
+                expected,
+                "pieces of {piece}"
+            );
+        }
+        // A part of a frame is not its end.
+        let mut tracker = FrameTracker::default();
+        tracker.follow(&[0x81, 0x85, 1, 2, 3, 4, b'h']);
+        assert_eq!(tracker.endings(), 1);
+        assert!(!tracker.at_message_boundary());
+        tracker.follow(b"ello");
+        assert!(tracker.at_message_boundary());
     }
 
     #[test]

@@ -13,6 +13,12 @@
 //! once a read fills tungstenite's buffer, reads go through a read-ahead
 //! buffer of [`READ_AHEAD`] bytes instead, given back as soon as the socket
 //! has nothing more.
+//!
+//! A connection that speaks rarely can give the context back between
+//! messages ([`WebSocket::shed`]) once tungstenite holds nothing of it: the
+//! bytes handed to tungstenite are followed frame by frame
+//! ([`FrameTracker`]), so the wrapper knows when every message handed over
+//! has been returned and no partial frame or message is left.
 
 use std::io::{self, Read, Write};
 use std::pin::Pin;
@@ -22,6 +28,8 @@ use futures_util::Stream;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+
+use crate::frame::FrameTracker;
 
 /// Bytes of the first read from an idle connection, taken on the stack.
 const FIRST_READ: usize = 512;
@@ -40,6 +48,15 @@ pub struct WebSocket<S> {
     ended: bool,
     /// Nothing is queued that has to be written before another message.
     ready: bool,
+    /// Messages were fed since the last completed flush.
+    unflushed: bool,
+    /// tungstenite owes the peer an answer (a pong) that the next write or
+    /// flush sends.
+    answer_owed: bool,
+    /// A close frame was sent or received: the context stays to the end.
+    closing: bool,
+    /// Messages tungstenite has returned.
+    returned: u64,
     reads: Reads,
 }
 
@@ -54,6 +71,8 @@ struct Reads {
     ahead: Vec<u8>,
     at: usize,
     end: usize,
+    /// Every byte handed to tungstenite, followed frame by frame.
+    handed: FrameTracker,
 }
 
 impl Reads {
@@ -103,10 +122,9 @@ impl<S: AsyncRead + Unpin> Blocking<'_, '_, S> {
             }
         }
     }
-}
 
-impl<S: AsyncRead + Unpin> Read for Blocking<'_, '_, S> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+    /// What [`Read::read`] hands tungstenite: read-ahead bytes first.
+    fn read_for_tungstenite(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if self.reads.at < self.reads.end {
             return Ok(self.reads.take(buf));
         }
@@ -123,6 +141,14 @@ impl<S: AsyncRead + Unpin> Read for Blocking<'_, '_, S> {
         self.reads.at = 0;
         self.reads.end = got;
         Ok(self.reads.take(buf))
+    }
+}
+
+impl<S: AsyncRead + Unpin> Read for Blocking<'_, '_, S> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let got = self.read_for_tungstenite(buf)?;
+        self.reads.handed.follow(buf.get(..got).unwrap_or_default());
+        Ok(got)
     }
 }
 
@@ -160,6 +186,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             config,
             ended: false,
             ready: true,
+            unflushed: false,
+            answer_owed: false,
+            closing: false,
+            returned: 0,
             reads: Reads::default(),
         }
     }
@@ -192,6 +222,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         };
         let result = std::task::ready!(pending_on_block(context.flush(&mut io)));
         self.ready = true;
+        if result.is_ok() {
+            self.unflushed = false;
+            self.answer_owed = false;
+        }
         Poll::Ready(match result {
             // The connection has just closed: the flush is complete.
             Err(WsError::ConnectionClosed) => Ok(()),
@@ -210,6 +244,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             let Some(message) = message.take() else {
                 return Poll::Ready(Ok(()));
             };
+            self.unflushed = true;
+            self.closing |= matches!(message, Message::Close(_));
             let (role, config) = (self.role, self.config);
             let context = self
                 .context
@@ -237,6 +273,32 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     pub async fn flush(&mut self) -> Result<(), WsError> {
         std::future::poll_fn(|cx| self.poll_flush(cx)).await
     }
+
+    /// Give tungstenite's context (its read and write buffers) back if it
+    /// holds nothing: every message handed to it was returned, no partial
+    /// frame or message is left, nothing waits to be written, no pong is
+    /// owed, no close is under way, and no read-ahead byte waits. The next
+    /// read or write makes a new one. Returns whether it was given back.
+    pub fn shed(&mut self) -> bool {
+        let quiescent = self.context.is_some()
+            && !self.ended
+            && !self.closing
+            && !self.unflushed
+            && !self.answer_owed
+            && !self.probably_more()
+            && self.reads.handed.at_message_boundary()
+            && self.reads.handed.endings() == self.returned;
+        if quiescent {
+            self.context = None;
+            self.reads.release();
+        }
+        quiescent
+    }
+
+    /// Whether tungstenite's context is held (for tests and figures).
+    pub fn holds_context(&self) -> bool {
+        self.context.is_some()
+    }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Stream for WebSocket<S> {
@@ -255,6 +317,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Stream for WebSocket<S> {
             let mut buf = ReadBuf::new(&mut first);
             match std::task::ready!(Pin::new(&mut this.io).poll_read(cx, &mut buf)) {
                 Ok(()) => {
+                    this.reads.handed.follow(buf.filled());
                     this.context = Some(WebSocketContext::from_partially_read(
                         buf.filled().to_vec(),
                         this.role,
@@ -276,7 +339,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Stream for WebSocket<S> {
             reads: &mut this.reads,
         };
         match std::task::ready!(pending_on_block(context.read(&mut io))) {
-            Ok(message) => Poll::Ready(Some(Ok(message))),
+            Ok(message) => {
+                this.returned += 1;
+                match message {
+                    Message::Ping(_) => this.answer_owed = true,
+                    Message::Close(_) => this.closing = true,
+                    _ => {}
+                }
+                Poll::Ready(Some(Ok(message)))
+            }
             Err(error) => {
                 this.ended = true;
                 match error {
@@ -295,6 +366,9 @@ mod tests {
     use futures_util::{SinkExt, StreamExt};
     use proptest::prelude::*;
     use tokio_tungstenite::WebSocketStream;
+    use tokio_tungstenite::tungstenite::Bytes;
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data as OpData, OpCode};
 
     fn config() -> WebSocketConfig {
         WebSocketConfig::default()
@@ -335,6 +409,9 @@ mod tests {
                     assert_eq!(&got, expected);
                     server.feed(got).await.unwrap();
                     server.flush().await.unwrap();
+                    // Given back whenever nothing of the next message has
+                    // arrived yet; the messages must cross intact either way.
+                    server.shed();
                 }
                 assert!(matches!(server.next().await, Some(Ok(Message::Close(_)))));
                 // The answer to the close, queued by tungstenite.
@@ -359,6 +436,87 @@ mod tests {
         for pipe in [64, 4096, 300 * 1024] {
             echo(&messages, pipe);
         }
+    }
+
+    #[test]
+    fn a_quiet_connection_gives_its_context_back_between_messages() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let (a, b) = tokio::io::duplex(1 << 20);
+            let mut server = WebSocket::new(a, Role::Server, config());
+            let mut client =
+                WebSocketStream::from_raw_socket(b, Role::Client, Some(config())).await;
+            for round in 0..3 {
+                let text = format!("message {round}");
+                client.send(Message::text(text.clone())).await.unwrap();
+                let got = server.next().await.unwrap().unwrap();
+                assert_eq!(got, Message::text(text.clone()));
+                server.feed(got).await.unwrap();
+                assert!(
+                    !server.shed(),
+                    "a message fed and not flushed keeps the context"
+                );
+                server.flush().await.unwrap();
+                assert!(
+                    server.shed(),
+                    "round {round}: nothing is left, the context goes"
+                );
+                assert!(!server.holds_context());
+                assert_eq!(client.next().await.unwrap().unwrap(), Message::text(text));
+            }
+            // Two messages arrive together: after the first, the second is
+            // still in tungstenite's buffer, so the context stays.
+            client.feed(Message::text("one")).await.unwrap();
+            client.feed(Message::text("two")).await.unwrap();
+            client.flush().await.unwrap();
+            assert_eq!(server.next().await.unwrap().unwrap(), Message::text("one"));
+            assert!(!server.shed(), "the second message is held");
+            assert_eq!(server.next().await.unwrap().unwrap(), Message::text("two"));
+            assert!(server.shed());
+            // A fragmented message in part: tungstenite holds the first part.
+            client
+                .send(Message::Frame(Frame::message(
+                    Bytes::from_static(b"half"),
+                    OpCode::Data(OpData::Text),
+                    false,
+                )))
+                .await
+                .unwrap();
+            let pending = std::future::poll_fn(|cx| {
+                Poll::Ready(Pin::new(&mut server).poll_next(cx).is_pending())
+            })
+            .await;
+            assert!(pending);
+            assert!(!server.shed(), "a partial message keeps the context");
+            client
+                .send(Message::Frame(Frame::message(
+                    Bytes::from_static(b" and half"),
+                    OpCode::Data(OpData::Continue),
+                    true,
+                )))
+                .await
+                .unwrap();
+            assert_eq!(
+                server.next().await.unwrap().unwrap(),
+                Message::text("half and half")
+            );
+            assert!(server.shed());
+            // A ping is answered by the next flush: the context stays until then.
+            client
+                .send(Message::Ping(Bytes::from_static(b"p")))
+                .await
+                .unwrap();
+            assert!(matches!(server.next().await, Some(Ok(Message::Ping(_)))));
+            assert!(!server.shed(), "the pong is owed");
+            server.flush().await.unwrap();
+            assert!(server.shed());
+            assert_eq!(
+                client.next().await.unwrap().unwrap(),
+                Message::Pong(Bytes::from_static(b"p"))
+            );
+        });
     }
 
     #[test]

@@ -250,7 +250,9 @@ const BATCH: usize = 32;
 /// Handle a read from `from` and, in a burst, every further message it
 /// has ready (up to [`BATCH`]); then flush both sides once: a burst costs
 /// one write per side, not one per message. A lone message does not pay for
-/// a second read attempt.
+/// a second read attempt. When `from` speaks rarely, both sides then give
+/// their WebSocket buffers back until the next message: thousands of quiet
+/// connections hold none.
 async fn pump(
     endpoint: &LiveEndpoint,
     session: &mut Session,
@@ -271,6 +273,10 @@ async fn pump(
     }
     to.flush().await;
     from.flush().await;
+    if from.speaks_rarely() {
+        from.stream.shed();
+        to.stream.shed();
+    }
 }
 
 /// Handle one read from `from`; `to` is the other side.

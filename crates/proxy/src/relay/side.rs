@@ -1,7 +1,7 @@
 //! One side of the relay: its stream and where its close handshake stands.
 
 use std::task::Poll;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 
@@ -9,6 +9,10 @@ use crate::convert::close_frame;
 use crate::observe::Observer;
 use crate::peer::Peer;
 use crate::upstream::WsStream;
+
+/// A side whose messages come at least this far apart speaks rarely: it
+/// gives its buffers back between messages (see [`Side::speaks_rarely`]).
+const RARELY: Duration = Duration::from_millis(50);
 
 /// Why a write to a side failed: either way the side is gone.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +47,8 @@ pub struct Side {
     unflushed: bool,
     /// Messages to this side are compressed (permessage-deflate).
     compresses: bool,
+    /// When a read from this side last brought messages.
+    last_read: Option<Instant>,
 }
 
 impl Side {
@@ -60,6 +66,7 @@ impl Side {
             stalled: false,
             unflushed: false,
             compresses,
+            last_read: None,
         }
     }
 
@@ -117,6 +124,20 @@ impl Side {
                 return;
             }
         }
+    }
+
+    /// Note that this side's messages were read now; whether its previous
+    /// ones came at least [`RARELY`] before (or there were none). Keeping
+    /// tungstenite's buffers for such a side between messages costs memory
+    /// for nothing; making them again per message costs a few allocations,
+    /// worth it only when messages are rare.
+    pub fn speaks_rarely(&mut self) -> bool {
+        let now = Instant::now();
+        let rarely = self
+            .last_read
+            .is_none_or(|at| now.duration_since(at) >= RARELY);
+        self.last_read = Some(now);
+        rarely
     }
 
     /// Send what was queued since the last flush.
