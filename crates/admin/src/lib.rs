@@ -316,7 +316,7 @@ fn deploy_response(result: Result<u64, DeployError>) -> AdminResponse {
             StatusCode::UNPROCESSABLE_ENTITY,
             &json!({ "errors": [{
                 "field": error.field,
-                "message": format!("cannot listen on {}: {}", error.address, error.source),
+                "message": format!("cannot listen on {}: {}", error.address, error.error),
                 "text": error.to_string(),
             }] }),
         ),

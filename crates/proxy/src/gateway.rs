@@ -24,13 +24,13 @@ use crate::workers::Workers;
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// Its first configuration could not be deployed.
-    #[error("{0}")]
+    #[error(transparent)]
     Deploy(#[from] DeployError),
     /// The traffic monitor could not start.
-    #[error("{0}")]
+    #[error(transparent)]
     Monitor(#[from] wsgate_monitor::MonitorError),
     /// Trace export could not start.
-    #[error("{0}")]
+    #[error(transparent)]
     Tracing(#[from] wsgate_trace::TraceError),
     /// The connection worker threads could not start.
     #[error("cannot start the connection workers: {0}")]
@@ -41,10 +41,10 @@ pub enum StartError {
 #[derive(Debug, thiserror::Error)]
 pub enum DeployError {
     /// The configuration is invalid or a plugin failed to load.
-    #[error("{0}")]
+    #[error(transparent)]
     Config(#[from] ConfigErrors),
     /// A listener the configuration adds could not be bound.
-    #[error("{0}")]
+    #[error(transparent)]
     Bind(#[from] BindError),
     /// The gateway is draining: it takes no new configuration.
     #[error("the gateway is draining; deploy to another replica")]

@@ -18,16 +18,17 @@ use crate::ledger::{Handshake, PendingLimits};
 use crate::shared::Shared;
 use crate::upgrade;
 
-/// A listener could not be bound.
+/// A listener could not be bound. Its message includes the system's error,
+/// so that error is not also its `source` (a chain would print it twice).
 #[derive(Debug, thiserror::Error)]
-#[error("{field}: cannot listen on {address}: {source}")]
+#[error("{field}: cannot listen on {address}: {error}")]
 pub struct BindError {
     /// The configuration field that asked for it (`gateway.listen`, `echo-server[0].listen`).
     pub field: String,
     /// The address.
     pub address: SocketAddr,
-    /// The error.
-    pub source: std::io::Error,
+    /// The system's error.
+    pub error: std::io::Error,
 }
 
 /// A bound listener and the token that stops its accept loop.
@@ -192,10 +193,10 @@ fn bind_shared(
     address: SocketAddr,
     count: usize,
 ) -> Result<(Vec<std::net::TcpListener>, SocketAddr), BindError> {
-    let failed = |source| BindError {
+    let failed = |error| BindError {
         field: field.to_string(),
         address,
-        source,
+        error,
     };
     let local = std::net::TcpListener::bind(address)
         .and_then(|probe| probe.local_addr())
@@ -224,10 +225,10 @@ fn listen_reusing_port(address: SocketAddr) -> std::io::Result<std::net::TcpList
 }
 
 async fn bind(field: &str, address: SocketAddr) -> Result<(TcpListener, SocketAddr), BindError> {
-    let failed = |source| BindError {
+    let failed = |error| BindError {
         field: field.to_string(),
         address,
-        source,
+        error,
     };
     let listener = TcpListener::bind(address).await.map_err(failed)?;
     let local = listener.local_addr().map_err(failed)?;

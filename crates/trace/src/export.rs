@@ -50,9 +50,9 @@ pub(crate) fn spawn(
         .with_endpoint(endpoint)
         .with_timeout(settings.export_timeout.get_ref().0)
         .build()
-        .map_err(|source| TraceError::Exporter {
+        .map_err(|error| TraceError::Exporter {
             endpoint: endpoint.to_string(),
-            source,
+            error,
         })?;
     exporter.set_resource(
         &Resource::builder_empty()
@@ -67,7 +67,8 @@ pub(crate) fn spawn(
     };
     std::thread::Builder::new()
         .name("wsgate-trace-export".to_string())
-        .spawn(move || run(&spans, &exporter, &batching, &counts))?;
+        .spawn(move || run(&spans, &exporter, &batching, &counts))
+        .map_err(TraceError::Thread)?;
     Ok(queue)
 }
 

@@ -24,20 +24,21 @@ use wsgate_config::TracingSettings;
 pub use connection::{CallOutcome, ConnectionFacts, ConnectionTrace};
 pub use context::{format_traceparent, parse_traceparent};
 
-/// Why tracing could not start.
+/// Why tracing could not start. Each message includes its cause's, so the
+/// cause is not also a `source` (a chain would print it twice).
 #[derive(Debug, thiserror::Error)]
 pub enum TraceError {
     /// The OTLP exporter could not be built (a bad endpoint URL, no HTTP client).
-    #[error("the OTLP exporter for {endpoint} could not be built: {source}")]
+    #[error("the OTLP exporter for {endpoint} could not be built: {error}")]
     Exporter {
         /// The configured endpoint.
         endpoint: String,
         /// What went wrong.
-        source: opentelemetry_otlp::ExporterBuildError,
+        error: opentelemetry_otlp::ExporterBuildError,
     },
     /// The export thread could not be started.
     #[error("the trace export thread could not start: {0}")]
-    Thread(#[from] std::io::Error),
+    Thread(std::io::Error),
 }
 
 /// Spans since start, by what became of them (`wsgate_trace_spans_total`).

@@ -36,6 +36,23 @@ fn check_names_file_line_and_misspelt_key_and_exits_non_zero() {
 }
 
 #[test]
+fn a_listen_address_in_use_is_one_clear_line_and_a_failed_start() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap();
+    let path = write_config("in-use", &format!("[gateway]\nlisten = \"{address}\"\n"));
+    let output = wsgate()
+        .args(["run", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let errors = stderr(&output);
+    let expected = format!("gateway.listen: cannot listen on {address}: ");
+    assert_eq!(errors.matches(&expected).count(), 1, "{errors}");
+    assert!(errors.contains("in use"), "{errors}");
+}
+
+#[test]
 fn check_reports_every_problem_and_accepts_a_good_config() {
     let path = write_config(
         "several",

@@ -86,11 +86,47 @@ impl Session {
     }
 }
 
-/// Relay between `client` and `upstream` until both are closed.
-pub async fn run(mut session: Session, client: WsStream, upstream: WsStream) {
-    let send_timeout = session.endpoint.config.send_limit();
-    let mut client = Side::new(client, Peer::Client, send_timeout);
-    let mut upstream = Side::new(upstream, Peer::Upstream, send_timeout);
+/// A connection whose upstream is connected, waiting for the client's
+/// side of the upgrade to complete.
+///
+/// It is boxed, as is [`Relay`]: a future keeps a copy of every value it
+/// was given, even after moving it on, so a connection's state handed from
+/// the upgrade to the relay by value would be held two or three times over
+/// for the connection's life (docs/performance.md, "Memory per connection").
+pub struct Waiting {
+    /// The connection's session.
+    pub session: Session,
+    /// The upstream's stream.
+    pub upstream: WsStream,
+}
+
+impl Waiting {
+    /// The client's side is upgraded: the relay's state, with both sides.
+    pub fn with_client(self: Box<Self>, client: WsStream) -> Box<Relay> {
+        let Self { session, upstream } = *self;
+        let send_timeout = session.endpoint.config.send_limit();
+        Box::new(Relay {
+            client: Side::new(client, Peer::Client, send_timeout),
+            upstream: Side::new(upstream, Peer::Upstream, send_timeout),
+            session,
+        })
+    }
+}
+
+/// Everything one connection's relay owns: its session and both sides.
+pub struct Relay {
+    session: Session,
+    client: Side,
+    upstream: Side,
+}
+
+/// Relay between the client and the upstream until both are closed.
+pub async fn run(mut relay: Box<Relay>) {
+    let Relay {
+        session,
+        client,
+        upstream,
+    } = &mut *relay;
     let shutdown = session.shutdown.clone();
     let shutting_down = shutdown.cancelled();
     tokio::pin!(shutting_down);
@@ -163,15 +199,15 @@ pub async fn run(mut session: Session, client: WsStream, upstream: WsStream) {
                 break;
             }
             read = client.stream.next(), if client.readable => {
-                pump(&endpoint, &mut session, read, &mut client, &mut upstream).await;
-                close_stalled(&mut session, &mut client, &mut upstream).await;
+                pump(&endpoint, session, read, client, upstream).await;
+                close_stalled(session, client, upstream).await;
                 if let Some(idle) = idle_limit {
                     idle_at.as_mut().reset(Instant::now() + idle);
                 }
             }
             read = upstream.stream.next(), if upstream.readable => {
-                pump(&endpoint, &mut session, read, &mut upstream, &mut client).await;
-                close_stalled(&mut session, &mut client, &mut upstream).await;
+                pump(&endpoint, session, read, upstream, client).await;
+                close_stalled(session, client, upstream).await;
                 if let Some(idle) = idle_limit {
                     idle_at.as_mut().reset(Instant::now() + idle);
                 }
@@ -197,6 +233,11 @@ pub async fn run(mut session: Session, client: WsStream, upstream: WsStream) {
         }
     }
     tracing::info!(connection = session.id, "connection closed");
+    let Relay {
+        session,
+        client,
+        upstream,
+    } = *relay;
     drop(client);
     drop(upstream);
     session.finish();
@@ -225,7 +266,11 @@ async fn close_other(session: &mut Session, stalled: Peer, other: &mut Side) {
 }
 
 /// The client's upgrade failed after the upstream connected: close the upstream.
-pub async fn abandon(mut session: Session, upstream: WsStream) {
+pub async fn abandon(waiting: Box<Waiting>) {
+    let Waiting {
+        mut session,
+        upstream,
+    } = *waiting;
     let mut upstream = Side::new(
         upstream,
         Peer::Upstream,

@@ -18,7 +18,7 @@ const RARELY: Duration = Duration::from_millis(50);
 #[derive(Debug, thiserror::Error)]
 pub enum WriteFailure {
     /// The connection failed.
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] WsError),
     /// A write waited longer than the send timeout: the peer stopped reading.
     #[error("the peer stopped reading (send timeout)")]

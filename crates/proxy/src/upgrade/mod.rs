@@ -316,6 +316,10 @@ impl Connection {
             shutdown: shared.shutdown.clone(),
             drain: shared.drain.clone(),
         };
+        let waiting = Box::new(relay::Waiting {
+            session,
+            upstream: upstream.stream,
+        });
         let relay = async move {
             match on_upgrade.await {
                 Ok(upgraded) => {
@@ -326,11 +330,11 @@ impl Connection {
                         frames,
                         ws_config,
                     );
-                    relay::run(session, client, upstream.stream).await;
+                    relay::run(waiting.with_client(client)).await;
                 }
                 Err(error) => {
                     tracing::warn!(%error, "client upgrade failed after 101");
-                    relay::abandon(session, upstream.stream).await;
+                    relay::abandon(waiting).await;
                 }
             }
         };
