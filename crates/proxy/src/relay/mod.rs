@@ -94,10 +94,11 @@ impl Session {
 /// the upgrade to the relay by value would be held two or three times over
 /// for the connection's life (docs/performance.md, "Memory per connection").
 pub struct Waiting {
-    /// The connection's session.
-    pub session: Session,
     /// The upstream's stream.
     pub upstream: WsStream,
+    /// The connection's session (dropped last: fields drop in order, and
+    /// its places under the limits are given back after the sockets close).
+    pub session: Session,
 }
 
 impl Waiting {
@@ -113,11 +114,12 @@ impl Waiting {
     }
 }
 
-/// Everything one connection's relay owns: its session and both sides.
+/// Everything one connection's relay owns: both sides and its session
+/// (dropped last, as in [`Waiting`]).
 pub struct Relay {
-    session: Session,
     client: Side,
     upstream: Side,
+    session: Session,
 }
 
 /// Relay between the client and the upstream until both are closed.
@@ -295,9 +297,9 @@ const BATCH: usize = 32;
 /// Handle a read from `from` and, in a burst, every further message it
 /// has ready (up to [`BATCH`]); then flush both sides once: a burst costs
 /// one write per side, not one per message. A lone message does not pay for
-/// a second read attempt. When `from` speaks rarely, both sides then give
-/// their WebSocket buffers back until the next message: thousands of quiet
-/// connections hold none.
+/// a second read attempt. When both sides read rarely, both then give their
+/// WebSocket buffers back until the next message: thousands of quiet
+/// connections hold none between messages.
 async fn pump(
     endpoint: &LiveEndpoint,
     session: &mut Session,
@@ -318,7 +320,7 @@ async fn pump(
     }
     to.flush().await;
     from.flush().await;
-    if from.speaks_rarely() {
+    if from.note_read() && to.reads_rarely() {
         from.stream.shed();
         to.stream.shed();
     }
@@ -346,6 +348,9 @@ async fn on_read(
     };
 
     observer.message(from.peer, message.len());
+    if let WsMessage::Ping(_) = message {
+        from.owes_pong();
+    }
     if let WsMessage::Pong(_) = message {
         // Pings and pongs are answered hop by hop: tungstenite has already
         // answered the peer's pings, and each pong answers a ping of ours or

@@ -10,8 +10,9 @@ use crate::observe::Observer;
 use crate::peer::Peer;
 use crate::upstream::WsStream;
 
-/// A side whose messages come at least this far apart speaks rarely: it
-/// gives its buffers back between messages (see [`Side::speaks_rarely`]).
+/// A side whose messages come at least this far apart reads rarely; a
+/// connection whose sides both do gives its buffers back between messages
+/// (see [`Side::note_read`]).
 const RARELY: Duration = Duration::from_millis(50);
 
 /// Why a write to a side failed: either way the side is gone.
@@ -49,6 +50,9 @@ pub struct Side {
     compresses: bool,
     /// When a read from this side last brought messages.
     last_read: Option<Instant>,
+    /// Those messages came at least [`RARELY`] after the ones before (or
+    /// were its first); true until it has sent any.
+    reads_rarely: bool,
 }
 
 impl Side {
@@ -67,6 +71,7 @@ impl Side {
             unflushed: false,
             compresses,
             last_read: None,
+            reads_rarely: true,
         }
     }
 
@@ -126,18 +131,30 @@ impl Side {
         }
     }
 
-    /// Note that this side's messages were read now; whether its previous
-    /// ones came at least [`RARELY`] before (or there were none). Keeping
-    /// tungstenite's buffers for such a side between messages costs memory
-    /// for nothing; making them again per message costs a few allocations,
-    /// worth it only when messages are rare.
-    pub fn speaks_rarely(&mut self) -> bool {
+    /// Note that this side's messages were read now: whether they came at
+    /// least [`RARELY`] after its previous ones (or are its first). Keeping
+    /// tungstenite's buffers between messages for a connection whose sides
+    /// both read rarely costs memory for nothing; making them again per
+    /// message costs a few allocations, worth it only when messages are rare.
+    pub fn note_read(&mut self) -> bool {
         let now = Instant::now();
-        let rarely = self
+        self.reads_rarely = self
             .last_read
             .is_none_or(|at| now.duration_since(at) >= RARELY);
         self.last_read = Some(now);
-        rarely
+        self.reads_rarely
+    }
+
+    /// Whether this side's last messages came at least [`RARELY`] after the
+    /// ones before (true until it has sent any).
+    pub fn reads_rarely(&self) -> bool {
+        self.reads_rarely
+    }
+
+    /// tungstenite has queued a pong to this side (it read a ping): the next
+    /// [`Side::flush`] sends it.
+    pub fn owes_pong(&mut self) {
+        self.unflushed = true;
     }
 
     /// Send what was queued since the last flush.
