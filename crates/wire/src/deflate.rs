@@ -145,9 +145,13 @@ pub fn accept_offer<'a>(values: impl Iterator<Item = &'a str>) -> Option<(Agreem
             if offer.server_no_context_takeover {
                 answer.push_str("; server_no_context_takeover");
             }
-            if offer.client_no_context_takeover {
-                answer.push_str("; client_no_context_takeover");
-            }
+            // Always asked of the client (RFC 7692 7.1.1.2 lets a server
+            // ask): its messages then refer to no earlier one, so the
+            // decompressor (about 47 KiB) lives for one message instead of
+            // the connection's life. Thousands of browser connections would
+            // otherwise hold one each; what the client's messages lose is
+            // the little that one small message's bytes share with the last.
+            answer.push_str("; client_no_context_takeover");
             if let Some(bits) = offer.server_max_window_bits {
                 answer.push_str(&format!("; server_max_window_bits={bits}"));
             }
@@ -155,7 +159,7 @@ pub fn accept_offer<'a>(values: impl Iterator<Item = &'a str>) -> Option<(Agreem
                 Agreement {
                     send_window_bits: window,
                     send_no_context_takeover: offer.server_no_context_takeover,
-                    receive_no_context_takeover: offer.client_no_context_takeover,
+                    receive_no_context_takeover: true,
                 },
                 answer,
             ))
@@ -235,6 +239,24 @@ impl<S> Deflate<S> {
     /// Messages written are compressed.
     pub fn compresses(&self) -> bool {
         self.codec.is_some()
+    }
+
+    /// Give back what the codec holds between messages: the compressor
+    /// (about 380 KiB with a 32 KiB window) and the working buffers. A side
+    /// in the middle of a message, or with bytes still to write or to hand
+    /// up, keeps everything. The decompressor stays while the peer may
+    /// refer back to earlier messages (context takeover); under
+    /// no-context-takeover it is already gone after each message.
+    ///
+    /// The next message is deflated by a new compressor with an empty
+    /// window. The peer reads it the same whatever was agreed: a compressor
+    /// may always choose not to refer back, and a raw deflate stream is
+    /// only a sequence of blocks, so the new blocks simply follow the old.
+    pub fn shed(&mut self) {
+        if let Some(codec) = self.codec.as_deref_mut() {
+            codec.deflater.shed();
+            codec.inflater.shed();
+        }
     }
 }
 
@@ -441,6 +463,19 @@ impl Inflater {
         Ok(())
     }
 
+    /// Between messages with everything handed up: give the buffers back.
+    fn shed(&mut self) {
+        let between = self.frame.is_none()
+            && self.message.is_none()
+            && self.input.is_empty()
+            && self.handed == self.output.len();
+        if between {
+            self.input = Vec::new();
+            self.output = Vec::new();
+            self.handed = 0;
+        }
+    }
+
     /// Hand up what was just inflated as one frame of the message.
     fn hand_up(&mut self, fin: bool) {
         let opcode = self.first_opcode.take().unwrap_or(0);
@@ -548,6 +583,22 @@ impl Deflater {
             }
         }
         Ok(total)
+    }
+
+    /// Between messages with everything written: give the compressor and
+    /// the buffers back (see [`Deflate::shed`]).
+    fn shed(&mut self) {
+        let between = self.frame.is_none()
+            && !self.in_message
+            && self.header.is_empty()
+            && self.written == self.output.len();
+        if between {
+            self.compress = None;
+            self.output = Vec::new();
+            self.written = 0;
+            self.scratch = Vec::new();
+            self.deflated = Vec::new();
+        }
     }
 
     /// A frame starts (its header is in `self.header`).
@@ -799,8 +850,8 @@ mod tests {
         assert_eq!(
             accept(&["permessage-deflate; client_max_window_bits"]),
             Some((
-                agreement(15, false, false),
-                "permessage-deflate".to_string()
+                agreement(15, false, true),
+                "permessage-deflate; client_no_context_takeover".to_string()
             ))
         );
         // A window of 256 bytes cannot be honoured; the next offer is.
@@ -893,9 +944,16 @@ mod tests {
     }
 
     /// Two tungstenite ends over a small in-memory pipe, each over
-    /// `Deflate`; every message arrives intact both ways. Returns the bytes
-    /// that crossed the pipe from the client.
-    fn exchange(messages: &[Message], server: Agreement, client: Agreement, pipe: usize) -> usize {
+    /// `Deflate`; every message arrives intact both ways. The server sheds
+    /// its codec after each echo when `shed` (as a quiet connection does).
+    /// Returns the bytes that crossed the pipe from the client.
+    fn exchange(
+        messages: &[Message],
+        server: Agreement,
+        client: Agreement,
+        pipe: usize,
+        shed: bool,
+    ) -> usize {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -938,6 +996,12 @@ mod tests {
                     let got = server_ws.next().await.unwrap().unwrap();
                     assert_eq!(&got, expected);
                     server_ws.send(got).await.unwrap();
+                    if shed {
+                        server_ws.get_mut().shed();
+                        let codec = server_ws.get_ref().codec.as_deref().unwrap();
+                        assert!(codec.deflater.compress.is_none());
+                        assert_eq!(codec.deflater.output.capacity(), 0);
+                    }
                 }
             };
             tokio::join!(send, receive, echo);
@@ -954,12 +1018,31 @@ mod tests {
             agreement(15, false, false),
             agreement(15, false, false),
             4096,
+            false,
         );
         assert!(
             written < text.len() / 20,
             "{written} bytes for {} uncompressed",
             2 * text.len()
         );
+    }
+
+    #[test]
+    fn a_quiet_side_deflates_each_message_with_a_new_compressor_its_peer_still_reads() {
+        // The peer keeps its window (context takeover): messages after the
+        // compressor was given back must still inflate against it.
+        let text = "the same words again and again; ".repeat(64);
+        let messages: Vec<Message> = (0..4)
+            .map(|i| Message::text(format!("{i}: {text}")))
+            .collect();
+        let written = exchange(
+            &messages,
+            agreement(15, false, false),
+            agreement(15, false, false),
+            4096,
+            true,
+        );
+        assert!(written > 0);
     }
 
     #[test]
@@ -980,12 +1063,14 @@ mod tests {
             agreement(11, true, false),
             agreement(15, false, true),
             11_312,
+            false,
         );
         exchange(
             &messages,
             agreement(15, false, false),
             agreement(15, false, false),
             3,
+            true,
         );
     }
 
@@ -1054,12 +1139,14 @@ mod tests {
             client_bits in 9u8..=15,
             resets in proptest::prelude::any::<(bool, bool)>(),
             pipe in 1usize..20_000,
+            shed in proptest::prelude::any::<bool>(),
         ) {
             exchange(
                 &messages,
                 agreement(server_bits, resets.0, resets.1),
                 agreement(client_bits, resets.1, resets.0),
                 pipe,
+                shed,
             );
         }
     }

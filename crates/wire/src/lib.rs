@@ -18,5 +18,5 @@ pub mod stack;
 pub mod tap;
 pub mod websocket;
 
-pub use stack::{ReadFailure, WsStream, open};
+pub use stack::{ReadFailure, WsStream, open, shed};
 pub use tap::{FrameLog, SharedFrameLog};

@@ -37,6 +37,22 @@ where
     )
 }
 
+/// Give back what a quiet side holds between messages: tungstenite's
+/// context ([`WebSocket::shed`]) and, once that is given back, the
+/// permessage-deflate codec's compressor and buffers
+/// ([`Deflate::shed`](crate::deflate::Deflate::shed)). Returns whether
+/// anything was given back.
+pub fn shed<IO>(stream: &mut WsStream<IO>) -> bool
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let shed = stream.shed();
+    if shed {
+        stream.get_mut().shed();
+    }
+    shed
+}
+
 /// Why reading from a peer ended, classified for the close that follows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReadFailure {

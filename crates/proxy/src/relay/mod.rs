@@ -298,8 +298,8 @@ const BATCH: usize = 32;
 /// has ready (up to [`BATCH`]); then flush both sides once: a burst costs
 /// one write per side, not one per message. A lone message does not pay for
 /// a second read attempt. When both sides read rarely, both then give their
-/// WebSocket buffers back until the next message: thousands of quiet
-/// connections hold none between messages.
+/// WebSocket buffers and compressors back until the next message: thousands
+/// of quiet connections hold none between messages.
 async fn pump(
     endpoint: &LiveEndpoint,
     session: &mut Session,
@@ -321,8 +321,8 @@ async fn pump(
     to.flush().await;
     from.flush().await;
     if from.note_read() && to.reads_rarely() {
-        from.stream.shed();
-        to.stream.shed();
+        wsgate_wire::shed(&mut from.stream);
+        wsgate_wire::shed(&mut to.stream);
     }
 }
 
