@@ -152,12 +152,15 @@ async fn a_shadow_compares_without_touching_what_clients_get_and_is_promoted() {
     converse(&gateway, &hostile, "+v1.0.0").await;
     converse(&gateway, &texts, "+v1.0.0").await;
     converse(&gateway, &looping, "+v1.0.0").await;
+    // The deadline fault is counted inside the call, the close it makes
+    // when the candidate's chain returns: wait for both.
     let status = shadow_until(admin, |s| {
         s["plugins"]
             .as_array()
             .into_iter()
             .flatten()
             .any(|p| p["faults"]["deadline"] == 1)
+            && s["endpoints"]["/chat"]["closed"].as_u64() >= Some(2)
     })
     .await;
     // Every second connection sampled: the first and the third.
