@@ -82,7 +82,7 @@ def pinned(core: str, args: list, **kw) -> subprocess.Popen:
 GATEWAY = """
 [gateway]
 listen = "127.0.0.1:{port}"
-read-buffer-size = "4KiB"
+read-buffer-size = "1KiB"
 handshake-timeout = "10s"
 
 [[plugin]]

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CONFIG = """
 [gateway]
 listen = "127.0.0.1:{gateway}"
-read-buffer-size = "4KiB"
+read-buffer-size = "1KiB"
 # Every soak client comes from 127.0.0.1 and they all connect at once.
 max-pending-upgrades-per-ip = 4096
 

@@ -108,8 +108,9 @@ pub struct Gateway {
     /// clients do not all reconnect at once.
     #[serde(default = "default_drain_window")]
     pub drain_window: HumanDuration,
-    /// Read buffer per WebSocket stream (tungstenite's default, 128 KiB, costs
-    /// too much memory per idle connection).
+    /// Read buffer per WebSocket stream while it reads (tungstenite's
+    /// default, 128 KiB, costs too much memory per connection; 1 KiB holds a
+    /// small message, and larger ones are read ahead 64 KiB at a time).
     #[serde(default = "default_read_buffer")]
     pub read_buffer_size: ByteSize,
     /// Directory for precompiled plugins, keyed by content digest and engine;
@@ -873,7 +874,7 @@ fn default_deadline() -> HumanDuration {
     HumanDuration(Duration::from_millis(100))
 }
 fn default_read_buffer() -> ByteSize {
-    ByteSize(4096)
+    ByteSize(1024)
 }
 fn default_memory_limit() -> ByteSize {
     ByteSize(16 << 20)

@@ -51,7 +51,7 @@ fn a_good_config_parses_with_defaults() {
         config.plugins[0].path,
         Path::new("conf/plugins/static_router.wasm")
     );
-    assert_eq!(config.gateway.read_buffer_size.0, 4096);
+    assert_eq!(config.gateway.read_buffer_size.0, 1024);
 }
 
 #[test]

@@ -28,6 +28,7 @@ use futures_util::Stream;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_util::io::poll_read_buf;
 
 use crate::frame::FrameTracker;
 
@@ -115,12 +116,16 @@ impl<S: AsyncRead + Unpin> Blocking<'_, '_, S> {
                 Ok(buf.filled().len())
             }
             Poll::Ready(Err(error)) => Err(error),
-            Poll::Pending => {
-                self.reads.full = false;
-                self.reads.release();
-                Err(io::ErrorKind::WouldBlock.into())
-            }
+            Poll::Pending => Err(self.would_block()),
         }
+    }
+
+    /// `io` has nothing to read now (and has registered the task's waker):
+    /// nothing is read ahead.
+    fn would_block(&mut self) -> io::Error {
+        self.reads.full = false;
+        self.reads.release();
+        io::ErrorKind::WouldBlock.into()
     }
 
     /// What [`Read::read`] hands tungstenite: read-ahead bytes first.
@@ -132,11 +137,19 @@ impl<S: AsyncRead + Unpin> Blocking<'_, '_, S> {
             return self.read_into(buf);
         }
         // The last read filled its buffer: read ahead, in one call, what
-        // would otherwise take several.
+        // would otherwise take several, into memory that is not zeroed
+        // first (the read writes it).
         let mut ahead = std::mem::take(&mut self.reads.ahead);
-        ahead.resize(READ_AHEAD, 0);
+        ahead.clear();
+        ahead.reserve_exact(READ_AHEAD);
+        let room = ahead.capacity();
         // On an error or `Pending` the buffer is dropped: nothing is waiting.
-        let got = self.read_into(&mut ahead)?;
+        let got = match poll_read_buf(Pin::new(&mut *self.io), self.cx, &mut ahead) {
+            Poll::Ready(Ok(got)) => got,
+            Poll::Ready(Err(error)) => return Err(error),
+            Poll::Pending => return Err(self.would_block()),
+        };
+        self.reads.full = got == room;
         self.reads.ahead = ahead;
         self.reads.at = 0;
         self.reads.end = got;
