@@ -271,14 +271,13 @@ const IDLE: Duration = Duration::from_secs(600);
 /// How often the thread lets go of idle connections (and, when nothing
 /// arrives, looks whether it should stop).
 const TICK: Duration = Duration::from_secs(1);
-/// While items keep coming, the thread sleeps this long between batches
-/// instead of waiting on the queue: a sampled connection's feed then never
+/// While items keep coming, the thread sleeps this long once the queue is
+/// empty instead of waiting on it: a sampled connection's feed then never
 /// has to wake it (a wake per message cost the serving path a system call
 /// and the proxy's core a context switch), and each batch enters the
 /// thread's runtime once. Differences show this much later.
 const BATCH_INTERVAL: Duration = Duration::from_millis(10);
-/// Most items replayed in one batch; a full batch is followed by the next
-/// at once.
+/// Most items replayed in one batch.
 const BATCH: usize = 4096;
 
 /// One connection the shadow follows.
@@ -317,6 +316,14 @@ fn run(
     let mut last_tick = Instant::now();
     let mut batch = Vec::with_capacity(BATCH);
     while !stopped.load(Ordering::Relaxed) {
+        // Nothing waiting: wait on the queue, so an idle shadow sleeps.
+        if batch.is_empty() {
+            match items.recv_timeout(TICK) {
+                Ok(item) => batch.push(item),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
         let now = Instant::now();
         if now.duration_since(last_tick) >= TICK {
             shadow
@@ -324,26 +331,27 @@ fn run(
                 .retain(|_, f| now.duration_since(f.last) < IDLE);
             last_tick = now;
         }
-        // Nothing waiting: wait on the queue, so an idle shadow sleeps.
         if batch.is_empty() {
-            match items.recv_timeout(TICK) {
-                Ok(item) => batch.push(item),
-                Err(RecvTimeoutError::Timeout) => continue,
-                Err(RecvTimeoutError::Disconnected) => break,
-            }
+            continue;
         }
         batch.extend(items.try_iter().take(BATCH - batch.len()));
-        let full = batch.len() == BATCH;
         runtime.block_on(async {
             for item in batch.drain(..) {
+                // A stopped shadow replays nothing more (the rest of the
+                // batch is dropped).
+                if stopped.load(Ordering::Relaxed) {
+                    break;
+                }
                 shadow.replay(item, now).await;
             }
         });
-        if !full {
-            std::thread::sleep(BATCH_INTERVAL);
-        }
-        // What came while it slept starts the next batch without a wait.
+        // What came while it worked is the next batch, at once; if nothing
+        // did, it sleeps, and takes what is fed meanwhile without a wake.
         batch.extend(items.try_iter().take(BATCH));
+        if batch.is_empty() {
+            std::thread::sleep(BATCH_INTERVAL);
+            batch.extend(items.try_iter().take(BATCH));
+        }
     }
 }
 
@@ -357,7 +365,7 @@ struct Followers<'a> {
 }
 
 impl Followers<'_> {
-    /// Replay one item fed at or before `now`.
+    /// Replay one item of the batch taken at `now`.
     async fn replay(&mut self, item: ShadowItem, now: Instant) {
         let stats = self.stats;
         match item {
