@@ -77,6 +77,13 @@ impl Published {
     }
 
     /// The `[[plugin]]` blocks that pull both into a replica's store.
+    ///
+    /// Offloading is off (`offload-above` at the deadline): three debug
+    /// gateways, HAProxy and 150 clients on two cores starve the workers
+    /// now and then, which lifts the plugins' wall-clock call averages over
+    /// the default 1 ms, moves their calls to the offload threads, and sheds
+    /// what overflows their queue (docs/fleet.md). This test is about
+    /// restarts; offloading is tested in `hostile_host.rs`.
     fn plugin_blocks(&self) -> String {
         [
             ("static-router", &self.router),
@@ -86,7 +93,8 @@ impl Published {
         .map(|(name, digest)| {
             format!(
                 "[[plugin]]\nname = \"{name}\"\nversion = \"1.0.0\"\n\
-                     source = \"oci://{}/fleet/{name}:1.0.0\"\ndigest = \"{digest}\"\n\n",
+                     source = \"oci://{}/fleet/{name}:1.0.0\"\ndigest = \"{digest}\"\n\
+                     offload-above = \"100ms\"\n\n",
                 self.registry
             )
         })
