@@ -4,8 +4,11 @@
 //! thread that read the message, and a plugin that legally spends most of
 //! its deadline on every call would take those threads (and every other
 //! endpoint's latency) with it. Each plugin therefore keeps a moving
-//! average of its recent call times; while it is above the plugin's
-//! `offload-above`, its calls are handed to a few threads of its own
+//! average of its recent call times. Calls are timed by the wall clock, so
+//! a call preempted on a busy host looks slow; the average takes the
+//! fastest of each call and the two before it, so only a plugin slow
+//! [`SLOW_CALLS_TO_MOVE`] calls running moves. While the average is above
+//! the plugin's `offload-above`, its calls are handed to a few threads of its own
 //! (`offload-threads`, started on first use, at a lower OS priority) and
 //! the caller awaits the verdict. At most `offload-queue` calls wait for a
 //! thread; one more is shed (refused at once, never queued).
@@ -25,8 +28,13 @@ use tokio::sync::oneshot;
 /// workers (niceness 0) win the CPU over slow plugins.
 pub const OFFLOAD_NICE: i32 = 10;
 
-/// Weight of the newest call in the moving average: 1/8.
+/// Weight of the newest sample in the moving average: 1/8.
 const EWMA_SHIFT: u32 = 3;
+
+/// Calls in a row that must be slow before one counts as slow: the
+/// average's sample is the fastest of the newest call and the ones just
+/// before it.
+pub const SLOW_CALLS_TO_MOVE: usize = 3;
 
 /// How a plugin's calls leave the I/O workers, as configured.
 #[derive(Debug, Clone, Copy)]
@@ -49,6 +57,8 @@ pub(crate) struct Offload {
     above_ns: u64,
     /// Moving average of recent call times, in nanoseconds.
     recent_ns: AtomicU64,
+    /// The times of the calls just before the newest, newest first.
+    previous_ns: [AtomicU64; SLOW_CALLS_TO_MOVE - 1],
     /// Offloaded calls queued or running.
     pending: Arc<AtomicUsize>,
     /// The threads' queue, made with the threads on the first offloaded call.
@@ -96,15 +106,25 @@ impl Offload {
             settings,
             above_ns: u64::try_from(settings.above.as_nanos()).unwrap_or(u64::MAX),
             recent_ns: AtomicU64::new(0),
+            previous_ns: Default::default(),
             pending: Arc::default(),
             queue: OnceLock::new(),
         }
     }
 
-    /// Fold one call's duration into the moving average. Concurrent
-    /// updates may lose one another's sample: an estimate, not a count.
+    /// Fold one call's duration into the moving average: the fastest of
+    /// it and the calls just before it, so one call that the host
+    /// preempted does not count as slow. Concurrent updates may lose one
+    /// another's sample: an estimate, not a count.
     pub(crate) fn record(&self, elapsed: Duration) {
-        let sample = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        let mut newer = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        let mut sample = newer;
+        for previous in &self.previous_ns {
+            let older = previous.load(Ordering::Relaxed);
+            previous.store(newer, Ordering::Relaxed);
+            sample = sample.min(older);
+            newer = older;
+        }
         let old = self.recent_ns.load(Ordering::Relaxed);
         let new = old - (old >> EWMA_SHIFT) + (sample >> EWMA_SHIFT);
         self.recent_ns.store(new, Ordering::Relaxed);
@@ -215,4 +235,55 @@ pub fn lower_thread_priority(thread: &str) {
     }
     #[cfg(not(target_os = "linux"))]
     tracing::debug!(thread, "background threads keep the default priority here");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn offload() -> Offload {
+        let settings = OffloadSettings {
+            above: Duration::from_millis(1),
+            threads: 1,
+            queue: 0,
+        };
+        Offload::new(Arc::from("test@1.0.0"), settings)
+    }
+
+    /// A fast plugin whose call is preempted for 100 ms now and then (a
+    /// starved host) stays inline; it would have moved on the first with
+    /// the plain average (100 ms / 8 is over 1 ms).
+    #[test]
+    fn one_slow_call_among_fast_ones_does_not_move_a_plugin() {
+        let offload = offload();
+        for round in 0..50 {
+            for _ in 0..SLOW_CALLS_TO_MOVE - 1 {
+                offload.record(Duration::from_micros(1));
+            }
+            offload.record(Duration::from_millis(100));
+            assert!(!offload.is_slow(), "moved in round {round}: {:?}", offload.recent());
+        }
+    }
+
+    /// A plugin slow on every call moves once it has been slow
+    /// [`SLOW_CALLS_TO_MOVE`] calls running, stays for the next fast call,
+    /// and comes back as the average decays.
+    #[test]
+    fn a_plugin_slow_calls_running_moves_and_comes_back() {
+        let offload = offload();
+        offload.record(Duration::from_micros(1));
+        for _ in 0..SLOW_CALLS_TO_MOVE - 1 {
+            offload.record(Duration::from_millis(20));
+            assert!(!offload.is_slow());
+        }
+        offload.record(Duration::from_millis(20));
+        assert!(offload.is_slow(), "{:?}", offload.recent());
+        let mut fast_calls = 0;
+        while offload.is_slow() {
+            offload.record(Duration::from_micros(1));
+            fast_calls += 1;
+            assert!(fast_calls < 64, "still slow: {:?}", offload.recent());
+        }
+        assert!(fast_calls > 1, "back after {fast_calls} fast call");
+    }
 }

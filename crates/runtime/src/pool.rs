@@ -690,10 +690,10 @@ mod offload_tests {
             .await
     }
 
-    /// One slow call (20 ms, inline) makes the plugin slow; its next calls
-    /// run on its one offload thread, and with no queue a call that finds
-    /// the thread busy (a `loop` running to its deadline) is shed without
-    /// running.
+    /// Slow calls (20 ms, inline) three in a row make the plugin slow;
+    /// its next calls run on its one offload thread, and with no queue a
+    /// call that finds the thread busy (a `loop` running to its deadline)
+    /// is shed without running.
     #[tokio::test]
     async fn slow_calls_are_offloaded_and_shed_when_the_queue_is_full() {
         let pool = Arc::new(faults_pool(
@@ -702,11 +702,13 @@ mod offload_tests {
         let stats = pool.stats();
         let mut first = CallContext::default();
         let mut second = CallContext::default();
-        assert!(!pool.plugin().is_offloaded());
-        assert!(matches!(
-            send(&pool, &mut first, "slow").await,
-            Ok(types::MessageVerdict::Forward)
-        ));
+        for _ in 0..crate::offload::SLOW_CALLS_TO_MOVE {
+            assert!(!pool.plugin().is_offloaded());
+            assert!(matches!(
+                send(&pool, &mut first, "slow").await,
+                Ok(types::MessageVerdict::Forward)
+            ));
+        }
         assert!(pool.plugin().is_offloaded());
         assert_eq!(stats.offloaded_calls.load(Ordering::Relaxed), 0);
 
@@ -720,8 +722,9 @@ mod offload_tests {
         assert_eq!(shed.err().unwrap().kind, FaultKind::Shed);
         assert_eq!(stats.offloaded_calls.load(Ordering::Relaxed), 1);
         assert_eq!(stats.fault_count(FaultKind::Shed), 1);
-        // A shed call is not a call: the inline slow one and the loop.
-        assert_eq!(stats.calls.load(Ordering::Relaxed), 2);
+        // A shed call is not a call: the inline slow ones and the loop.
+        let inline = crate::offload::SLOW_CALLS_TO_MOVE as u64;
+        assert_eq!(stats.calls.load(Ordering::Relaxed), inline + 1);
 
         // The thread is free again: an offloaded call completes.
         assert!(matches!(
