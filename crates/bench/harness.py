@@ -128,7 +128,7 @@ max-connections = -1
 [[endpoint]]
 path = "/"
 match = "prefix"
-monitor = "off"
+monitor = "{monitor}"
 permessage-deflate = "{deflate}"
 max-message-size = "1MiB"
 allowed-upstreams = ["ws://127.0.0.1:{echo}"]
@@ -254,13 +254,17 @@ class Target:
             # same configuration in its shadow, sampling R of the connections.
             # wsgate+passthrough+trace-R: traced ([tracing]), R of the
             # messages sampled, exported to an OTLP sink on the load's core.
+            # wsgate+passthrough+monitor-LEVEL: the endpoint's traffic
+            # monitor at LEVEL (metadata, full: history in memory).
             base, _, trace = self.name.partition("+trace-")
             base, _, shadow = base.partition("+shadow-")
+            base, _, monitor = base.partition("+monitor-")
             chains = {"wsgate": ROUTER, "wsgate+passthrough": ROUTER + PASSTHROUGH, "wsgate+3-plugin-chains": CHAIN3,
                       "wsgate+deflate": ROUTER}[base]
             conf = self.out / f"{self.name}.toml"
             text = GATEWAY.format(port=self.port, echo=self.echo, plugins=PLUGINS,
                                   deflate="client" if self.name == "wsgate+deflate" else "off",
+                                  monitor=monitor or "off",
                                   chains=chains.format(echo=self.echo))
             admin = free_port() if shadow else None
             if admin:
