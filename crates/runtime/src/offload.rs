@@ -261,7 +261,11 @@ mod tests {
                 offload.record(Duration::from_micros(1));
             }
             offload.record(Duration::from_millis(100));
-            assert!(!offload.is_slow(), "moved in round {round}: {:?}", offload.recent());
+            assert!(
+                !offload.is_slow(),
+                "moved in round {round}: {:?}",
+                offload.recent()
+            );
         }
     }
 
