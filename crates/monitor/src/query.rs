@@ -73,7 +73,7 @@ impl FrameFilter {
     pub(crate) fn matches(&self, endpoint: &str, frame: &FrameRecord) -> bool {
         self.connection
             .as_ref()
-            .is_none_or(|c| *c == frame.connection)
+            .is_none_or(|c| **c == *frame.connection)
             && self.endpoint.as_ref().is_none_or(|e| e == endpoint)
             && self.origin.is_none_or(|o| o == frame.origin)
             && self.opcode.is_none_or(|o| o == frame.opcode)

@@ -1,5 +1,7 @@
 //! What the monitor records: one upgrade per connection, its frames, its end.
 
+use std::sync::Arc;
+
 use serde::Serialize;
 
 /// One upgrade plugin's verdict on a request.
@@ -73,8 +75,8 @@ impl Origin {
 /// One WebSocket frame on the client's connection.
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct FrameRecord {
-    /// The connection's key.
-    pub connection: String,
+    /// The connection's key (shared by its frames).
+    pub connection: Arc<str>,
     /// Position among the connection's frames, from 1.
     pub seq: u64,
     /// When the frame was complete, microseconds since the Unix epoch.

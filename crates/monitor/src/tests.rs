@@ -34,7 +34,7 @@ fn upgrade(monitor: &Monitor, id: u64, endpoint: &str, offset: u64) -> Record {
 fn frame(monitor: &Monitor, id: u64, seq: u64, opcode: u8, offset: u64) -> Record {
     let time_us = at(offset);
     Record::Frame(FrameRecord {
-        connection: monitor.key(id),
+        connection: monitor.key(id).into(),
         seq,
         time_us,
         origin: Origin::Client,
@@ -144,7 +144,7 @@ async fn exercise(monitor: &Monitor) {
         })
         .unwrap();
     assert_eq!(binary.len(), 1);
-    assert_eq!(binary[0].connection, monitor.key(2));
+    assert_eq!(&*binary[0].connection, monitor.key(2));
     assert!(monitor.connection(&monitor.key(2)).unwrap().is_some());
     assert!(monitor.connection("nope").unwrap().is_none());
 }
@@ -283,4 +283,44 @@ fn retention_and_size_trim_oldest_connections_first() {
     .unwrap();
     assert_eq!(left.len() as u64, 150 - deleted);
     assert!(left.iter().all(|c| c.upgrade.time_us >= 50 + deleted));
+}
+
+/// The in-memory history keeps the newest `max_connections` connections:
+/// frames of an evicted connection are not kept, frames of the kept ones
+/// find their connection through the index, and a key seen again is one
+/// new connection that the older entry's eviction does not forget.
+#[test]
+fn memory_keeps_the_newest_connections_and_finds_their_frames() {
+    let monitor = Monitor::start(&settings(None)).unwrap();
+    let mut memory = memory::Memory::new(2, 3);
+    let apply = |memory: &mut memory::Memory, record: Record| memory.apply(&Arc::new(record));
+    for id in 1..=3 {
+        apply(&mut memory, upgrade(&monitor, id, "/a", id));
+    }
+    // 1 was evicted by 3: its frame is dropped; 2 and 3 count theirs.
+    for (id, seq) in [(1, 1), (2, 1), (3, 1), (3, 2), (3, 3), (3, 4)] {
+        apply(&mut memory, frame(&monitor, id, seq, 1, 10 + seq));
+    }
+    assert!(memory.connection(&monitor.key(1)).is_none());
+    assert_eq!(memory.connection(&monitor.key(2)).unwrap().frames, 1);
+    assert_eq!(memory.connection(&monitor.key(3)).unwrap().frames, 4);
+    let filter = |id| FrameFilter {
+        connection: Some(monitor.key(id)),
+        limit: 10,
+        ..FrameFilter::default()
+    };
+    // The last 3 frames of connection 3, newest last.
+    let seqs: Vec<u64> = memory.frames(&filter(3)).iter().map(|f| f.seq).collect();
+    assert_eq!(seqs, [2, 3, 4]);
+
+    // Key 3 again while the older 3 is kept: frames go to the newer one,
+    // and evicting the older one later does not forget the newer.
+    apply(&mut memory, upgrade(&monitor, 3, "/b", 20));
+    apply(&mut memory, frame(&monitor, 3, 1, 2, 21));
+    let again = memory.connection(&monitor.key(3)).unwrap();
+    assert_eq!((again.upgrade.endpoint.as_str(), again.frames), ("/b", 1));
+    apply(&mut memory, upgrade(&monitor, 4, "/a", 30));
+    let again = memory.connection(&monitor.key(3)).unwrap();
+    assert_eq!((again.upgrade.endpoint.as_str(), again.frames), ("/b", 1));
+    assert!(memory.connection(&monitor.key(4)).is_some());
 }

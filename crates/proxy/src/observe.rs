@@ -12,6 +12,7 @@
 //! connection's span, its upgrade with each plugin's call, and the sampled
 //! messages with theirs (`wsgate_trace`).
 
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -85,7 +86,7 @@ pub struct Observer {
     /// Messages recorded through their chains so far.
     chain_seq: u64,
     /// The plugin verdicts on the message in the chains now.
-    notes: Vec<String>,
+    notes: String,
     /// Who started closing first, with the code and reason.
     first_close: Option<(ClosedBy, Option<u16>, String)>,
     expired: bool,
@@ -150,7 +151,7 @@ impl Observer {
                 } else {
                     0
                 };
-                SharedFrameLog::new(FrameLog::new(monitor.clone(), key.clone(), capture))
+                SharedFrameLog::new(FrameLog::new(monitor.clone(), key, capture))
             })
         });
         Self {
@@ -163,7 +164,7 @@ impl Observer {
             monitor: key.map(|key| (monitor.clone(), key)),
             upgrade,
             frames,
-            notes: Vec::new(),
+            notes: String::new(),
             first_close: None,
             expired: false,
             trace: trace.map(Box::new),
@@ -332,24 +333,34 @@ impl Observer {
         if !self.describes_verdicts() {
             return;
         }
-        let note = match verdict {
-            Ok(MessageVerdict::Forward) => "forward".to_string(),
-            Ok(MessageVerdict::Replace(messages)) => format!("replace ({})", messages.len()),
-            Ok(MessageVerdict::Drop) => "drop".to_string(),
-            Ok(MessageVerdict::Close(frame)) => format!("close {}", frame.code),
-            Ok(MessageVerdict::Reply(messages)) => format!("reply ({})", messages.len()),
-            Err(fault) => format!("fault {} (fail {fail:?})", fault.kind.as_str()),
+        // Written straight into the message's text: one allocation per
+        // message, not per plugin (a write to a `String` cannot fail).
+        let notes = &mut self.notes;
+        if !notes.is_empty() {
+            notes.push_str(", ");
+        }
+        let _ = match verdict {
+            Ok(MessageVerdict::Forward) => write!(notes, "{plugin} forward"),
+            Ok(MessageVerdict::Replace(messages)) => {
+                write!(notes, "{plugin} replace ({})", messages.len())
+            }
+            Ok(MessageVerdict::Drop) => write!(notes, "{plugin} drop"),
+            Ok(MessageVerdict::Close(frame)) => write!(notes, "{plugin} close {}", frame.code),
+            Ok(MessageVerdict::Reply(messages)) => {
+                write!(notes, "{plugin} reply ({})", messages.len())
+            }
+            Err(fault) => write!(
+                notes,
+                "{plugin} fault {} (fail {fail:?})",
+                fault.kind.as_str()
+            ),
         };
-        self.notes.push(format!("{plugin} {note}"));
     }
 
     /// The verdicts on the message that just left the chains, as one text.
     pub fn take_verdicts(&mut self) -> Option<String> {
-        self.describes_verdicts().then(|| {
-            let text = self.notes.join(", ");
-            self.notes.clear();
-            text
-        })
+        self.describes_verdicts()
+            .then(|| std::mem::take(&mut self.notes))
     }
 
     /// The message with `payload` read from `from` got `verdict` after

@@ -97,7 +97,6 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tap<S> {
 /// Turns a connection's bytes into frame records.
 pub struct FrameLog {
     monitor: Monitor,
-    connection: String,
     seq: u64,
     reads: FrameParser,
     writes: FrameParser,
@@ -109,28 +108,31 @@ pub struct FrameLog {
     /// The compressed messages being written, in order: their uncompressed
     /// length and captured payload.
     writing: VecDeque<(u64, Option<String>)>,
+    /// Frames completed by one read or write (kept to be reused).
+    done: Vec<(FrameRecord, bool)>,
 }
 
 impl FrameLog {
     /// Record connection `connection`'s frames with up to `capture` payload
     /// bytes each (0: metadata only).
-    pub fn new(monitor: Monitor, connection: String, capture: usize) -> Self {
+    pub fn new(monitor: Monitor, connection: &str, capture: usize) -> Self {
+        let connection: Arc<str> = Arc::from(connection);
         Self {
             monitor,
-            connection,
             seq: 0,
-            reads: FrameParser::new(Origin::Client, capture),
-            writes: FrameParser::new(Origin::Server, capture),
+            reads: FrameParser::new(connection.clone(), Origin::Client, capture),
+            writes: FrameParser::new(connection, Origin::Server, capture),
             awaiting: VecDeque::new(),
             write_note: None,
             writing: VecDeque::new(),
+            done: Vec::new(),
         }
     }
 
     fn on_read(&mut self, bytes: &[u8]) {
-        let mut done = Vec::new();
+        let mut done = std::mem::take(&mut self.done);
         self.reads.feed(bytes, &mut done);
-        for (frame, compressed) in done {
+        for (frame, compressed) in done.drain(..) {
             let frame = self.stamp(frame);
             if frame.fin {
                 if self.awaiting.len() == MAX_AWAITING
@@ -143,12 +145,13 @@ impl FrameLog {
                 self.monitor.record(Record::Frame(frame));
             }
         }
+        self.done = done;
     }
 
     fn on_write(&mut self, bytes: &[u8]) {
-        let mut done = Vec::new();
+        let mut done = std::mem::take(&mut self.done);
         self.writes.feed(bytes, &mut done);
-        for (mut frame, compressed) in done {
+        for (mut frame, compressed) in done.drain(..) {
             if frame.fin
                 && let Some((verdict, filter_us)) = &self.write_note
             {
@@ -163,12 +166,12 @@ impl FrameLog {
             let frame = self.stamp(frame);
             self.monitor.record(Record::Frame(frame));
         }
+        self.done = done;
     }
 
     fn stamp(&mut self, mut frame: FrameRecord) -> FrameRecord {
         self.seq += 1;
         frame.seq = self.seq;
-        frame.connection.clone_from(&self.connection);
         frame
     }
 
@@ -212,6 +215,7 @@ impl Drop for FrameLog {
 /// A streaming parser of RFC 6455 frames that captures the start of each
 /// payload, unmasked.
 struct FrameParser {
+    connection: Arc<str>,
     origin: Origin,
     capture: usize,
     /// The header read so far.
@@ -227,8 +231,9 @@ struct FrameParser {
 }
 
 impl FrameParser {
-    fn new(origin: Origin, capture: usize) -> Self {
+    fn new(connection: Arc<str>, origin: Origin, capture: usize) -> Self {
         Self {
+            connection,
             origin,
             capture,
             header: [0; MAX_HEADER],
@@ -289,7 +294,7 @@ impl FrameParser {
             self.compressed = header.rsv1();
         }
         self.frame = Some(FrameRecord {
-            connection: String::new(),
+            connection: self.connection.clone(),
             seq: 0,
             time_us: 0,
             origin: self.origin,
@@ -302,7 +307,7 @@ impl FrameParser {
             ],
             masking_key: header
                 .mask
-                .map(|m| m.iter().map(|b| format!("{b:02x}")).collect()),
+                .map(|key| format!("{:08x}", u32::from_be_bytes(key))),
             length: header.length,
             payload: None,
             truncated: false,
@@ -343,7 +348,7 @@ mod tests {
     use super::*;
 
     fn frames(origin: Origin, capture: usize, wire: &[u8], chunk: usize) -> Vec<FrameRecord> {
-        let mut parser = FrameParser::new(origin, capture);
+        let mut parser = FrameParser::new(Arc::from("c"), origin, capture);
         let mut done = Vec::new();
         for piece in wire.chunks(chunk) {
             parser.feed(piece, &mut done);
