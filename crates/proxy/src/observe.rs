@@ -336,7 +336,9 @@ impl Observer {
         // Written straight into the message's text: one allocation per
         // message, not per plugin (a write to a `String` cannot fail).
         let notes = &mut self.notes;
-        if !notes.is_empty() {
+        if notes.is_empty() {
+            notes.reserve(64);
+        } else {
             notes.push_str(", ");
         }
         let _ = match verdict {
