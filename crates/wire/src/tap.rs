@@ -453,18 +453,15 @@ mod tests {
             wide: 0,
         });
         let written = encode(&Frame {
+            opcode: 1,
+            fin: true,
+            rsv: 0,
             mask: None,
-            ..Frame {
-                opcode: 1,
-                fin: true,
-                rsv: 0,
-                mask: None,
-                payload: b"hello".to_vec(),
-                wide: 0,
-            }
+            payload: b"hello".to_vec(),
+            wide: 0,
         });
         log.note_writes(Some(("passthrough@1.0.0 forward".to_string(), 3)));
-        let mut echo = |log: &mut FrameLog| {
+        let echo = |log: &mut FrameLog| {
             log.on_read(&read);
             log.verdict_on_read(None, 3, b"hello");
             log.on_write(&written);
