@@ -263,7 +263,7 @@ class Target:
                       "wsgate+deflate": ROUTER}[base]
             conf = self.out / f"{self.name}.toml"
             text = GATEWAY.format(port=self.port, echo=self.echo, plugins=PLUGINS,
-                                  deflate="client" if self.name == "wsgate+deflate" else "off",
+                                  deflate="client" if base == "wsgate+deflate" else "off",
                                   monitor=monitor or "off",
                                   chains=chains.format(echo=self.echo))
             admin = free_port() if shadow else None

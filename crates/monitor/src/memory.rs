@@ -81,7 +81,7 @@ impl Memory {
                 self.entries.push_back(Entry {
                     number,
                     connection: Connection {
-                        upgrade: upgrade.clone(),
+                        upgrade: (**upgrade).clone(),
                         end: None,
                         frames: 0,
                     },

@@ -197,12 +197,13 @@ pub struct EndRecord {
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum Record {
-    /// A connection's upgrade.
-    Upgrade(UpgradeRecord),
+    /// A connection's upgrade (boxed, as the largest: a frame, the most
+    /// common record, is not made as large as an upgrade).
+    Upgrade(Box<UpgradeRecord>),
     /// One frame.
     Frame(FrameRecord),
-    /// One message through its chain (level `replay`).
-    Message(MessageRecord),
+    /// One message through its chain (level `replay`; boxed).
+    Message(Box<MessageRecord>),
     /// A connection's end.
     End(EndRecord),
 }

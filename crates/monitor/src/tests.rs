@@ -11,7 +11,7 @@ fn at(offset: u64) -> u64 {
 
 fn upgrade(monitor: &Monitor, id: u64, endpoint: &str, offset: u64) -> Record {
     let time_us = at(offset);
-    Record::Upgrade(UpgradeRecord {
+    Record::Upgrade(Box::new(UpgradeRecord {
         connection: monitor.key(id),
         id,
         generation: 1,
@@ -28,7 +28,7 @@ fn upgrade(monitor: &Monitor, id: u64, endpoint: &str, offset: u64) -> Record {
         route: Some("ws://up/".to_string()),
         verdicts: vec![],
         level: "full".to_string(),
-    })
+    }))
 }
 
 fn frame(monitor: &Monitor, id: u64, seq: u64, opcode: u8, offset: u64) -> Record {
@@ -249,7 +249,7 @@ fn retention_and_size_trim_oldest_connections_first() {
     let monitor_key = |i: u64| format!("r-{i}");
     let records: Vec<_> = (0..200u64)
         .map(|i| {
-            Arc::new(Record::Upgrade(UpgradeRecord {
+            Arc::new(Record::Upgrade(Box::new(UpgradeRecord {
                 connection: monitor_key(i),
                 id: i,
                 generation: 1,
@@ -266,7 +266,7 @@ fn retention_and_size_trim_oldest_connections_first() {
                 route: None,
                 verdicts: vec![],
                 level: "headers".into(),
-            }))
+            })))
         })
         .collect();
     sqlite::write(&mut db, &records).unwrap();
@@ -323,4 +323,17 @@ fn memory_keeps_the_newest_connections_and_finds_their_frames() {
     let again = memory.connection(&monitor.key(3)).unwrap();
     assert_eq!((again.upgrade.endpoint.as_str(), again.frames), ("/b", 1));
     assert!(memory.connection(&monitor.key(4)).is_some());
+}
+
+/// A record in the queue and in the in-memory history is the size of its
+/// largest variant: the rare ones are boxed so a frame pays for a frame.
+#[test]
+fn a_record_is_the_size_of_a_frame() {
+    let record = std::mem::size_of::<Record>();
+    let frame = std::mem::size_of::<FrameRecord>();
+    eprintln!("Record: {record} bytes, FrameRecord: {frame} bytes");
+    assert!(
+        record <= frame + 8,
+        "Record {record} bytes, FrameRecord {frame}"
+    );
 }

@@ -246,7 +246,7 @@ impl Observer {
             feed.send(ShadowItem::Open(Box::new(upgrade)));
         }
         if let Some((monitor, _)) = &self.monitor {
-            monitor.record(Record::Upgrade(record));
+            monitor.record(Record::Upgrade(Box::new(record)));
         }
     }
 
@@ -429,7 +429,7 @@ impl Observer {
             _ => None,
         };
         if let (Some((monitor, _)), Some(record)) = (&self.monitor, replayed) {
-            monitor.record(Record::Message(record));
+            monitor.record(Record::Message(Box::new(record)));
         }
     }
 

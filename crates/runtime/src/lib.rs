@@ -41,7 +41,7 @@ pub use engine::EPOCH_TICK;
 pub use host::{CallContext, ConnectionInfo, PluginState, StateMap};
 pub use inspect::{ComponentInfo, Contract, Roles};
 pub use load::{Budget, HostBudget, Plugin};
-pub use offload::{OFFLOAD_NICE, OffloadSettings, SLOW_CALLS_TO_MOVE, lower_thread_priority};
+pub use offload::{OFFLOAD_NICE, OffloadSettings, SAMPLE_CAP, lower_thread_priority};
 pub use pool::{
     FaultKind, LATENCY_BUCKETS_US, LatencyHistogram, PluginFault, PluginPool, PluginStats,
 };
