@@ -2,8 +2,9 @@
 //!
 //! The proxy hands it [`Record`]s — each connection's upgrade, every frame
 //! on the client's connection, how the connection ended — through
-//! [`Monitor::record`], which never blocks: records go into a bounded queue,
-//! and when the queue is full they are dropped and counted
+//! [`Monitor::record`], which never blocks and, for a frame, allocates
+//! nothing: records go by value into a queue bounded by count and by the
+//! bytes they hold, and when it is full they are dropped and counted
 //! ([`Monitor::dropped`]). One writer thread takes them from the queue in
 //! batches, keeps the recent ones in memory for the live views, publishes
 //! them to live subscribers ([`Monitor::subscribe`]) and, with a database
@@ -20,7 +21,7 @@ mod sqlite;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
+use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -29,8 +30,8 @@ use wsgate_config::MonitorSettings;
 
 pub use query::{Connection, ConnectionFilter, FrameFilter};
 pub use record::{
-    EndRecord, FrameRecord, MessageRecord, Origin, Payload, PluginVerdict, Record, UpgradeRecord,
-    now_us, opcode_name,
+    EndRecord, FrameRecord, MaskingKey, MessageRecord, Origin, Payload, PluginVerdict, Record,
+    UpgradeRecord, now_us, opcode_name,
 };
 
 use memory::Memory;
@@ -132,7 +133,7 @@ pub enum MonitorError {
 }
 
 enum Item {
-    Record(Arc<Record>),
+    Record(Record),
     Flush(oneshot::Sender<()>),
     /// A sample of the gateway's counters for the console's charts: its
     /// time (milliseconds since the epoch) and its JSON.
@@ -148,6 +149,10 @@ struct Shared {
     live: broadcast::Sender<Arc<Record>>,
     dropped: AtomicU64,
     stored: AtomicU64,
+    /// Records in the queue.
+    queued: AtomicU64,
+    /// At most this many (`[monitor] queue`).
+    max_queued: u64,
     /// Bytes held by the records in the queue ([`Record::held_bytes`]).
     queued_bytes: AtomicU64,
     /// At most this many (`[monitor] queue-bytes`).
@@ -159,7 +164,9 @@ struct Shared {
 /// The traffic monitor: cheap to clone, shared by the proxy and the admin API.
 #[derive(Clone)]
 pub struct Monitor {
-    queue: SyncSender<Item>,
+    /// Unbounded as a channel (it takes a block of records at a time, not
+    /// a slot per record up front); [`Shared::queued`] bounds it.
+    queue: Sender<Item>,
     shared: Arc<Shared>,
     run: Arc<str>,
 }
@@ -190,7 +197,7 @@ impl Monitor {
             ),
             None => (None, None),
         };
-        let (queue, items) = std::sync::mpsc::sync_channel(settings.queue.max(1));
+        let (queue, items) = std::sync::mpsc::channel();
         let (live, _) = broadcast::channel(4096);
         let shared = Arc::new(Shared {
             mask: mask::Mask::new(settings.mask.iter().map(|p| p.get_ref().clone())),
@@ -201,6 +208,8 @@ impl Monitor {
             live,
             dropped: AtomicU64::new(0),
             stored: AtomicU64::new(0),
+            queued: AtomicU64::new(0),
+            max_queued: settings.queue.max(1) as u64,
             queued_bytes: AtomicU64::new(0),
             max_queued_bytes: settings.queue_bytes.0,
             database: settings.database.clone(),
@@ -231,34 +240,34 @@ impl Monitor {
     /// Record `record` without waiting: a full queue, by count or by bytes
     /// (`[monitor] queue`, `queue-bytes`), drops it (counted).
     pub fn record(&self, record: Record) {
+        let shared = &*self.shared;
         let bytes = record.held_bytes() as u64;
-        let queued = &self.shared.queued_bytes;
-        let before = queued.fetch_add(bytes, Ordering::Relaxed);
-        let sent = before + bytes <= self.shared.max_queued_bytes
-            && self.queue.try_send(Item::Record(Arc::new(record))).is_ok();
+        let records = shared.queued.fetch_add(1, Ordering::Relaxed);
+        let held = shared.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
+        let sent = records < shared.max_queued
+            && held + bytes <= shared.max_queued_bytes
+            && self.queue.send(Item::Record(record)).is_ok();
         if !sent {
-            queued.fetch_sub(bytes, Ordering::Relaxed);
-            self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+            shared.queued.fetch_sub(1, Ordering::Relaxed);
+            shared.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+            shared.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 
     /// Wait until everything recorded so far is in memory and stored.
     pub async fn flush(&self) {
         let (done, wait) = oneshot::channel();
-        let queue = self.queue.clone();
-        // The queue may be full: wait for room off the async threads.
-        let sent = tokio::task::spawn_blocking(move || queue.send(Item::Flush(done)).is_ok()).await;
-        if matches!(sent, Ok(true)) {
+        if self.queue.send(Item::Flush(done)).is_ok() {
             let _ = wait.await;
         }
     }
 
     /// Store a sample of the gateway's counters taken at `at_ms`
     /// (milliseconds since the epoch), kept [`SAMPLE_RETENTION`]; without
-    /// a database, or with the queue full, it is not kept.
+    /// a database it is not kept.
     pub fn store_sample(&self, at_ms: u64, sample: String) {
         if self.shared.database.is_some() {
-            let _ = self.queue.try_send(Item::Sample(at_ms, sample));
+            let _ = self.queue.send(Item::Sample(at_ms, sample));
         }
     }
 
@@ -380,11 +389,6 @@ fn write_loop(
             }
         }
         if !batch.is_empty() {
-            if let Ok(mut memory) = shared.memory.lock() {
-                for record in &batch {
-                    memory.apply(record);
-                }
-            }
             if let Some(db) = db.as_mut() {
                 match sqlite::write(db, &batch) {
                     Ok(()) => {
@@ -402,9 +406,10 @@ fn write_loop(
             }
             let held: u64 = batch.iter().map(|r| r.held_bytes() as u64).sum();
             shared.queued_bytes.fetch_sub(held, Ordering::Relaxed);
-            for record in batch.drain(..) {
-                let _ = shared.live.send(record);
-            }
+            shared
+                .queued
+                .fetch_sub(batch.len() as u64, Ordering::Relaxed);
+            keep(shared, &mut batch);
         }
         if let Some(db) = db.as_mut() {
             for (at_ms, sample) in samples.drain(..) {
@@ -431,9 +436,27 @@ fn write_loop(
     }
 }
 
+/// Move a batch into the in-memory history; a record is shared with the
+/// live subscribers only while there are some (a copy each then).
+fn keep(shared: &Shared, batch: &mut Vec<Record>) {
+    let mut memory = shared
+        .memory
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let tailed = shared.live.receiver_count() > 0;
+    for record in batch.drain(..) {
+        if tailed {
+            memory.apply(record.clone());
+            let _ = shared.live.send(Arc::new(record));
+        } else {
+            memory.apply(record);
+        }
+    }
+}
+
 fn take(
     item: Item,
-    batch: &mut Vec<Arc<Record>>,
+    batch: &mut Vec<Record>,
     flushes: &mut Vec<oneshot::Sender<()>>,
     samples: &mut Vec<(u64, String)>,
 ) {

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// One upgrade plugin's verdict on a request.
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
@@ -89,8 +89,8 @@ pub struct FrameRecord {
     pub fin: bool,
     /// RSV1, RSV2, RSV3 bits.
     pub rsv: [bool; 3],
-    /// The masking key (hex), on frames from the client.
-    pub masking_key: Option<String>,
+    /// The masking key, on frames from the client (hex in JSON).
+    pub masking_key: Option<MaskingKey>,
     /// Payload length in bytes.
     pub length: u64,
     /// The payload (unmasked), base64, up to the endpoint's capture size
@@ -100,12 +100,41 @@ pub struct FrameRecord {
     pub truncated: bool,
     /// Time the message spent in filters, in microseconds (last frame of a message).
     pub filter_us: Option<u64>,
-    /// What the filters decided (last frame of a message).
-    pub verdict: Option<String>,
+    /// What the filters decided (last frame of a message); shared by the
+    /// frames of messages that got the same verdicts.
+    pub verdict: Option<Arc<str>>,
     /// The message's length uncompressed, on the last frame of a message
     /// sent with permessage-deflate (`length` is what crossed the wire).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uncompressed_length: Option<u64>,
+}
+
+/// A client frame's 32-bit masking key, written as 8 hex digits
+/// (`"37fa213d"`) in JSON and text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MaskingKey(pub [u8; 4]);
+
+impl std::fmt::Display for MaskingKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:08x}", u32::from_be_bytes(self.0))
+    }
+}
+
+impl Serialize for MaskingKey {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for MaskingKey {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        u32::from_str_radix(&text, 16)
+            .ok()
+            .filter(|_| text.len() == 8)
+            .map(|key| Self(key.to_be_bytes()))
+            .ok_or_else(|| serde::de::Error::custom("a masking key is 8 hex digits"))
+    }
 }
 
 impl FrameRecord {

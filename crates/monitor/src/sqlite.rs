@@ -89,7 +89,7 @@ fn json<T: serde::Serialize>(value: &T) -> String {
 }
 
 /// Store `records` in one transaction.
-pub(crate) fn write(db: &mut Db, records: &[std::sync::Arc<Record>]) -> rusqlite::Result<()> {
+pub(crate) fn write(db: &mut Db, records: &[Record]) -> rusqlite::Result<()> {
     let tx = db.transaction()?;
     {
         let mut upgrade = tx.prepare_cached(
@@ -105,7 +105,7 @@ pub(crate) fn write(db: &mut Db, records: &[std::sync::Arc<Record>]) -> rusqlite
             "UPDATE connections SET close_code = ?2, end_json = ?3 WHERE key = ?1",
         )?;
         for record in records {
-            match record.as_ref() {
+            match record {
                 Record::Upgrade(r) => {
                     upgrade.execute(params![
                         r.connection,

@@ -41,12 +41,12 @@ fn frame(monitor: &Monitor, id: u64, seq: u64, opcode: u8, offset: u64) -> Recor
         opcode,
         fin: true,
         rsv: [false; 3],
-        masking_key: Some("01020304".to_string()),
+        masking_key: Some(MaskingKey([1, 2, 3, 4])),
         length: 5,
         payload: Some("aGVsbG8=".to_string()),
         truncated: false,
         filter_us: Some(3),
-        verdict: Some("forward".to_string()),
+        verdict: Some("forward".into()),
         // Text frames as if compressed: the field survives both stores.
         uncompressed_length: (opcode == 1).then_some(9),
     })
@@ -135,7 +135,7 @@ async fn exercise(monitor: &Monitor) {
         })
         .unwrap();
     assert_eq!(frames.iter().map(|f| f.seq).collect::<Vec<_>>(), vec![1, 2]);
-    assert_eq!(frames[0].masking_key.as_deref(), Some("01020304"));
+    assert_eq!(frames[0].masking_key, Some(MaskingKey([1, 2, 3, 4])));
     let binary = monitor
         .frames(&FrameFilter {
             opcode: Some(2),
@@ -249,7 +249,7 @@ fn retention_and_size_trim_oldest_connections_first() {
     let monitor_key = |i: u64| format!("r-{i}");
     let records: Vec<_> = (0..200u64)
         .map(|i| {
-            Arc::new(Record::Upgrade(Box::new(UpgradeRecord {
+            Record::Upgrade(Box::new(UpgradeRecord {
                 connection: monitor_key(i),
                 id: i,
                 generation: 1,
@@ -266,7 +266,7 @@ fn retention_and_size_trim_oldest_connections_first() {
                 route: None,
                 verdicts: vec![],
                 level: "headers".into(),
-            })))
+            }))
         })
         .collect();
     sqlite::write(&mut db, &records).unwrap();
@@ -293,7 +293,7 @@ fn retention_and_size_trim_oldest_connections_first() {
 fn memory_keeps_the_newest_connections_and_finds_their_frames() {
     let monitor = Monitor::start(&settings(None)).unwrap();
     let mut memory = memory::Memory::new(2, 3);
-    let apply = |memory: &mut memory::Memory, record: Record| memory.apply(&Arc::new(record));
+    let apply = |memory: &mut memory::Memory, record: Record| memory.apply(record);
     for id in 1..=3 {
         apply(&mut memory, upgrade(&monitor, id, "/a", id));
     }
@@ -323,6 +323,49 @@ fn memory_keeps_the_newest_connections_and_finds_their_frames() {
     let again = memory.connection(&monitor.key(3)).unwrap();
     assert_eq!((again.upgrade.endpoint.as_str(), again.frames), ("/b", 1));
     assert!(memory.connection(&monitor.key(4)).is_some());
+}
+
+/// The history keeps frames in a compact form (no texts per frame): what
+/// it gives back is what it was given, field for field, for the newest
+/// frames: payloads that start part-way through, verdicts that repeat,
+/// change and come back, frames without either.
+#[test]
+fn the_history_gives_back_the_frames_it_kept_field_for_field() {
+    let monitor = Monitor::start(&settings(None)).unwrap();
+    let mut memory = memory::Memory::new(4, 5);
+    memory.apply(upgrade(&monitor, 1, "/a", 1));
+    let shared: Arc<str> = Arc::from("p@1 forward");
+    let sent: Vec<FrameRecord> = (1..=12u64)
+        .map(|seq| {
+            let Record::Frame(mut frame) =
+                frame(&monitor, 1, seq, [1, 2, 9][seq as usize % 3], seq)
+            else {
+                unreachable!()
+            };
+            frame.payload = (seq > 3 && seq % 2 == 0).then(|| format!("payload {seq}"));
+            frame.verdict = match seq % 4 {
+                0 => None,
+                1 | 2 => Some(shared.clone()),
+                _ => Some(format!("p@1 drop {}", seq % 2).into()),
+            };
+            frame.masking_key = (seq % 3 != 0).then_some(MaskingKey([seq as u8, 0, 0, 1]));
+            frame.filter_us = (seq % 5 != 0).then_some(seq * 7);
+            frame.uncompressed_length = (seq % 2 == 1).then_some(seq * 11);
+            frame.rsv = [seq % 2 == 0, false, seq % 3 == 0];
+            frame.truncated = seq % 4 == 1;
+            frame
+        })
+        .collect();
+    for frame in &sent {
+        memory.apply(Record::Frame(frame.clone()));
+    }
+    let kept = memory.frames(&FrameFilter {
+        connection: Some(monitor.key(1)),
+        limit: 10,
+        ..FrameFilter::default()
+    });
+    assert_eq!(kept, sent[7..]);
+    assert_eq!(memory.connection(&monitor.key(1)).unwrap().frames, 12);
 }
 
 /// A record in the queue and in the in-memory history is the size of its

@@ -86,7 +86,9 @@ pub struct Observer {
     /// Messages recorded through their chains so far.
     chain_seq: u64,
     /// The plugin verdicts on the message in the chains now.
-    notes: String,
+    verdicts: RepeatedText,
+    /// The note on the frames written to the client last.
+    write_note: Option<WriteNote>,
     /// Who started closing first, with the code and reason.
     first_close: Option<(ClosedBy, Option<u16>, String)>,
     expired: bool,
@@ -164,7 +166,8 @@ impl Observer {
             monitor: key.map(|key| (monitor.clone(), key)),
             upgrade,
             frames,
-            notes: String::new(),
+            verdicts: RepeatedText::default(),
+            write_note: None,
             first_close: None,
             expired: false,
             trace: trace.map(Box::new),
@@ -333,20 +336,27 @@ impl Observer {
         if !self.describes_verdicts() {
             return;
         }
-        // Written straight into the message's text: one allocation per
-        // message, not per plugin (a write to a `String` cannot fail).
-        let notes = &mut self.notes;
-        if notes.is_empty() {
-            notes.reserve(64);
-        } else {
+        // Written straight into the message's text (a write to a
+        // `String` cannot fail).
+        let notes = &mut self.verdicts.buffer;
+        if !notes.is_empty() {
             notes.push_str(", ");
         }
+        // The common verdicts without the formatting machinery.
         let _ = match verdict {
-            Ok(MessageVerdict::Forward) => write!(notes, "{plugin} forward"),
+            Ok(MessageVerdict::Forward) => {
+                notes.push_str(plugin);
+                notes.push_str(" forward");
+                Ok(())
+            }
             Ok(MessageVerdict::Replace(messages)) => {
                 write!(notes, "{plugin} replace ({})", messages.len())
             }
-            Ok(MessageVerdict::Drop) => write!(notes, "{plugin} drop"),
+            Ok(MessageVerdict::Drop) => {
+                notes.push_str(plugin);
+                notes.push_str(" drop");
+                Ok(())
+            }
             Ok(MessageVerdict::Close(frame)) => write!(notes, "{plugin} close {}", frame.code),
             Ok(MessageVerdict::Reply(messages)) => {
                 write!(notes, "{plugin} reply ({})", messages.len())
@@ -359,15 +369,15 @@ impl Observer {
         };
     }
 
-    /// The verdicts on the message that just left the chains, as one text.
-    pub fn take_verdicts(&mut self) -> Option<String> {
-        self.describes_verdicts()
-            .then(|| std::mem::take(&mut self.notes))
+    /// The verdicts on the message that just left the chains, as one text
+    /// (shared with the previous message's when they are the same).
+    pub fn take_verdicts(&mut self) -> Option<Arc<str>> {
+        self.describes_verdicts().then(|| self.verdicts.take())
     }
 
     /// The message with `payload` read from `from` got `verdict` after
     /// `filter_us` in its chain (`None`: no chain ran).
-    pub fn read(&self, from: Peer, verdict: Option<String>, filter_us: u64, payload: &[u8]) {
+    pub fn read(&self, from: Peer, verdict: Option<Arc<str>>, filter_us: u64, payload: &[u8]) {
         if from == Peer::Client
             && let Some(frames) = &self.frames
         {
@@ -433,12 +443,30 @@ impl Observer {
         }
     }
 
-    /// What produced the frames written to `to` next (`None`: the gateway
-    /// on its own, such as pongs).
-    pub fn writing(&self, to: Peer, note: Option<(String, u64)>) {
+    /// What produced the frames written to `to` next: what the chain did
+    /// (`forwarded`, `reply`, `closed`) with a message that got `verdict`
+    /// after `filter_us` (`None`: the gateway on its own, such as pongs).
+    pub fn writing(&mut self, to: Peer, note: Option<(&'static str, &Arc<str>, u64)>) {
         if to == Peer::Client
             && let Some(frames) = &self.frames
         {
+            let note = note.map(|(what, verdict, filter_us)| {
+                let text = match &self.write_note {
+                    Some(last) if last.what == what && Arc::ptr_eq(&last.verdict, verdict) => {
+                        last.text.clone()
+                    }
+                    _ => {
+                        let text: Arc<str> = Arc::from(format!("{what}: {verdict}"));
+                        self.write_note = Some(WriteNote {
+                            what,
+                            verdict: verdict.clone(),
+                            text: text.clone(),
+                        });
+                        text
+                    }
+                };
+                (text, filter_us)
+            });
             frames.lock().note_writes(note);
         }
     }
@@ -510,4 +538,39 @@ fn header_pairs(headers: &HeaderMap) -> Vec<(String, String)> {
             )
         })
         .collect()
+}
+
+/// The note on frames written after a message: `"{what}: {verdict}"`,
+/// made once for as long as both repeat.
+struct WriteNote {
+    what: &'static str,
+    verdict: Arc<str>,
+    text: Arc<str>,
+}
+
+/// A text made again for every message that is usually the same as the
+/// last one (a message's verdicts): written into a reused buffer and
+/// shared, without a copy, for as long as it repeats.
+#[derive(Default)]
+struct RepeatedText {
+    /// The text being written.
+    buffer: String,
+    /// The last text taken.
+    last: Option<Arc<str>>,
+}
+
+impl RepeatedText {
+    /// The text written since the last take, shared; the buffer is emptied.
+    fn take(&mut self) -> Arc<str> {
+        let text = match &self.last {
+            Some(last) if **last == *self.buffer => last.clone(),
+            _ => {
+                let text: Arc<str> = Arc::from(self.buffer.as_str());
+                self.last = Some(text.clone());
+                text
+            }
+        };
+        self.buffer.clear();
+        text
+    }
 }

@@ -412,11 +412,7 @@ async fn on_read(
     }
     // Notes for the monitor's record of what is written, made only for
     // the writes that happen (and only when frames are recorded).
-    let note = |what: &str| {
-        verdict
-            .as_ref()
-            .map(|v| (format!("{what}: {v}"), filter_us))
-    };
+    let note = |what: &'static str| verdict.as_ref().map(|v| (what, v, filter_us));
     // A plugin that turns a data message into a close closes both sides.
     if !is_close
         && result.close.is_none()
