@@ -2,9 +2,10 @@
 //!
 //! The proxy hands it [`Record`]s — each connection's upgrade, every frame
 //! on the client's connection, how the connection ended — through
-//! [`Monitor::record`], which never blocks and, for a frame, allocates
-//! nothing: records go by value into a queue bounded by count and by the
-//! bytes they hold, and when it is full they are dropped and counted
+//! [`Monitor::record`], which never blocks and, for a frame at level
+//! `metadata`, allocates only the queue's room (a block per 31 records):
+//! records go by value into a queue bounded by count and by the bytes
+//! they hold, and when it is full they are dropped and counted
 //! ([`Monitor::dropped`]). One writer thread takes them from the queue in
 //! batches, keeps the recent ones in memory for the live views, publishes
 //! them to live subscribers ([`Monitor::subscribe`]) and, with a database
@@ -437,7 +438,8 @@ fn write_loop(
 }
 
 /// Move a batch into the in-memory history; a record is shared with the
-/// live subscribers only while there are some (a copy each then).
+/// live subscribers only while there are some (a copy of what the history
+/// keeps, then).
 fn keep(shared: &Shared, batch: &mut Vec<Record>) {
     let mut memory = shared
         .memory
@@ -446,7 +448,11 @@ fn keep(shared: &Shared, batch: &mut Vec<Record>) {
     let tailed = shared.live.receiver_count() > 0;
     for record in batch.drain(..) {
         if tailed {
-            memory.apply(record.clone());
+            // The history keeps no message records (replay reads them
+            // from the database): no copy for it.
+            if !matches!(record, Record::Message(_)) {
+                memory.apply(record.clone());
+            }
             let _ = shared.live.send(Arc::new(record));
         } else {
             memory.apply(record);

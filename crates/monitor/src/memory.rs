@@ -55,32 +55,47 @@ struct Entry {
 }
 
 impl Entry {
-    fn frames(&self) -> impl Iterator<Item = FrameRecord> + '_ {
+    /// Its kept frames that `filter` wants, oldest first, made whole
+    /// (only those: a filter over every connection reads them all).
+    fn frames<'a>(&'a self, filter: &'a FrameFilter) -> impl Iterator<Item = FrameRecord> + 'a {
         let mut payloads = self.payloads.as_ref().map(Ring::iter);
-        self.frames.iter().map(move |kept| {
-            let payload = payloads.as_mut().and_then(|p| p.next()?.clone());
-            let some = |value: u64| (value != u64::MAX).then_some(value);
-            FrameRecord {
-                connection: self.key.clone(),
-                seq: kept.seq,
-                time_us: kept.time_us,
-                origin: kept.origin,
-                opcode: kept.opcode,
-                fin: kept.fin,
-                rsv: kept.rsv,
-                masking_key: kept.masking_key,
-                length: kept.length,
-                payload,
-                truncated: kept.truncated,
-                filter_us: some(kept.filter_us),
-                verdict: (kept.verdict != u16::MAX).then(|| {
-                    self.verdicts
-                        .get(usize::from(kept.verdict))
-                        .map_or_else(|| Arc::from(TOO_MANY_VERDICTS), Arc::clone)
-                }),
-                uncompressed_length: some(kept.uncompressed_length),
-            }
+        self.frames.iter().filter_map(move |kept| {
+            // Both rings advance together, wanted or not.
+            let payload = payloads.as_mut().and_then(Iterator::next);
+            let wanted = filter.matches(
+                &self.connection.upgrade.endpoint,
+                &self.key,
+                kept.origin,
+                kept.opcode,
+                kept.time_us,
+            );
+            wanted.then(|| self.whole(kept, payload.cloned().flatten()))
         })
+    }
+
+    /// `kept` as a record again, with its `payload`.
+    fn whole(&self, kept: &KeptFrame, payload: Option<String>) -> FrameRecord {
+        let some = |value: u64| (value != u64::MAX).then_some(value);
+        FrameRecord {
+            connection: self.key.clone(),
+            seq: kept.seq,
+            time_us: kept.time_us,
+            origin: kept.origin,
+            opcode: kept.opcode,
+            fin: kept.fin,
+            rsv: kept.rsv,
+            masking_key: kept.masking_key,
+            length: kept.length,
+            payload,
+            truncated: kept.truncated,
+            filter_us: some(kept.filter_us),
+            verdict: (kept.verdict != u16::MAX).then(|| {
+                self.verdicts
+                    .get(usize::from(kept.verdict))
+                    .map_or_else(|| Arc::from(TOO_MANY_VERDICTS), Arc::clone)
+            }),
+            uncompressed_length: some(kept.uncompressed_length),
+        }
     }
 
     /// `verdict`'s index in the entry's texts (usually the last one's:
@@ -277,22 +292,11 @@ impl Memory {
         if let Some(key) = &filter.connection {
             return self
                 .entry(key)
-                .map(|e| {
-                    e.frames()
-                        .filter(|f| filter.matches(&e.connection.upgrade.endpoint, f))
-                        .take(filter.limit)
-                        .collect()
-                })
+                .map(|e| e.frames(filter).take(filter.limit).collect())
                 .unwrap_or_default();
         }
-        let mut frames: Vec<FrameRecord> = self
-            .entries
-            .iter()
-            .flat_map(|e| {
-                e.frames()
-                    .filter(|f| filter.matches(&e.connection.upgrade.endpoint, f))
-            })
-            .collect();
+        let mut frames: Vec<FrameRecord> =
+            self.entries.iter().flat_map(|e| e.frames(filter)).collect();
         frames.sort_by_key(|f| std::cmp::Reverse(f.time_us));
         frames.truncate(filter.limit);
         frames

@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use crate::record::{EndRecord, FrameRecord, Origin, UpgradeRecord};
+use crate::record::{EndRecord, Origin, UpgradeRecord};
 
 /// A connection as the views list it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -70,14 +70,20 @@ pub struct FrameFilter {
 }
 
 impl FrameFilter {
-    pub(crate) fn matches(&self, endpoint: &str, frame: &FrameRecord) -> bool {
-        self.connection
-            .as_ref()
-            .is_none_or(|c| **c == *frame.connection)
+    /// Whether a frame with these fields, on `connection` at `endpoint`, is wanted.
+    pub(crate) fn matches(
+        &self,
+        endpoint: &str,
+        connection: &str,
+        origin: Origin,
+        opcode: u8,
+        time_us: u64,
+    ) -> bool {
+        self.connection.as_ref().is_none_or(|c| c == connection)
             && self.endpoint.as_ref().is_none_or(|e| e == endpoint)
-            && self.origin.is_none_or(|o| o == frame.origin)
-            && self.opcode.is_none_or(|o| o == frame.opcode)
-            && self.since_us.is_none_or(|t| frame.time_us >= t)
-            && self.until_us.is_none_or(|t| frame.time_us <= t)
+            && self.origin.is_none_or(|o| o == origin)
+            && self.opcode.is_none_or(|o| o == opcode)
+            && self.since_us.is_none_or(|t| time_us >= t)
+            && self.until_us.is_none_or(|t| time_us <= t)
     }
 }

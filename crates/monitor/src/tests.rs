@@ -366,6 +366,20 @@ fn the_history_gives_back_the_frames_it_kept_field_for_field() {
     });
     assert_eq!(kept, sent[7..]);
     assert_eq!(memory.connection(&monitor.key(1)).unwrap().frames, 12);
+    // Frames the filter skips do not shift the payloads of those it keeps.
+    let binary = memory.frames(&FrameFilter {
+        connection: Some(monitor.key(1)),
+        opcode: Some(2),
+        limit: 10,
+        ..FrameFilter::default()
+    });
+    let expected: Vec<_> = sent[7..]
+        .iter()
+        .filter(|f| f.opcode == 2)
+        .cloned()
+        .collect();
+    assert!(!expected.is_empty());
+    assert_eq!(binary, expected);
 }
 
 /// A record in the queue and in the in-memory history is the size of its
