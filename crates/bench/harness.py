@@ -256,7 +256,10 @@ class Target:
             # messages sampled, exported to an OTLP sink on the load's core.
             # wsgate+passthrough+monitor-LEVEL: the endpoint's traffic
             # monitor at LEVEL (metadata, full: history in memory).
-            base, _, trace = self.name.partition("+trace-")
+            # wsgate+passthrough+workers-N: N I/O workers ([gateway] workers),
+            # the gateway on every core (shared with the load and the echo server).
+            base, _, workers = self.name.partition("+workers-")
+            base, _, trace = base.partition("+trace-")
             base, _, shadow = base.partition("+shadow-")
             base, _, monitor = base.partition("+monitor-")
             chains = {"wsgate": ROUTER, "wsgate+passthrough": ROUTER + PASSTHROUGH, "wsgate+3-plugin-chains": CHAIN3,
@@ -266,6 +269,9 @@ class Target:
                                   deflate="client" if base == "wsgate+deflate" else "off",
                                   monitor=monitor or "off",
                                   chains=chains.format(echo=self.echo))
+            if workers:
+                text = text.replace("[gateway]\n", f"[gateway]\nworkers = {int(workers)}\n", 1)
+                self.core = ",".join(str(c) for c in sorted(os.sched_getaffinity(0)))
             admin = free_port() if shadow else None
             if admin:
                 text += f'\n[admin]\nlisten = "127.0.0.1:{admin}"\n'

@@ -266,8 +266,8 @@ fn json_mask_by_language(c: &mut Criterion) {
 
 /// Taking an idle instance from a pool and giving it back: from one thread,
 /// and from two threads taking from the same pool at once (contention;
-/// two new threads per sample, so they have neighbouring thread numbers and
-/// so different shards, as a runtime's workers do).
+/// the two threads claim stripes 0 and 1, so different shards, as the
+/// gateway's workers do).
 fn pool_take(c: &mut Criterion) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let generation = runtime.block_on(async {
@@ -292,17 +292,68 @@ fn pool_take(c: &mut Criterion) {
         b.iter_custom(|iterations| {
             let started = std::time::Instant::now();
             std::thread::scope(|scope| {
-                let work = || {
-                    for _ in 0..iterations {
-                        pool.take_and_put_back().unwrap();
+                let work = |worker| {
+                    let pool = &pool;
+                    move || {
+                        wsgate_runtime::striped::claim_stripe(worker);
+                        for _ in 0..iterations {
+                            pool.take_and_put_back().unwrap();
+                        }
                     }
                 };
-                let first = scope.spawn(work);
-                let second = scope.spawn(work);
+                let first = scope.spawn(work(0));
+                let second = scope.spawn(work(1));
                 first.join().unwrap();
                 second.join().unwrap();
             });
             started.elapsed()
+        });
+    });
+    group.finish();
+}
+
+/// Two threads counting messages at once (a message count and a byte
+/// count per message, as the gateway does per endpoint): into one pair of
+/// counters both share, and into per-thread stripes (`Striped`, what the
+/// gateway's workers use).
+fn shared_counters(c: &mut Criterion) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use wsgate_runtime::striped::{Striped, claim_stripe};
+
+    fn two_threads(iterations: u64, count: impl Fn() + Sync) -> std::time::Duration {
+        let started = std::time::Instant::now();
+        std::thread::scope(|scope| {
+            for worker in 0..2 {
+                let count = &count;
+                scope.spawn(move || {
+                    claim_stripe(worker);
+                    for _ in 0..iterations {
+                        count();
+                    }
+                });
+            }
+        });
+        started.elapsed()
+    }
+
+    let shared = [AtomicU64::new(0), AtomicU64::new(0)];
+    let striped: Striped<[AtomicU64; 2]> = Striped::default();
+    let mut group = c.benchmark_group("count_message_two_threads");
+    group.bench_function("shared", |b| {
+        b.iter_custom(|iterations| {
+            two_threads(iterations, || {
+                shared[0].fetch_add(1, Ordering::Relaxed);
+                shared[1].fetch_add(32, Ordering::Relaxed);
+            })
+        });
+    });
+    group.bench_function("striped", |b| {
+        b.iter_custom(|iterations| {
+            two_threads(iterations, || {
+                let own = striped.own();
+                own[0].fetch_add(1, Ordering::Relaxed);
+                own[1].fetch_add(32, Ordering::Relaxed);
+            })
         });
     });
     group.finish();
@@ -547,6 +598,7 @@ criterion_group!(
     quota_take,
     json_mask_by_language,
     pool_take,
+    shared_counters,
     upgrade_chain,
     pump,
     round_trip,

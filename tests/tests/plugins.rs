@@ -353,7 +353,7 @@ async fn instances_are_pooled_not_created_per_connection() {
     let generation = gateway.generation();
     let stats = generation.pools[0].stats();
     use std::sync::atomic::Ordering::Relaxed;
-    assert_eq!(stats.calls.load(Relaxed), 100);
+    assert_eq!(stats.calls(), 100);
     // Calls are synchronous on the runtime's two worker threads, so at most
     // two instances are ever busy at once, whatever the connection count.
     let created = stats.instances_created.load(Relaxed);

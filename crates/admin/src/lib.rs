@@ -343,7 +343,7 @@ fn shadow_status(gateway: &Gateway) -> AdminResponse {
             json!({
                 "plugin": pool.plugin().id(),
                 "pool": i,
-                "calls": stats.calls.load(std::sync::atomic::Ordering::Relaxed),
+                "calls": stats.calls(),
                 "faults": faults,
             })
         })

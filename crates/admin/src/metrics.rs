@@ -246,11 +246,7 @@ pub(crate) fn render(gateway: &Gateway, admin: &Load) -> String {
         "Plugin calls (current generation).",
     );
     for (plugin, pool, stats) in &pools {
-        f.sample(
-            "",
-            &[("plugin", plugin), ("pool", pool)],
-            load(&stats.calls),
-        );
+        f.sample("", &[("plugin", plugin), ("pool", pool)], stats.calls());
     }
     let mut f = family(
         &mut out,
@@ -259,9 +255,10 @@ pub(crate) fn render(gateway: &Gateway, admin: &Load) -> String {
         "Plugin call latency, taking an instance included (current generation).",
     );
     for (plugin, pool, stats) in &pools {
+        let buckets = stats.latency.buckets();
         let mut cumulative = 0;
-        for (bound, counter) in LATENCY_BUCKETS_US.iter().zip(&stats.latency.buckets) {
-            cumulative += load(counter);
+        for (bound, counter) in LATENCY_BUCKETS_US.iter().zip(buckets) {
+            cumulative += counter;
             let le = format!("{}", *bound as f64 / 1e6);
             f.sample(
                 "_bucket",
@@ -269,13 +266,13 @@ pub(crate) fn render(gateway: &Gateway, admin: &Load) -> String {
                 cumulative,
             );
         }
-        cumulative += stats.latency.buckets.last().map_or(0, load);
+        cumulative += buckets.last().copied().unwrap_or(0);
         f.sample(
             "_bucket",
             &[("plugin", plugin), ("pool", pool), ("le", "+Inf")],
             cumulative,
         );
-        let sum = load(&stats.latency.sum_ns) as f64 / 1e9;
+        let sum = stats.latency.sum_ns() as f64 / 1e9;
         f.sample("_sum", &[("plugin", plugin), ("pool", pool)], sum);
         f.sample("_count", &[("plugin", plugin), ("pool", pool)], cumulative);
     }

@@ -7,7 +7,6 @@
 //! axis.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -303,7 +302,7 @@ impl Rings {
 
 /// Add what `stats` counted since `seen` to `totals`, and remember it.
 fn add_since(totals: &mut PluginTotals, seen: &mut PoolSeen, stats: &PluginStats) {
-    let calls = stats.calls.load(Ordering::Relaxed);
+    let calls = stats.calls();
     totals.calls += calls.saturating_sub(seen.calls);
     seen.calls = calls;
     totals.buckets.resize(LATENCY_BUCKETS_US.len() + 1, 0);
@@ -312,9 +311,9 @@ fn add_since(totals: &mut PluginTotals, seen: &mut PoolSeen, stats: &PluginStats
         .buckets
         .iter_mut()
         .zip(seen.buckets.iter_mut())
-        .zip(&stats.latency.buckets)
+        .zip(stats.latency.buckets())
     {
-        let now = counter.load(Ordering::Relaxed);
+        let now = counter;
         *total += now.saturating_sub(*last);
         *last = now;
     }

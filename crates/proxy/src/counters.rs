@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use wsgate_runtime::striped::Striped;
 use wsgate_runtime::{MessageVerdict, PluginFault, UpgradeVerdict};
 
 use crate::peer::Peer;
@@ -148,9 +149,15 @@ pub const OTHER_CLOSE_CODES: &str = "other";
 pub const NO_CLOSE_CODE: &str = "none";
 
 /// Messages and payload bytes read on one endpoint, from clients then from
-/// upstreams.
+/// upstreams (each worker thread counts in its own stripe).
 #[derive(Debug, Default)]
 pub struct EndpointTraffic {
+    counts: Striped<SideCounts>,
+}
+
+/// Messages and payload bytes, from clients then from upstreams.
+#[derive(Debug, Default)]
+struct SideCounts {
     messages: [AtomicU64; 2],
     bytes: [AtomicU64; 2],
 }
@@ -159,7 +166,8 @@ impl EndpointTraffic {
     /// Count one message of `bytes` payload bytes read from `from`.
     pub fn message(&self, from: Peer, bytes: usize) {
         let side = usize::from(from == Peer::Upstream);
-        if let (Some(messages), Some(total)) = (self.messages.get(side), self.bytes.get(side)) {
+        let own = self.counts.own();
+        if let (Some(messages), Some(total)) = (own.messages.get(side), own.bytes.get(side)) {
             messages.fetch_add(1, Ordering::Relaxed);
             total.fetch_add(bytes as u64, Ordering::Relaxed);
         }
@@ -173,7 +181,14 @@ impl EndpointTraffic {
                 .get(side)
                 .map_or(0, |counter| counter.load(Ordering::Relaxed))
         };
-        (load(&self.messages), load(&self.bytes))
+        self.counts
+            .iter()
+            .fold((0, 0), |(messages, bytes), counts| {
+                (
+                    messages + load(&counts.messages),
+                    bytes + load(&counts.bytes),
+                )
+            })
     }
 }
 
@@ -185,8 +200,9 @@ pub struct TrafficCounters {
     /// Messages and bytes read, by endpoint path (every path any
     /// generation has served, at most [`MAX_ENDPOINT_LABELS`]).
     endpoints: Mutex<BTreeMap<String, Arc<EndpointTraffic>>>,
-    /// Message plugin verdicts, in [`MessageVerdictKind::ALL`] order.
-    message_verdicts: [AtomicU64; 6],
+    /// Message plugin verdicts, in [`MessageVerdictKind::ALL`] order (each
+    /// worker thread counts in its own stripe).
+    message_verdicts: Striped<[AtomicU64; 6]>,
     /// Upgrade plugin verdicts, in [`UpgradeVerdictKind::ALL`] order.
     upgrade_verdicts: [AtomicU64; 5],
     /// Connections closed at their expiry, in [`ExpiredBy::ALL`] order.
@@ -245,7 +261,7 @@ impl TrafficCounters {
 
     /// Count a message plugin's verdict.
     pub fn message_verdict(&self, kind: MessageVerdictKind) {
-        if let Some(counter) = self.message_verdicts.get(kind as usize) {
+        if let Some(counter) = self.message_verdicts.own().get(kind as usize) {
             counter.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -261,8 +277,16 @@ impl TrafficCounters {
     pub fn message_verdicts(&self) -> impl Iterator<Item = (MessageVerdictKind, u64)> + '_ {
         MessageVerdictKind::ALL
             .into_iter()
-            .zip(&self.message_verdicts)
-            .map(|(kind, counter)| (kind, counter.load(Ordering::Relaxed)))
+            .enumerate()
+            .map(|(index, kind)| {
+                let count = self
+                    .message_verdicts
+                    .iter()
+                    .filter_map(|counts| counts.get(index))
+                    .map(|counter| counter.load(Ordering::Relaxed))
+                    .sum();
+                (kind, count)
+            })
     }
 
     /// Upgrade plugin verdicts by kind.

@@ -15,6 +15,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::signal::Signal;
+
 /// Where a drain stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DrainPhase {
@@ -55,8 +57,8 @@ pub struct Drain {
     phase: AtomicU8,
     /// When closing began, and the window the closes are spread over.
     closing_from: OnceLock<(Instant, Duration)>,
-    /// Cancelled when closing begins: each relay then closes at its instant.
-    closing: CancellationToken,
+    /// Fired when closing begins: each relay then closes at its instant.
+    closing: Signal,
     /// Cancelled when the drain is done.
     done: CancellationToken,
     /// Connections closed with 1012 by the drain.
@@ -86,7 +88,7 @@ impl Drain {
         let _ = self.closing_from.set((Instant::now(), window));
         self.phase
             .store(DrainPhase::Closing as u8, Ordering::Release);
-        self.closing.cancel();
+        self.closing.fire();
     }
 
     /// Every connection is gone, or the time for them is over.
@@ -95,8 +97,8 @@ impl Drain {
         self.done.cancel();
     }
 
-    /// Cancelled when closing begins.
-    pub(crate) fn closing(&self) -> &CancellationToken {
+    /// Fired when closing begins.
+    pub(crate) fn closing(&self) -> &Signal {
         &self.closing
     }
 
@@ -160,7 +162,7 @@ mod tests {
         assert_eq!(drain.phase(), DrainPhase::Grace);
         let before = Instant::now();
         drain.start_closing(Duration::from_secs(10));
-        assert!(drain.closing().is_cancelled());
+        assert!(drain.closing().is_fired());
         let at = drain.close_at(7).unwrap_or(before);
         assert!(at >= before && at <= Instant::now() + Duration::from_secs(10));
         drain.finish();

@@ -139,7 +139,7 @@ impl Gateway {
         shared.tracker.spawn(wsgate_quota::sync::run(
             shared.runtime.quotas().clone(),
             redis,
-            shared.shutdown.clone(),
+            shared.shutdown.token().clone(),
         ));
         Ok(Self { shared })
     }
@@ -477,7 +477,7 @@ impl Gateway {
         );
         let shared = self.shared.clone();
         tokio::spawn(async move {
-            let stopped = shared.shutdown.clone();
+            let stopped = shared.shutdown.token().clone();
             tokio::select! {
                 // A stop (SIGINT, a second SIGTERM) ends the drain at once.
                 () = stopped.cancelled() => {}
@@ -512,7 +512,7 @@ impl Gateway {
             connections = self.active_connections(),
             "shutting down: closing connections"
         );
-        self.shared.shutdown.cancel();
+        self.shared.shutdown.fire();
         self.shared.tracker.close();
         if tokio::time::timeout(drain, self.shared.tracker.wait())
             .await

@@ -34,6 +34,7 @@ mod relay;
 pub mod replay;
 pub mod shadow;
 mod shared;
+mod signal;
 mod tls;
 mod upgrade;
 mod upstream;

@@ -3,7 +3,6 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, Weak};
 
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use wsgate_monitor::Monitor;
 use wsgate_runtime::Runtime;
@@ -15,6 +14,7 @@ use crate::generation::Generation;
 use crate::ledger::Ledger;
 use crate::listener::Listeners;
 use crate::shadow::Shadow;
+use crate::signal::Signal;
 use crate::workers::Workers;
 
 /// State shared by the listener, every request and every relay task.
@@ -39,7 +39,7 @@ pub(crate) struct Shared {
     /// False once shutdown has begun.
     pub ready: AtomicBool,
     /// Cancelled at shutdown: every accept loop and relay stops.
-    pub shutdown: CancellationToken,
+    pub shutdown: Arc<Signal>,
     /// The drain (SIGTERM, `POST /api/drain`): relays close at their
     /// instant in its window.
     pub drain: Arc<Drain>,
@@ -81,7 +81,7 @@ impl Shared {
             listeners: Listeners::default(),
             next_id: AtomicU64::new(1),
             ready: AtomicBool::new(true),
-            shutdown: CancellationToken::new(),
+            shutdown: Arc::new(Signal::new()),
             drain: Arc::default(),
             tracker: TaskTracker::new(),
             monitor,

@@ -56,6 +56,8 @@ impl Workers {
             std::thread::Builder::new()
                 .name(format!("wsgate-worker-{index}"))
                 .spawn(move || {
+                    // Worker n counts in stripe n of every shared counter.
+                    wsgate_runtime::striped::claim_stripe(index);
                     // Dropping the runtime at the end cancels what still runs.
                     runtime.block_on(stop.cancelled());
                 })?;

@@ -26,6 +26,7 @@ mod offload;
 mod pool;
 mod session;
 pub mod signing;
+pub mod striped;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -1,6 +1,6 @@
 //! Pools of fungible plugin instances, and fault containment per call.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -9,20 +9,11 @@ use wasmtime::{Store, StoreLimitsBuilder, Trap};
 use crate::bindings::{Hooks, types};
 use crate::host::{CallContext, HostState, LogLimiter};
 use crate::limiter::Limiter;
+use crate::striped::Striped;
 use crate::{EPOCH_TICK, Plugin, RuntimeError};
 
 /// Most idle instances a pool keeps; more are created under load and dropped after.
 const MAX_IDLE: usize = 8;
-
-/// Most shards a pool's idle instances are split into.
-const MAX_SHARDS: usize = 16;
-
-/// Hands each thread its own number, to pick its shard of every pool.
-static NEXT_THREAD: AtomicUsize = AtomicUsize::new(0);
-
-thread_local! {
-    static THREAD_NUMBER: usize = NEXT_THREAD.fetch_add(1, Ordering::Relaxed);
-}
 
 /// Why one plugin call failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -88,35 +79,67 @@ pub struct PluginFault {
 pub const LATENCY_BUCKETS_US: [u64; 12] =
     [1, 2, 5, 10, 25, 50, 100, 250, 1000, 5000, 25_000, 100_000];
 
-/// A histogram of call durations (Prometheus style: cumulative on export).
+/// Calls, and how long they took, as one worker thread counted them.
+#[derive(Debug, Default)]
+struct CallCounts {
+    /// Calls made.
+    calls: AtomicU64,
+    /// Calls per bucket of [`LATENCY_BUCKETS_US`], plus one for slower calls.
+    buckets: [AtomicU64; LATENCY_BUCKETS_US.len() + 1],
+    /// Sum of all durations, in nanoseconds.
+    sum_ns: AtomicU64,
+}
+
+/// A histogram of call durations (Prometheus style: cumulative on export),
+/// with the number of calls; each worker thread counts in its own stripe.
 #[derive(Debug, Default)]
 pub struct LatencyHistogram {
-    /// Calls per bucket of [`LATENCY_BUCKETS_US`], plus one for slower calls.
-    pub buckets: [AtomicU64; LATENCY_BUCKETS_US.len() + 1],
-    /// Sum of all durations, in nanoseconds.
-    pub sum_ns: AtomicU64,
+    counts: Striped<CallCounts>,
 }
 
 impl LatencyHistogram {
+    fn call(&self) {
+        self.counts.own().calls.fetch_add(1, Ordering::Relaxed);
+    }
+
     fn observe(&self, elapsed: Duration) {
         let us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
         let bucket = LATENCY_BUCKETS_US.partition_point(|&bound| bound < us);
-        if let Some(counter) = self.buckets.get(bucket) {
+        let own = self.counts.own();
+        if let Some(counter) = own.buckets.get(bucket) {
             counter.fetch_add(1, Ordering::Relaxed);
         }
-        self.sum_ns.fetch_add(
+        own.sum_ns.fetch_add(
             u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX),
             Ordering::Relaxed,
         );
+    }
+
+    /// Calls per bucket of [`LATENCY_BUCKETS_US`], plus one for slower calls.
+    pub fn buckets(&self) -> [u64; LATENCY_BUCKETS_US.len() + 1] {
+        let mut total = [0; LATENCY_BUCKETS_US.len() + 1];
+        for counts in self.counts.iter() {
+            for (sum, bucket) in total.iter_mut().zip(&counts.buckets) {
+                *sum += bucket.load(Ordering::Relaxed);
+            }
+        }
+        total
+    }
+
+    /// Sum of all durations, in nanoseconds.
+    pub fn sum_ns(&self) -> u64 {
+        self.counts
+            .iter()
+            .map(|counts| counts.sum_ns.load(Ordering::Relaxed))
+            .sum()
     }
 }
 
 /// Call and fault counts of one pool.
 #[derive(Debug, Default)]
 pub struct PluginStats {
-    /// Calls made.
-    pub calls: AtomicU64,
-    /// How long calls took (including taking an instance from the pool).
+    /// Calls made, and how long they took (including taking an instance
+    /// from the pool).
     pub latency: LatencyHistogram,
     /// Calls that overran their deadline.
     pub deadline_faults: AtomicU64,
@@ -146,6 +169,15 @@ impl PluginStats {
         self.counter(kind).fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Calls made.
+    pub fn calls(&self) -> u64 {
+        self.latency
+            .counts
+            .iter()
+            .map(|counts| counts.calls.load(Ordering::Relaxed))
+            .sum()
+    }
+
     /// Faults of `kind` so far.
     pub fn fault_count(&self, kind: FaultKind) -> u64 {
         self.counter(kind).load(Ordering::Relaxed)
@@ -172,11 +204,6 @@ impl PluginStats {
     }
 }
 
-/// One shard of a pool's idle instances, on a cache line of its own so
-/// threads using neighbouring shards do not slow each other.
-#[repr(align(128))]
-struct Shard(Mutex<Vec<PluginInstance>>);
-
 struct PluginInstance {
     store: Store<HostState>,
     hooks: Hooks,
@@ -187,10 +214,10 @@ pub struct PluginPool {
     plugin: Arc<Plugin>,
     config_json: Arc<str>,
     deadline_ticks: u64,
-    /// Idle instances, in one shard per worker thread (up to
-    /// [`MAX_SHARDS`]): a thread takes from and gives back to its own
-    /// shard, so threads do not contend for one lock.
-    idle: Box<[Shard]>,
+    /// Idle instances, in one shard per worker thread: a thread takes
+    /// from and gives back to its own shard, so threads do not contend
+    /// for one lock.
+    idle: Striped<Mutex<Vec<PluginInstance>>>,
     /// Most idle instances one shard keeps.
     shard_cap: usize,
     stats: PluginStats,
@@ -217,14 +244,13 @@ impl PluginPool {
         let plugin_log_rate = plugin.budget().log_rate;
         let log_bytes_rate = plugin.budget().host.log_bytes_rate;
         let stats = PluginStats::default();
-        let shards = std::thread::available_parallelism()
-            .map_or(1, usize::from)
-            .min(MAX_SHARDS);
+        let idle = Striped::<Mutex<Vec<PluginInstance>>>::default();
+        let shards = idle.len();
         let pool = Self {
             plugin,
             config_json: config_json.into(),
             deadline_ticks,
-            idle: (0..shards).map(|_| Shard(Mutex::new(Vec::new()))).collect(),
+            idle,
             shard_cap: MAX_IDLE.div_ceil(shards),
             log_limiter: Arc::new(LogLimiter::new(
                 plugin_log_rate,
@@ -257,7 +283,7 @@ impl PluginPool {
     pub fn idle_instances(&self) -> usize {
         self.idle
             .iter()
-            .map(|shard| shard.0.lock().map_or(0, |idle| idle.len()))
+            .map(|shard| shard.lock().map_or(0, |idle| idle.len()))
             .sum()
     }
 
@@ -425,7 +451,7 @@ impl PluginPool {
         context: &mut CallContext,
         f: impl FnOnce(&mut PluginInstance) -> wasmtime::Result<R>,
     ) -> Result<R, PluginFault> {
-        self.stats.calls.fetch_add(1, Ordering::Relaxed);
+        self.stats.latency.call();
         let mut instance = match self.take() {
             Ok(instance) => instance,
             Err(error) => {
@@ -478,21 +504,16 @@ impl PluginPool {
         Ok(())
     }
 
-    /// The index of this thread's shard.
-    fn own_shard(&self) -> usize {
-        THREAD_NUMBER.with(|number| *number) % self.idle.len()
-    }
-
     /// An idle instance from this thread's shard, else from another's,
     /// else a new one.
     fn take(&self) -> Result<PluginInstance, RuntimeError> {
-        let own = self.own_shard();
+        let own = self.idle.own_index();
         let shards = self.idle.len();
         for shard in (0..shards).map(|i| (own + i) % shards) {
             let idle = self
                 .idle
                 .get(shard)
-                .and_then(|shard| shard.0.lock().ok())
+                .and_then(|shard| shard.lock().ok())
                 .and_then(|mut idle| idle.pop());
             if let Some(instance) = idle {
                 return Ok(instance);
@@ -503,8 +524,7 @@ impl PluginPool {
 
     /// Keep `instance` in this thread's shard, unless the shard is full.
     fn put_back(&self, instance: PluginInstance) {
-        if let Some(shard) = self.idle.get(self.own_shard())
-            && let Ok(mut idle) = shard.0.lock()
+        if let Ok(mut idle) = self.idle.own().lock()
             && idle.len() < self.shard_cap
         {
             idle.push(instance);
@@ -725,7 +745,7 @@ mod offload_tests {
         assert_eq!(stats.offloaded_calls.load(Ordering::Relaxed), 1);
         assert_eq!(stats.fault_count(FaultKind::Shed), 1);
         // A shed call is not a call: the inline slow ones and the loop.
-        assert_eq!(stats.calls.load(Ordering::Relaxed), inline + 1);
+        assert_eq!(stats.calls(), inline + 1);
 
         // The thread is free again: an offloaded call completes.
         assert!(matches!(

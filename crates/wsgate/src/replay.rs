@@ -7,7 +7,6 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use anyhow::Context;
 use serde::Serialize;
@@ -465,7 +464,7 @@ fn plugin_reports(generation: &Generation) -> Vec<PluginReport> {
             p50_us: 0,
             p99_us: 0,
         });
-        report.calls += stats.calls.load(Ordering::Relaxed);
+        report.calls += stats.calls();
         for kind in FaultKind::ALL {
             let count = stats.fault_count(kind);
             if count > 0 {
@@ -474,9 +473,9 @@ fn plugin_reports(generation: &Generation) -> Vec<PluginReport> {
         }
         let counts = buckets
             .entry(id)
-            .or_insert_with(|| vec![0; stats.latency.buckets.len()]);
-        for (total, bucket) in counts.iter_mut().zip(&stats.latency.buckets) {
-            *total += bucket.load(Ordering::Relaxed);
+            .or_insert_with(|| vec![0; LATENCY_BUCKETS_US.len() + 1]);
+        for (total, bucket) in counts.iter_mut().zip(stats.latency.buckets()) {
+            *total += bucket;
         }
     }
     for (id, counts) in buckets {

@@ -30,7 +30,6 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
-use tokio_util::sync::CancellationToken;
 use wsgate_runtime::{CallContext, ConnectionInfo};
 use wsgate_wire::ReadFailure;
 
@@ -40,6 +39,7 @@ use crate::generation::{Generation, LiveEndpoint};
 use crate::ledger::Place;
 use crate::observe::{ClosedBy, Observer, micros_since};
 use crate::peer::Peer;
+use crate::signal::Signal;
 use crate::upstream::WsStream;
 pub use chain::{ChainResult, log_fault};
 pub(crate) use chain::{Messages, run_chain};
@@ -72,8 +72,8 @@ pub struct Session {
     pub place: Place,
     /// What the counters and the monitor learn of it.
     pub observer: Observer,
-    /// Cancelled when the gateway shuts down.
-    pub shutdown: CancellationToken,
+    /// Fired when the gateway shuts down.
+    pub shutdown: Arc<Signal>,
     /// The gateway's drain: the connection closes at its instant in the window.
     pub drain: Arc<Drain>,
 }
@@ -130,10 +130,10 @@ pub async fn run(mut relay: Box<Relay>) {
         upstream,
     } = &mut *relay;
     let shutdown = session.shutdown.clone();
-    let shutting_down = shutdown.cancelled();
+    let shutting_down = shutdown.fired();
     tokio::pin!(shutting_down);
     let drain = session.drain.clone();
-    let drain_begins = drain.closing().cancelled();
+    let drain_begins = drain.closing().fired();
     tokio::pin!(drain_begins);
     // Armed once the drain's closing begins, at this connection's instant.
     let mut draining = false;
