@@ -595,10 +595,10 @@ fn monitor_overhead(c: &mut Criterion) {
 criterion_group!(
     benches,
     plugin_call,
-    quota_take,
-    json_mask_by_language,
     pool_take,
     shared_counters,
+    quota_take,
+    json_mask_by_language,
     upgrade_chain,
     pump,
     round_trip,

@@ -139,7 +139,7 @@ impl Gateway {
         shared.tracker.spawn(wsgate_quota::sync::run(
             shared.runtime.quotas().clone(),
             redis,
-            shared.shutdown.token().clone(),
+            shared.shutdown.child_token(),
         ));
         Ok(Self { shared })
     }
@@ -477,10 +477,9 @@ impl Gateway {
         );
         let shared = self.shared.clone();
         tokio::spawn(async move {
-            let stopped = shared.shutdown.token().clone();
             tokio::select! {
                 // A stop (SIGINT, a second SIGTERM) ends the drain at once.
-                () = stopped.cancelled() => {}
+                () = shared.shutdown.fired() => {}
                 () = drain(&shared, grace, window, timeout) => {}
             }
             shared.drain.finish();

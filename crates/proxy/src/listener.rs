@@ -122,7 +122,7 @@ pub(crate) async fn apply(shared: &Arc<Shared>, config: &Config) -> Result<(), B
 
     // Everything bound: start the new, stop the old.
     if let Some((sockets, local)) = new_listener {
-        let stop = shared.shutdown.token().child_token();
+        let stop = shared.shutdown.child_token();
         tracing::info!(address = %local, workers = sockets.len(), "gateway listening");
         let accepting = sockets
             .into_iter()
@@ -158,7 +158,7 @@ pub(crate) async fn apply(shared: &Arc<Shared>, config: &Config) -> Result<(), B
         .lock()
         .unwrap_or_else(PoisonError::into_inner);
     for (configured, (listener, local)) in new_echo {
-        let stop = shared.shutdown.token().child_token();
+        let stop = shared.shutdown.child_token();
         tracing::info!(address = %local, "embedded echo server listening");
         shared
             .tracker

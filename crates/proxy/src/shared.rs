@@ -38,7 +38,7 @@ pub(crate) struct Shared {
     next_id: AtomicU64,
     /// False once shutdown has begun.
     pub ready: AtomicBool,
-    /// Cancelled at shutdown: every accept loop and relay stops.
+    /// Fired at shutdown: every accept loop and relay stops.
     pub shutdown: Arc<Signal>,
     /// The drain (SIGTERM, `POST /api/drain`): relays close at their
     /// instant in its window.

@@ -5,10 +5,10 @@
 //! (its tree node's, to ask whether it is cancelled, and its `Notify`'s
 //! waiter list). With one token shared by every connection, workers on
 //! different cores would take the same two locks for every message.
-//! [`Signal`] keeps the token, for what else waits on it (accept loops,
-//! background tasks), beside a flag: [`Signal::fired`]'s future registers
-//! with the token once and, polled again by the same task, only reads the
-//! flag.
+//! [`Signal`] keeps a token beside a flag: [`Signal::fired`]'s future
+//! registers with the token once and, polled again by the same task, only
+//! reads the flag. The token is cancelled only by [`Signal::fire`] (others
+//! get child tokens), so the flag is always set first.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -42,10 +42,10 @@ impl Signal {
         self.fired.load(Ordering::Acquire)
     }
 
-    /// The token cancelled when it fires, for waiters that are not
-    /// polled often (and for child tokens).
-    pub fn token(&self) -> &CancellationToken {
-        &self.token
+    /// A token cancelled when it fires, for what waits on it elsewhere
+    /// (accept loops, background tasks); cancelling it fires nothing.
+    pub fn child_token(&self) -> CancellationToken {
+        self.token.child_token()
     }
 
     /// Completes when the signal fires.
@@ -132,7 +132,7 @@ mod tests {
         signal.fire();
         assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
         assert!(fired.as_mut().poll(&mut cx).is_ready());
-        assert!(signal.token().is_cancelled());
+        assert!(signal.child_token().is_cancelled());
     }
 
     #[test]

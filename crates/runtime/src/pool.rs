@@ -12,7 +12,9 @@ use crate::limiter::Limiter;
 use crate::striped::Striped;
 use crate::{EPOCH_TICK, Plugin, RuntimeError};
 
-/// Most idle instances a pool keeps; more are created under load and dropped after.
+/// About how many idle instances a pool keeps, split over its shards: each
+/// keeps up to `MAX_IDLE / shards`, rounded up (so at least one); more are
+/// created under load and dropped after.
 const MAX_IDLE: usize = 8;
 
 /// Why one plugin call failed.

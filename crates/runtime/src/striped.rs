@@ -4,47 +4,35 @@
 //! line, and readers (`/metrics`, the console) combine the copies.
 //!
 //! A thread's stripe is its worker index, claimed when the worker starts
-//! ([`claim_stripe`]); any other thread gets the next number in turn. With
-//! more threads than stripes, threads share a stripe (still correct, as
-//! every update is atomic; only slower).
+//! ([`claim_stripe`]); every other thread (offload threads, the main
+//! runtime, tests' threads) uses one last stripe of their own, so they
+//! never write to a worker's. With more workers than stripes, workers share
+//! a stripe (still correct, as every update is atomic; only slower).
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// Most stripes a value is split into.
-pub const MAX_STRIPES: usize = 16;
-
-/// Hands threads that did not claim a stripe their own number.
-static NEXT_THREAD: AtomicUsize = AtomicUsize::new(0);
+/// Most stripes a value gives the workers (one more is for other threads).
+pub const MAX_WORKER_STRIPES: usize = 16;
 
 thread_local! {
-    static STRIPE: Cell<Option<usize>> = const { Cell::new(None) };
+    /// The worker index this thread claimed, if it is a worker.
+    static CLAIMED: Cell<Option<usize>> = const { Cell::new(None) };
 }
 
-/// The number of stripes a value has on this machine: one per core, at
-/// most [`MAX_STRIPES`].
+/// The number of stripes a value has on this machine: one per core (at
+/// most [`MAX_WORKER_STRIPES`]) for the workers, and one for every other
+/// thread.
 pub fn stripe_count() -> usize {
     std::thread::available_parallelism()
         .map_or(1, usize::from)
-        .clamp(1, MAX_STRIPES)
+        .clamp(1, MAX_WORKER_STRIPES)
+        + 1
 }
 
-/// Make `index` (a worker's number) this thread's stripe, so that workers
-/// 0..n update stripes 0..n and never one another's.
+/// Make worker `index`'s stripe this thread's, so that workers 0..n update
+/// stripes 0..n and never one another's.
 pub fn claim_stripe(index: usize) {
-    STRIPE.with(|stripe| stripe.set(Some(index)));
-}
-
-/// This thread's stripe number (not yet reduced to a value's stripe count).
-pub fn thread_stripe() -> usize {
-    STRIPE.with(|stripe| match stripe.get() {
-        Some(index) => index,
-        None => {
-            let index = NEXT_THREAD.fetch_add(1, Ordering::Relaxed);
-            stripe.set(Some(index));
-            index
-        }
-    })
+    CLAIMED.with(|claimed| claimed.set(Some(index)));
 }
 
 /// One copy, alone on its cache line (128 bytes: adjacent-line prefetch
@@ -82,9 +70,14 @@ impl<T> Striped<T> {
         false
     }
 
-    /// The index of this thread's copy.
+    /// The index of this thread's copy: a worker's own, or the last one
+    /// for every thread that is not a worker.
     pub fn own_index(&self) -> usize {
-        thread_stripe() % self.len()
+        let others = self.rest.len();
+        match CLAIMED.with(Cell::get) {
+            Some(worker) if others > 0 => worker % others,
+            _ => others,
+        }
     }
 
     /// This thread's copy.
@@ -115,12 +108,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn threads_that_claim_stripes_update_their_own_copy() {
-        let striped: std::sync::Arc<Striped<AtomicU64>> = Default::default();
-        let stripes = striped.len();
+    fn workers_update_their_own_copy_and_other_threads_the_last() {
+        let striped: Striped<AtomicU64> = Default::default();
+        let workers = striped.len() - 1;
         std::thread::scope(|scope| {
-            for worker in 0..stripes {
-                let striped = striped.clone();
+            for worker in 0..workers {
+                let striped = &striped;
                 scope.spawn(move || {
                     claim_stripe(worker);
                     for _ in 0..=worker {
@@ -128,12 +121,16 @@ mod tests {
                     }
                 });
             }
+            for _ in 0..2 {
+                scope.spawn(|| striped.own().fetch_add(100, Ordering::Relaxed));
+            }
         });
         let counts: Vec<u64> = striped
             .iter()
             .map(|count| count.load(Ordering::Relaxed))
             .collect();
-        let expected: Vec<u64> = (1..=stripes as u64).collect();
+        let mut expected: Vec<u64> = (1..=workers as u64).collect();
+        expected.push(200);
         assert_eq!(counts, expected);
     }
 
@@ -145,7 +142,10 @@ mod tests {
         for (i, a) in addresses.iter().enumerate() {
             assert_eq!(a % 128, 0, "copy {i} starts a 128-byte line");
             for b in addresses.iter().skip(i + 1) {
-                assert!(a.abs_diff(*b) >= 128, "copies {a:#x} and {b:#x} share a line");
+                assert!(
+                    a.abs_diff(*b) >= 128,
+                    "copies {a:#x} and {b:#x} share a line"
+                );
             }
         }
     }
