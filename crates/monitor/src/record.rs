@@ -129,9 +129,10 @@ impl Serialize for MaskingKey {
 impl<'de> Deserialize<'de> for MaskingKey {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = String::deserialize(deserializer)?;
-        u32::from_str_radix(&text, 16)
-            .ok()
-            .filter(|_| text.len() == 8)
+        // `from_str_radix` alone would take a sign ("+1234567").
+        Some(&text)
+            .filter(|text| text.len() == 8 && text.bytes().all(|b| b.is_ascii_hexdigit()))
+            .and_then(|text| u32::from_str_radix(text, 16).ok())
             .map(|key| Self(key.to_be_bytes()))
             .ok_or_else(|| serde::de::Error::custom("a masking key is 8 hex digits"))
     }

@@ -394,3 +394,22 @@ fn a_record_is_the_size_of_a_frame() {
         "Record {record} bytes, FrameRecord {frame}"
     );
 }
+
+#[test]
+fn a_masking_key_reads_back_as_eight_hex_digits_and_nothing_else() {
+    let key: MaskingKey = serde_json::from_str("\"0a0b0c0d\"").unwrap();
+    assert_eq!(key, MaskingKey([0x0a, 0x0b, 0x0c, 0x0d]));
+    assert_eq!(serde_json::to_string(&key).unwrap(), "\"0a0b0c0d\"");
+    for bad in [
+        "\"+1234567\"",
+        "\"-1234567\"",
+        "\"1234567\"",
+        "\"123456789\"",
+        "\"0a0b0c0g\"",
+    ] {
+        assert!(
+            serde_json::from_str::<MaskingKey>(bad).is_err(),
+            "{bad} is not a masking key"
+        );
+    }
+}
