@@ -121,17 +121,21 @@ mod tests {
         (counting.clone(), Waker::from(counting))
     }
 
+    /// Poll `fired` once as the task `waker` wakes.
+    fn poll(fired: Pin<&mut Fired<'_>>, waker: &Waker) -> Poll<()> {
+        fired.poll(&mut Context::from_waker(waker))
+    }
+
     #[test]
     fn a_waiter_polled_again_by_its_task_is_woken_when_the_signal_fires() {
         let signal = Signal::new();
         let (wakes, waker) = waker();
-        let mut cx = Context::from_waker(&waker);
         let mut fired = std::pin::pin!(signal.fired());
-        assert!(fired.as_mut().poll(&mut cx).is_pending());
-        assert!(fired.as_mut().poll(&mut cx).is_pending());
+        assert!(poll(fired.as_mut(), &waker).is_pending());
+        assert!(poll(fired.as_mut(), &waker).is_pending());
         signal.fire();
         assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
-        assert!(fired.as_mut().poll(&mut cx).is_ready());
+        assert!(poll(fired.as_mut(), &waker).is_ready());
         assert!(signal.child_token().is_cancelled());
     }
 
@@ -141,18 +145,8 @@ mod tests {
         let (first, first_waker) = waker();
         let (second, second_waker) = waker();
         let mut fired = std::pin::pin!(signal.fired());
-        assert!(
-            fired
-                .as_mut()
-                .poll(&mut Context::from_waker(&first_waker))
-                .is_pending()
-        );
-        assert!(
-            fired
-                .as_mut()
-                .poll(&mut Context::from_waker(&second_waker))
-                .is_pending()
-        );
+        assert!(poll(fired.as_mut(), &first_waker).is_pending());
+        assert!(poll(fired.as_mut(), &second_waker).is_pending());
         signal.fire();
         assert_eq!(first.0.load(Ordering::SeqCst), 0);
         assert_eq!(second.0.load(Ordering::SeqCst), 1);
@@ -164,11 +158,6 @@ mod tests {
         signal.fire();
         let (_, waker) = waker();
         let mut fired = std::pin::pin!(signal.fired());
-        assert!(
-            fired
-                .as_mut()
-                .poll(&mut Context::from_waker(&waker))
-                .is_ready()
-        );
+        assert!(poll(fired.as_mut(), &waker).is_ready());
     }
 }
