@@ -544,6 +544,83 @@ fn round_trip(c: &mut Criterion) {
     group.finish();
 }
 
+/// I/O that takes every byte written (vectored writes too) and never has
+/// anything to read: what the WebSocket writer costs without a socket.
+struct Discard;
+
+impl tokio::io::AsyncRead for Discard {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        _: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Pending
+    }
+}
+
+impl tokio::io::AsyncWrite for Discard {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::task::Poll::Ready(Ok(std::hint::black_box(buf).len()))
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::task::Poll::Ready(Ok(std::hint::black_box(bufs).iter().map(|b| b.len()).sum()))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// Writing one 64 KiB message (W3's size) as the gateway does towards a
+/// client (server role, unmasked) and towards an upstream (client role,
+/// masked), the message shared as a relayed one is.
+fn write_large_message(c: &mut Criterion) {
+    use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+    let runtime = bench_runtime();
+    let config = WebSocketConfig::default()
+        .read_buffer_size(1024)
+        .write_buffer_size(0);
+    let message = WsMessage::binary(vec![7u8; 64 * 1024]);
+    let mut group = c.benchmark_group("write_64KiB");
+    group.throughput(Throughput::Bytes(64 * 1024));
+    for (name, role) in [("to_client", Role::Server), ("to_upstream", Role::Client)] {
+        let socket = tokio::sync::Mutex::new(wsgate_wire::websocket::WebSocket::new(
+            Discard, role, config,
+        ));
+        group.bench_function(name, |b| {
+            b.to_async(&runtime).iter(|| async {
+                let mut socket = socket.lock().await;
+                socket.feed(message.clone()).await.unwrap();
+                socket.flush().await.unwrap();
+            });
+        });
+    }
+    group.finish();
+}
+
 /// Messages per iteration of the throughput benchmark.
 const BURST: usize = 256;
 
@@ -597,6 +674,7 @@ criterion_group!(
     plugin_call,
     pool_take,
     shared_counters,
+    write_large_message,
     quota_take,
     json_mask_by_language,
     upgrade_chain,

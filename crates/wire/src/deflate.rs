@@ -810,6 +810,24 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Deflate<S> {
         Poll::Ready(Ok(taken))
     }
 
+    /// Without a codec, vectored writes pass through; with one, the first
+    /// non-empty buffer is compressed, as in [`AsyncWrite::poll_write`].
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        if self.codec.is_none() {
+            return Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        }
+        let first = bufs.iter().find(|buf| !buf.is_empty());
+        self.poll_write(cx, first.map_or(&[], |buf| &**buf))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.codec.is_none() && self.inner.is_write_vectored()
+    }
+
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
         if this.poll_drain(cx)?.is_pending() {

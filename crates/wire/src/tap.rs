@@ -85,6 +85,32 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tap<S> {
         result
     }
 
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        let result = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        if let (Poll::Ready(Ok(written)), Some(log)) = (&result, &this.log) {
+            let mut log = log.lock();
+            let mut left = *written;
+            for buf in bufs {
+                if left == 0 {
+                    break;
+                }
+                let part = buf.get(..left.min(buf.len())).unwrap_or_default();
+                log.on_write(part);
+                left -= part.len();
+            }
+        }
+        result
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_flush(cx)
     }

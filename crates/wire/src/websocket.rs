@@ -14,29 +14,41 @@
 //! buffer of [`READ_AHEAD`] bytes instead, given back as soon as the socket
 //! has nothing more.
 //!
+//! A data message of at least [`DIRECT_WRITE_MIN`] bytes is not copied
+//! into tungstenite's write buffer: its header and its payload go out in
+//! one vectored write from the message itself ([`DirectFrame`]); towards
+//! an upstream, where frames are masked, the payload is masked in place
+//! when the message is its only owner. While such a frame is part-written,
+//! tungstenite may not write (a pong it owes waits for the frame's end).
+//!
 //! A connection that speaks rarely can give the context back between
 //! messages ([`WebSocket::shed`]) once tungstenite holds nothing of it: the
 //! bytes handed to tungstenite are followed frame by frame
 //! ([`FrameTracker`]), so the wrapper knows when every message handed over
 //! has been returned and no partial frame or message is left.
 
-use std::io::{self, Read, Write};
+use std::io::{self, IoSlice, Read, Write};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use futures_util::Stream;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message};
 use tokio_util::io::poll_read_buf;
 
-use crate::frame::FrameTracker;
+use crate::frame::{FrameHeader, FrameTracker, MAX_HEADER, apply_mask};
 
 /// Bytes of the first read from an idle connection, taken on the stack.
 const FIRST_READ: usize = 512;
 
 /// Bytes read at once while a large message (or a burst) streams in.
 pub const READ_AHEAD: usize = 64 * 1024;
+
+/// Data messages at least this long are written from the message itself
+/// (see the module's note); shorter ones are copied into tungstenite's
+/// write buffer, where a copy costs less than a second buffer to write.
+pub const DIRECT_WRITE_MIN: usize = 8 * 1024;
 
 /// One end of a WebSocket connection over `S`.
 pub struct WebSocket<S> {
@@ -59,6 +71,83 @@ pub struct WebSocket<S> {
     /// Messages tungstenite has returned.
     returned: u64,
     reads: Reads,
+    /// A data frame being written from its own payload.
+    direct: Option<DirectFrame>,
+}
+
+/// A data frame written from its message's payload: header and payload in
+/// one vectored write, with no copy into tungstenite's write buffer.
+struct DirectFrame {
+    header: Vec<u8>,
+    payload: Bytes,
+    /// Bytes of header and payload written so far.
+    written: usize,
+}
+
+impl DirectFrame {
+    /// Whether `message` is written this way: text or binary of at least
+    /// [`DIRECT_WRITE_MIN`] bytes.
+    fn fits(message: &Message) -> bool {
+        match message {
+            Message::Text(text) => text.len() >= DIRECT_WRITE_MIN,
+            Message::Binary(data) => data.len() >= DIRECT_WRITE_MIN,
+            _ => false,
+        }
+    }
+
+    /// The frame for `message` sent in `role` (masked as a client), or the
+    /// message back when it does not fit or no masking key can be had.
+    fn of(message: Message, role: Role) -> Result<Self, Message> {
+        if !Self::fits(&message) {
+            return Err(message);
+        }
+        let mask = match role {
+            Role::Server => None,
+            Role::Client => {
+                let mut key = [0u8; 4];
+                if getrandom::getrandom(&mut key).is_err() {
+                    return Err(message);
+                }
+                Some(key)
+            }
+        };
+        let (opcode, payload) = match message {
+            Message::Text(text) => (1, Bytes::from(text)),
+            Message::Binary(data) => (2, data),
+            other => return Err(other),
+        };
+        let payload = match mask {
+            None => payload,
+            Some(key) => {
+                // In place when the message is the payload's only owner.
+                let mut owned = payload
+                    .try_into_mut()
+                    .unwrap_or_else(|shared| bytes::BytesMut::from(shared.as_ref()));
+                apply_mask(&mut owned, key, 0);
+                owned.freeze()
+            }
+        };
+        let mut header = Vec::with_capacity(MAX_HEADER);
+        FrameHeader::write(&mut header, true, false, opcode, mask, payload.len());
+        Ok(Self {
+            header,
+            payload,
+            written: 0,
+        })
+    }
+
+    /// What is left to write: the rest of the header, the rest of the payload.
+    fn rest(&self) -> [IoSlice<'_>; 2] {
+        let into_payload = self.written.saturating_sub(self.header.len());
+        [
+            IoSlice::new(self.header.get(self.written..).unwrap_or_default()),
+            IoSlice::new(self.payload.get(into_payload..).unwrap_or_default()),
+        ]
+    }
+
+    fn is_written(&self) -> bool {
+        self.written >= self.header.len() + self.payload.len()
+    }
 }
 
 /// What the reads from `io` left behind.
@@ -104,6 +193,8 @@ struct Blocking<'a, 'b, S> {
     io: &'a mut S,
     cx: &'a mut Context<'b>,
     reads: &'a mut Reads,
+    /// A [`DirectFrame`] is part-written: tungstenite may not write.
+    hold_writes: bool,
 }
 
 impl<S: AsyncRead + Unpin> Blocking<'_, '_, S> {
@@ -167,6 +258,11 @@ impl<S: AsyncRead + Unpin> Read for Blocking<'_, '_, S> {
 
 impl<S: AsyncWrite + Unpin> Write for Blocking<'_, '_, S> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.hold_writes {
+            // Only a pong answered while reading gets here; tungstenite
+            // keeps it for the next flush.
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
         match Pin::new(&mut *self.io).poll_write(self.cx, buf) {
             Poll::Ready(result) => result,
             Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
@@ -204,6 +300,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             closing: false,
             returned: 0,
             reads: Reads::default(),
+            direct: None,
         }
     }
 
@@ -223,7 +320,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         &mut self.io
     }
 
+    /// Write what is left of the direct frame, if one is under way.
+    fn poll_direct(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while let Some(frame) = self.direct.as_mut() {
+            match std::task::ready!(Pin::new(&mut self.io).poll_write_vectored(cx, &frame.rest())) {
+                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Ok(written) => frame.written += written,
+                Err(error) => return Poll::Ready(Err(error)),
+            }
+            if frame.is_written() {
+                self.direct = None;
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
     fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+        if let Err(error) = std::task::ready!(self.poll_direct(cx)) {
+            return Poll::Ready(Err(WsError::Io(error)));
+        }
         let Some(context) = self.context.as_mut() else {
             // Nothing was ever written.
             return Poll::Ready(Ok(()));
@@ -232,6 +347,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             io: &mut self.io,
             cx,
             reads: &mut self.reads,
+            hold_writes: false,
         };
         let result = std::task::ready!(pending_on_block(context.flush(&mut io)));
         self.ready = true;
@@ -251,7 +367,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     pub async fn feed(&mut self, message: Message) -> Result<(), WsError> {
         let mut message = Some(message);
         std::future::poll_fn(|cx| {
-            if !self.ready {
+            // A direct frame must not start while tungstenite may hold part
+            // of a pong it owes.
+            let direct = message.as_ref().is_some_and(DirectFrame::fits);
+            if !self.ready || (direct && self.answer_owed) {
                 std::task::ready!(self.poll_flush(cx))?;
             }
             let Some(message) = message.take() else {
@@ -263,10 +382,34 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             let context = self
                 .context
                 .get_or_insert_with(|| WebSocketContext::new(role, Some(config)));
+            let message = if context.can_write() {
+                DirectFrame::of(message, role)
+            } else {
+                Err(message)
+            };
+            let message = match message {
+                Ok(frame) => {
+                    self.direct = Some(frame);
+                    return match self.poll_direct(cx) {
+                        Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
+                        Poll::Ready(Err(error)) => Poll::Ready(Err(WsError::Io(error))),
+                        // The next feed or flush finishes it.
+                        Poll::Pending => {
+                            self.ready = false;
+                            Poll::Ready(Ok(()))
+                        }
+                    };
+                }
+                Err(message) => message,
+            };
+            let Some(context) = self.context.as_mut() else {
+                return Poll::Ready(Ok(()));
+            };
             let mut io = Blocking {
                 io: &mut self.io,
                 cx,
                 reads: &mut self.reads,
+                hold_writes: false,
             };
             match context.write(&mut io, message) {
                 Ok(()) => Poll::Ready(Ok(())),
@@ -294,6 +437,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     /// read or write makes a new one. Returns whether it was given back.
     pub fn shed(&mut self) -> bool {
         let quiescent = self.context.is_some()
+            && self.direct.is_none()
             && !self.ended
             && !self.closing
             && !self.unflushed
@@ -350,6 +494,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Stream for WebSocket<S> {
             io: &mut this.io,
             cx,
             reads: &mut this.reads,
+            hold_writes: this.direct.is_some(),
         };
         match std::task::ready!(pending_on_block(context.read(&mut io))) {
             Ok(message) => {
@@ -390,17 +535,26 @@ mod tests {
             .max_message_size(Some(1 << 20))
     }
 
-    /// `messages` from a tokio-tungstenite client to our server end over an
-    /// in-memory pipe of `pipe` bytes, echoed back by our end; every message
-    /// arrives intact both ways.
-    fn echo(messages: &[Message], pipe: usize) {
+    /// The other end of a connection whose end we play in `role`.
+    fn peer_of(role: Role) -> Role {
+        match role {
+            Role::Server => Role::Client,
+            Role::Client => Role::Server,
+        }
+    }
+
+    /// `messages` from a tokio-tungstenite peer to our end (in `role`) over
+    /// an in-memory pipe of `pipe` bytes, echoed back by our end; every
+    /// message arrives intact both ways (as a client our end masks, and the
+    /// peer refuses unmasked frames).
+    fn echo(role: Role, messages: &[Message], pipe: usize) {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
         runtime.block_on(async {
             let (a, b) = tokio::io::duplex(pipe);
-            let mut server = WebSocket::new(a, Role::Server, config());
-            let client = WebSocketStream::from_raw_socket(b, Role::Client, Some(config())).await;
+            let mut server = WebSocket::new(a, role, config());
+            let client = WebSocketStream::from_raw_socket(b, peer_of(role), Some(config())).await;
             assert!(server.context.is_none(), "no context before first use");
             let (mut sink, mut stream) = client.split();
             let send = async {
@@ -446,8 +600,10 @@ mod tests {
             Message::text("x".repeat(READ_AHEAD + 17)),
             Message::text("é".repeat(3000)),
         ];
-        for pipe in [64, 4096, 300 * 1024] {
-            echo(&messages, pipe);
+        for role in [Role::Server, Role::Client] {
+            for pipe in [64, 4096, 300 * 1024] {
+                echo(role, &messages, pipe);
+            }
         }
     }
 
@@ -532,6 +688,68 @@ mod tests {
         });
     }
 
+    /// Parse the frames in `bytes`: (opcode, unmasked payload) each.
+    fn frames_in(mut bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
+        let mut frames = Vec::new();
+        while let Some(header) = FrameHeader::parse(bytes) {
+            let end = header.size + header.length as usize;
+            let mut payload = bytes[header.size..end].to_vec();
+            if let Some(key) = header.mask {
+                apply_mask(&mut payload, key, 0);
+            }
+            frames.push((header.opcode, payload));
+            bytes = &bytes[end..];
+        }
+        assert!(bytes.is_empty(), "a frame was cut short");
+        frames
+    }
+
+    #[test]
+    fn a_pong_owed_waits_for_the_end_of_a_large_frame_being_written() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            for role in [Role::Server, Role::Client] {
+                // A pipe far smaller than the frame: it is written in parts.
+                let (a, mut peer) = tokio::io::duplex(256);
+                let mut ours = WebSocket::new(a, role, config());
+                let mut ping = Vec::new();
+                let key = (role == Role::Server).then_some([1, 2, 3, 4]);
+                FrameHeader::write(&mut ping, true, false, 9, key, 1);
+                ping.push(b'p' ^ key.map_or(0, |k| k[0]));
+                peer.write_all(&ping).await.unwrap();
+                let large = vec![7u8; 3 * DIRECT_WRITE_MIN];
+                ours.feed(Message::binary(large.clone())).await.unwrap();
+                assert!(ours.direct.is_some(), "the frame is part-written");
+                // Room in the pipe while the frame is still part-written.
+                let mut wire = vec![0u8; 100];
+                peer.read_exact(&mut wire).await.unwrap();
+                // Reading the ping makes tungstenite owe a pong, and the next
+                // read tries to send it: it must not cut into the frame.
+                assert!(matches!(ours.next().await, Some(Ok(Message::Ping(_)))));
+                let pending = std::future::poll_fn(|cx| {
+                    Poll::Ready(Pin::new(&mut ours).poll_next(cx).is_pending())
+                })
+                .await;
+                assert!(pending);
+                let mask = if role == Role::Client { 4 } else { 0 };
+                let total = (4 + mask + large.len()) + (2 + mask + 1);
+                let read_rest = async {
+                    let mut rest = vec![0u8; total - wire.len()];
+                    peer.read_exact(&mut rest).await.unwrap();
+                    rest
+                };
+                let (flushed, rest) = tokio::join!(ours.flush(), read_rest);
+                flushed.unwrap();
+                wire.extend_from_slice(&rest);
+                let frames = frames_in(&wire);
+                assert_eq!(frames, [(2, large), (10, b"p".to_vec())], "{role:?}");
+            }
+        });
+    }
+
     #[test]
     fn a_peer_that_vanishes_ends_the_stream_with_an_error() {
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -557,6 +775,7 @@ mod tests {
                 1..8,
             ),
             pipe in prop_oneof![Just(7usize), 1usize..9000, Just(1usize << 20)],
+            client in any::<bool>(),
         ) {
             let messages: Vec<Message> = sizes
                 .iter()
@@ -565,7 +784,7 @@ mod tests {
                     Message::binary((0..*size).map(|b| (b + i) as u8).collect::<Vec<u8>>())
                 })
                 .collect();
-            echo(&messages, pipe);
+            echo(if client { Role::Client } else { Role::Server }, &messages, pipe);
         }
     }
 }
