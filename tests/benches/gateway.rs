@@ -544,17 +544,29 @@ fn round_trip(c: &mut Criterion) {
     group.finish();
 }
 
-/// I/O that takes every byte written (vectored writes too) and never has
-/// anything to read: what the WebSocket writer costs without a socket.
-struct Discard;
+/// I/O that serves the same bytes (one frame) over and over, as much as
+/// each read asks for, or nothing ever when there are none; every byte
+/// written (vectored writes too) is taken and dropped. What the WebSocket
+/// reader and writer cost without a socket.
+struct Discard {
+    frame: Vec<u8>,
+    at: usize,
+}
 
 impl tokio::io::AsyncRead for Discard {
     fn poll_read(
-        self: std::pin::Pin<&mut Self>,
+        mut self: std::pin::Pin<&mut Self>,
         _: &mut std::task::Context<'_>,
-        _: &mut tokio::io::ReadBuf<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::task::Poll::Pending
+        let this = &mut *self;
+        if this.frame.is_empty() {
+            return std::task::Poll::Pending;
+        }
+        let n = (this.frame.len() - this.at).min(buf.remaining());
+        buf.put_slice(&this.frame[this.at..this.at + n]);
+        this.at = (this.at + n) % this.frame.len();
+        std::task::Poll::Ready(Ok(()))
     }
 }
 
@@ -594,27 +606,59 @@ impl tokio::io::AsyncWrite for Discard {
     }
 }
 
-/// Writing one 64 KiB message (W3's size) as the gateway does towards a
-/// client (server role, unmasked) and towards an upstream (client role,
-/// masked), the message shared as a relayed one is.
-fn write_large_message(c: &mut Criterion) {
+/// Reading and writing one 64 KiB message (W3's size) as the gateway does
+/// from and towards a client (server role: masked in, unmasked out) and an
+/// upstream (client role: unmasked in, masked out); a written message is
+/// shared, as a relayed one is.
+fn large_message(c: &mut Criterion) {
     use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
     let runtime = bench_runtime();
     let config = WebSocketConfig::default()
         .read_buffer_size(1024)
         .write_buffer_size(0);
-    let message = WsMessage::binary(vec![7u8; 64 * 1024]);
+    let payload = vec![7u8; 64 * 1024];
+    let message = WsMessage::binary(payload.clone());
     let mut group = c.benchmark_group("write_64KiB");
     group.throughput(Throughput::Bytes(64 * 1024));
     for (name, role) in [("to_client", Role::Server), ("to_upstream", Role::Client)] {
-        let socket = tokio::sync::Mutex::new(wsgate_wire::websocket::WebSocket::new(
-            Discard, role, config,
-        ));
+        let io = Discard {
+            frame: Vec::new(),
+            at: 0,
+        };
+        let socket =
+            tokio::sync::Mutex::new(wsgate_wire::websocket::WebSocket::new(io, role, config));
         group.bench_function(name, |b| {
             b.to_async(&runtime).iter(|| async {
                 let mut socket = socket.lock().await;
                 socket.feed(message.clone()).await.unwrap();
                 socket.flush().await.unwrap();
+            });
+        });
+    }
+    group.finish();
+    let mut group = c.benchmark_group("read_64KiB");
+    group.throughput(Throughput::Bytes(64 * 1024));
+    for (name, role, mask) in [
+        ("from_client", Role::Server, Some([1, 2, 3, 4])),
+        ("from_upstream", Role::Client, None),
+    ] {
+        let mut frame = Vec::new();
+        wsgate_wire::frame::FrameHeader::write(&mut frame, true, false, 2, mask, payload.len());
+        let start = frame.len();
+        frame.extend_from_slice(&payload);
+        if let Some(key) = mask {
+            wsgate_wire::frame::apply_mask(&mut frame[start..], key, 0);
+        }
+        let socket = tokio::sync::Mutex::new(wsgate_wire::websocket::WebSocket::new(
+            Discard { frame, at: 0 },
+            role,
+            config,
+        ));
+        group.bench_function(name, |b| {
+            b.to_async(&runtime).iter(|| async {
+                let mut socket = socket.lock().await;
+                let read = socket.next().await.unwrap().unwrap();
+                assert_eq!(read.len(), 64 * 1024);
             });
         });
     }
@@ -674,7 +718,7 @@ criterion_group!(
     plugin_call,
     pool_take,
     shared_counters,
-    write_large_message,
+    large_message,
     quota_take,
     json_mask_by_language,
     upgrade_chain,
