@@ -16,7 +16,7 @@
 //!
 //! A data message of at least [`DIRECT_WRITE_MIN`] bytes is not copied
 //! into tungstenite's write buffer: its header and its payload go out in
-//! one vectored write from the message itself ([`DirectFrame`]); towards
+//! one vectored write from the message itself (`DirectFrame`); towards
 //! an upstream, where frames are masked, the payload is masked in place
 //! when the message is its only owner. While such a frame is part-written,
 //! tungstenite may not write (a pong it owes waits for the frame's end).
