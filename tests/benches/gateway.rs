@@ -13,7 +13,8 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use wsgate_runtime::{
-    CallContext, ConnectionInfo, Direction, Header, Message, UpgradeRequest, UpgradeVerdict,
+    CallContext, ConnectionInfo, Direction, Header, Message, MessageParam, UpgradeRequest,
+    UpgradeVerdict, message_param,
 };
 use wsgate_tests::*;
 
@@ -97,11 +98,68 @@ fn plugin_call(c: &mut Criterion) {
             group.throughput(Throughput::Bytes(size as u64));
             group.bench_with_input(BenchmarkId::new(name, size), &message, |b, message| {
                 b.iter(|| {
-                    pool.on_message(&mut context, Direction::ClientToServer, message)
-                        .unwrap()
+                    pool.on_message(
+                        &mut context,
+                        Direction::ClientToServer,
+                        message_param(message),
+                    )
+                    .unwrap()
                 });
             });
         }
+    }
+    group.finish();
+}
+
+/// A `passthrough` call on a message as the relay has it (bytes read off
+/// the wire): lowered into the guest from those bytes (what the relay
+/// does), against copying them into an owned message first (what it did
+/// before the bindings borrowed their parameters).
+fn plugin_call_from_wire(c: &mut Criterion) {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let generation = runtime.block_on(async {
+        wsgate_proxy::Generation::build(
+            0,
+            parse_config(&config_text(
+                "[[endpoint]]\npath = \"/p\"\nallowed-upstreams = [\"ws://127.0.0.1:1\"]\n\
+                 upgrade = [{ plugin = \"static-router@1.0.0\", config = { url = \"ws://127.0.0.1:1/\" } }]\n\
+                 client-messages = [{ plugin = \"passthrough@1.0.0\" }]\n",
+            )),
+            wsgate_tests::runtime(),
+        )
+        .unwrap()
+    });
+    let pool = generation.endpoints[0].client_messages[0].pool.clone();
+    let mut context = CallContext::new(Arc::new(ConnectionInfo::default()));
+    let mut group = c.benchmark_group("plugin_call_from_wire");
+    for size in [32usize, 64 * 1024] {
+        let wire = vec![7u8; size];
+        group.throughput(Throughput::Bytes(size as u64));
+        group.bench_with_input(BenchmarkId::new("borrowed", size), &wire, |b, wire| {
+            b.iter(|| {
+                pool.on_message(
+                    &mut context,
+                    Direction::ClientToServer,
+                    MessageParam::Binary(wire),
+                )
+                .unwrap()
+            });
+        });
+        group.bench_with_input(
+            BenchmarkId::new("owned_copy_first", size),
+            &wire,
+            |b, wire| {
+                b.iter(|| {
+                    let owned = Message::Binary(wire.to_vec());
+                    pool.on_message(
+                        &mut context,
+                        Direction::ClientToServer,
+                        message_param(&owned),
+                    )
+                    .unwrap()
+                });
+            },
+        );
     }
     group.finish();
 }
@@ -196,8 +254,12 @@ fn quota_take(c: &mut Criterion) {
         let mut context = CallContext::new(Arc::new(ConnectionInfo::default()));
         group.bench_function(name, |b| {
             b.iter(|| {
-                pool.on_message(&mut context, Direction::ClientToServer, &message)
-                    .unwrap()
+                pool.on_message(
+                    &mut context,
+                    Direction::ClientToServer,
+                    message_param(&message),
+                )
+                .unwrap()
             });
         });
     }
@@ -256,8 +318,12 @@ fn json_mask_by_language(c: &mut Criterion) {
         let mut context = CallContext::new(Arc::new(ConnectionInfo::default()));
         group.bench_function(*name, |b| {
             b.iter(|| {
-                pool.on_message(&mut context, Direction::ClientToServer, &message)
-                    .unwrap()
+                pool.on_message(
+                    &mut context,
+                    Direction::ClientToServer,
+                    message_param(&message),
+                )
+                .unwrap()
             });
         });
     }
@@ -715,6 +781,7 @@ fn monitor_overhead(c: &mut Criterion) {
 
 criterion_group!(
     benches,
+    plugin_call_from_wire,
     plugin_call,
     pool_take,
     shared_counters,

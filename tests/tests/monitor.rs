@@ -174,7 +174,9 @@ async fn upgrades_frames_verdicts_and_ends_are_recorded_and_served() {
             "{binary}"
         );
         assert_eq!(
-            STANDARD.decode(binary["payload"].as_str().unwrap()).unwrap(),
+            STANDARD
+                .decode(binary["payload"].as_str().unwrap())
+                .unwrap(),
             [7u8; 64]
         );
     }

@@ -7,19 +7,20 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame as WsCloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use wsgate_monitor::Payload;
 use wsgate_monitor::mask::Mask;
-use wsgate_runtime::{CloseFrame, Message};
+use wsgate_runtime::{CloseFrameParam, Message, MessageParam};
 
-/// The contract's view of a wire message; `None` for raw frames, which the
-/// reading side never yields.
-pub fn to_plugin(message: &WsMessage) -> Option<Message> {
+/// The contract's view of a wire message, borrowing its bytes (a plugin
+/// call lowers them into the guest from there); `None` for raw frames,
+/// which the reading side never yields.
+pub fn to_param(message: &WsMessage) -> Option<MessageParam<'_>> {
     Some(match message {
-        WsMessage::Text(text) => Message::Text(text.as_str().to_owned()),
-        WsMessage::Binary(data) => Message::Binary(data.to_vec()),
-        WsMessage::Ping(data) => Message::Ping(data.to_vec()),
-        WsMessage::Pong(data) => Message::Pong(data.to_vec()),
-        WsMessage::Close(frame) => Message::Close(frame.as_ref().map(|f| CloseFrame {
+        WsMessage::Text(text) => MessageParam::Text(text.as_str()),
+        WsMessage::Binary(data) => MessageParam::Binary(data),
+        WsMessage::Ping(data) => MessageParam::Ping(data),
+        WsMessage::Pong(data) => MessageParam::Pong(data),
+        WsMessage::Close(frame) => MessageParam::Close(frame.as_ref().map(|f| CloseFrameParam {
             code: u16::from(f.code),
-            reason: f.reason.as_str().to_owned(),
+            reason: f.reason.as_str(),
         })),
         WsMessage::Frame(_) => return None,
     })
@@ -124,9 +125,25 @@ mod tests {
     }
 
     #[test]
-    fn text_round_trips() {
-        let wire = WsMessage::text("hi");
-        let plugin = to_plugin(&wire).unwrap();
-        assert_eq!(from_plugin(plugin), wire);
+    fn wire_messages_are_borrowed_as_they_are() {
+        let text = WsMessage::text("hi");
+        assert!(matches!(to_param(&text), Some(MessageParam::Text("hi"))));
+        let binary = WsMessage::binary(vec![1, 2]);
+        assert!(matches!(
+            to_param(&binary),
+            Some(MessageParam::Binary([1, 2]))
+        ));
+        let close = WsMessage::Close(Some(close_frame(4000, "bye")));
+        assert!(matches!(
+            to_param(&close),
+            Some(MessageParam::Close(Some(CloseFrameParam {
+                code: 4000,
+                reason: "bye"
+            })))
+        ));
+        assert_eq!(
+            from_plugin(Message::Text("hi".into())),
+            WsMessage::text("hi")
+        );
     }
 }

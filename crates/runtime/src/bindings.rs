@@ -41,7 +41,33 @@ pub mod v0_2 {
     });
 }
 
+/// `wsgate:plugin@0.1.0` again, with parameters borrowed: a message is
+/// lowered into the guest straight from the gateway's bytes, without an
+/// owned copy first. Only its `message` hook is used.
+pub mod v0_1_borrowed {
+    wasmtime::component::bindgen!({
+        path: "../../wit",
+        world: "filter",
+        ownership: Borrowing { duplicate_if_necessary: true },
+    });
+}
+
+/// `wsgate:plugin@0.2.0` with parameters borrowed (see [`v0_1_borrowed`]).
+pub mod v0_2_borrowed {
+    wasmtime::component::bindgen!({
+        path: "../../wit/0.2.0",
+        world: "filter",
+        ownership: Borrowing { duplicate_if_necessary: true },
+        with: {
+            "wsgate:plugin/types@0.2.0": super::v0_1_borrowed::wsgate::plugin::types,
+        },
+    });
+}
+
 pub use v0_1::wsgate::plugin::types;
+pub use v0_1_borrowed::wsgate::plugin::types::{CloseFrameParam, MessageParam};
+
+use v0_1_borrowed::wsgate::plugin::types as borrowed;
 
 /// One hook's place in a component, per contract version.
 enum Indices<V1, V2> {
@@ -64,8 +90,8 @@ type UpgradeIndices = Indices<
     v0_2::exports::wsgate::plugin::upgrade::GuestIndices,
 >;
 type MessageIndices = Indices<
-    v0_1::exports::wsgate::plugin::message::GuestIndices,
-    v0_2::exports::wsgate::plugin::message::GuestIndices,
+    v0_1_borrowed::exports::wsgate::plugin::message::GuestIndices,
+    v0_2_borrowed::exports::wsgate::plugin::message::GuestIndices,
 >;
 
 /// The `lifecycle` hook of an instance.
@@ -78,21 +104,24 @@ pub type Upgrade = Hook<
     v0_1::exports::wsgate::plugin::upgrade::Guest,
     v0_2::exports::wsgate::plugin::upgrade::Guest,
 >;
-/// The `message` hook of an instance.
+/// The `message` hook of an instance (called with borrowed parameters).
 pub type MessageHook = Hook<
-    v0_1::exports::wsgate::plugin::message::Guest,
-    v0_2::exports::wsgate::plugin::message::Guest,
+    v0_1_borrowed::exports::wsgate::plugin::message::Guest,
+    v0_2_borrowed::exports::wsgate::plugin::message::Guest,
 >;
 
 /// Resolve one hook's indices for the component's contract version.
 macro_rules! indices {
     ($contract:expr, $pre:expr, $hook:ident) => {
+        indices!($contract, $pre, $hook, v0_1, v0_2)
+    };
+    ($contract:expr, $pre:expr, $hook:ident, $v0_1:ident, $v0_2:ident) => {
         match $contract {
             Contract::V0_1 => Indices::V0_1(
-                v0_1::exports::wsgate::plugin::$hook::GuestIndices::new($pre)?,
+                $v0_1::exports::wsgate::plugin::$hook::GuestIndices::new($pre)?,
             ),
             Contract::V0_2 => Indices::V0_2(
-                v0_2::exports::wsgate::plugin::$hook::GuestIndices::new($pre)?,
+                $v0_2::exports::wsgate::plugin::$hook::GuestIndices::new($pre)?,
             ),
         }
     };
@@ -134,7 +163,13 @@ impl Exports {
                 None
             },
             message: if roles.message {
-                Some(indices!(contract, pre, message))
+                Some(indices!(
+                    contract,
+                    pre,
+                    message,
+                    v0_1_borrowed,
+                    v0_2_borrowed
+                ))
             } else {
                 None
             },
@@ -193,11 +228,84 @@ impl MessageHook {
         &self,
         store: impl AsContextMut<Data = HostState>,
         direction: types::Direction,
-        message: &types::Message,
+        message: MessageParam<'_>,
     ) -> Result<types::MessageVerdict> {
-        match self {
+        let direction = match direction {
+            types::Direction::ClientToServer => borrowed::Direction::ClientToServer,
+            types::Direction::ServerToClient => borrowed::Direction::ServerToClient,
+        };
+        let verdict = match self {
             Self::V0_1(hook) => hook.call_on_message(store, direction, message),
             Self::V0_2(hook) => hook.call_on_message(store, direction, message),
+        }?;
+        Ok(owned_verdict(verdict))
+    }
+}
+
+/// A verdict of the borrowing bindings as the gateway's type (moves, no
+/// copies of the messages it carries).
+fn owned_verdict(verdict: borrowed::MessageVerdict) -> types::MessageVerdict {
+    let owned_messages =
+        |messages: Vec<borrowed::MessageResult>| messages.into_iter().map(owned_message).collect();
+    match verdict {
+        borrowed::MessageVerdict::Forward => types::MessageVerdict::Forward,
+        borrowed::MessageVerdict::Replace(messages) => {
+            types::MessageVerdict::Replace(owned_messages(messages))
+        }
+        borrowed::MessageVerdict::Drop => types::MessageVerdict::Drop,
+        borrowed::MessageVerdict::Close(frame) => types::MessageVerdict::Close(owned_close(frame)),
+        borrowed::MessageVerdict::Reply(messages) => {
+            types::MessageVerdict::Reply(owned_messages(messages))
+        }
+    }
+}
+
+fn owned_message(message: borrowed::MessageResult) -> types::Message {
+    match message {
+        borrowed::MessageResult::Text(text) => types::Message::Text(text),
+        borrowed::MessageResult::Binary(data) => types::Message::Binary(data),
+        borrowed::MessageResult::Ping(data) => types::Message::Ping(data),
+        borrowed::MessageResult::Pong(data) => types::Message::Pong(data),
+        borrowed::MessageResult::Close(frame) => types::Message::Close(frame.map(owned_close)),
+    }
+}
+
+fn owned_close(frame: borrowed::CloseFrameResult) -> types::CloseFrame {
+    types::CloseFrame {
+        code: frame.code,
+        reason: frame.reason,
+    }
+}
+
+/// An owned message seen as a borrowed parameter.
+pub fn message_param(message: &types::Message) -> MessageParam<'_> {
+    match message {
+        types::Message::Text(text) => MessageParam::Text(text),
+        types::Message::Binary(data) => MessageParam::Binary(data),
+        types::Message::Ping(data) => MessageParam::Ping(data),
+        types::Message::Pong(data) => MessageParam::Pong(data),
+        types::Message::Close(frame) => {
+            MessageParam::Close(frame.as_ref().map(|frame| CloseFrameParam {
+                code: frame.code,
+                reason: &frame.reason,
+            }))
+        }
+    }
+}
+
+/// A borrowed message parameter as an owned message (for a call that runs
+/// on another thread).
+pub fn owned_param(message: &MessageParam<'_>) -> types::Message {
+    match message {
+        MessageParam::Text(text) => types::Message::Text((*text).to_owned()),
+        MessageParam::Binary(data) => types::Message::Binary(data.to_vec()),
+        MessageParam::Ping(data) => types::Message::Ping(data.to_vec()),
+        MessageParam::Pong(data) => types::Message::Pong(data.to_vec()),
+        MessageParam::Close(frame) => {
+            types::Message::Close(frame.as_ref().map(|frame| types::CloseFrame {
+                code: frame.code,
+                reason: frame.reason.to_owned(),
+            }))
         }
     }
 }

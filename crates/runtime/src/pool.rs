@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use wasmtime::{Store, StoreLimitsBuilder, Trap};
 
-use crate::bindings::{Hooks, types};
+use crate::bindings::{Hooks, MessageParam, message_param, owned_param, types};
 use crate::host::{CallContext, HostState, LogLimiter};
 use crate::limiter::Limiter;
 use crate::striped::Striped;
@@ -303,12 +303,13 @@ impl PluginPool {
         Ok(verdict)
     }
 
-    /// Run the plugin's message hook.
+    /// Run the plugin's message hook; `message` is lowered into the guest
+    /// from where it is, without an owned copy first.
     pub fn on_message(
         &self,
         context: &mut CallContext,
         direction: types::Direction,
-        message: &types::Message,
+        message: MessageParam<'_>,
     ) -> Result<types::MessageVerdict, PluginFault> {
         let verdict = self.call(context, |instance| match &instance.hooks.message {
             Some(hook) => hook.call_on_message(&mut instance.store, direction, message),
@@ -346,14 +347,14 @@ impl PluginPool {
         self: &Arc<Self>,
         context: &mut CallContext,
         direction: types::Direction,
-        message: &types::Message,
+        message: MessageParam<'_>,
     ) -> Result<types::MessageVerdict, PluginFault> {
         if !self.plugin.offload.is_slow() {
             return self.on_message(context, direction, message);
         }
-        let message = message.clone();
+        let message = owned_param(&message);
         self.offloaded(context, move |pool, context| {
-            pool.on_message(context, direction, &message)
+            pool.on_message(context, direction, message_param(&message))
         })
         .await
     }
@@ -677,7 +678,7 @@ pub(crate) mod tests {
             pool.on_message(
                 &mut context,
                 types::Direction::ClientToServer,
-                &types::Message::Text(text.into()),
+                MessageParam::Text(text),
             )
         };
         for (command, kind) in [
@@ -707,9 +708,12 @@ mod offload_tests {
         context: &mut CallContext,
         text: &str,
     ) -> Result<types::MessageVerdict, PluginFault> {
-        let message = types::Message::Text(text.into());
-        pool.on_message_placed(context, types::Direction::ClientToServer, &message)
-            .await
+        pool.on_message_placed(
+            context,
+            types::Direction::ClientToServer,
+            MessageParam::Text(text),
+        )
+        .await
     }
 
     /// Slow calls (20 ms, inline), three in a row, make the plugin slow;

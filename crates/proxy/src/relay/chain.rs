@@ -3,9 +3,12 @@
 use smallvec::SmallVec;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use wsgate_config::FailPolicy;
-use wsgate_runtime::{CallContext, Direction, FaultKind, Message, MessageVerdict, PluginFault};
+use wsgate_runtime::{
+    CallContext, Direction, FaultKind, Message, MessageParam, MessageVerdict, PluginFault,
+    message_param,
+};
 
-use crate::convert::{from_plugin, to_plugin};
+use crate::convert::{from_plugin, to_param};
 use crate::generation::ChainStep;
 use crate::observe::Observer;
 
@@ -24,8 +27,9 @@ pub struct ChainResult {
     pub close: Option<(u16, String)>,
 }
 
-/// A message on its way through a chain: still in wire form, or already
-/// converted for plugins (converted once, then passed along).
+/// A message on its way through a chain: still in wire form (plugins
+/// borrow its bytes, and a message they forward stays as it is), or a
+/// plugin's output.
 enum Item {
     Wire(WsMessage),
     Plugin(Message),
@@ -53,21 +57,21 @@ pub async fn run_chain(
         let plugin = step.pool.plugin().id();
         let mut next = Messages::with_capacity(items.len());
         for item in items {
-            let message = match item {
-                Item::Plugin(message) => message,
-                Item::Wire(wire) => match to_plugin(&wire) {
+            let message = match &item {
+                Item::Plugin(message) => message_param(message),
+                Item::Wire(wire) => match to_param(wire) {
                     Some(message) => message,
                     None => {
-                        next.push(Item::Wire(wire));
+                        next.push(item);
                         continue;
                     }
                 },
             };
-            let is_close = matches!(message, Message::Close(_));
+            let is_close = matches!(message, MessageParam::Close(_));
             let started = timed.then(std::time::Instant::now);
             let called = step
                 .pool
-                .on_message_placed(context, direction, &message)
+                .on_message_placed(context, direction, message)
                 .await;
             observer.message_verdict(plugin, step.fail, &called, started);
             let verdict = match called {
@@ -87,8 +91,8 @@ pub async fn run_chain(
                 MessageVerdict::Close(frame) if is_close => {
                     next.push(Item::Plugin(Message::Close(Some(frame))));
                 }
-                _ if is_close => next.push(Item::Plugin(message)),
-                MessageVerdict::Forward => next.push(Item::Plugin(message)),
+                _ if is_close => next.push(item),
+                MessageVerdict::Forward => next.push(item),
                 MessageVerdict::Replace(messages) => {
                     next.extend(messages.into_iter().map(Item::Plugin));
                 }
