@@ -192,6 +192,7 @@ pub fn apply_mask(bytes: &mut [u8], key: [u8; 4], offset: u64) {
     let word = u64::from_ne_bytes(key8);
     let mut chunks = bytes.chunks_exact_mut(8);
     for chunk in &mut chunks {
+        // Always eight bytes: `chunks_exact_mut` leaves the rest to below.
         if let Ok(eight) = <&mut [u8; 8]>::try_from(chunk) {
             *eight = (u64::from_ne_bytes(*eight) ^ word).to_ne_bytes();
         }

@@ -87,7 +87,7 @@ struct DirectFrame {
 impl DirectFrame {
     /// Whether `message` is written this way: text or binary of at least
     /// [`DIRECT_WRITE_MIN`] bytes.
-    fn fits(message: &Message) -> bool {
+    fn is_large_data(message: &Message) -> bool {
         match message {
             Message::Text(text) => text.len() >= DIRECT_WRITE_MIN,
             Message::Binary(data) => data.len() >= DIRECT_WRITE_MIN,
@@ -98,7 +98,7 @@ impl DirectFrame {
     /// The frame for `message` sent in `role` (masked as a client), or the
     /// message back when it does not fit.
     fn of(message: Message, role: Role) -> Result<Self, Message> {
-        if !Self::fits(&message) {
+        if !Self::is_large_data(&message) {
             return Err(message);
         }
         let mask = match role {
@@ -141,6 +141,7 @@ impl DirectFrame {
         ]
     }
 
+    /// Whether all of the frame has been written.
     fn is_written(&self) -> bool {
         self.written >= self.header.len() + self.payload.len()
     }
@@ -282,13 +283,16 @@ fn pending_on_block<T>(result: Result<T, WsError>) -> Poll<Result<T, WsError>> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
-    /// A connection over `io`, whose handshake is done, in `role`.
+    /// A connection over `io`, whose handshake is done, in `role`. Every
+    /// message is written as it is fed (`config`'s write buffer size is
+    /// taken as 0), so nothing of an earlier message waits in tungstenite's
+    /// buffer once a write has returned.
     pub fn new(io: S, role: Role, config: WebSocketConfig) -> Self {
         Self {
             io,
             context: None,
             role,
-            config,
+            config: config.write_buffer_size(0),
             ended: false,
             ready: true,
             unflushed: false,
@@ -359,13 +363,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     }
 
     /// Queue `message` and start writing it; [`WebSocket::flush`] finishes.
-    /// Waits only while earlier messages are still being written.
+    /// Waits only while earlier messages are still being written, or, before
+    /// a large message, while a pong tungstenite owes is.
     pub async fn feed(&mut self, message: Message) -> Result<(), WsError> {
         let mut message = Some(message);
         std::future::poll_fn(|cx| {
             // A direct frame must not start while tungstenite may hold part
             // of a pong it owes.
-            let direct = message.as_ref().is_some_and(DirectFrame::fits);
+            let direct = message.as_ref().is_some_and(DirectFrame::is_large_data);
             if !self.ready || (direct && self.answer_owed) {
                 std::task::ready!(self.poll_flush(cx))?;
             }
@@ -375,10 +380,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             self.unflushed = true;
             self.closing |= matches!(message, Message::Close(_));
             let (role, config) = (self.role, self.config);
-            let context = self
-                .context
-                .get_or_insert_with(|| WebSocketContext::new(role, Some(config)));
-            let message = if context.can_write() {
+            let new_context = || WebSocketContext::new(role, Some(config));
+            let message = if self.context.get_or_insert_with(new_context).can_write() {
                 DirectFrame::of(message, role)
             } else {
                 Err(message)
@@ -386,21 +389,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             let message = match message {
                 Ok(frame) => {
                     self.direct = Some(frame);
+                    // Not ready until the frame is out: nothing else may be
+                    // written into it, even after a failed write.
+                    self.ready = false;
                     return match self.poll_direct(cx) {
-                        Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
-                        Poll::Ready(Err(error)) => Poll::Ready(Err(WsError::Io(error))),
-                        // The next feed or flush finishes it.
-                        Poll::Pending => {
-                            self.ready = false;
+                        Poll::Ready(Ok(())) => {
+                            self.ready = true;
                             Poll::Ready(Ok(()))
                         }
+                        Poll::Ready(Err(error)) => Poll::Ready(Err(WsError::Io(error))),
+                        // The next feed or flush finishes it.
+                        Poll::Pending => Poll::Ready(Ok(())),
                     };
                 }
                 Err(message) => message,
             };
-            let Some(context) = self.context.as_mut() else {
-                return Poll::Ready(Ok(()));
-            };
+            let context = self.context.get_or_insert_with(new_context);
             let mut io = Blocking {
                 io: &mut self.io,
                 cx,
@@ -742,6 +746,53 @@ mod tests {
                 wire.extend_from_slice(&rest);
                 let frames = frames_in(&wire);
                 assert_eq!(frames, [(2, large), (10, b"p".to_vec())], "{role:?}");
+            }
+        });
+    }
+
+    #[test]
+    fn a_large_message_waits_for_a_pong_tungstenite_has_half_written() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            for role in [Role::Server, Role::Client] {
+                let (a, mut peer) = tokio::io::duplex(256);
+                let mut ours = WebSocket::new(a, role, config());
+                let key = (role == Role::Server).then_some([1, 2, 3, 4]);
+                let mut ping = Vec::new();
+                FrameHeader::write(&mut ping, true, false, 9, key, 1);
+                ping.push(b'p' ^ key.map_or(0, |k| k[0]));
+                peer.write_all(&ping).await.unwrap();
+                // A message that leaves one byte of room in the pipe.
+                let mask = if role == Role::Client { 4 } else { 0 };
+                let small = vec![5u8; 255 - 4 - mask];
+                ours.feed(Message::binary(small.clone())).await.unwrap();
+                assert!(matches!(ours.next().await, Some(Ok(Message::Ping(_)))));
+                // The next read sends the pong: one byte of it fits.
+                let pending = std::future::poll_fn(|cx| {
+                    Poll::Ready(Pin::new(&mut ours).poll_next(cx).is_pending())
+                })
+                .await;
+                assert!(pending);
+                let large = vec![7u8; 3 * DIRECT_WRITE_MIN];
+                let total = 255 + (2 + mask + 1) + (4 + mask + large.len());
+                let write = async {
+                    ours.feed(Message::binary(large.clone())).await.unwrap();
+                    ours.flush().await.unwrap();
+                };
+                let read = async {
+                    let mut wire = vec![0u8; total];
+                    peer.read_exact(&mut wire).await.unwrap();
+                    wire
+                };
+                let ((), wire) = tokio::join!(write, read);
+                assert_eq!(
+                    frames_in(&wire),
+                    [(2, small), (10, b"p".to_vec()), (2, large)],
+                    "{role:?}"
+                );
             }
         });
     }
