@@ -416,6 +416,95 @@ mod tests {
         }
     }
 
+    /// Takes at most three bytes per write, across the buffers of a
+    /// vectored one.
+    struct Trickle(Vec<u8>);
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let n = buf.len().min(3);
+            self.0.extend_from_slice(&buf[..n]);
+            Poll::Ready(Ok(n))
+        }
+
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            bufs: &[io::IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            let taken: Vec<u8> = bufs
+                .iter()
+                .flat_map(|buf| buf.iter())
+                .take(3)
+                .copied()
+                .collect();
+            self.0.extend_from_slice(&taken);
+            Poll::Ready(Ok(taken.len()))
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[test]
+    fn a_vectored_write_cut_anywhere_is_recorded_as_the_frame_it_carries() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let monitor = Monitor::start(&wsgate_config::MonitorSettings::default()).unwrap();
+            let mut live = monitor.subscribe();
+            let log = SharedFrameLog::new(FrameLog::new(monitor.clone(), "c", 8));
+            let mut tap = Tap::new(Trickle(Vec::new()), Some(log));
+            // A 300-byte binary frame as a header and a payload, written in
+            // pieces of at most three bytes: cut inside both, and one piece
+            // across the two.
+            let header = [0x82, 0x7e, 0x01, 0x2c];
+            let payload = [7u8; 300];
+            let mut written = 0;
+            while written < header.len() + payload.len() {
+                let bufs = [
+                    io::IoSlice::new(header.get(written..).unwrap_or_default()),
+                    io::IoSlice::new(payload.get(written.saturating_sub(4)..).unwrap_or_default()),
+                ];
+                written +=
+                    std::future::poll_fn(|cx| Pin::new(&mut tap).poll_write_vectored(cx, &bufs))
+                        .await
+                        .unwrap();
+            }
+            assert_eq!(tap.inner.0.len(), 304);
+            // The record goes through the monitor's writer thread; a frame
+            // the tap lost track of would never be recorded.
+            let recorded = async {
+                loop {
+                    if let Record::Frame(frame) = live.recv().await.unwrap().as_ref() {
+                        break frame.clone();
+                    }
+                }
+            };
+            let frame = tokio::time::timeout(std::time::Duration::from_secs(10), recorded)
+                .await
+                .expect("the frame is recorded");
+            assert_eq!((frame.opcode, frame.length, frame.fin), (2, 300, true));
+            assert_eq!(frame.origin, Origin::Server);
+            assert_eq!(STANDARD.decode(frame.payload.unwrap()).unwrap(), [7u8; 8]);
+        });
+    }
+
     /// Heap allocations made by this thread (the monitor's writer thread
     /// is not counted).
     #[allow(
