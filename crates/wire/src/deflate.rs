@@ -852,7 +852,9 @@ mod tests {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::WebSocketStream;
     use tokio_tungstenite::tungstenite::Message;
-    use tokio_tungstenite::tungstenite::protocol::Role;
+    use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+
+    use crate::websocket::WebSocket;
 
     fn agreement(bits: u8, send_reset: bool, receive_reset: bool) -> Agreement {
         Agreement {
@@ -983,12 +985,13 @@ mod tests {
                 inner: b,
                 written: std::sync::Arc::clone(&written),
             };
-            let mut server_ws = WebSocketStream::from_raw_socket(
+            // The echoing end is the gateway's own WebSocket wrapper, which
+            // writes large messages as a header and a payload.
+            let mut server_ws = WebSocket::new(
                 Deflate::new(a, Some(server), End::Server),
                 Role::Server,
-                None,
-            )
-            .await;
+                WebSocketConfig::default(),
+            );
             let client_ws = WebSocketStream::from_raw_socket(
                 Deflate::new(b, Some(client), End::Client),
                 Role::Client,
@@ -1013,7 +1016,8 @@ mod tests {
                 for expected in messages {
                     let got = server_ws.next().await.unwrap().unwrap();
                     assert_eq!(&got, expected);
-                    server_ws.send(got).await.unwrap();
+                    server_ws.feed(got).await.unwrap();
+                    server_ws.flush().await.unwrap();
                     if shed {
                         server_ws.get_mut().shed();
                         let codec = server_ws.get_ref().codec.as_deref().unwrap();
@@ -1025,6 +1029,50 @@ mod tests {
             tokio::join!(send, receive, echo);
             written.load(std::sync::atomic::Ordering::Relaxed)
         })
+    }
+
+    /// The gateway's wrapper as a compressing client (masking, and writing
+    /// large messages as a header and a payload) to a compressing server.
+    #[test]
+    fn our_end_as_a_client_sends_large_messages_compressed() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let (a, b) = tokio::io::duplex(4096);
+            let mut ours = WebSocket::new(
+                Deflate::new(a, Some(agreement(12, false, false)), End::Client),
+                Role::Client,
+                WebSocketConfig::default(),
+            );
+            let mut peer = WebSocketStream::from_raw_socket(
+                Deflate::new(b, Some(agreement(12, false, false)), End::Server),
+                Role::Server,
+                None,
+            )
+            .await;
+            let messages = [
+                Message::binary(
+                    (0..100_000u32)
+                        .map(|i| (i % 251) as u8)
+                        .collect::<Vec<u8>>(),
+                ),
+                Message::text("compress me; ".repeat(5000)),
+                Message::text("small"),
+            ];
+            let send = async {
+                for message in &messages {
+                    ours.feed(message.clone()).await.unwrap();
+                    ours.flush().await.unwrap();
+                }
+            };
+            let receive = async {
+                for expected in &messages {
+                    assert_eq!(&peer.next().await.unwrap().unwrap(), expected);
+                }
+            };
+            tokio::join!(send, receive);
+        });
     }
 
     #[test]
