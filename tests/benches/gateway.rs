@@ -14,7 +14,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use wsgate_runtime::{
     CallContext, ConnectionInfo, Direction, Header, Message, MessageParam, UpgradeRequest,
-    UpgradeVerdict, message_param,
+    UpgradeVerdict,
 };
 use wsgate_tests::*;
 
@@ -101,7 +101,7 @@ fn plugin_call(c: &mut Criterion) {
                     pool.on_message(
                         &mut context,
                         Direction::ClientToServer,
-                        message_param(message),
+                        MessageParam::from(message),
                     )
                     .unwrap()
                 });
@@ -154,7 +154,7 @@ fn plugin_call_from_wire(c: &mut Criterion) {
                     pool.on_message(
                         &mut context,
                         Direction::ClientToServer,
-                        message_param(&owned),
+                        MessageParam::from(&owned),
                     )
                     .unwrap()
                 });
@@ -257,7 +257,7 @@ fn quota_take(c: &mut Criterion) {
                 pool.on_message(
                     &mut context,
                     Direction::ClientToServer,
-                    message_param(&message),
+                    MessageParam::from(&message),
                 )
                 .unwrap()
             });
@@ -321,7 +321,7 @@ fn json_mask_by_language(c: &mut Criterion) {
                 pool.on_message(
                     &mut context,
                     Direction::ClientToServer,
-                    message_param(&message),
+                    MessageParam::from(&message),
                 )
                 .unwrap()
             });

@@ -52,43 +52,51 @@ async fn the_client_gets_the_upstreams_chosen_subprotocol() {
     );
 }
 
+/// With no filters, and through `passthrough` both ways (a close a plugin
+/// forwards goes on as it came).
 #[tokio::test]
 async fn close_codes_travel_both_ways() {
-    let mut upstream = TestUpstream::start().await;
-    let gateway = start_gateway(&endpoint("/ws", upstream.address, "")).await;
+    let passthrough = "client-messages = [{ plugin = \"passthrough@1.0.0\" }]\n\
+                       upstream-messages = [{ plugin = \"passthrough@1.0.0\" }]";
+    for chains in ["", passthrough] {
+        let mut upstream = TestUpstream::start().await;
+        let gateway = start_gateway(&endpoint("/ws", upstream.address, chains)).await;
 
-    // Client closes: the upstream sees the client's code and reason.
-    let mut client = connect(&gateway, "/ws").await;
-    let mut server = upstream.accept().await;
-    client
-        .close(Some(CloseFrame {
-            code: CloseCode::from(4000),
-            reason: "client done".into(),
-        }))
-        .await
-        .unwrap();
-    assert_eq!(
-        expect_close(&mut server.ws).await,
-        (4000, "client done".into())
-    );
-    gateway.wait_for_connections(0).await;
+        // Client closes: the upstream sees the client's code and reason.
+        let mut client = connect(&gateway, "/ws").await;
+        let mut server = upstream.accept().await;
+        client
+            .close(Some(CloseFrame {
+                code: CloseCode::from(4000),
+                reason: "client done".into(),
+            }))
+            .await
+            .unwrap();
+        assert_eq!(
+            expect_close(&mut server.ws).await,
+            (4000, "client done".into()),
+            "{chains}"
+        );
+        gateway.wait_for_connections(0).await;
 
-    // Upstream closes: the client sees the upstream's code and reason.
-    let mut client = connect(&gateway, "/ws").await;
-    let mut server = upstream.accept().await;
-    server
-        .ws
-        .close(Some(CloseFrame {
-            code: CloseCode::from(4001),
-            reason: "server done".into(),
-        }))
-        .await
-        .unwrap();
-    assert_eq!(
-        expect_close(&mut client).await,
-        (4001, "server done".into())
-    );
-    gateway.wait_for_connections(0).await;
+        // Upstream closes: the client sees the upstream's code and reason.
+        let mut client = connect(&gateway, "/ws").await;
+        let mut server = upstream.accept().await;
+        server
+            .ws
+            .close(Some(CloseFrame {
+                code: CloseCode::from(4001),
+                reason: "server done".into(),
+            }))
+            .await
+            .unwrap();
+        assert_eq!(
+            expect_close(&mut client).await,
+            (4001, "server done".into()),
+            "{chains}"
+        );
+        gateway.wait_for_connections(0).await;
+    }
 }
 
 #[tokio::test]

@@ -141,6 +141,10 @@ mod tests {
                 reason: "bye"
             })))
         ));
+    }
+
+    #[test]
+    fn a_plugins_text_goes_out_as_text() {
         assert_eq!(
             from_plugin(Message::Text("hi".into())),
             WsMessage::text("hi")

@@ -41,22 +41,41 @@ pub mod v0_2 {
     });
 }
 
-/// `wsgate:plugin@0.1.0` again, with parameters borrowed: a message is
-/// lowered into the guest straight from the gateway's bytes, without an
-/// owned copy first. Only its `message` hook is used.
+/// The hooks of `wsgate:plugin@0.1.0` (no host functions), with
+/// parameters borrowed: a message is lowered into the guest straight from
+/// the gateway's bytes, without an owned copy first. Only the `message`
+/// hook is called through these (every type has to be used by the world
+/// for borrowed bindings to generate).
 pub mod v0_1_borrowed {
     wasmtime::component::bindgen!({
         path: "../../wit",
-        world: "filter",
+        inline: "
+            package wsgate:host;
+            world exports {
+                export wsgate:plugin/lifecycle@0.1.0;
+                export wsgate:plugin/upgrade@0.1.0;
+                export wsgate:plugin/message@0.1.0;
+            }
+        ",
+        world: "wsgate:host/exports",
         ownership: Borrowing { duplicate_if_necessary: true },
     });
 }
 
-/// `wsgate:plugin@0.2.0` with parameters borrowed (see [`v0_1_borrowed`]).
+/// The hooks of `wsgate:plugin@0.2.0` with parameters borrowed (see
+/// [`v0_1_borrowed`]).
 pub mod v0_2_borrowed {
     wasmtime::component::bindgen!({
         path: "../../wit/0.2.0",
-        world: "filter",
+        inline: "
+            package wsgate:host;
+            world exports {
+                export wsgate:plugin/lifecycle@0.2.0;
+                export wsgate:plugin/upgrade@0.2.0;
+                export wsgate:plugin/message@0.2.0;
+            }
+        ",
+        world: "wsgate:host/exports",
         ownership: Borrowing { duplicate_if_necessary: true },
         with: {
             "wsgate:plugin/types@0.2.0": super::v0_1_borrowed::wsgate::plugin::types,
@@ -230,82 +249,97 @@ impl MessageHook {
         direction: types::Direction,
         message: MessageParam<'_>,
     ) -> Result<types::MessageVerdict> {
-        let direction = match direction {
-            types::Direction::ClientToServer => borrowed::Direction::ClientToServer,
-            types::Direction::ServerToClient => borrowed::Direction::ServerToClient,
-        };
+        let direction = borrowed::Direction::from(direction);
         let verdict = match self {
             Self::V0_1(hook) => hook.call_on_message(store, direction, message),
             Self::V0_2(hook) => hook.call_on_message(store, direction, message),
         }?;
-        Ok(owned_verdict(verdict))
+        Ok(verdict.into())
     }
 }
 
-/// A verdict of the borrowing bindings as the gateway's type (moves, no
-/// copies of the messages it carries).
-fn owned_verdict(verdict: borrowed::MessageVerdict) -> types::MessageVerdict {
-    let owned_messages =
-        |messages: Vec<borrowed::MessageResult>| messages.into_iter().map(owned_message).collect();
-    match verdict {
-        borrowed::MessageVerdict::Forward => types::MessageVerdict::Forward,
-        borrowed::MessageVerdict::Replace(messages) => {
-            types::MessageVerdict::Replace(owned_messages(messages))
-        }
-        borrowed::MessageVerdict::Drop => types::MessageVerdict::Drop,
-        borrowed::MessageVerdict::Close(frame) => types::MessageVerdict::Close(owned_close(frame)),
-        borrowed::MessageVerdict::Reply(messages) => {
-            types::MessageVerdict::Reply(owned_messages(messages))
+impl From<types::Direction> for borrowed::Direction {
+    fn from(direction: types::Direction) -> Self {
+        match direction {
+            types::Direction::ClientToServer => Self::ClientToServer,
+            types::Direction::ServerToClient => Self::ServerToClient,
         }
     }
 }
 
-fn owned_message(message: borrowed::MessageResult) -> types::Message {
-    match message {
-        borrowed::MessageResult::Text(text) => types::Message::Text(text),
-        borrowed::MessageResult::Binary(data) => types::Message::Binary(data),
-        borrowed::MessageResult::Ping(data) => types::Message::Ping(data),
-        borrowed::MessageResult::Pong(data) => types::Message::Pong(data),
-        borrowed::MessageResult::Close(frame) => types::Message::Close(frame.map(owned_close)),
+/// A verdict of the borrowing bindings as the gateway's (its messages
+/// moved, not copied).
+impl From<borrowed::MessageVerdict> for types::MessageVerdict {
+    fn from(verdict: borrowed::MessageVerdict) -> Self {
+        let moved = |messages: Vec<borrowed::MessageResult>| {
+            messages.into_iter().map(types::Message::from).collect()
+        };
+        match verdict {
+            borrowed::MessageVerdict::Forward => Self::Forward,
+            borrowed::MessageVerdict::Replace(messages) => Self::Replace(moved(messages)),
+            borrowed::MessageVerdict::Drop => Self::Drop,
+            borrowed::MessageVerdict::Close(frame) => Self::Close(frame.into()),
+            borrowed::MessageVerdict::Reply(messages) => Self::Reply(moved(messages)),
+        }
     }
 }
 
-fn owned_close(frame: borrowed::CloseFrameResult) -> types::CloseFrame {
-    types::CloseFrame {
-        code: frame.code,
-        reason: frame.reason,
+/// A message a plugin returned, as the gateway's (moved, not copied).
+impl From<borrowed::MessageResult> for types::Message {
+    fn from(message: borrowed::MessageResult) -> Self {
+        match message {
+            borrowed::MessageResult::Text(text) => Self::Text(text),
+            borrowed::MessageResult::Binary(data) => Self::Binary(data),
+            borrowed::MessageResult::Ping(data) => Self::Ping(data),
+            borrowed::MessageResult::Pong(data) => Self::Pong(data),
+            borrowed::MessageResult::Close(frame) => Self::Close(frame.map(Into::into)),
+        }
+    }
+}
+
+/// A close frame a plugin returned, as the gateway's.
+impl From<borrowed::CloseFrameResult> for types::CloseFrame {
+    fn from(frame: borrowed::CloseFrameResult) -> Self {
+        Self {
+            code: frame.code,
+            reason: frame.reason,
+        }
     }
 }
 
 /// An owned message seen as a borrowed parameter.
-pub fn message_param(message: &types::Message) -> MessageParam<'_> {
-    match message {
-        types::Message::Text(text) => MessageParam::Text(text),
-        types::Message::Binary(data) => MessageParam::Binary(data),
-        types::Message::Ping(data) => MessageParam::Ping(data),
-        types::Message::Pong(data) => MessageParam::Pong(data),
-        types::Message::Close(frame) => {
-            MessageParam::Close(frame.as_ref().map(|frame| CloseFrameParam {
-                code: frame.code,
-                reason: &frame.reason,
-            }))
+impl<'a> From<&'a types::Message> for MessageParam<'a> {
+    fn from(message: &'a types::Message) -> Self {
+        match message {
+            types::Message::Text(text) => Self::Text(text),
+            types::Message::Binary(data) => Self::Binary(data),
+            types::Message::Ping(data) => Self::Ping(data),
+            types::Message::Pong(data) => Self::Pong(data),
+            types::Message::Close(frame) => {
+                Self::Close(frame.as_ref().map(|frame| CloseFrameParam {
+                    code: frame.code,
+                    reason: &frame.reason,
+                }))
+            }
         }
     }
 }
 
-/// A borrowed message parameter as an owned message (for a call that runs
-/// on another thread).
-pub fn owned_param(message: &MessageParam<'_>) -> types::Message {
-    match message {
-        MessageParam::Text(text) => types::Message::Text((*text).to_owned()),
-        MessageParam::Binary(data) => types::Message::Binary(data.to_vec()),
-        MessageParam::Ping(data) => types::Message::Ping(data.to_vec()),
-        MessageParam::Pong(data) => types::Message::Pong(data.to_vec()),
-        MessageParam::Close(frame) => {
-            types::Message::Close(frame.as_ref().map(|frame| types::CloseFrame {
-                code: frame.code,
-                reason: frame.reason.to_owned(),
-            }))
+/// A borrowed message parameter copied into an owned message (for a call
+/// that runs on another thread).
+impl From<&MessageParam<'_>> for types::Message {
+    fn from(message: &MessageParam<'_>) -> Self {
+        match message {
+            MessageParam::Text(text) => Self::Text((*text).to_owned()),
+            MessageParam::Binary(data) => Self::Binary(data.to_vec()),
+            MessageParam::Ping(data) => Self::Ping(data.to_vec()),
+            MessageParam::Pong(data) => Self::Pong(data.to_vec()),
+            MessageParam::Close(frame) => {
+                Self::Close(frame.as_ref().map(|frame| types::CloseFrame {
+                    code: frame.code,
+                    reason: frame.reason.to_owned(),
+                }))
+            }
         }
     }
 }

@@ -38,7 +38,7 @@ pub use bindings::types::{
     CloseFrame, Direction, Header, HeaderOp, LogLevel, Message, MessageVerdict, Rejection, Route,
     UpgradeRequest, UpgradeVerdict,
 };
-pub use bindings::{CloseFrameParam, MessageParam, message_param};
+pub use bindings::{CloseFrameParam, MessageParam};
 pub use engine::EPOCH_TICK;
 pub use host::{CallContext, ConnectionInfo, PluginState, StateMap};
 pub use inspect::{ComponentInfo, Contract, Roles};

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use wasmtime::{Store, StoreLimitsBuilder, Trap};
 
-use crate::bindings::{Hooks, MessageParam, message_param, owned_param, types};
+use crate::bindings::{Hooks, MessageParam, types};
 use crate::host::{CallContext, HostState, LogLimiter};
 use crate::limiter::Limiter;
 use crate::striped::Striped;
@@ -352,9 +352,9 @@ impl PluginPool {
         if !self.plugin.offload.is_slow() {
             return self.on_message(context, direction, message);
         }
-        let message = owned_param(&message);
+        let message = types::Message::from(&message);
         self.offloaded(context, move |pool, context| {
-            pool.on_message(context, direction, message_param(&message))
+            pool.on_message(context, direction, MessageParam::from(&message))
         })
         .await
     }

@@ -653,11 +653,7 @@ mod tests {
                 )))
                 .await
                 .unwrap();
-            let pending = std::future::poll_fn(|cx| {
-                Poll::Ready(Pin::new(&mut server).poll_next(cx).is_pending())
-            })
-            .await;
-            assert!(pending);
+            assert!(nothing_to_read(&mut server).await);
             assert!(!server.shed(), "a partial message keeps the context");
             client
                 .send(Message::Frame(Frame::message(
@@ -688,6 +684,28 @@ mod tests {
         });
     }
 
+    /// Poll `ours` for a message once: whether none was ready.
+    async fn nothing_to_read<S: AsyncRead + AsyncWrite + Unpin>(ours: &mut WebSocket<S>) -> bool {
+        std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *ours).poll_next(cx).is_pending()))
+            .await
+    }
+
+    /// Bytes a masking key adds to each frame our end sends in `role`.
+    fn key_bytes(role: Role) -> usize {
+        if role == Role::Client { 4 } else { 0 }
+    }
+
+    /// The peer of our end (in `role`) sends a ping of "p", masked when our
+    /// end is the server.
+    async fn ping_from_peer(peer: &mut tokio::io::DuplexStream, role: Role) {
+        use tokio::io::AsyncWriteExt;
+        let key = (role == Role::Server).then_some([1, 2, 3, 4]);
+        let mut ping = Vec::new();
+        FrameHeader::write(&mut ping, true, false, 9, key, 1);
+        ping.push(b'p' ^ key.map_or(0, |k| k[0]));
+        peer.write_all(&ping).await.unwrap();
+    }
+
     /// Parse the frames in `bytes`: (opcode, unmasked payload) each.
     fn frames_in(mut bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
         let mut frames = Vec::new();
@@ -706,7 +724,7 @@ mod tests {
 
     #[test]
     fn a_pong_owed_waits_for_the_end_of_a_large_frame_being_written() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::io::AsyncReadExt;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
@@ -715,11 +733,7 @@ mod tests {
                 // A pipe far smaller than the frame: it is written in parts.
                 let (a, mut peer) = tokio::io::duplex(256);
                 let mut ours = WebSocket::new(a, role, config());
-                let mut ping = Vec::new();
-                let key = (role == Role::Server).then_some([1, 2, 3, 4]);
-                FrameHeader::write(&mut ping, true, false, 9, key, 1);
-                ping.push(b'p' ^ key.map_or(0, |k| k[0]));
-                peer.write_all(&ping).await.unwrap();
+                ping_from_peer(&mut peer, role).await;
                 let large = vec![7u8; 3 * DIRECT_WRITE_MIN];
                 ours.feed(Message::binary(large.clone())).await.unwrap();
                 assert!(ours.direct.is_some(), "the frame is part-written");
@@ -729,12 +743,8 @@ mod tests {
                 // Reading the ping makes tungstenite owe a pong, and the next
                 // read tries to send it: it must not cut into the frame.
                 assert!(matches!(ours.next().await, Some(Ok(Message::Ping(_)))));
-                let pending = std::future::poll_fn(|cx| {
-                    Poll::Ready(Pin::new(&mut ours).poll_next(cx).is_pending())
-                })
-                .await;
-                assert!(pending);
-                let mask = if role == Role::Client { 4 } else { 0 };
+                assert!(nothing_to_read(&mut ours).await);
+                let mask = key_bytes(role);
                 let total = (4 + mask + large.len()) + (2 + mask + 1);
                 let read_rest = async {
                     let mut rest = vec![0u8; total - wire.len()];
@@ -752,7 +762,7 @@ mod tests {
 
     #[test]
     fn a_large_message_waits_for_a_pong_tungstenite_has_half_written() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::io::AsyncReadExt;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
@@ -760,22 +770,14 @@ mod tests {
             for role in [Role::Server, Role::Client] {
                 let (a, mut peer) = tokio::io::duplex(256);
                 let mut ours = WebSocket::new(a, role, config());
-                let key = (role == Role::Server).then_some([1, 2, 3, 4]);
-                let mut ping = Vec::new();
-                FrameHeader::write(&mut ping, true, false, 9, key, 1);
-                ping.push(b'p' ^ key.map_or(0, |k| k[0]));
-                peer.write_all(&ping).await.unwrap();
+                ping_from_peer(&mut peer, role).await;
                 // A message that leaves one byte of room in the pipe.
-                let mask = if role == Role::Client { 4 } else { 0 };
+                let mask = key_bytes(role);
                 let small = vec![5u8; 255 - 4 - mask];
                 ours.feed(Message::binary(small.clone())).await.unwrap();
                 assert!(matches!(ours.next().await, Some(Ok(Message::Ping(_)))));
                 // The next read sends the pong: one byte of it fits.
-                let pending = std::future::poll_fn(|cx| {
-                    Poll::Ready(Pin::new(&mut ours).poll_next(cx).is_pending())
-                })
-                .await;
-                assert!(pending);
+                assert!(nothing_to_read(&mut ours).await);
                 let large = vec![7u8; 3 * DIRECT_WRITE_MIN];
                 let total = 255 + (2 + mask + 1) + (4 + mask + large.len());
                 let write = async {

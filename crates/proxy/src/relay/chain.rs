@@ -5,7 +5,6 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use wsgate_config::FailPolicy;
 use wsgate_runtime::{
     CallContext, Direction, FaultKind, Message, MessageParam, MessageVerdict, PluginFault,
-    message_param,
 };
 
 use crate::convert::{from_plugin, to_param};
@@ -58,7 +57,7 @@ pub async fn run_chain(
         let mut next = Messages::with_capacity(items.len());
         for item in items {
             let message = match &item {
-                Item::Plugin(message) => message_param(message),
+                Item::Plugin(message) => MessageParam::from(message),
                 Item::Wire(wire) => match to_param(wire) {
                     Some(message) => message,
                     None => {
