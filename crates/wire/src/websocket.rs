@@ -95,12 +95,9 @@ impl DirectFrame {
         }
     }
 
-    /// The frame for `message` sent in `role` (masked as a client), or the
-    /// message back when it does not fit.
+    /// The frame for `message`, which [`Self::is_large_data`] accepted,
+    /// sent in `role` (masked as a client); any other message comes back.
     fn of(message: Message, role: Role) -> Result<Self, Message> {
-        if !Self::is_large_data(&message) {
-            return Err(message);
-        }
         let mask = match role {
             Role::Server => None,
             // A thread's generator, seeded from the system once: no system
@@ -381,7 +378,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             self.closing |= matches!(message, Message::Close(_));
             let (role, config) = (self.role, self.config);
             let new_context = || WebSocketContext::new(role, Some(config));
-            let message = if self.context.get_or_insert_with(new_context).can_write() {
+            // A direct frame's flush goes through the context too: it is
+            // made either way.
+            let message = if direct && self.context.get_or_insert_with(new_context).can_write() {
                 DirectFrame::of(message, role)
             } else {
                 Err(message)
