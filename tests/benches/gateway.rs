@@ -779,6 +779,61 @@ fn monitor_overhead(c: &mut Criterion) {
     );
 }
 
+/// A message through the serving chain (`passthrough` on client
+/// messages), its connection followed by a shadow running the same
+/// configuration (the serving path's feed plus the shadow thread's replay,
+/// compare and count), against the same chain unfollowed: in process, one
+/// thread. #19's target: at sampling 1.0 the shadow costs no more than its
+/// chain's own cost plus 20 %, so `followed_by_a_shadow` ≤ 2.2x
+/// `unfollowed`.
+fn shadow_run(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let generation = runtime.block_on(async {
+        Arc::new(
+            wsgate_proxy::Generation::build(
+                0,
+                parse_config(&config_text(
+                    "[[endpoint]]\npath = \"/p\"\nallowed-upstreams = [\"ws://127.0.0.1:1\"]\n\
+                     upgrade = [{ plugin = \"static-router@1.0.0\", config = { url = \"ws://127.0.0.1:1/\" } }]\n\
+                     client-messages = [{ plugin = \"passthrough@1.0.0\" }]\n",
+                )),
+                wsgate_tests::runtime(),
+            )
+            .unwrap(),
+        )
+    });
+    let input = WsMessage::text("{\"type\":\"chat\",\"text\":\"hello\"}");
+    let mut group = c.benchmark_group("shadow_run");
+    group.bench_function("unfollowed", |b| {
+        b.iter_custom(|runs| {
+            runtime
+                .block_on(wsgate_proxy::bench::time_chain_runs(
+                    generation.clone(),
+                    "/p",
+                    &input,
+                    runs,
+                ))
+                .unwrap()
+        });
+    });
+    group.bench_function("followed_by_a_shadow", |b| {
+        b.iter_custom(|runs| {
+            runtime
+                .block_on(wsgate_proxy::bench::time_shadowed_runs(
+                    generation.clone(),
+                    "/p",
+                    &input,
+                    runs,
+                ))
+                .unwrap()
+        });
+    });
+    group.finish();
+}
+
 criterion_group!(
     benches,
     plugin_call_from_wire,
@@ -787,6 +842,7 @@ criterion_group!(
     shared_counters,
     large_message,
     quota_take,
+    shadow_run,
     json_mask_by_language,
     upgrade_chain,
     pump,

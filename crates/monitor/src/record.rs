@@ -98,7 +98,8 @@ pub struct FrameRecord {
     pub payload: Option<String>,
     /// The payload was cut at the capture size.
     pub truncated: bool,
-    /// Time the message spent in filters, in microseconds (last frame of a message).
+    /// Time the message spent in filters (their calls, as the plugin pools
+    /// time them), in microseconds (last frame of a message).
     pub filter_us: Option<u64>,
     /// What the filters decided (last frame of a message); shared by the
     /// frames of messages that got the same verdicts.
@@ -202,7 +203,7 @@ pub struct MessageRecord {
     pub replies: Vec<Payload>,
     /// The close (code, reason) the chain ended the connection with.
     pub close: Option<(u16, String)>,
-    /// Time in the chain, in microseconds.
+    /// Time in the chain's plugin calls, in microseconds.
     pub filter_us: u64,
 }
 

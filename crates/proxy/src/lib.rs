@@ -19,6 +19,8 @@
 
 #![deny(clippy::indexing_slicing)]
 
+#[cfg(feature = "bench")]
+pub mod bench;
 mod config_diff;
 mod convert;
 pub mod counters;

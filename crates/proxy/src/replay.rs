@@ -8,7 +8,6 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
 
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
@@ -23,7 +22,8 @@ use crate::counters::TrafficCounters;
 use crate::generation::{Generation, LiveEndpoint};
 use crate::observe::{Observer, RequestSummary};
 use crate::peer::Peer;
-use crate::relay::{ChainResult, run_chain};
+use crate::relay::{ChainResult, run_chain, spent, spent_since};
+use crate::shadow::ShadowFeed;
 use crate::upgrade::{chain::run_upgrade_chain, plugin_contexts};
 
 /// What a chain made of one message: sent on, sent back, or a close.
@@ -227,6 +227,17 @@ impl Replayer {
         id: u64,
         upgrade: &UpgradeRecord,
     ) -> (Option<u16>, Option<ReplaySession>) {
+        self.open_fed(id, upgrade, None).await
+    }
+
+    /// [`Replayer::open`], its observer feeding `shadow` what its chains
+    /// run (as a sampled connection's does; for the shadow's benchmark).
+    pub(crate) async fn open_fed(
+        &self,
+        id: u64,
+        upgrade: &UpgradeRecord,
+        shadow: Option<ShadowFeed>,
+    ) -> (Option<u16>, Option<ReplaySession>) {
         let Some(endpoint) = self.generation.endpoint_for(&upgrade.path).cloned() else {
             return (None, None);
         };
@@ -259,7 +270,7 @@ impl Replayer {
                 query: &upgrade.query,
                 headers: &headers,
             },
-            None,
+            shadow,
             None,
         );
         let view = UpgradeRequest {
@@ -310,10 +321,10 @@ fn set_clock(info: &ConnectionInfo, time_us: u64) {
 /// One connection being replayed: its candidate endpoint, plugin contexts
 /// (state, attributes) and observer.
 pub struct ReplaySession {
-    endpoint: Arc<LiveEndpoint>,
+    pub(crate) endpoint: Arc<LiveEndpoint>,
     info: Arc<ConnectionInfo>,
-    contexts: Vec<CallContext>,
-    observer: Observer,
+    pub(crate) contexts: Vec<CallContext>,
+    pub(crate) observer: Observer,
     mask: Mask,
 }
 
@@ -344,7 +355,8 @@ impl ReplaySession {
 
     /// Run `input`, read from `from` at `time_us` (microseconds since the
     /// epoch, what `clocks.now-ms` answers), through the candidate's chain
-    /// for its direction: what it made of it, and the microseconds it took.
+    /// for its direction: what it made of it, and the microseconds its
+    /// plugins' calls took.
     pub(crate) async fn run(
         &mut self,
         from: Peer,
@@ -356,7 +368,7 @@ impl ReplaySession {
             Peer::Upstream => &self.endpoint.upstream_messages,
         };
         set_clock(&self.info, time_us);
-        let started = Instant::now();
+        let before = spent(&self.contexts);
         let result = if chain.is_empty() {
             ChainResult {
                 forward: smallvec::smallvec![input],
@@ -372,8 +384,7 @@ impl ReplaySession {
             )
             .await
         };
-        let took = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-        (result, took)
+        (result, spent_since(&self.contexts, before))
     }
 
     /// The connection ended: its places and holds are given back.

@@ -28,7 +28,7 @@ use crate::relay::{ChainResult, Messages};
 use crate::replay::{Difference, Output, ReplaySession, ReplayedMessage, Replayer, Shape};
 
 /// Items waiting for the shadow's thread; more are dropped (counted).
-const QUEUE: usize = 16_384;
+pub(crate) const QUEUE: usize = 16_384;
 /// Connections the shadow follows at once; past it, new ones are skipped.
 const MAX_SESSIONS: usize = 10_000;
 /// Differences kept as examples (the latest).
@@ -82,6 +82,20 @@ pub(crate) struct ShadowFeed {
 }
 
 impl ShadowFeed {
+    /// Feed connection `key` into `sender`, counting drops in `stats`.
+    pub(crate) fn new(
+        key: Arc<str>,
+        sender: SyncSender<ShadowItem>,
+        stats: Arc<ShadowStats>,
+    ) -> Self {
+        Self {
+            key,
+            sender,
+            stats,
+            broken: false,
+        }
+    }
+
     /// Queue `item` without waiting; a full queue breaks the feed.
     pub fn send(&mut self, item: ShadowItem) {
         if self.broken {
@@ -145,8 +159,42 @@ pub struct ShadowStats {
     /// Sampled connections not followed: the shadow followed
     /// the most it follows at once (10,000) already.
     pub skipped: AtomicU64,
-    counts: Mutex<BTreeMap<String, ShadowCounts>>,
+    counts: Mutex<BTreeMap<String, Arc<EndpointCounts>>>,
     examples: Mutex<VecDeque<ShadowExample>>,
+}
+
+/// One endpoint's counts, as the shadow's thread keeps them: counters it
+/// adds to without a lock (each connection it follows holds its
+/// endpoint's), read whole by [`ShadowStats::counts`].
+#[derive(Debug, Default)]
+struct EndpointCounts {
+    same: AtomicU64,
+    changed: AtomicU64,
+    dropped: AtomicU64,
+    closed: AtomicU64,
+    upgrades_changed: AtomicU64,
+}
+
+impl EndpointCounts {
+    fn add(&self, difference: Difference) {
+        let counter = match difference {
+            Difference::Same => &self.same,
+            Difference::Changed => &self.changed,
+            Difference::Dropped => &self.dropped,
+            Difference::Closed => &self.closed,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn read(&self) -> ShadowCounts {
+        ShadowCounts {
+            same: self.same.load(Ordering::Relaxed),
+            changed: self.changed.load(Ordering::Relaxed),
+            dropped: self.dropped.load(Ordering::Relaxed),
+            closed: self.closed.load(Ordering::Relaxed),
+            upgrades_changed: self.upgrades_changed.load(Ordering::Relaxed),
+        }
+    }
 }
 
 impl ShadowStats {
@@ -155,7 +203,9 @@ impl ShadowStats {
         self.counts
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+            .iter()
+            .map(|(endpoint, counts)| (endpoint.clone(), counts.read()))
+            .collect()
     }
 
     /// The latest differences, oldest first.
@@ -168,15 +218,14 @@ impl ShadowStats {
             .collect()
     }
 
-    fn count(&self, endpoint: &str, update: impl FnOnce(&mut ShadowCounts)) {
-        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
-        // The endpoint's name is copied once, not per message.
-        if !counts.contains_key(endpoint) {
-            counts.insert(endpoint.to_string(), ShadowCounts::default());
-        }
-        if let Some(counts) = counts.get_mut(endpoint) {
-            update(counts);
-        }
+    /// `endpoint`'s counters (made on its first connection).
+    fn endpoint(&self, endpoint: &str) -> Arc<EndpointCounts> {
+        self.counts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(endpoint.to_string())
+            .or_default()
+            .clone()
     }
 }
 
@@ -249,12 +298,11 @@ impl Shadow {
             return None;
         }
         self.stats.connections.fetch_add(1, Ordering::Relaxed);
-        Some(ShadowFeed {
-            key: format!("c{id}").into(),
-            sender: self.sender.clone(),
-            stats: self.stats.clone(),
-            broken: false,
-        })
+        Some(ShadowFeed::new(
+            format!("c{id}").into(),
+            self.sender.clone(),
+            self.stats.clone(),
+        ))
     }
 }
 
@@ -283,9 +331,15 @@ const BATCH: usize = 4096;
 /// One connection the shadow follows.
 struct Followed {
     endpoint: String,
+    /// Its endpoint's counters.
+    counts: Arc<EndpointCounts>,
     session: ReplaySession,
     last: Instant,
 }
+
+/// The connections the shadow follows, by key (the gateway's own keys,
+/// so a fast hash).
+type FollowedMap = HashMap<String, Followed, foldhash::fast::RandomState>;
 
 /// The shadow's thread: replay what the sampled connections feed, count
 /// what differs (the examples masked with `mask`). Its calls run here,
@@ -306,13 +360,7 @@ fn run(
         tracing::error!("the shadow cannot start its runtime; it compares nothing");
         return;
     };
-    let mut shadow = Followers {
-        replayer,
-        stats,
-        mask,
-        followed: HashMap::new(),
-        next_id: 0,
-    };
+    let mut shadow = Followers::new(replayer, stats, mask);
     let mut last_tick = Instant::now();
     let mut batch = Vec::with_capacity(BATCH);
     while !stopped.load(Ordering::Relaxed) {
@@ -356,17 +404,29 @@ fn run(
 }
 
 /// The connections the shadow follows, and what it compares them with.
-struct Followers<'a> {
+pub(crate) struct Followers<'a> {
     replayer: &'a Replayer,
     stats: &'a ShadowStats,
     mask: &'a Mask,
-    followed: HashMap<String, Followed>,
+    followed: FollowedMap,
     next_id: u64,
 }
 
-impl Followers<'_> {
+impl<'a> Followers<'a> {
+    /// Follow nothing yet; replay into `replayer`'s candidate, count into
+    /// `stats`, mask examples with `mask`.
+    pub(crate) fn new(replayer: &'a Replayer, stats: &'a ShadowStats, mask: &'a Mask) -> Self {
+        Self {
+            replayer,
+            stats,
+            mask,
+            followed: FollowedMap::default(),
+            next_id: 0,
+        }
+    }
+
     /// Replay one item of the batch taken at `now`.
-    async fn replay(&mut self, item: ShadowItem, now: Instant) {
+    pub(crate) async fn replay(&mut self, item: ShadowItem, now: Instant) {
         let stats = self.stats;
         match item {
             ShadowItem::Open(upgrade) => {
@@ -376,8 +436,9 @@ impl Followers<'_> {
                 }
                 self.next_id += 1;
                 let (status, session) = self.replayer.open(self.next_id, &upgrade).await;
+                let counts = stats.endpoint(&upgrade.endpoint);
                 if status != Some(upgrade.status) {
-                    stats.count(&upgrade.endpoint, |c| c.upgrades_changed += 1);
+                    counts.upgrades_changed.fetch_add(1, Ordering::Relaxed);
                 }
                 if let Some(session) = session {
                     let endpoint = upgrade.endpoint.clone();
@@ -385,6 +446,7 @@ impl Followers<'_> {
                         upgrade.connection,
                         Followed {
                             endpoint,
+                            counts,
                             session,
                             last: now,
                         },
@@ -401,7 +463,19 @@ impl Followers<'_> {
                     .run(run.from, run.time_us, run.input.clone())
                     .await;
                 let closed = result.close.is_some();
-                compare(stats, &f.endpoint, &run, &result, candidate_us, self.mask);
+                let difference = difference(&run, &result);
+                f.counts.add(difference);
+                if difference != Difference::Same {
+                    keep_example(
+                        stats,
+                        &f.endpoint,
+                        &run,
+                        &result,
+                        difference,
+                        candidate_us,
+                        self.mask,
+                    );
+                }
                 if closed {
                     // The candidate ended the connection: nothing after
                     // this compares.
@@ -430,21 +504,16 @@ fn compared(messages: &[WsMessage]) -> impl Iterator<Item = &WsMessage> {
     })
 }
 
-/// Count how the candidate's `result` compares with the serving chain's
-/// `run`; keep a masked example of a difference.
-fn compare(
-    stats: &ShadowStats,
-    endpoint: &str,
-    run: &ChainRun,
-    result: &ChainResult,
-    candidate_us: u64,
-    mask: &Mask,
-) {
+/// How the candidate's `result` compares with the serving chain's `run`.
+fn difference(run: &ChainRun, result: &ChainResult) -> Difference {
     let same = compared(&run.forward).eq(compared(&result.forward))
         && compared(&run.replies).eq(compared(&result.replies))
         && run.close == result.close;
-    let difference = Difference::between(
-        same,
+    if same {
+        return Difference::Same;
+    }
+    Difference::between(
+        false,
         Shape {
             closes: run.close.is_some(),
             forwards: compared(&run.forward).next().is_some(),
@@ -455,16 +524,20 @@ fn compare(
             forwards: compared(&result.forward).next().is_some(),
             replies: compared(&result.replies).next().is_some(),
         },
-    );
-    stats.count(endpoint, |c| match difference {
-        Difference::Same => c.same += 1,
-        Difference::Changed => c.changed += 1,
-        Difference::Dropped => c.dropped += 1,
-        Difference::Closed => c.closed += 1,
-    });
-    if difference == Difference::Same {
-        return;
-    }
+    )
+}
+
+/// Keep a masked example of how the candidate's `result` differs
+/// (`difference`) from the serving chain's `run`.
+fn keep_example(
+    stats: &ShadowStats,
+    endpoint: &str,
+    run: &ChainRun,
+    result: &ChainResult,
+    difference: Difference,
+    candidate_us: u64,
+    mask: &Mask,
+) {
     let Some(input) = to_payload(&run.input, mask) else {
         return;
     };

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use wasmtime::Engine;
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
@@ -49,6 +49,10 @@ pub struct CallContext {
     pub connection: Arc<ConnectionInfo>,
     /// This plugin's state on this connection.
     pub state: PluginState,
+    /// What this plugin's calls on this connection have taken, in all
+    /// (timed by the pool, which times every call anyway: the chain's
+    /// time in plugins costs no clock read of its own).
+    pub spent: Duration,
 }
 
 impl CallContext {
@@ -57,6 +61,7 @@ impl CallContext {
         Self {
             connection,
             state: PluginState::default(),
+            spent: Duration::ZERO,
         }
     }
 }

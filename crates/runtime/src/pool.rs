@@ -378,6 +378,7 @@ impl PluginPool {
         let mut moved = CallContext {
             connection: context.connection.clone(),
             state: std::mem::take(&mut context.state),
+            spent: Duration::ZERO,
         };
         let done = self
             .plugin
@@ -390,6 +391,7 @@ impl PluginPool {
         match done {
             Some((moved, result)) => {
                 context.state = moved.state;
+                context.spent += moved.spent;
                 result
             }
             None => {
@@ -444,6 +446,7 @@ impl PluginPool {
         let started = Instant::now();
         let result = self.call_timed(context, f);
         let elapsed = started.elapsed();
+        context.spent += elapsed;
         self.stats.latency.observe(elapsed);
         self.plugin.offload.record(elapsed);
         result
@@ -470,6 +473,7 @@ impl PluginPool {
         data.call = Some(CallContext {
             connection: context.connection.clone(),
             state: std::mem::take(&mut context.state),
+            spent: Duration::ZERO,
         });
         data.limits.memory_refused = false;
         data.budget_exceeded = false;

@@ -35,9 +35,9 @@ use wsgate_wire::ReadFailure;
 
 use crate::counters::ExpiredBy;
 use crate::drain::Drain;
-use crate::generation::{Generation, LiveEndpoint};
+use crate::generation::{ChainStep, Generation, LiveEndpoint};
 use crate::ledger::Place;
-use crate::observe::{ClosedBy, Observer, micros_since};
+use crate::observe::{ClosedBy, Observer};
 use crate::peer::Peer;
 use crate::signal::Signal;
 use crate::upstream::WsStream;
@@ -388,28 +388,8 @@ async fn on_read(
         }
         return;
     }
-    let describe = observer.describes_verdicts();
-    let replaying = observer.records_chains();
-    let started = (describe || replaying).then(std::time::Instant::now);
-    // The monitor records the message as read, after the chain has had it
-    // (a clone shares the payload).
-    let read = (describe || replaying).then(|| message.clone());
-    let mut result = run_chain(
-        chain,
-        &mut session.contexts,
-        from.peer.direction_from(),
-        message,
-        observer,
-    )
-    .await;
-    let filter_us = started.map_or(0, micros_since);
-    let verdict = observer.take_verdicts();
-    if let Some(read) = &read {
-        observer.read(from.peer, verdict.clone(), filter_us, payload(read));
-        if replaying {
-            observer.chain_ran(from.peer, read, &result, filter_us);
-        }
-    }
+    let (mut result, verdict, filter_us) =
+        run_observed_chain(chain, &mut session.contexts, from.peer, message, observer).await;
     // Notes for the monitor's record of what is written, made only for
     // the writes that happen (and only when frames are recorded).
     let note = |what: &'static str| verdict.as_ref().map(|v| (what, v, filter_us));
@@ -460,6 +440,50 @@ async fn on_read(
     if is_close {
         from.finish().await;
     }
+}
+
+/// Run `message`, read from `from`, through its (non-empty) `chain` and
+/// tell `observer` what it needs: the message as read with its verdicts
+/// (when frames are described), and what the chain made of it (when chains
+/// are recorded, for replay and the shadow). What the chain made of it, the
+/// verdicts' text, and the microseconds its plugins' calls took (0 when
+/// not timed).
+pub(crate) async fn run_observed_chain(
+    chain: &[ChainStep],
+    contexts: &mut [CallContext],
+    from: Peer,
+    message: WsMessage,
+    observer: &mut Observer,
+) -> (ChainResult, Option<Arc<str>>, u64) {
+    let describe = observer.describes_verdicts();
+    let replaying = observer.records_chains();
+    let spent_before = (describe || replaying).then(|| spent(contexts));
+    // The monitor records the message as read, after the chain has had it
+    // (a clone shares the payload).
+    let read = (describe || replaying).then(|| message.clone());
+    let result = run_chain(chain, contexts, from.direction_from(), message, observer).await;
+    let filter_us = spent_before.map_or(0, |before| spent_since(contexts, before));
+    let verdict = observer.take_verdicts();
+    if let Some(read) = &read {
+        observer.read(from, verdict.clone(), filter_us, payload(read));
+        if replaying {
+            observer.chain_ran(from, read, &result, filter_us);
+        }
+    }
+    (result, verdict, filter_us)
+}
+
+/// What the plugins' calls on a connection (its `contexts`) have taken,
+/// in all.
+pub(crate) fn spent(contexts: &[CallContext]) -> Duration {
+    contexts.iter().map(|context| context.spent).sum()
+}
+
+/// Microseconds the plugins' calls on a connection (its `contexts`) have
+/// taken since they had taken `before`.
+pub(crate) fn spent_since(contexts: &[CallContext], before: Duration) -> u64 {
+    let took = spent(contexts).saturating_sub(before);
+    u64::try_from(took.as_micros()).unwrap_or(u64::MAX)
 }
 
 /// Reading from `from` ended with `failure`: close it with the code it is
