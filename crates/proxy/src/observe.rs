@@ -404,12 +404,14 @@ impl Observer {
             return;
         }
         self.chain_seq += 1;
+        // When it was read: before its chain's calls (the host's work
+        // between them, under a microsecond, is not taken off).
+        let time_us = now_us().saturating_sub(filter_us);
         let record = |connection: String, mask: &Mask| {
             Some(MessageRecord {
                 connection,
                 seq: self.chain_seq,
-                // When it was read: before its chain ran.
-                time_us: now_us().saturating_sub(filter_us),
+                time_us,
                 from: from.name().to_string(),
                 input: to_payload(input, mask)?,
                 forward: payloads(&result.forward, mask),
@@ -424,7 +426,7 @@ impl Observer {
             let run = ChainRun {
                 connection: feed.key.clone(),
                 seq: self.chain_seq,
-                time_us: now_us().saturating_sub(filter_us),
+                time_us,
                 from,
                 input: input.clone(),
                 forward: result.forward.clone(),
@@ -432,7 +434,7 @@ impl Observer {
                 close: result.close.clone(),
                 filter_us,
             };
-            feed.send(ShadowItem::Message(Box::new(run)));
+            feed.send(ShadowItem::Message(run));
         }
         let replayed = match (&self.monitor, self.records_replay) {
             (Some((monitor, key)), true) => record(key.clone(), monitor.mask()),

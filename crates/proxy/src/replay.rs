@@ -129,9 +129,10 @@ pub struct ReplayedMessage {
     pub candidate: Output,
     /// How they compare.
     pub difference: Difference,
-    /// Time in the recorded chain, microseconds.
+    /// Time in the recorded chain's plugin calls, microseconds (in
+    /// recordings made before 2026-12-03, the chain's wall time).
     pub recorded_us: u64,
-    /// Time in the candidate's chain, microseconds.
+    /// Time in the candidate's chain's plugin calls, microseconds.
     pub candidate_us: u64,
 }
 

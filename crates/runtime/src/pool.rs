@@ -375,6 +375,9 @@ impl PluginPool {
         };
         self.stats.offloaded_calls.fetch_add(1, Ordering::Relaxed);
         let pool = self.clone();
+        // The call's time here is the round trip: its wait for an offload
+        // thread and the hops count, as they do on the connection.
+        let started = Instant::now();
         let mut moved = CallContext {
             connection: context.connection.clone(),
             state: std::mem::take(&mut context.state),
@@ -388,10 +391,10 @@ impl PluginPool {
                 (moved, result)
             })
             .await;
+        context.spent += started.elapsed();
         match done {
             Some((moved, result)) => {
                 context.state = moved.state;
-                context.spent += moved.spent;
                 result
             }
             None => {
@@ -699,6 +702,25 @@ pub(crate) mod tests {
         assert_eq!(pool.stats().memory_faults.load(Ordering::Relaxed), 2);
         assert_eq!(pool.stats().trap_faults.load(Ordering::Relaxed), 2);
     }
+
+    /// Each call adds what it took to its context, a call that faults too:
+    /// the chain's time in plugins is their sum.
+    #[test]
+    fn each_call_adds_its_time_to_its_context() {
+        let pool = faults_pool("");
+        let mut context = CallContext::default();
+        let mut spent = Vec::new();
+        for command in ["hello", "trap", "hello"] {
+            let _ = pool.on_message(
+                &mut context,
+                types::Direction::ClientToServer,
+                MessageParam::Text(command),
+            );
+            spent.push(context.spent);
+        }
+        assert!(spent[0] > Duration::ZERO, "{spent:?}");
+        assert!(spent[0] < spent[1] && spent[1] < spent[2], "{spent:?}");
+    }
 }
 
 #[cfg(test)]
@@ -743,6 +765,7 @@ mod offload_tests {
         // Each counts at most SAMPLE_CAP times offload-above (1 ms).
         assert_eq!(inline, 3);
         assert_eq!(stats.offloaded_calls.load(Ordering::Relaxed), 0);
+        let inline_spent = first.spent;
 
         // Polled in order: the loop takes the thread, the slow call finds
         // it busy and nothing queued allowed.
@@ -756,6 +779,10 @@ mod offload_tests {
         assert_eq!(stats.fault_count(FaultKind::Shed), 1);
         // A shed call is not a call: the inline slow ones and the loop.
         assert_eq!(stats.calls(), inline + 1);
+        // An offloaded call's round trip counts on its connection; a shed
+        // one took nothing.
+        assert!(first.spent > inline_spent, "{first:?}");
+        assert_eq!(second.spent, Duration::ZERO);
 
         // The thread is free again: an offloaded call completes.
         assert!(matches!(
@@ -763,5 +790,6 @@ mod offload_tests {
             Ok(types::MessageVerdict::Forward)
         ));
         assert_eq!(stats.offloaded_calls.load(Ordering::Relaxed), 2);
+        assert!(second.spent > Duration::ZERO);
     }
 }
