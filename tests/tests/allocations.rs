@@ -137,58 +137,106 @@ async fn a_relayed_message_allocates_nothing_on_the_hot_path() {
              {{ plugin = \"json-mask@1.0.0\", config = {{ fields = [\"password\"] }} }}]"
         )
     });
-    let gateway = start_gateway(&format!(
-        "{}{}{}",
+    let monitored = |level: &str| format!("monitor = \"{level}\"\n{passthrough}");
+    let endpoints = format!(
+        "{}{}{}{}{}",
         endpoint("/plain", echo, ""),
         endpoint("/passthrough", echo, passthrough),
         endpoint("/chain3", echo, &chain3.join("\n")),
-    ))
-    .await;
+        endpoint("/metadata", echo, &monitored("metadata")),
+        endpoint("/full", echo, &monitored("full")),
+    );
+    let gateway = start_gateway(&endpoints).await;
     let small = Message::text("x".repeat(32));
     let json = Message::text(r#"{"user":"ada","password":"secret"}"#);
     let large = Message::binary(vec![7u8; 64 * 1024]);
+    // Each case with the most allocations per echo it may take.
     let cases = [
-        ("no filters, 32 B text", "/plain", &small),
-        ("passthrough both ways, 32 B text", "/passthrough", &small),
-        ("3-plugin chains both ways, 32 B text", "/chain3", &small),
+        // The hot path: small messages, chains that forward them unchanged.
+        ("no filters, 32 B text", "/plain", &small, 0.01),
+        (
+            "passthrough both ways, 32 B text",
+            "/passthrough",
+            &small,
+            0.01,
+        ),
+        (
+            "3-plugin chains both ways, 32 B text",
+            "/chain3",
+            &small,
+            0.01,
+        ),
+        // A message a plugin rewrites is a new message in each direction
+        // (today 2 allocations each).
         (
             "3-plugin chains both ways, JSON with a masked field",
             "/chain3",
             &json,
+            4.01,
         ),
-        ("no filters, 64 KiB binary", "/plain", &large),
+        // A large message takes buffers of its size (today 3 per echo of
+        // 64 KiB, of the kinds a trace showed: read-ahead buffers,
+        // tungstenite's frame buffers, the masked copy towards the
+        // upstream; far cheaper than the bytes copied through them). Its
+        // frame header is inline.
+        ("no filters, 64 KiB binary", "/plain", &large, 3.01),
         (
             "passthrough both ways, 64 KiB binary",
             "/passthrough",
             &large,
+            3.01,
+        ),
+        // The monitor's records go into its queue by value: a block of
+        // room per 31 records (two records per echo).
+        (
+            "passthrough both ways, monitor metadata, 32 B text",
+            "/metadata",
+            &small,
+            0.1,
+        ),
+        // At `full` the frames' captured bytes are kept (today 2 per
+        // echo).
+        (
+            "passthrough both ways, monitor full, 32 B text",
+            "/full",
+            &small,
+            2.1,
         ),
     ];
-    let mut table = Vec::new();
-    for (case, path, message) in cases {
+    let mut measured = Vec::new();
+    for (case, path, message, most) in cases {
         let per_echo = allocations_per_echo(&gateway, path, message, MESSAGES).await;
+        measured.push((case, per_echo, most));
+    }
+
+    // The same configuration in a shadow that follows every connection:
+    // what the serving path does to feed it. The shadow's thread holds
+    // each message's bytes until it has compared them, so the buffer
+    // tungstenite read them into cannot be reused for the next frame: a
+    // new one and its shared header per message read (today 4 per echo).
+    gateway
+        .deploy_shadow(
+            &config_text(&endpoints),
+            std::path::Path::new("candidate.toml"),
+            "test",
+            1.0,
+        )
+        .await
+        .unwrap();
+    let per_echo = allocations_per_echo(&gateway, "/passthrough", &small, MESSAGES).await;
+    measured.push((
+        "passthrough both ways, followed by a shadow, 32 B text",
+        per_echo,
+        4.1,
+    ));
+
+    for (case, per_echo, _) in &measured {
         eprintln!("allocations per echoed message on the gateway's workers, {case}: {per_echo:.3}");
-        table.push((case, per_echo));
     }
-    // The hot path: small messages, chains that forward them unchanged.
-    for (case, per_echo) in &table[..3] {
+    for (case, per_echo, most) in measured {
         assert!(
-            *per_echo <= 0.01,
-            "{case}: {per_echo:.3} allocations per echo"
-        );
-    }
-    // A message a plugin rewrites is a new message, in each direction
-    // (today 4 allocations per echo, 2 in each direction).
-    let (case, rewritten) = table[3];
-    assert!(
-        rewritten <= 4.01,
-        "{case}: {rewritten:.3} allocations per echo"
-    );
-    // A large message takes buffers of its size (today 5 per echo for
-    // 64 KiB, costing far less than the bytes copied into them).
-    for (case, per_echo) in &table[4..] {
-        assert!(
-            *per_echo <= 5.01,
-            "{case}: {per_echo:.3} allocations per echo"
+            per_echo <= most,
+            "{case}: {per_echo:.3} allocations per echo, more than {most}"
         );
     }
 }

@@ -69,33 +69,37 @@ impl FrameHeader {
         self.rsv & 0b100 != 0
     }
 
-    /// Append a header for a `length`-byte payload.
+    /// Append a header for a `length`-byte payload (to a `Vec`, or to an
+    /// inline [`HeaderBytes`] that allocates nothing).
     pub fn write(
-        out: &mut Vec<u8>,
+        out: &mut impl Extend<u8>,
         fin: bool,
         rsv1: bool,
         opcode: u8,
         mask: Option<[u8; 4]>,
         length: usize,
     ) {
-        out.push(u8::from(fin) << 7 | u8::from(rsv1) << 6 | opcode);
+        out.extend([u8::from(fin) << 7 | u8::from(rsv1) << 6 | opcode]);
         let mask_bit = if mask.is_some() { 0x80 } else { 0 };
         match u16::try_from(length) {
-            Ok(short) if short <= 125 => out.push(mask_bit | short as u8),
+            Ok(short) if short <= 125 => out.extend([mask_bit | short as u8]),
             Ok(medium) => {
-                out.push(mask_bit | 126);
-                out.extend_from_slice(&medium.to_be_bytes());
+                out.extend([mask_bit | 126]);
+                out.extend(medium.to_be_bytes());
             }
             Err(_) => {
-                out.push(mask_bit | 127);
-                out.extend_from_slice(&(length as u64).to_be_bytes());
+                out.extend([mask_bit | 127]);
+                out.extend((length as u64).to_be_bytes());
             }
         }
         if let Some(key) = mask {
-            out.extend_from_slice(&key);
+            out.extend(key);
         }
     }
 }
+
+/// A frame header's bytes, held inline (at most [`MAX_HEADER`]).
+pub type HeaderBytes = smallvec::SmallVec<[u8; MAX_HEADER]>;
 
 /// Follows a byte stream frame by frame without keeping it: where the
 /// stream stands within a frame, and how many frames that end a message

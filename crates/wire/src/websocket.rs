@@ -37,7 +37,7 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig, WebSocketC
 use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message};
 use tokio_util::io::poll_read_buf;
 
-use crate::frame::{FrameHeader, FrameTracker, MAX_HEADER, apply_mask};
+use crate::frame::{FrameHeader, FrameTracker, HeaderBytes, apply_mask};
 
 /// Bytes of the first read from an idle connection, taken on the stack.
 const FIRST_READ: usize = 512;
@@ -78,7 +78,8 @@ pub struct WebSocket<S> {
 /// A data frame written from its message's payload: header and payload in
 /// one vectored write, with no copy into tungstenite's write buffer.
 struct DirectFrame {
-    header: Vec<u8>,
+    /// Inline: writing a large message allocates nothing for its header.
+    header: HeaderBytes,
     payload: Bytes,
     /// Bytes of header and payload written so far.
     written: usize,
@@ -120,7 +121,7 @@ impl DirectFrame {
                 owned.freeze()
             }
         };
-        let mut header = Vec::with_capacity(MAX_HEADER);
+        let mut header = HeaderBytes::new();
         FrameHeader::write(&mut header, true, false, opcode, mask, payload.len());
         Ok(Self {
             header,
