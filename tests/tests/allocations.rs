@@ -121,9 +121,9 @@ async fn allocations_per_echo(
 /// back: two frames read, two chains run, two frames written), the
 /// gateway's workers allocate nothing once a connection is warm: not to
 /// read a frame, not for a plugin call or its verdict, not to write. An
-/// allocation added per message on this path fails here (an amortised
-/// growth, one in a hundred messages, is let through). The figures are
-/// printed, with those of paths that still allocate.
+/// allocation added per message on this path fails here (one in twenty
+/// messages is let through). The figures are printed, with those of the
+/// paths that still allocate, each bounded at today's count.
 #[tokio::test]
 async fn a_relayed_message_allocates_nothing_on_the_hot_path() {
     const MESSAGES: u64 = 2_000;
@@ -150,21 +150,24 @@ async fn a_relayed_message_allocates_nothing_on_the_hot_path() {
     let small = Message::text("x".repeat(32));
     let json = Message::text(r#"{"user":"ada","password":"secret"}"#);
     let large = Message::binary(vec![7u8; 64 * 1024]);
-    // Each case with the most allocations per echo it may take.
+    // Each case with the most allocations per echo it may take: today's,
+    // and 0.05 more, room for the buffers a connection makes again when
+    // a stall of the machine makes it look quiet (`relay`'s `RARELY`,
+    // 50 ms), far less than an allocation per message.
     let cases = [
         // The hot path: small messages, chains that forward them unchanged.
-        ("no filters, 32 B text", "/plain", &small, 0.01),
+        ("no filters, 32 B text", "/plain", &small, 0.05),
         (
             "passthrough both ways, 32 B text",
             "/passthrough",
             &small,
-            0.01,
+            0.05,
         ),
         (
             "3-plugin chains both ways, 32 B text",
             "/chain3",
             &small,
-            0.01,
+            0.05,
         ),
         // A message a plugin rewrites is a new message in each direction
         // (today 2 allocations each).
@@ -172,19 +175,19 @@ async fn a_relayed_message_allocates_nothing_on_the_hot_path() {
             "3-plugin chains both ways, JSON with a masked field",
             "/chain3",
             &json,
-            4.01,
+            4.05,
         ),
         // A large message takes buffers of its size (today 3 per echo of
         // 64 KiB, of the kinds a trace showed: read-ahead buffers,
         // tungstenite's frame buffers, the masked copy towards the
         // upstream; far cheaper than the bytes copied through them). Its
         // frame header is inline.
-        ("no filters, 64 KiB binary", "/plain", &large, 3.01),
+        ("no filters, 64 KiB binary", "/plain", &large, 3.05),
         (
             "passthrough both ways, 64 KiB binary",
             "/passthrough",
             &large,
-            3.01,
+            3.05,
         ),
         // The monitor's records go into its queue by value: a block of
         // room per 31 records (two records per echo).
@@ -192,7 +195,7 @@ async fn a_relayed_message_allocates_nothing_on_the_hot_path() {
             "passthrough both ways, monitor metadata, 32 B text",
             "/metadata",
             &small,
-            0.1,
+            0.15,
         ),
         // At `full` the frames' captured bytes are kept (today 2 per
         // echo).
@@ -200,7 +203,7 @@ async fn a_relayed_message_allocates_nothing_on_the_hot_path() {
             "passthrough both ways, monitor full, 32 B text",
             "/full",
             &small,
-            2.1,
+            2.15,
         ),
     ];
     let mut measured = Vec::new();
@@ -227,7 +230,7 @@ async fn a_relayed_message_allocates_nothing_on_the_hot_path() {
     measured.push((
         "passthrough both ways, followed by a shadow, 32 B text",
         per_echo,
-        4.1,
+        4.15,
     ));
 
     for (case, per_echo, _) in &measured {
