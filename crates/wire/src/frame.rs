@@ -69,8 +69,8 @@ impl FrameHeader {
         self.rsv & 0b100 != 0
     }
 
-    /// Append a header for a `length`-byte payload (to a `Vec`, or to an
-    /// inline [`HeaderBytes`] that allocates nothing).
+    /// Append a header for a `length`-byte payload (to a `Vec`, or to
+    /// inline bytes that allocate nothing).
     pub fn write(
         out: &mut impl Extend<u8>,
         fin: bool,
@@ -98,8 +98,8 @@ impl FrameHeader {
     }
 }
 
-/// A frame header's bytes, held inline (at most [`MAX_HEADER`]).
-pub type HeaderBytes = smallvec::SmallVec<[u8; MAX_HEADER]>;
+/// A frame header's bytes, held inline (room for [`MAX_HEADER`]).
+pub(crate) type HeaderBytes = smallvec::SmallVec<[u8; MAX_HEADER]>;
 
 /// Follows a byte stream frame by frame without keeping it: where the
 /// stream stands within a frame, and how many frames that end a message
