@@ -475,8 +475,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Stream for WebSocket<S> {
             match std::task::ready!(Pin::new(&mut this.io).poll_read(cx, &mut buf)) {
                 Ok(()) => {
                     this.reads.handed.follow(buf.filled());
+                    // tungstenite's buffer is this one, already of its
+                    // full size: a buffer remembers the size it was made
+                    // with, and while a message read from it is held (by
+                    // a shadow, a write queue) the next is made at that
+                    // size, not just large enough for one frame.
+                    let filled = buf.filled();
+                    let mut part =
+                        Vec::with_capacity(this.config.read_buffer_size.max(filled.len()));
+                    part.extend_from_slice(filled);
                     this.context = Some(WebSocketContext::from_partially_read(
-                        buf.filled().to_vec(),
+                        part,
                         this.role,
                         Some(this.config),
                     ));
