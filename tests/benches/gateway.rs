@@ -598,16 +598,92 @@ fn round_trip(c: &mut Criterion) {
     let (_gateway, targets) = three_ways(&runtime);
     let mut group = c.benchmark_group("round_trip_32B");
     for (name, url) in targets {
-        let client = bench_client(&runtime, &url);
-        group.bench_function(name, |b| {
-            b.to_async(&runtime).iter(|| async {
-                let mut client = client.lock().await;
-                client.send(WsMessage::binary(vec![1u8; 32])).await.unwrap();
-                client.next().await.unwrap().unwrap()
-            });
-        });
+        time_round_trips(&mut group, &runtime, name, bench_client(&runtime, &url));
     }
     group.finish();
+}
+
+/// What TLS on both sides costs a message: a 32-byte round trip through
+/// the gateway with no filters, `ws://` on both sides (the baseline), and
+/// `wss://` on both sides (its TLS listener, and a `wss://` upstream it
+/// verifies against a CA bundle), to the same echo server with and
+/// without TLS, on the same runtime.
+fn tls_round_trip(c: &mut Criterion) {
+    let runtime = bench_runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Authority::new("wsgate bench CA");
+    let ca_path = ca.write(dir.path(), "ca.pem");
+    let (gateway_certificate, gateway_key) = ca.issue(dir.path(), "gateway", &["localhost"], false);
+    let upstream_certificate = ca.issue(dir.path(), "upstream", &["localhost"], false);
+    let (_gateways, plain, secure) = runtime.block_on(async {
+        let plain_upstream = tls::plain_echo().await;
+        let plain_gateway = start_gateway(&endpoint("/plain", plain_upstream, "")).await;
+        let port = tls::tls_echo(&upstream_certificate, None).await.port();
+        let secure_gateway = wsgate_proxy::Gateway::start(
+            parse_config(&config_with_gateway(
+                &format!(
+                    "tls = {{ certificate = \"{}\", key = \"{}\" }}\n",
+                    gateway_certificate.display(),
+                    gateway_key.display()
+                ),
+                &format!(
+                    "[[remote-host]]\naddress = \"localhost:{port}\"\nca-bundle = \"{}\"\n\n\
+                     [[endpoint]]\npath = \"/secure\"\nallowed-upstreams = [\"wss://localhost:{port}\"]\n\
+                     upgrade = [{{ plugin = \"static-router@1.0.0\", config = {{ url = \"wss://localhost:{port}/\" }} }}]\n",
+                    ca_path.display()
+                ),
+            )),
+            wsgate_tests::runtime(),
+        )
+        .await
+        .unwrap();
+        let tcp = tokio::net::TcpStream::connect(plain_gateway.local_addr())
+            .await
+            .unwrap();
+        tcp.set_nodelay(true).unwrap();
+        let plain = tokio_tungstenite::client_async(
+            format!("ws://{}/plain", plain_gateway.local_addr()),
+            tcp,
+        )
+        .await
+        .unwrap()
+        .0;
+        let secure = tls::wss_client(secure_gateway.local_addr().port(), "/secure", &ca_path).await;
+        ((plain_gateway, secure_gateway), plain, secure)
+    });
+    let mut group = c.benchmark_group("tls_round_trip_32B");
+    time_round_trips(
+        &mut group,
+        &runtime,
+        "ws_both_sides",
+        tokio::sync::Mutex::new(plain),
+    );
+    time_round_trips(
+        &mut group,
+        &runtime,
+        "wss_both_sides",
+        tokio::sync::Mutex::new(secure),
+    );
+    group.finish();
+}
+
+/// Time, in `group` as `name`, one 32-byte message sent on `client` and
+/// its echo read.
+fn time_round_trips<S>(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    runtime: &tokio::runtime::Runtime,
+    name: &str,
+    client: tokio::sync::Mutex<tokio_tungstenite::WebSocketStream<S>>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    group.bench_function(name, |b| {
+        b.to_async(runtime).iter(|| async {
+            let mut client = client.lock().await;
+            client.send(WsMessage::binary(vec![1u8; 32])).await.unwrap();
+            client.next().await.unwrap().unwrap()
+        });
+    });
 }
 
 /// I/O that serves the same bytes (one frame) over and over, as much as
@@ -847,6 +923,7 @@ criterion_group!(
     upgrade_chain,
     pump,
     round_trip,
+    tls_round_trip,
     monitor_overhead
 );
 criterion_main!(benches);

@@ -10,6 +10,7 @@
 )]
 
 pub mod authority;
+pub mod tls;
 pub mod webdriver;
 
 pub use authority::Authority;

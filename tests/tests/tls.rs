@@ -5,99 +5,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::Path;
 
-use futures_util::{SinkExt, StreamExt};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use tokio::net::TcpListener;
+use futures_util::SinkExt;
 use tokio_tungstenite::tungstenite::Message;
+use wsgate_tests::tls::{tls_echo, wss_client};
 use wsgate_tests::*;
-
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-fn roots(ca: &Path) -> rustls::RootCertStore {
-    let mut roots = rustls::RootCertStore::empty();
-    for certificate in CertificateDer::pem_file_iter(ca).unwrap() {
-        roots.add(certificate.unwrap()).unwrap();
-    }
-    roots
-}
-
-/// A `wss://` echo server with `certificate`; when `client_ca` is given it
-/// requires a client certificate issued by it.
-async fn tls_echo(certificate: &(PathBuf, PathBuf), client_ca: Option<&Path>) -> SocketAddr {
-    let chain: Vec<_> = CertificateDer::pem_file_iter(&certificate.0)
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
-    let key = PrivateKeyDer::from_pem_file(&certificate.1).unwrap();
-    let builder = rustls::ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .unwrap();
-    let config = match client_ca {
-        Some(ca) => builder.with_client_cert_verifier(
-            rustls::server::WebPkiClientVerifier::builder_with_provider(
-                Arc::new(roots(ca)),
-                provider(),
-            )
-            .build()
-            .unwrap(),
-        ),
-        None => builder.with_no_client_auth(),
-    }
-    .with_single_cert(chain, key)
-    .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(stream).await else {
-                    return;
-                };
-                let Ok(mut ws) = tokio_tungstenite::accept_async(tls).await else {
-                    return;
-                };
-                while let Some(Ok(message)) = ws.next().await {
-                    if message.is_text() || message.is_binary() {
-                        let _ = ws.send(message).await;
-                    }
-                }
-            });
-        }
-    });
-    address
-}
-
-/// Connect to `wss://localhost:<port><path>` trusting `ca`.
-async fn wss_client(port: u16, path: &str, ca: &Path) -> Client2 {
-    let config = rustls::ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots(ca))
-        .with_no_client_auth();
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
-        .await
-        .unwrap();
-    tokio_tungstenite::client_async(format!("wss://localhost:{port}{path}"), tls)
-        .await
-        .unwrap()
-        .0
-}
-
-type Client2 =
-    tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
 
 #[tokio::test]
 async fn the_listener_serves_wss_and_marks_requests_as_tls() {

@@ -392,11 +392,12 @@ impl Observer {
     }
 
     /// Record `input`, read from `from`, and what its chain made of it
-    /// (masked by `[monitor] mask`), for replay and for the shadow.
+    /// (masked by `[monitor] mask`), for replay and for the shadow (which
+    /// keeps `input` itself).
     pub fn chain_ran(
         &mut self,
         from: Peer,
-        input: &WsMessage,
+        input: WsMessage,
         result: &ChainResult,
         filter_us: u64,
     ) {
@@ -413,12 +414,16 @@ impl Observer {
                 seq: self.chain_seq,
                 time_us,
                 from: from.name().to_string(),
-                input: to_payload(input, mask)?,
+                input: to_payload(&input, mask)?,
                 forward: payloads(&result.forward, mask),
                 replies: payloads(&result.replies, mask),
                 close: result.close.clone(),
                 filter_us,
             })
+        };
+        let replayed = match (&self.monitor, self.records_replay) {
+            (Some((monitor, key)), true) => record(key.clone(), monitor.mask()),
+            _ => None,
         };
         // The shadow compares what the chains really saw and made (sharing
         // their bytes); it masks what it shows.
@@ -428,7 +433,7 @@ impl Observer {
                 seq: self.chain_seq,
                 time_us,
                 from,
-                input: input.clone(),
+                input,
                 forward: result.forward.clone(),
                 replies: result.replies.clone(),
                 close: result.close.clone(),
@@ -436,10 +441,6 @@ impl Observer {
             };
             feed.send(ShadowItem::Message(run));
         }
-        let replayed = match (&self.monitor, self.records_replay) {
-            (Some((monitor, key)), true) => record(key.clone(), monitor.mask()),
-            _ => None,
-        };
         if let (Some((monitor, _)), Some(record)) = (&self.monitor, replayed) {
             monitor.record(Record::Message(Box::new(record)));
         }

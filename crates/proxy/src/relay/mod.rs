@@ -380,7 +380,7 @@ async fn on_read(
                 ..ChainResult::default()
             };
             observer.chain_ends(&result);
-            observer.chain_ran(from.peer, &message, &result, 0);
+            observer.chain_ran(from.peer, message.clone(), &result, 0);
         }
         to.send_all([message], observer).await;
         if is_close {
@@ -464,8 +464,8 @@ pub(crate) async fn run_observed_chain(
     let result = run_chain(chain, contexts, from.direction_from(), message, observer).await;
     let filter_us = spent_before.map_or(0, |before| spent_since(contexts, before));
     let verdict = observer.take_verdicts();
-    if let Some(read) = &read {
-        observer.read(from, verdict.clone(), filter_us, payload(read));
+    if let Some(read) = read {
+        observer.read(from, verdict.clone(), filter_us, payload(&read));
         if replaying {
             observer.chain_ran(from, read, &result, filter_us);
         }
