@@ -1,7 +1,8 @@
 //! Micro-benchmarks: one plugin call, taking an instance from a pool, the
 //! upgrade chain, the message pump, and a message round trip through the
 //! gateway against the same round trip straight to the echo server (the
-//! baseline measured in the same run).
+//! baseline measured in the same run), and the same through the gateway
+//! with TLS on both sides against without.
 //!
 //! `cargo bench -p wsgate-tests --bench gateway`
 
@@ -606,8 +607,9 @@ fn round_trip(c: &mut Criterion) {
 /// What TLS on both sides costs a message: a 32-byte round trip through
 /// the gateway with no filters, `ws://` on both sides (the baseline), and
 /// `wss://` on both sides (its TLS listener, and a `wss://` upstream it
-/// verifies against a CA bundle), to the same echo server with and
-/// without TLS, on the same runtime.
+/// verifies against a CA bundle), to two echo servers of one
+/// implementation (the tests crate's, not the product's), one with TLS
+/// and one without, on the same runtime.
 fn tls_round_trip(c: &mut Criterion) {
     let runtime = bench_runtime();
     let dir = tempfile::tempdir().unwrap();

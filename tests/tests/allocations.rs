@@ -184,8 +184,8 @@ async fn a_relayed_message_allocates_nothing_on_the_hot_path() {
     // take. The most: today's, and about 0.05 more, room for the buffers
     // a connection makes again when a stall of the machine makes it look
     // quiet (`relay`'s `RARELY`, 50 ms), far less than an allocation per
-    // message. The least: one, where there are some today, so that a
-    // counter counting nothing fails.
+    // message. The least: one, where there is at least one per echo
+    // today, so that a counter counting nothing fails.
     let cases = [
         // The hot path: small messages, chains that forward them unchanged.
         ("no filters, 32 B text", "/plain", &small, 0.0, 0.05),

@@ -476,10 +476,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Stream for WebSocket<S> {
                 Ok(()) => {
                     this.reads.handed.follow(buf.filled());
                     // tungstenite's buffer is this one, already of its
-                    // full size: a buffer remembers the size it was made
-                    // with, and while a message read from it is held (by
-                    // a shadow, a write queue) the next is made at that
-                    // size, not just large enough for one frame.
+                    // full size: a `BytesMut` remembers the size it was
+                    // made with (rounded down to a power of two from 1 to
+                    // 64 KiB, nothing under 1 KiB), and while a message
+                    // read from it is held (by a shadow, a write queue)
+                    // the next is made at that size, not just large
+                    // enough for one frame. tungstenite 0.30 keeps this
+                    // `Vec`'s room (`BytesMut::from_iter` reuses it).
                     let filled = buf.filled();
                     let mut part =
                         Vec::with_capacity(this.config.read_buffer_size.max(filled.len()));
