@@ -85,6 +85,11 @@ pub struct Observer {
     shadow: Option<ShadowFeed>,
     /// Messages recorded through their chains so far.
     chain_seq: u64,
+    /// The wall clock at the upgrade, in microseconds since the epoch, and
+    /// the monotonic clock then, when anything is recorded: a message's
+    /// time is the wall clock at the upgrade plus the monotonic time since,
+    /// from the read's own clock reading (no second one per message).
+    recorded_since: Option<(u64, Instant)>,
     /// The plugin verdicts on the message in the chains now.
     verdicts: RepeatedText,
     /// The note on the frames written to the client last.
@@ -123,12 +128,13 @@ impl Observer {
         let record_key = key
             .clone()
             .or_else(|| shadow.as_ref().map(|f| f.key.to_string()));
-        let upgrade = record_key.map(|key| {
+        let recorded_since = record_key.is_some().then(|| (now_us(), Instant::now()));
+        let upgrade = record_key.zip(recorded_since).map(|(key, (time_us, at))| {
             let record = UpgradeRecord {
                 connection: key,
                 id,
                 generation,
-                time_us: now_us(),
+                time_us,
                 endpoint: endpoint.to_string(),
                 client: client.to_string(),
                 method: request.method.to_string(),
@@ -142,7 +148,7 @@ impl Observer {
                 verdicts: Vec::new(),
                 level: level.as_str().to_string(),
             };
-            (Instant::now(), record)
+            (at, record)
         });
         let frames = key.as_ref().and_then(|key| {
             (level >= MonitorLevel::Metadata).then(|| {
@@ -160,6 +166,7 @@ impl Observer {
             records_replay: key.is_some() && level >= MonitorLevel::Replay,
             shadow,
             chain_seq: 0,
+            recorded_since,
             traffic: counters.endpoint_traffic(endpoint),
             counters,
             endpoint: endpoint.to_string(),
@@ -385,29 +392,40 @@ impl Observer {
         }
     }
 
+    /// Whether a message's time in its chain is recorded (its frames are
+    /// described, or messages are recorded through their chains): then
+    /// every plugin call on the connection is timed.
+    pub fn records_chain_time(&self) -> bool {
+        self.describes_verdicts() || self.records_chains()
+    }
+
     /// Whether messages are recorded through their chains (level
     /// `replay`, or a shadow generation follows the connection).
     pub fn records_chains(&self) -> bool {
         self.records_replay || self.shadow.is_some()
     }
 
-    /// Record `input`, read from `from`, and what its chain made of it
-    /// (masked by `[monitor] mask`), for replay and for the shadow (which
-    /// keeps `input` itself).
+    /// Record `input`, read from `from` at `read_at`, and what its chain
+    /// made of it (masked by `[monitor] mask`), for replay and for the
+    /// shadow (which keeps `input` itself).
     pub fn chain_ran(
         &mut self,
         from: Peer,
+        read_at: Instant,
         input: WsMessage,
         result: &ChainResult,
         filter_us: u64,
     ) {
-        if !self.records_chains() {
+        let Some((since_us, since)) = self.recorded_since.filter(|_| self.records_chains()) else {
             return;
-        }
+        };
         self.chain_seq += 1;
-        // When it was read: before its chain's calls (the host's work
-        // between them, under a microsecond, is not taken off).
-        let time_us = now_us().saturating_sub(filter_us);
+        // The monotonic clock's time since the upgrade, on the wall clock
+        // as it read then: a wall-clock step during the connection does not
+        // show in its messages' times.
+        let elapsed_us = u64::try_from(read_at.saturating_duration_since(since).as_micros())
+            .unwrap_or(u64::MAX);
+        let time_us = since_us.saturating_add(elapsed_us);
         let record = |connection: String, mask: &Mask| {
             Some(MessageRecord {
                 connection,

@@ -290,7 +290,9 @@ impl Replayer {
             client_addr: upgrade.client.clone(),
             tls: false,
         };
-        let (info, mut contexts) = plugin_contexts(&endpoint, id, &view);
+        // Every call is timed: the report and the shadow's examples give
+        // the candidate's time.
+        let (info, mut contexts) = plugin_contexts(&endpoint, id, &view, true);
         // Plugins reading the clock see the recorded time.
         set_clock(&info, upgrade.time_us);
         match run_upgrade_chain(&endpoint, &view, &mut contexts, &mut observer).await {

@@ -49,19 +49,25 @@ pub struct CallContext {
     pub connection: Arc<ConnectionInfo>,
     /// This plugin's state on this connection.
     pub state: PluginState,
-    /// What this plugin's calls on this connection have taken, in all
-    /// (timed by the pool, which times every call anyway: the chain's
+    /// What this plugin's calls on this connection have taken, in all,
+    /// when they are `timed` (the pool's own clock readings: the chain's
     /// time in plugins costs no clock read of its own).
     pub spent: Duration,
+    /// Every call is timed, because the connection's chain time is recorded
+    /// (the monitor's time in filters, replay, a shadow); otherwise the
+    /// pool times a sample of calls (see `PluginPool::on_message`).
+    pub timed: bool,
 }
 
 impl CallContext {
-    /// A context for `connection` with empty state.
+    /// A context for `connection` with empty state, its calls timed by
+    /// sample.
     pub fn new(connection: Arc<ConnectionInfo>) -> Self {
         Self {
             connection,
             state: PluginState::default(),
             spent: Duration::ZERO,
+            timed: false,
         }
     }
 }

@@ -15,7 +15,13 @@
 //! thread; one more is shed (refused at once, never queued).
 //!
 //! Fast plugins never leave the inline path: deciding costs one relaxed
-//! load per call.
+//! load per call. While a plugin's average stays under a quarter of its
+//! `offload-above`, the pool times one call in
+//! [`TIME_ONE_CALL_IN`](crate::pool::TIME_ONE_CALL_IN) on each thread
+//! (unless the connection's chain time is recorded); one slow call seen
+//! lifts the average past that quarter, and from then on every call is
+//! timed. A plugin that turns slow is therefore seen within that many
+//! calls, each still bounded by its deadline.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -138,6 +144,12 @@ impl Offload {
     /// Whether calls should leave the I/O workers now.
     pub(crate) fn is_slow(&self) -> bool {
         self.deciding_ns.load(Ordering::Relaxed) > self.above_ns
+    }
+
+    /// Whether recent calls took more than a quarter of `offload-above`:
+    /// then every call is timed, so the decision sees each one.
+    pub(crate) fn is_near_slow(&self) -> bool {
+        self.deciding_ns.load(Ordering::Relaxed) > self.above_ns / 4
     }
 
     /// Reserve a place for one offloaded call, or say why there is none.

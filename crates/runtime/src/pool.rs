@@ -77,6 +77,13 @@ pub struct PluginFault {
     pub message: String,
 }
 
+/// On a connection whose chain time is not recorded, a plugin's calls are
+/// timed (for the latency histogram and the offload decision) one in this
+/// many per worker thread, and every call while its recent calls come near
+/// its `offload-above`: two clock readings per call are a fifth of a small
+/// call's cost.
+pub const TIME_ONE_CALL_IN: u64 = 16;
+
 /// Upper bounds of the call-latency histogram's buckets, in microseconds.
 pub const LATENCY_BUCKETS_US: [u64; 12] =
     [1, 2, 5, 10, 25, 50, 100, 250, 1000, 5000, 25_000, 100_000];
@@ -100,8 +107,11 @@ pub struct LatencyHistogram {
 }
 
 impl LatencyHistogram {
-    fn call(&self) {
-        self.counts.own().calls.fetch_add(1, Ordering::Relaxed);
+    /// Count a call: whether it is one the pool times by sample (the first
+    /// of each [`TIME_ONE_CALL_IN`] on this thread).
+    fn call(&self) -> bool {
+        let before = self.counts.own().calls.fetch_add(1, Ordering::Relaxed);
+        before.is_multiple_of(TIME_ONE_CALL_IN)
     }
 
     fn observe(&self, elapsed: Duration) {
@@ -382,6 +392,7 @@ impl PluginPool {
             connection: context.connection.clone(),
             state: std::mem::take(&mut context.state),
             spent: Duration::ZERO,
+            timed: context.timed,
         };
         let done = self
             .plugin
@@ -441,13 +452,20 @@ impl PluginPool {
 
     /// Take an instance, run `f` with `context` installed, and give the
     /// instance back, or discard it if the call failed.
+    /// Calls are timed when `context` asks for it, by sample, or while the
+    /// plugin's recent calls come near its `offload-above` (see
+    /// [`TIME_ONE_CALL_IN`]).
     fn call<R>(
         &self,
         context: &mut CallContext,
         f: impl FnOnce(&mut PluginInstance) -> wasmtime::Result<R>,
     ) -> Result<R, PluginFault> {
+        let sampled = self.stats.latency.call();
+        if !(context.timed || sampled || self.plugin.offload.is_near_slow()) {
+            return self.call_in_instance(context, f);
+        }
         let started = Instant::now();
-        let result = self.call_timed(context, f);
+        let result = self.call_in_instance(context, f);
         let elapsed = started.elapsed();
         context.spent += elapsed;
         self.stats.latency.observe(elapsed);
@@ -455,12 +473,11 @@ impl PluginPool {
         result
     }
 
-    fn call_timed<R>(
+    fn call_in_instance<R>(
         &self,
         context: &mut CallContext,
         f: impl FnOnce(&mut PluginInstance) -> wasmtime::Result<R>,
     ) -> Result<R, PluginFault> {
-        self.stats.latency.call();
         let mut instance = match self.take() {
             Ok(instance) => instance,
             Err(error) => {
@@ -477,6 +494,7 @@ impl PluginPool {
             connection: context.connection.clone(),
             state: std::mem::take(&mut context.state),
             spent: Duration::ZERO,
+            timed: false,
         });
         data.limits.memory_refused = false;
         data.budget_exceeded = false;
@@ -703,12 +721,47 @@ pub(crate) mod tests {
         assert_eq!(pool.stats().trap_faults.load(Ordering::Relaxed), 2);
     }
 
+    /// Calls in a context that does not ask for every call to be timed are
+    /// timed one in [`TIME_ONE_CALL_IN`] (the first included); in one that
+    /// asks, each; all are counted.
+    #[test]
+    fn calls_are_timed_by_sample_unless_their_context_asks() {
+        let pool = faults_pool("offload-above = \"1s\"");
+        let timed_calls = |pool: &PluginPool| pool.stats().latency.buckets().iter().sum::<u64>();
+        let call = |context: &mut CallContext| {
+            pool.on_message(
+                context,
+                types::Direction::ClientToServer,
+                MessageParam::Text("hello"),
+            )
+            .unwrap();
+        };
+        let calls = 2 * TIME_ONE_CALL_IN;
+        let mut sampled = CallContext::default();
+        for _ in 0..calls {
+            call(&mut sampled);
+        }
+        let mut every = CallContext {
+            timed: true,
+            ..CallContext::default()
+        };
+        for _ in 0..calls {
+            call(&mut every);
+        }
+        assert_eq!(pool.stats().calls(), 2 * calls);
+        assert_eq!(timed_calls(&pool), 2 + calls);
+        assert!(every.spent > Duration::ZERO);
+    }
+
     /// Each call adds what it took to its context, a call that faults too:
     /// the chain's time in plugins is their sum.
     #[test]
     fn each_call_adds_its_time_to_its_context() {
         let pool = faults_pool("");
-        let mut context = CallContext::default();
+        let mut context = CallContext {
+            timed: true,
+            ..CallContext::default()
+        };
         let mut spent = Vec::new();
         for command in ["hello", "trap", "hello"] {
             let _ = pool.on_message(

@@ -307,7 +307,9 @@ async fn pump(
     from: &mut Side,
     to: &mut Side,
 ) {
-    on_read(endpoint, session, read, from, to).await;
+    // One clock reading per wake-up: when its messages were read.
+    let read_at = std::time::Instant::now();
+    on_read(endpoint, session, read_at, read, from, to).await;
     for _ in 1..BATCH {
         if !from.readable || !from.stream.probably_more() {
             break;
@@ -316,20 +318,21 @@ async fn pump(
         let Poll::Ready(read) = ready else {
             break;
         };
-        on_read(endpoint, session, read, from, to).await;
+        on_read(endpoint, session, read_at, read, from, to).await;
     }
     to.flush().await;
     from.flush().await;
-    if from.note_read() && to.reads_rarely() {
+    if from.note_read(read_at) && to.reads_rarely() {
         wsgate_wire::shed(&mut from.stream);
         wsgate_wire::shed(&mut to.stream);
     }
 }
 
-/// Handle one read from `from`; `to` is the other side.
+/// Handle one read from `from` at `read_at`; `to` is the other side.
 async fn on_read(
     endpoint: &LiveEndpoint,
     session: &mut Session,
+    read_at: std::time::Instant,
     read: Option<Result<WsMessage, WsError>>,
     from: &mut Side,
     to: &mut Side,
@@ -380,7 +383,7 @@ async fn on_read(
                 ..ChainResult::default()
             };
             observer.chain_ends(&result);
-            observer.chain_ran(from.peer, message.clone(), &result, 0);
+            observer.chain_ran(from.peer, read_at, message.clone(), &result, 0);
         }
         to.send_all([message], observer).await;
         if is_close {
@@ -388,8 +391,15 @@ async fn on_read(
         }
         return;
     }
-    let (mut result, verdict, filter_us) =
-        run_observed_chain(chain, &mut session.contexts, from.peer, message, observer).await;
+    let (mut result, verdict, filter_us) = run_observed_chain(
+        chain,
+        &mut session.contexts,
+        from.peer,
+        read_at,
+        message,
+        observer,
+    )
+    .await;
     // Notes for the monitor's record of what is written, made only for
     // the writes that happen (and only when frames are recorded).
     let note = |what: &'static str| verdict.as_ref().map(|v| (what, v, filter_us));
@@ -442,32 +452,33 @@ async fn on_read(
     }
 }
 
-/// Run `message`, read from `from`, through its (non-empty) `chain` and
-/// tell `observer` what it needs: the message as read with its verdicts
-/// (when frames are described), and what the chain made of it (when chains
-/// are recorded, for replay and the shadow). What the chain made of it, the
-/// verdicts' text, and the microseconds its plugins' calls took (0 when
-/// not timed).
+/// Run `message`, read from `from` at `read_at`, through its (non-empty)
+/// `chain` and tell `observer` what it needs: the message as read with its
+/// verdicts (when frames are described), and what the chain made of it
+/// (when chains are recorded, for replay and the shadow). What the chain
+/// made of it, the verdicts' text, and the microseconds its plugins' calls
+/// took (0 when not timed).
 pub(crate) async fn run_observed_chain(
     chain: &[ChainStep],
     contexts: &mut [CallContext],
     from: Peer,
+    read_at: std::time::Instant,
     message: WsMessage,
     observer: &mut Observer,
 ) -> (ChainResult, Option<Arc<str>>, u64) {
-    let describe = observer.describes_verdicts();
     let replaying = observer.records_chains();
-    let spent_before = (describe || replaying).then(|| spent(contexts));
+    let recorded = observer.records_chain_time();
+    let spent_before = recorded.then(|| spent(contexts));
     // The monitor records the message as read, after the chain has had it
     // (a clone shares the payload).
-    let read = (describe || replaying).then(|| message.clone());
+    let read = recorded.then(|| message.clone());
     let result = run_chain(chain, contexts, from.direction_from(), message, observer).await;
     let filter_us = spent_before.map_or(0, |before| spent_since(contexts, before));
     let verdict = observer.take_verdicts();
     if let Some(read) = read {
         observer.read(from, verdict.clone(), filter_us, payload(&read));
         if replaying {
-            observer.chain_ran(from, read, &result, filter_us);
+            observer.chain_ran(from, read_at, read, &result, filter_us);
         }
     }
     (result, verdict, filter_us)

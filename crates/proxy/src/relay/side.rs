@@ -131,13 +131,13 @@ impl Side {
         }
     }
 
-    /// Note that this side's messages were read now: whether they came at
-    /// least [`RARELY`] after its previous ones (or are its first). Keeping
-    /// tungstenite's buffers between messages for a connection whose sides
-    /// both read rarely costs memory for nothing; making them again per
-    /// message costs a few allocations, worth it only when messages are rare.
-    pub fn note_read(&mut self) -> bool {
-        let now = Instant::now();
+    /// Note that this side's messages were read at `now`: whether they came
+    /// at least [`RARELY`] after its previous ones (or are its first).
+    /// Keeping tungstenite's buffers between messages for a connection
+    /// whose sides both read rarely costs memory for nothing; making them
+    /// again per message costs a few allocations, worth it only when
+    /// messages are rare.
+    pub fn note_read(&mut self, now: Instant) -> bool {
         self.reads_rarely = self
             .last_read
             .is_none_or(|at| now.duration_since(at) >= RARELY);

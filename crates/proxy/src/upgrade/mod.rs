@@ -194,7 +194,7 @@ impl Connection {
         request::check_origin(&self.endpoint, request)?;
         let mut place = self.admit()?;
         let view = request::plugin_view(request, self.id, self.client);
-        let (info, mut contexts) = self.plugin_contexts(&view);
+        let (info, mut contexts) = self.plugin_contexts(&view, observer.records_chain_time());
         let (route, header_ops) =
             chain::run_upgrade_chain(&self.endpoint, &view, &mut contexts, observer).await?;
         observer.routed(&route.url);
@@ -216,12 +216,14 @@ impl Connection {
         })
     }
 
-    /// The connection's facts as plugins see them, and its call contexts.
+    /// The connection's facts as plugins see them, and its call contexts
+    /// (every call `timed` or a sample).
     fn plugin_contexts(
         &self,
         view: &wsgate_runtime::UpgradeRequest,
+        timed: bool,
     ) -> (Arc<ConnectionInfo>, Vec<CallContext>) {
-        plugin_contexts(&self.endpoint, self.id, view)
+        plugin_contexts(&self.endpoint, self.id, view, timed)
     }
 
     /// Take the connection's place under the gateway, endpoint and client limits.
@@ -347,11 +349,13 @@ impl Connection {
 
 /// Connection `id`'s facts as plugins see them, from its upgrade request
 /// `view`, and one call context (with its own state) per distinct plugin
-/// on `endpoint`.
+/// on `endpoint`, with every call `timed` (when its chain time is
+/// recorded) or a sample.
 pub(crate) fn plugin_contexts(
     endpoint: &LiveEndpoint,
     id: u64,
     view: &wsgate_runtime::UpgradeRequest,
+    timed: bool,
 ) -> (Arc<ConnectionInfo>, Vec<CallContext>) {
     let info = Arc::new(ConnectionInfo {
         id,
@@ -362,7 +366,10 @@ pub(crate) fn plugin_contexts(
         ..ConnectionInfo::default()
     });
     let contexts = (0..endpoint.slots)
-        .map(|_| CallContext::new(info.clone()))
+        .map(|_| CallContext {
+            timed,
+            ..CallContext::new(info.clone())
+        })
         .collect();
     (info, contexts)
 }
