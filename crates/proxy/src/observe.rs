@@ -423,8 +423,8 @@ impl Observer {
         // The monotonic clock's time since the upgrade, on the wall clock
         // as it read then: a wall-clock step during the connection does not
         // show in its messages' times.
-        let elapsed_us = u64::try_from(read_at.saturating_duration_since(since).as_micros())
-            .unwrap_or(u64::MAX);
+        let elapsed_us =
+            u64::try_from(read_at.saturating_duration_since(since).as_micros()).unwrap_or(u64::MAX);
         let time_us = since_us.saturating_add(elapsed_us);
         let record = |connection: String, mask: &Mask| {
             Some(MessageRecord {
