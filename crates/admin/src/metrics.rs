@@ -252,7 +252,7 @@ pub(crate) fn render(gateway: &Gateway, admin: &Load) -> String {
         &mut out,
         "wsgate_plugin_call_duration_seconds",
         "histogram",
-        "Plugin call latency, taking an instance included (current generation; every call of a connection whose chain time is recorded, else one call in 16 per worker thread).",
+        "Plugin call latency, taking an instance included (current generation; a random sample of about one call in 16).",
     );
     for (plugin, pool, stats) in &pools {
         let buckets = stats.latency.buckets();

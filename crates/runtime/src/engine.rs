@@ -1,6 +1,7 @@
 //! The engine's configuration and the epoch ticker that drives call deadlines.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use wasmtime::{Config as EngineConfig, Engine};
@@ -49,6 +50,16 @@ impl Runtime {
     }
 }
 
+/// Epoch ticks so far, of every engine in the process: a call that sees
+/// this change ran across a tick, so it may have been slow (the pool then
+/// times the plugin's next call; see `pool::TIME_ONE_CALL_IN`).
+static TICKS: AtomicU64 = AtomicU64::new(0);
+
+/// Epoch ticks so far (see [`TICKS`]).
+pub(crate) fn ticks() -> u64 {
+    TICKS.load(Ordering::Relaxed)
+}
+
 /// Advance the engine's epoch every [`EPOCH_TICK`] until the engine is dropped.
 fn spawn_epoch_ticker(engine: &Engine) -> Result<(), RuntimeError> {
     let weak = engine.weak();
@@ -57,6 +68,7 @@ fn spawn_epoch_ticker(engine: &Engine) -> Result<(), RuntimeError> {
         .spawn(move || {
             while let Some(engine) = weak.upgrade() {
                 engine.increment_epoch();
+                TICKS.fetch_add(1, Ordering::Relaxed);
                 drop(engine);
                 std::thread::sleep(EPOCH_TICK);
             }

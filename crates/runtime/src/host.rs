@@ -55,7 +55,8 @@ pub struct CallContext {
     pub spent: Duration,
     /// Every call is timed, because the connection's chain time is recorded
     /// (the monitor's time in filters, replay, a shadow); otherwise the
-    /// pool times a sample of calls (see `PluginPool::on_message`).
+    /// pool times only some calls (see `pool::TIME_ONE_CALL_IN`), and
+    /// `spent` is a partial sum.
     pub timed: bool,
 }
 

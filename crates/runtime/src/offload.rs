@@ -16,15 +16,19 @@
 //!
 //! Fast plugins never leave the inline path: deciding costs one relaxed
 //! load per call. While a plugin's average stays under a quarter of its
-//! `offload-above`, the pool times one call in
-//! [`TIME_ONE_CALL_IN`](crate::pool::TIME_ONE_CALL_IN) on each thread
-//! (unless the connection's chain time is recorded); one slow call seen
-//! lifts the average past that quarter, and from then on every call is
-//! timed. A plugin that turns slow is therefore seen within that many
-//! calls, each still bounded by its deadline.
+//! `offload-above`, the pool times about one call in
+//! [`TIME_ONE_CALL_IN`](crate::pool::TIME_ONE_CALL_IN), drawn at random
+//! (unless the connection's chain time is recorded), and the call after
+//! an untimed one that ran across an epoch tick (every 5 ms: a call of
+//! 20 ms always does, one of 1 ms one time in five). A timed call of more
+//! than twice `offload-above` lifts the average past that quarter (a
+//! slower one of under twice takes two), and from then on every call is
+//! timed. A plugin slow from its first call is therefore seen by its
+//! second or third; one of about `offload-above` within the calls it
+//! takes to cross a tick or be sampled, each bounded by its deadline.
 
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -39,9 +43,11 @@ pub const OFFLOAD_NICE: i32 = 10;
 const EWMA_SHIFT: u32 = 3;
 
 /// The most one call counts for in the average that decides, in multiples
-/// of `offload-above`: from rest, three slow calls in a row move a plugin
-/// (0.5, 0.94, 1.32 times `offload-above`), and so does one slow call in
-/// three for as long as it lasts (1.5 times); one in ten does not (0.68).
+/// of `offload-above`: from rest, three slow timed calls in a row move a
+/// plugin (0.5, 0.94, 1.32 times `offload-above`), and so does one slow
+/// call in three for as long as it lasts (1.5 times); one in ten does not
+/// (0.68). Calls are timed by sample until the first slow one is seen
+/// (the module's note).
 pub const SAMPLE_CAP: u64 = 4;
 
 /// How a plugin's calls leave the I/O workers, as configured.
@@ -70,6 +76,8 @@ pub(crate) struct Offload {
     deciding_ns: AtomicU64,
     /// [`SAMPLE_CAP`] times `above_ns`.
     cap_ns: u64,
+    /// An untimed call ran across an epoch tick: time the next one.
+    suspected: AtomicBool,
     /// Offloaded calls queued or running.
     pending: Arc<AtomicUsize>,
     /// The threads' queue, made with the threads on the first offloaded call.
@@ -120,6 +128,7 @@ impl Offload {
             recent_ns: AtomicU64::new(0),
             deciding_ns: AtomicU64::new(0),
             cap_ns: above_ns.saturating_mul(SAMPLE_CAP),
+            suspected: AtomicBool::new(false),
             pending: Arc::default(),
             queue: OnceLock::new(),
         }
@@ -146,10 +155,20 @@ impl Offload {
         self.deciding_ns.load(Ordering::Relaxed) > self.above_ns
     }
 
-    /// Whether recent calls took more than a quarter of `offload-above`:
-    /// then every call is timed, so the decision sees each one.
-    pub(crate) fn is_near_slow(&self) -> bool {
+    /// Whether the next call is timed whatever the sample: recent calls
+    /// took more than a quarter of `offload-above` (then every call is, so
+    /// the decision sees each one), or an untimed call ran across an epoch
+    /// tick ([`Self::suspect`]; this call takes that).
+    pub(crate) fn wants_every_call_timed(&self) -> bool {
         self.deciding_ns.load(Ordering::Relaxed) > self.above_ns / 4
+            || (self.suspected.load(Ordering::Relaxed)
+                && self.suspected.swap(false, Ordering::Relaxed))
+    }
+
+    /// An untimed call ran across an epoch tick: it may have been slow, so
+    /// the next call is timed.
+    pub(crate) fn suspect(&self) {
+        self.suspected.store(true, Ordering::Relaxed);
     }
 
     /// Reserve a place for one offloaded call, or say why there is none.

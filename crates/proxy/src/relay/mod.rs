@@ -307,7 +307,10 @@ async fn pump(
     from: &mut Side,
     to: &mut Side,
 ) {
-    // One clock reading per wake-up: when its messages were read.
+    // One clock reading per wake-up: when its messages were read. A
+    // connection whose messages are recorded with their times reads the
+    // clock again for each further message of a burst (the ones before
+    // may have waited on a write or an offloaded call).
     let read_at = std::time::Instant::now();
     on_read(endpoint, session, read_at, read, from, to).await;
     for _ in 1..BATCH {
@@ -317,6 +320,11 @@ async fn pump(
         let ready = std::future::poll_fn(|cx| Poll::Ready(from.stream.poll_next_unpin(cx))).await;
         let Poll::Ready(read) = ready else {
             break;
+        };
+        let read_at = if session.observer.records_chains() {
+            std::time::Instant::now()
+        } else {
+            read_at
         };
         on_read(endpoint, session, read_at, read, from, to).await;
     }

@@ -131,17 +131,17 @@ impl Side {
         }
     }
 
-    /// Note that this side's messages were read at `now`: whether they came
-    /// at least [`RARELY`] after its previous ones (or are its first).
+    /// Note that this side's messages were read at `read_at`: whether they
+    /// came at least [`RARELY`] after its previous ones (or are its first).
     /// Keeping tungstenite's buffers between messages for a connection
     /// whose sides both read rarely costs memory for nothing; making them
     /// again per message costs a few allocations, worth it only when
     /// messages are rare.
-    pub fn note_read(&mut self, now: Instant) -> bool {
+    pub fn note_read(&mut self, read_at: Instant) -> bool {
         self.reads_rarely = self
             .last_read
-            .is_none_or(|at| now.duration_since(at) >= RARELY);
-        self.last_read = Some(now);
+            .is_none_or(|at| read_at.duration_since(at) >= RARELY);
+        self.last_read = Some(read_at);
         self.reads_rarely
     }
 
