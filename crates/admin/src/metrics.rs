@@ -252,7 +252,7 @@ pub(crate) fn render(gateway: &Gateway, admin: &Load) -> String {
         &mut out,
         "wsgate_plugin_call_duration_seconds",
         "histogram",
-        "Plugin call latency, taking an instance included (current generation; a random sample of about one call in 16).",
+        "Plugin call latency, taking an instance included (current generation; a random sample of about one call in 16, and every call of connections whose chain time is recorded).",
     );
     for (plugin, pool, stats) in &pools {
         let buckets = stats.latency.buckets();
