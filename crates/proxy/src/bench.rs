@@ -98,9 +98,12 @@ pub async fn time_shadowed_runs(
     let mut shadow = Followers::new(&candidate, &stats, &mask);
     let record = upgrade("c1", path);
     shadow
-        .replay(ShadowItem::Open(Box::new(record.clone())), Instant::now())
+        .replay(
+            ShadowItem::Open(1, Box::new(record.clone())),
+            Instant::now(),
+        )
         .await;
-    let feed = ShadowFeed::new(Arc::from("c1"), sender, stats.clone());
+    let feed = ShadowFeed::new(1, sender, stats.clone());
     let (_, session) = serving.open_fed(1, &record, Some(feed)).await;
     let mut session = session?;
     let endpoint = session.endpoint.clone();

@@ -34,7 +34,7 @@ use crate::counters::{
 };
 use crate::peer::Peer;
 use crate::relay::ChainResult;
-use crate::shadow::{ChainRun, ShadowFeed, ShadowItem};
+use crate::shadow::{ChainRun, Made, ShadowFeed, ShadowItem};
 
 /// Who started closing a connection, as the monitor records it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,7 +127,7 @@ impl Observer {
         let key = (level > MonitorLevel::Off).then(|| monitor.key(id));
         let record_key = key
             .clone()
-            .or_else(|| shadow.as_ref().map(|f| f.key.to_string()));
+            .or_else(|| shadow.as_ref().map(|f| format!("c{}", f.id)));
         let recorded_since = record_key.is_some().then(|| (now_us(), Instant::now()));
         let upgrade = record_key.zip(recorded_since).map(|(key, (time_us, at))| {
             let record = UpgradeRecord {
@@ -249,11 +249,7 @@ impl Observer {
             // Nothing for the shadow to follow.
             self.shadow = None;
         } else if let Some(feed) = &mut self.shadow {
-            let upgrade = UpgradeRecord {
-                connection: feed.key.to_string(),
-                ..record.clone()
-            };
-            feed.send(ShadowItem::Open(Box::new(upgrade)));
+            feed.send(ShadowItem::Open(feed.id, Box::new(record.clone())));
         }
         if let Some((monitor, _)) = &self.monitor {
             monitor.record(Record::Upgrade(Box::new(record)));
@@ -392,11 +388,19 @@ impl Observer {
         }
     }
 
-    /// Whether a message's time in its chain is recorded (its frames are
-    /// described, or messages are recorded through their chains): then
-    /// every plugin call on the connection is timed.
+    /// Whether every message's time in its chain is recorded (its frames
+    /// are described, or messages are recorded for replay): then every
+    /// plugin call on the connection is timed.
     pub fn records_chain_time(&self) -> bool {
-        self.describes_verdicts() || self.records_chains()
+        self.describes_verdicts() || self.records_replay
+    }
+
+    /// Whether messages' time in their chains is recorded for a sample
+    /// of them (one in [`wsgate_runtime::TIME_ONE_CALL_IN`], drawn per
+    /// message): on a connection only a shadow follows, whose examples
+    /// show both chains' times where they were measured.
+    pub fn samples_chain_time(&self) -> bool {
+        self.shadow.is_some() && !self.records_chain_time()
     }
 
     /// Whether messages are recorded through their chains (level
@@ -414,7 +418,7 @@ impl Observer {
         read_at: Instant,
         input: WsMessage,
         result: &ChainResult,
-        filter_us: u64,
+        filter_us: Option<u64>,
     ) {
         let Some((since_us, since)) = self.recorded_since.filter(|_| self.records_chains()) else {
             return;
@@ -436,7 +440,8 @@ impl Observer {
                 forward: payloads(&result.forward, mask),
                 replies: payloads(&result.replies, mask),
                 close: result.close.clone(),
-                filter_us,
+                // Recorded for replay: every message's chain is timed.
+                filter_us: filter_us.unwrap_or_default(),
             })
         };
         let replayed = match (&self.monitor, self.records_replay) {
@@ -447,14 +452,12 @@ impl Observer {
         // their bytes); it masks what it shows.
         if let Some(feed) = &mut self.shadow {
             let run = ChainRun {
-                connection: feed.key.clone(),
+                connection: feed.id,
                 seq: self.chain_seq,
                 time_us,
                 from,
+                made: Made::of(&input, result),
                 input,
-                forward: result.forward.clone(),
-                replies: result.replies.clone(),
-                close: result.close.clone(),
                 filter_us,
             };
             feed.send(ShadowItem::Message(run));

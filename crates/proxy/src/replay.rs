@@ -130,10 +130,14 @@ pub struct ReplayedMessage {
     /// How they compare.
     pub difference: Difference,
     /// Time in the recorded chain's plugin calls, microseconds (in
-    /// recordings made before 2026-12-03, the chain's wall time).
-    pub recorded_us: u64,
-    /// Time in the candidate's chain's plugin calls, microseconds.
-    pub candidate_us: u64,
+    /// recordings made before 2026-12-03, the chain's wall time); a
+    /// shadow's example has it only for the messages it timed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recorded_us: Option<u64>,
+    /// Time in the candidate's chain's plugin calls, microseconds (when
+    /// the recorded one is known).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub candidate_us: Option<u64>,
 }
 
 /// One recorded connection, replayed.
@@ -341,7 +345,7 @@ impl ReplaySession {
         } else {
             Peer::Client
         };
-        let (result, candidate_us) = self.run(from, record.time_us, input).await;
+        let (result, candidate_us) = self.run(from, record.time_us, input, true).await;
         let recorded = Output::of_record(record);
         let candidate = Output::of_result(&result, &self.mask);
         Some(ReplayedMessage {
@@ -351,7 +355,7 @@ impl ReplaySession {
             difference: Difference::of(&recorded, &candidate),
             recorded,
             candidate,
-            recorded_us: record.filter_us,
+            recorded_us: Some(record.filter_us),
             candidate_us,
         })
     }
@@ -359,18 +363,22 @@ impl ReplaySession {
     /// Run `input`, read from `from` at `time_us` (microseconds since the
     /// epoch, what `clocks.now-ms` answers), through the candidate's chain
     /// for its direction: what it made of it, and the microseconds its
-    /// plugins' calls took.
+    /// plugins' calls took when `timed`.
     pub(crate) async fn run(
         &mut self,
         from: Peer,
         time_us: u64,
         input: WsMessage,
-    ) -> (ChainResult, u64) {
+        timed: bool,
+    ) -> (ChainResult, Option<u64>) {
         let chain = match from {
             Peer::Client => &self.endpoint.client_messages,
             Peer::Upstream => &self.endpoint.upstream_messages,
         };
         set_clock(&self.info, time_us);
+        for context in &mut self.contexts {
+            context.timed = timed;
+        }
         let before = spent(&self.contexts);
         let result = if chain.is_empty() {
             ChainResult {
@@ -387,7 +395,7 @@ impl ReplaySession {
             )
             .await
         };
-        (result, spent_since(&self.contexts, before))
+        (result, timed.then(|| spent_since(&self.contexts, before)))
     }
 
     /// The connection ended: its places and holds are given back.

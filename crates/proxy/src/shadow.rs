@@ -24,7 +24,7 @@ use wsgate_monitor::mask::Mask;
 use crate::convert::{payloads, to_payload};
 use crate::generation::Generation;
 use crate::peer::Peer;
-use crate::relay::{ChainResult, Messages};
+use crate::relay::ChainResult;
 use crate::replay::{Difference, Output, ReplaySession, ReplayedMessage, Replayer, Shape};
 
 /// Items waiting for the shadow's thread; more are dropped (counted).
@@ -35,29 +35,27 @@ const MAX_SESSIONS: usize = 10_000;
 const EXAMPLES: usize = 20;
 
 /// What a sampled connection feeds its shadow (each names the connection
-/// by its key).
-#[allow(
-    clippy::large_enum_variant,
-    reason = "a message goes into the queue's slot by value: no allocation on the serving \
-              path, no free on the shadow's thread (the queue's 16,384 slots, about 230 bytes \
-              each, are allocated once per shadow)"
-)]
+/// by its id). A message goes into the queue's slot by value: no
+/// allocation on the serving path for a message sent on as read, no free
+/// on the shadow's thread (the queue's 16,384 slots are allocated once per
+/// shadow).
 pub(crate) enum ShadowItem {
-    /// The connection was upgraded: its request as the upgrade chain saw
-    /// it (`connection` is the key).
-    Open(Box<UpgradeRecord>),
+    /// Connection `id` was upgraded: its request as the upgrade chain saw
+    /// it.
+    Open(u64, Box<UpgradeRecord>),
     /// One message through the serving chain, as it was.
     Message(ChainRun),
     /// The connection ended.
-    End(String),
+    End(u64),
 }
 
 /// One message through the serving chain: what entered it and what left
 /// it, sharing the messages' bytes (nothing is copied or encoded on the
 /// serving path; only the shadow's examples are converted, and masked).
 pub(crate) struct ChainRun {
-    /// The connection's key in the shadow.
-    pub connection: Arc<str>,
+    /// The connection's id (a number, not its key: nothing to share
+    /// between the serving thread and the shadow's).
+    pub connection: u64,
     /// Its position among the connection's messages through chains, from 1.
     pub seq: u64,
     /// When it was read, microseconds since the epoch.
@@ -66,20 +64,84 @@ pub(crate) struct ChainRun {
     pub from: Peer,
     /// The message as read.
     pub input: WsMessage,
+    /// What the serving chain made of it.
+    pub made: Made,
+    /// Time in the serving chain's plugin calls, microseconds, when it was
+    /// timed (every message's when the connection is recorded for replay or
+    /// its frames are described, else one in
+    /// [`wsgate_runtime::TIME_ONE_CALL_IN`]); the candidate's is timed for
+    /// the same messages.
+    pub filter_us: Option<u64>,
+}
+
+impl ChainRun {
     /// What the serving chain sent on.
-    pub forward: Messages<WsMessage>,
+    fn forward(&self) -> &[WsMessage] {
+        match &self.made {
+            Made::AsRead => std::slice::from_ref(&self.input),
+            Made::Other(result) => &result.forward,
+        }
+    }
+
     /// What it sent back.
-    pub replies: Vec<WsMessage>,
+    fn replies(&self) -> &[WsMessage] {
+        match &self.made {
+            Made::AsRead => &[],
+            Made::Other(result) => &result.replies,
+        }
+    }
+
     /// The close it ended the connection with.
-    pub close: Option<(u16, String)>,
-    /// Time in the serving chain's plugin calls, microseconds.
-    pub filter_us: u64,
+    fn close(&self) -> Option<&(u16, String)> {
+        match &self.made {
+            Made::AsRead => None,
+            Made::Other(result) => result.close.as_ref(),
+        }
+    }
+}
+
+/// What the serving chain made of a message, as the shadow keeps it.
+pub(crate) enum Made {
+    /// It sent the message on as read, and nothing else: the common case,
+    /// fed without copying the result (half the item to move through the
+    /// queue, no second hold on the bytes).
+    AsRead,
+    /// Anything else, as the chain made it.
+    Other(Box<ChainResult>),
+}
+
+impl Made {
+    /// What the chain that read `input` made of it (`result`).
+    pub(crate) fn of(input: &WsMessage, result: &ChainResult) -> Self {
+        let as_read = result.replies.is_empty()
+            && result.close.is_none()
+            && matches!(result.forward.as_slice(), [only] if same_bytes(only, input));
+        if as_read {
+            Self::AsRead
+        } else {
+            Self::Other(Box::new(result.clone()))
+        }
+    }
+}
+
+/// Whether `a` and `b` are the same data message, sharing their bytes (a
+/// message a chain sent on as it read it).
+fn same_bytes(a: &WsMessage, b: &WsMessage) -> bool {
+    match (a, b) {
+        (WsMessage::Text(a), WsMessage::Text(b)) => {
+            a.as_str().as_ptr() == b.as_str().as_ptr() && a.len() == b.len()
+        }
+        (WsMessage::Binary(a), WsMessage::Binary(b)) => {
+            a.as_ptr() == b.as_ptr() && a.len() == b.len()
+        }
+        _ => false,
+    }
 }
 
 /// A sampled connection's end of the shadow's queue.
 pub(crate) struct ShadowFeed {
-    /// The connection's key in the shadow.
-    pub key: Arc<str>,
+    /// The connection's id.
+    pub id: u64,
     sender: SyncSender<ShadowItem>,
     stats: Arc<ShadowStats>,
     /// Once one item could not be queued, the rest are not sent: the
@@ -88,14 +150,10 @@ pub(crate) struct ShadowFeed {
 }
 
 impl ShadowFeed {
-    /// Feed connection `key` into `sender`, counting drops in `stats`.
-    pub(crate) fn new(
-        key: Arc<str>,
-        sender: SyncSender<ShadowItem>,
-        stats: Arc<ShadowStats>,
-    ) -> Self {
+    /// Feed connection `id` into `sender`, counting drops in `stats`.
+    pub(crate) fn new(id: u64, sender: SyncSender<ShadowItem>, stats: Arc<ShadowStats>) -> Self {
         Self {
-            key,
+            id,
             sender,
             stats,
             broken: false,
@@ -114,7 +172,7 @@ impl ShadowFeed {
                 self.stats.dropped.fetch_add(1, Ordering::Relaxed);
                 // The session, if opened, ends now; if this too finds the
                 // queue full, the thread evicts it once idle.
-                let _ = self.sender.try_send(ShadowItem::End(self.key.to_string()));
+                let _ = self.sender.try_send(ShadowItem::End(self.id));
             }
         }
     }
@@ -124,7 +182,7 @@ impl Drop for ShadowFeed {
     /// The connection ended (or its task did): the shadow lets go of it.
     fn drop(&mut self) {
         if !self.broken {
-            let _ = self.sender.try_send(ShadowItem::End(self.key.to_string()));
+            let _ = self.sender.try_send(ShadowItem::End(self.id));
         }
     }
 }
@@ -149,7 +207,7 @@ pub struct ShadowCounts {
 pub struct ShadowExample {
     /// The endpoint.
     pub endpoint: String,
-    /// The connection's key in the shadow.
+    /// The connection's key in the shadow: `c` and its id.
     pub connection: String,
     /// The message, compared.
     pub message: ReplayedMessage,
@@ -304,11 +362,7 @@ impl Shadow {
             return None;
         }
         self.stats.connections.fetch_add(1, Ordering::Relaxed);
-        Some(ShadowFeed::new(
-            format!("c{id}").into(),
-            self.sender.clone(),
-            self.stats.clone(),
-        ))
+        Some(ShadowFeed::new(id, self.sender.clone(), self.stats.clone()))
     }
 }
 
@@ -343,9 +397,9 @@ struct Followed {
     last: Instant,
 }
 
-/// The connections the shadow follows, by key (the gateway's own keys,
+/// The connections the shadow follows, by id (the gateway's own numbers,
 /// so a fast hash).
-type FollowedMap = HashMap<String, Followed, foldhash::fast::RandomState>;
+type FollowedMap = HashMap<u64, Followed, foldhash::fast::RandomState>;
 
 /// The shadow's thread: replay what the sampled connections feed, count
 /// what differs (the examples masked with `mask`). Its calls run here,
@@ -435,7 +489,7 @@ impl<'a> Followers<'a> {
     pub(crate) async fn replay(&mut self, item: ShadowItem, now: Instant) {
         let stats = self.stats;
         match item {
-            ShadowItem::Open(upgrade) => {
+            ShadowItem::Open(id, upgrade) => {
                 if self.followed.len() >= MAX_SESSIONS {
                     stats.skipped.fetch_add(1, Ordering::Relaxed);
                     return;
@@ -449,7 +503,7 @@ impl<'a> Followers<'a> {
                 if let Some(session) = session {
                     let endpoint = upgrade.endpoint.clone();
                     self.followed.insert(
-                        upgrade.connection,
+                        id,
                         Followed {
                             endpoint,
                             counts,
@@ -460,13 +514,19 @@ impl<'a> Followers<'a> {
                 }
             }
             ShadowItem::Message(run) => {
-                let Some(f) = self.followed.get_mut(&*run.connection) else {
+                let Some(f) = self.followed.get_mut(&run.connection) else {
                     return;
                 };
                 f.last = now;
+                // The candidate's chain is timed where the serving one was.
                 let (result, candidate_us) = f
                     .session
-                    .run(run.from, run.time_us, run.input.clone())
+                    .run(
+                        run.from,
+                        run.time_us,
+                        run.input.clone(),
+                        run.filter_us.is_some(),
+                    )
                     .await;
                 let closed = result.close.is_some();
                 let difference = difference(&run, &result);
@@ -485,13 +545,13 @@ impl<'a> Followers<'a> {
                 if closed {
                     // The candidate ended the connection: nothing after
                     // this compares.
-                    if let Some(f) = self.followed.remove(&*run.connection) {
+                    if let Some(f) = self.followed.remove(&run.connection) {
                         f.session.finish();
                     }
                 }
             }
-            ShadowItem::End(key) => {
-                if let Some(f) = self.followed.remove(&key) {
+            ShadowItem::End(id) => {
+                if let Some(f) = self.followed.remove(&id) {
                     f.session.finish();
                 }
             }
@@ -512,18 +572,18 @@ fn compared(messages: &[WsMessage]) -> impl Iterator<Item = &WsMessage> {
 
 /// How the candidate's `result` compares with the serving chain's `run`.
 fn difference(run: &ChainRun, result: &ChainResult) -> Difference {
-    let same = compared(&run.forward).eq(compared(&result.forward))
-        && compared(&run.replies).eq(compared(&result.replies))
-        && run.close == result.close;
+    let same = compared(run.forward()).eq(compared(&result.forward))
+        && compared(run.replies()).eq(compared(&result.replies))
+        && run.close() == result.close.as_ref();
     if same {
         return Difference::Same;
     }
     Difference::between(
         false,
         Shape {
-            closes: run.close.is_some(),
-            forwards: compared(&run.forward).next().is_some(),
-            replies: compared(&run.replies).next().is_some(),
+            closes: run.close().is_some(),
+            forwards: compared(run.forward()).next().is_some(),
+            replies: compared(run.replies()).next().is_some(),
         },
         Shape {
             closes: result.close.is_some(),
@@ -541,7 +601,7 @@ fn keep_example(
     run: &ChainRun,
     result: &ChainResult,
     difference: Difference,
-    candidate_us: u64,
+    candidate_us: Option<u64>,
     mask: &Mask,
 ) {
     let Some(input) = to_payload(&run.input, mask) else {
@@ -552,9 +612,9 @@ fn keep_example(
         from: run.from.name().to_string(),
         input,
         recorded: Output {
-            forward: payloads(&run.forward, mask),
-            replies: payloads(&run.replies, mask),
-            close: run.close.clone(),
+            forward: payloads(run.forward(), mask),
+            replies: payloads(run.replies(), mask),
+            close: run.close().cloned(),
         },
         candidate: Output::of_result(result, mask),
         difference,
@@ -570,7 +630,93 @@ fn keep_example(
     }
     examples.push_back(ShadowExample {
         endpoint: endpoint.to_string(),
-        connection: run.connection.to_string(),
+        connection: format!("c{}", run.connection),
         message,
     });
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    fn forwarding(message: WsMessage) -> ChainResult {
+        ChainResult {
+            forward: smallvec::smallvec![message],
+            ..ChainResult::default()
+        }
+    }
+
+    /// Only a message sent on as it was read, sharing its bytes, and
+    /// nothing else, is fed without its result; the same text in other
+    /// bytes, a reply or a close is fed as the chain made it.
+    #[test]
+    fn only_a_message_sent_on_as_read_is_fed_without_its_result() {
+        let input = WsMessage::text("{\"type\":\"chat\"}");
+        assert!(matches!(
+            Made::of(&input, &forwarding(input.clone())),
+            Made::AsRead
+        ));
+        let binary = WsMessage::binary(vec![1u8, 2, 3]);
+        assert!(matches!(
+            Made::of(&binary, &forwarding(binary.clone())),
+            Made::AsRead
+        ));
+        let rewritten = WsMessage::text("{\"type\":\"chat\"}".to_string());
+        assert!(matches!(
+            Made::of(&input, &forwarding(rewritten)),
+            Made::Other(_)
+        ));
+        let replied = ChainResult {
+            replies: vec![WsMessage::text("pong")],
+            ..forwarding(input.clone())
+        };
+        assert!(matches!(Made::of(&input, &replied), Made::Other(_)));
+        let closed = ChainResult {
+            close: Some((1008, "policy".to_string())),
+            ..ChainResult::default()
+        };
+        assert!(matches!(Made::of(&input, &closed), Made::Other(_)));
+        let dropped = ChainResult::default();
+        assert!(matches!(Made::of(&input, &dropped), Made::Other(_)));
+    }
+
+    /// The fed item stays small: it is moved into the queue's slot and
+    /// out for every message (it was about 230 bytes with the chain's
+    /// result in it).
+    #[test]
+    fn the_fed_item_is_small() {
+        let size = std::mem::size_of::<ShadowItem>();
+        eprintln!("a fed item takes {size} bytes");
+        assert!(size <= 128, "a fed item takes {size} bytes");
+    }
+
+    /// A run fed as read compares as the chain's whole result would.
+    #[test]
+    fn a_run_fed_as_read_compares_like_its_whole_result() {
+        let input = WsMessage::text("hello");
+        let run = |made| ChainRun {
+            connection: 1,
+            seq: 1,
+            time_us: 0,
+            from: Peer::Client,
+            input: input.clone(),
+            made,
+            filter_us: None,
+        };
+        let as_read = run(Made::AsRead);
+        let whole = run(Made::Other(Box::new(forwarding(input.clone()))));
+        for candidate in [
+            forwarding(input.clone()),
+            forwarding(WsMessage::text("hello!")),
+            ChainResult::default(),
+        ] {
+            assert!(
+                difference(&as_read, &candidate) == difference(&whole, &candidate),
+                "fed as read and whole compare differently"
+            );
+        }
+        assert!(difference(&as_read, &forwarding(WsMessage::text("hello"))) == Difference::Same);
+        assert!(difference(&as_read, &ChainResult::default()) == Difference::Dropped);
+    }
 }

@@ -54,9 +54,9 @@ pub struct CallContext {
     /// time in plugins costs no clock read of its own).
     pub spent: Duration,
     /// Every call is timed, because the connection's chain time is recorded
-    /// (the monitor's time in filters, replay, a shadow); otherwise the
-    /// pool times only some calls (see `pool::TIME_ONE_CALL_IN`), and
-    /// `spent` is a partial sum.
+    /// (the monitor's time in filters, replay; a shadow's sample of
+    /// messages, set per message); otherwise the pool times only some
+    /// calls (see `pool::TIME_ONE_CALL_IN`), and `spent` is a partial sum.
     pub timed: bool,
 }
 

@@ -46,6 +46,7 @@ pub use load::{Budget, HostBudget, Plugin};
 pub use offload::{OFFLOAD_NICE, OffloadSettings, SAMPLE_CAP, lower_thread_priority};
 pub use pool::{
     FaultKind, LATENCY_BUCKETS_US, LatencyHistogram, PluginFault, PluginPool, PluginStats,
+    TIME_ONE_CALL_IN, drawn_for_sample,
 };
 pub use session::Expiry;
 

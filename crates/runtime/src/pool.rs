@@ -102,11 +102,11 @@ fn sample_seed() -> u64 {
     seed | 1
 }
 
-/// Whether this call is one of the one in [`TIME_ONE_CALL_IN`] the
-/// histogram samples. Drawn at random, so a regular pattern of calls (a
-/// plugin on both directions of one connection, called in turn) cannot
-/// line up with the sample.
-fn drawn_for_sample() -> bool {
+/// Whether this call (or message) is one of the one in
+/// [`TIME_ONE_CALL_IN`] sampled, drawn on this thread. Drawn at random, so
+/// a regular pattern of calls (a plugin on both directions of one
+/// connection, called in turn) cannot line up with the sample.
+pub fn drawn_for_sample() -> bool {
     SAMPLE_DRAWS.with(|draws| {
         let mut x = draws.get();
         x ^= x << 13;

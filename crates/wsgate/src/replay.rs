@@ -352,8 +352,9 @@ fn add(report: &mut EndpointReport, replayed: &Replayed) {
             Difference::Closed => &mut report.messages.closed,
         };
         *counter += 1;
-        report.recorded_us.push(message.recorded_us);
-        report.candidate_us.push(message.candidate_us);
+        // A replayed message has both times (only a shadow's may not).
+        report.recorded_us.extend(message.recorded_us);
+        report.candidate_us.extend(message.candidate_us);
         if message.difference != Difference::Same && report.examples.len() < EXAMPLES {
             report.examples.push(example(&replayed.connection, message));
         }

@@ -127,6 +127,16 @@ async fn a_shadow_compares_without_touching_what_clients_get_and_is_promoted() {
         example["candidate"]["forward"][0]["data"], "m0+v2.0.0",
         "{example}"
     );
+    // Both chains are timed for the same sample of messages: an example
+    // has both times or neither.
+    for example in status["examples"].as_array().unwrap() {
+        let message = &example["message"];
+        assert_eq!(
+            message["recorded_us"].is_u64(),
+            message["candidate_us"].is_u64(),
+            "{example}"
+        );
+    }
     let (_, metrics) = admin_http(admin, "GET", "/metrics", None, "").await;
     assert!(
         metrics.contains(&format!(

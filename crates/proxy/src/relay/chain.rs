@@ -16,7 +16,7 @@ use crate::observe::Observer;
 pub type Messages<T> = SmallVec<[T; 1]>;
 
 /// What the chain decided for one message.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct ChainResult {
     /// Messages for the other side.
     pub forward: Messages<WsMessage>,

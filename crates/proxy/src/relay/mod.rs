@@ -41,8 +41,8 @@ use crate::observe::{ClosedBy, Observer};
 use crate::peer::Peer;
 use crate::signal::Signal;
 use crate::upstream::WsStream;
+pub(crate) use chain::run_chain;
 pub use chain::{ChainResult, log_fault};
-pub(crate) use chain::{Messages, run_chain};
 use expiry::CredentialsExpiry;
 use side::{Side, payload};
 
@@ -391,7 +391,7 @@ async fn on_read(
                 ..ChainResult::default()
             };
             observer.chain_ends(&result);
-            observer.chain_ran(from.peer, read_at, message.clone(), &result, 0);
+            observer.chain_ran(from.peer, read_at, message.clone(), &result, Some(0));
         }
         to.send_all([message], observer).await;
         if is_close {
@@ -410,7 +410,11 @@ async fn on_read(
     .await;
     // Notes for the monitor's record of what is written, made only for
     // the writes that happen (and only when frames are recorded).
-    let note = |what: &'static str| verdict.as_ref().map(|v| (what, v, filter_us));
+    let note = |what: &'static str| {
+        verdict
+            .as_ref()
+            .map(|v| (what, v, filter_us.unwrap_or_default()))
+    };
     // A plugin that turns a data message into a close closes both sides.
     if !is_close
         && result.close.is_none()
@@ -465,7 +469,9 @@ async fn on_read(
 /// verdicts (when frames are described), and what the chain made of it
 /// (when chains are recorded, for replay and the shadow). What the chain
 /// made of it, the verdicts' text, and the microseconds its plugins' calls
-/// took (0 when not timed).
+/// took (`None` when not timed: a message's chain is timed when every
+/// message's is recorded, and one in [`wsgate_runtime::TIME_ONE_CALL_IN`]
+/// when only a shadow follows the connection).
 pub(crate) async fn run_observed_chain(
     chain: &[ChainStep],
     contexts: &mut [CallContext],
@@ -473,18 +479,31 @@ pub(crate) async fn run_observed_chain(
     read_at: std::time::Instant,
     message: WsMessage,
     observer: &mut Observer,
-) -> (ChainResult, Option<Arc<str>>, u64) {
+) -> (ChainResult, Option<Arc<str>>, Option<u64>) {
     let replaying = observer.records_chains();
-    let recorded = observer.records_chain_time();
-    let spent_before = recorded.then(|| spent(contexts));
+    let timed = if observer.samples_chain_time() {
+        let timed = wsgate_runtime::drawn_for_sample();
+        for context in contexts.iter_mut() {
+            context.timed = timed;
+        }
+        timed
+    } else {
+        observer.records_chain_time()
+    };
+    let spent_before = timed.then(|| spent(contexts));
     // The monitor records the message as read, after the chain has had it
     // (a clone shares the payload).
-    let read = recorded.then(|| message.clone());
+    let read = (replaying || observer.describes_verdicts()).then(|| message.clone());
     let result = run_chain(chain, contexts, from.direction_from(), message, observer).await;
-    let filter_us = spent_before.map_or(0, |before| spent_since(contexts, before));
+    let filter_us = spent_before.map(|before| spent_since(contexts, before));
     let verdict = observer.take_verdicts();
     if let Some(read) = read {
-        observer.read(from, verdict.clone(), filter_us, payload(&read));
+        observer.read(
+            from,
+            verdict.clone(),
+            filter_us.unwrap_or_default(),
+            payload(&read),
+        );
         if replaying {
             observer.chain_ran(from, read_at, read, &result, filter_us);
         }
