@@ -403,6 +403,17 @@ impl Observer {
         self.shadow.is_some() && !self.records_chain_time()
     }
 
+    /// Whether the next message's chain is timed: every message's when
+    /// its time is recorded, one in [`wsgate_runtime::TIME_ONE_CALL_IN`]
+    /// drawn at random when it is sampled.
+    pub fn times_next_chain(&self) -> bool {
+        if self.samples_chain_time() {
+            wsgate_runtime::drawn_for_sample()
+        } else {
+            self.records_chain_time()
+        }
+    }
+
     /// Whether messages are recorded through their chains (level
     /// `replay`, or a shadow generation follows the connection).
     pub fn records_chains(&self) -> bool {

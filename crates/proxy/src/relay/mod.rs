@@ -391,7 +391,10 @@ async fn on_read(
                 ..ChainResult::default()
             };
             observer.chain_ends(&result);
-            observer.chain_ran(from.peer, read_at, message.clone(), &result, Some(0));
+            // No calls, so no time; "timed" as a chain would be, so a
+            // shadow's candidate is timed on the same sample.
+            let filter_us = observer.times_next_chain().then_some(0);
+            observer.chain_ran(from.peer, read_at, message.clone(), &result, filter_us);
         }
         to.send_all([message], observer).await;
         if is_close {
@@ -481,15 +484,12 @@ pub(crate) async fn run_observed_chain(
     observer: &mut Observer,
 ) -> (ChainResult, Option<Arc<str>>, Option<u64>) {
     let replaying = observer.records_chains();
-    let timed = if observer.samples_chain_time() {
-        let timed = wsgate_runtime::drawn_for_sample();
+    let timed = observer.times_next_chain();
+    if observer.samples_chain_time() {
         for context in contexts.iter_mut() {
             context.timed = timed;
         }
-        timed
-    } else {
-        observer.records_chain_time()
-    };
+    }
     let spent_before = timed.then(|| spent(contexts));
     // The monitor records the message as read, after the chain has had it
     // (a clone shares the payload).
