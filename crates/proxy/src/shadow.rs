@@ -24,7 +24,7 @@ use wsgate_monitor::mask::Mask;
 use crate::convert::{payloads, to_payload};
 use crate::generation::Generation;
 use crate::peer::Peer;
-use crate::relay::ChainResult;
+use crate::relay::{ChainResult, payload};
 use crate::replay::{Difference, Output, ReplaySession, ReplayedMessage, Replayer, Shape};
 
 /// Items waiting for the shadow's thread; more are dropped (counted).
@@ -127,15 +127,10 @@ impl Made {
 /// Whether `a` and `b` are the same data message, sharing their bytes (a
 /// message a chain sent on as it read it).
 fn same_bytes(a: &WsMessage, b: &WsMessage) -> bool {
-    match (a, b) {
-        (WsMessage::Text(a), WsMessage::Text(b)) => {
-            a.as_str().as_ptr() == b.as_str().as_ptr() && a.len() == b.len()
-        }
-        (WsMessage::Binary(a), WsMessage::Binary(b)) => {
-            a.as_ptr() == b.as_ptr() && a.len() == b.len()
-        }
-        _ => false,
-    }
+    matches!(a, WsMessage::Text(_) | WsMessage::Binary(_))
+        && std::mem::discriminant(a) == std::mem::discriminant(b)
+        // The slices' addresses and lengths both.
+        && std::ptr::eq(payload(a), payload(b))
 }
 
 /// A sampled connection's end of the shadow's queue.

@@ -850,6 +850,20 @@ mod offload_tests {
         .await
     }
 
+    /// Send `slow` (20 ms, forwarded) in `context` until the plugin is
+    /// offloaded: how many calls ran inline.
+    async fn slow_calls_until_offloaded(pool: &Arc<PluginPool>, context: &mut CallContext) -> u64 {
+        let mut inline = 0;
+        while !pool.plugin().is_offloaded() {
+            assert!(matches!(
+                send(pool, context, "slow").await,
+                Ok(types::MessageVerdict::Forward)
+            ));
+            inline += 1;
+        }
+        inline
+    }
+
     /// On a connection whose calls are not all timed, a plugin slow from
     /// its first call (20 ms) is still seen: the first call is sampled or
     /// runs across an epoch tick, the next is timed, and from then on
@@ -857,15 +871,7 @@ mod offload_tests {
     #[tokio::test]
     async fn a_plugin_slow_from_its_first_call_is_seen_untimed() {
         let pool = Arc::new(faults_pool("deadline = \"1s\""));
-        let mut untimed = CallContext::default();
-        let mut inline = 0;
-        while !pool.plugin().is_offloaded() {
-            assert!(matches!(
-                send(&pool, &mut untimed, "slow").await,
-                Ok(types::MessageVerdict::Forward)
-            ));
-            inline += 1;
-        }
+        let inline = slow_calls_until_offloaded(&pool, &mut CallContext::default()).await;
         // 3 or 4; more only if the epoch ticker went unscheduled for a
         // whole call on a busy machine.
         assert!((3..=8).contains(&inline), "{inline} calls inline");
@@ -886,14 +892,7 @@ mod offload_tests {
             ..CallContext::default()
         };
         let mut second = CallContext::default();
-        let mut inline = 0;
-        while !pool.plugin().is_offloaded() {
-            assert!(matches!(
-                send(&pool, &mut first, "slow").await,
-                Ok(types::MessageVerdict::Forward)
-            ));
-            inline += 1;
-        }
+        let inline = slow_calls_until_offloaded(&pool, &mut first).await;
         // Each counts at most SAMPLE_CAP times offload-above (1 ms).
         assert_eq!(inline, 3);
         assert_eq!(stats.offloaded_calls.load(Ordering::Relaxed), 0);

@@ -44,7 +44,8 @@ use crate::upstream::WsStream;
 pub(crate) use chain::run_chain;
 pub use chain::{ChainResult, log_fault};
 use expiry::CredentialsExpiry;
-use side::{Side, payload};
+use side::Side;
+pub(crate) use side::payload;
 
 /// How long the close handshake may take once a close has started.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
