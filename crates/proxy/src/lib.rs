@@ -37,6 +37,7 @@ pub mod replay;
 pub mod shadow;
 mod shared;
 mod signal;
+mod socket;
 mod tls;
 mod upgrade;
 mod upstream;

@@ -2,19 +2,20 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, StatusCode, Uri};
-use http_body_util::Empty;
-use hyper_util::rt::TokioIo;
+use bytes::{Bytes, BytesMut};
+use http::header::{HeaderMap, HeaderValue};
+use http::{StatusCode, Uri};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use wsgate_wire::deflate;
 
-/// A WebSocket stream over an upgraded HTTP/1.1 connection (either side),
-/// as [`wsgate_wire::open`] builds it.
-pub type WsStream = wsgate_wire::WsStream<TokioIo<hyper::upgrade::Upgraded>>;
+use crate::socket::{Early, Socket};
+
+/// A WebSocket stream over either side's socket, as [`wsgate_wire::open`]
+/// builds it.
+pub type WsStream = wsgate_wire::WsStream<Socket>;
 
 /// Why the upstream connection failed; each maps to the client's status.
 #[derive(Debug, thiserror::Error)]
@@ -145,51 +146,58 @@ pub async fn connect(
         .map_err(|e| connect_error(e.to_string()))?;
     // Latency matters more than packet count for interactive traffic.
     let _ = tcp.set_nodelay(true);
-    let sender = if url.tls {
+    let request = upgrade_request(url, &headers, compress, &address)?;
+    let (socket, answer) = if url.tls {
         let name = rustls::pki_types::ServerName::try_from(url.host.clone())
             .map_err(|e| connect_error(format!("invalid TLS server name: {e}")))?;
-        let tls =
+        let mut tls =
             tokio_rustls::TlsConnector::from(tls.unwrap_or_else(crate::tls::default_client_config))
                 .connect(name, tcp)
                 .await
                 .map_err(|e| connect_error(format!("TLS handshake failed: {e}")))?;
-        handshake(TokioIo::new(tls), &address).await?
+        let mut answer = handshake(&mut tls, &request).await?;
+        let early = std::mem::take(&mut answer.early);
+        (
+            Socket::UpstreamTls(Early::new(Box::new(tls), early)),
+            answer,
+        )
     } else {
-        handshake(TokioIo::new(tcp), &address).await?
+        let mut tcp = tcp;
+        let mut answer = handshake(&mut tcp, &request).await?;
+        let early = std::mem::take(&mut answer.early);
+        (Socket::Upstream(Early::new(tcp, early)), answer)
     };
-    upgrade(sender, url, headers, &address, ws_config, compress).await
+    let agreement = answer.check(&request, compress)?;
+    let stream = wsgate_wire::open(socket, Role::Client, agreement, None, ws_config);
+    Ok(Upstream {
+        stream,
+        protocol: answer.protocol,
+    })
 }
 
-type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
+/// The longest 101 answer read: an upstream's handshake headers beyond
+/// this are refused.
+const MAX_ANSWER: usize = 16 * 1024;
 
-/// Start an HTTP/1.1 client connection; its driver task lives until the
-/// connection is upgraded (or fails).
-async fn handshake<IO>(io: IO, address: &str) -> Result<Sender, UpstreamError>
-where
-    IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
-    let (sender, connection) = hyper::client::conn::http1::handshake(io)
-        .await
-        .map_err(|e| UpstreamError::Connect {
-            address: address.to_string(),
-            reason: e.to_string(),
-        })?;
-    tokio::spawn(async move {
-        if let Err(error) = connection.with_upgrades().await {
-            tracing::debug!(%error, "upstream http connection ended");
-        }
-    });
-    Ok(sender)
+/// The most header lines read in an upstream's answer.
+const MAX_ANSWER_HEADERS: usize = 64;
+
+/// The upgrade request as sent to the upstream, and what checking its
+/// answer needs.
+struct HandshakeRequest {
+    bytes: Vec<u8>,
+    key: String,
+    address: String,
 }
 
-async fn upgrade(
-    mut sender: Sender,
+/// Build the HTTP/1.1 upgrade request for `url`: the handshake's own
+/// headers, then `headers`.
+fn upgrade_request(
     url: &UpstreamUrl,
-    headers: HeaderMap,
-    address: &str,
-    ws_config: WebSocketConfig,
+    headers: &HeaderMap,
     compress: bool,
-) -> Result<Upstream, UpstreamError> {
+    address: &str,
+) -> Result<HandshakeRequest, UpstreamError> {
     let refused = |reason: String| UpstreamError::Handshake {
         address: address.to_string(),
         reason,
@@ -203,73 +211,305 @@ async fn upgrade(
     } else {
         format!("{}:{}", url.host, url.port)
     };
-    let mut request = Request::get(url.path_and_query.as_str())
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| refused(format!("cannot build the request: {e}")))?;
-    let request_headers = request.headers_mut();
-    *request_headers = headers;
-    let fixed: [(HeaderName, &str); 5] = [
-        (header::HOST, &host),
-        (header::UPGRADE, "websocket"),
-        (header::CONNECTION, "Upgrade"),
-        (header::SEC_WEBSOCKET_KEY, &key),
-        (header::SEC_WEBSOCKET_VERSION, "13"),
-    ];
-    for (name, value) in fixed {
-        let value = HeaderValue::from_str(value)
-            .map_err(|e| refused(format!("invalid {name} header: {e}")))?;
-        request_headers.insert(name, value);
+    if HeaderValue::from_str(&host).is_err() {
+        return Err(refused(format!("invalid host header: {host}")));
+    }
+    let mut bytes = Vec::with_capacity(256);
+    for part in [
+        "GET ",
+        url.path_and_query.as_str(),
+        " HTTP/1.1\r\nhost: ",
+        &host,
+        "\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-key: ",
+        &key,
+        "\r\nsec-websocket-version: 13\r\n",
+    ] {
+        bytes.extend_from_slice(part.as_bytes());
     }
     if compress {
-        request_headers.insert(
-            header::SEC_WEBSOCKET_EXTENSIONS,
-            HeaderValue::from_static(deflate::UPSTREAM_OFFER),
-        );
+        bytes.extend_from_slice(b"sec-websocket-extensions: ");
+        bytes.extend_from_slice(deflate::UPSTREAM_OFFER.as_bytes());
+        bytes.extend_from_slice(b"\r\n");
     }
-    let response = sender
-        .send_request(request)
+    for (name, value) in headers {
+        bytes.extend_from_slice(name.as_str().as_bytes());
+        bytes.extend_from_slice(b": ");
+        bytes.extend_from_slice(value.as_bytes());
+        bytes.extend_from_slice(b"\r\n");
+    }
+    bytes.extend_from_slice(b"\r\n");
+    Ok(HandshakeRequest {
+        bytes,
+        key,
+        address: address.to_string(),
+    })
+}
+
+/// What the upstream answered, as far as the gateway reads it.
+struct Answer {
+    status: u16,
+    accept: Option<Vec<u8>>,
+    protocol: Option<HeaderValue>,
+    extensions: Vec<String>,
+    /// Bytes read past the answer: the upstream's first frames.
+    early: Bytes,
+}
+
+impl Answer {
+    /// Check the answer against `request`: a 101 with the right
+    /// `Sec-WebSocket-Accept`, and permessage-deflate only if offered.
+    /// Returns what was agreed for permessage-deflate.
+    fn check(
+        &self,
+        request: &HandshakeRequest,
+        compress: bool,
+    ) -> Result<Option<deflate::Agreement>, UpstreamError> {
+        let refused = |reason: String| UpstreamError::Handshake {
+            address: request.address.clone(),
+            reason,
+        };
+        if self.status != StatusCode::SWITCHING_PROTOCOLS.as_u16() {
+            let status = StatusCode::from_u16(self.status)
+                .map_or_else(|_| self.status.to_string(), |s| s.to_string());
+            return Err(refused(format!("it answered {status}")));
+        }
+        if self.accept.as_deref() != Some(derive_accept_key(request.key.as_bytes()).as_bytes()) {
+            return Err(refused("wrong or missing Sec-WebSocket-Accept".to_string()));
+        }
+        let agreement =
+            deflate::accept_answer(self.extensions.iter().map(String::as_str)).map_err(&refused)?;
+        if agreement.is_some() && !compress {
+            return Err(refused(format!(
+                "it answered {}, which was not offered",
+                deflate::EXTENSION
+            )));
+        }
+        Ok(agreement)
+    }
+}
+
+/// Send `request` on `io` and read the upstream's answer (up to
+/// [`MAX_ANSWER`] bytes of it), keeping what follows it.
+async fn handshake<S>(io: &mut S, request: &HandshakeRequest) -> Result<Answer, UpstreamError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let failed = |reason: String| UpstreamError::Handshake {
+        address: request.address.clone(),
+        reason,
+    };
+    io.write_all(&request.bytes)
         .await
-        .map_err(|e| refused(e.to_string()))?;
-    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
-        return Err(refused(format!("it answered {}", response.status())));
-    }
-    let accept = response.headers().get(header::SEC_WEBSOCKET_ACCEPT);
-    if accept.map(HeaderValue::as_bytes) != Some(derive_accept_key(key.as_bytes()).as_bytes()) {
-        return Err(refused("wrong or missing Sec-WebSocket-Accept".to_string()));
-    }
-    let protocol = response
-        .headers()
-        .get(header::SEC_WEBSOCKET_PROTOCOL)
-        .cloned();
-    let answered = response
-        .headers()
-        .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
-        .iter()
-        .filter_map(|v| v.to_str().ok());
-    let agreement = deflate::accept_answer(answered).map_err(&refused)?;
-    if agreement.is_some() && !compress {
-        return Err(refused(format!(
-            "it answered {}, which was not offered",
-            deflate::EXTENSION
-        )));
-    }
-    let upgraded = hyper::upgrade::on(response)
+        .map_err(|e| failed(format!("cannot send the request: {e}")))?;
+    io.flush()
         .await
-        .map_err(|e| refused(format!("upgrade failed: {e}")))?;
-    let stream = wsgate_wire::open(
-        TokioIo::new(upgraded),
-        Role::Client,
-        agreement,
-        None,
-        ws_config,
-    );
-    Ok(Upstream { stream, protocol })
+        .map_err(|e| failed(format!("cannot send the request: {e}")))?;
+    let mut read = BytesMut::with_capacity(1024);
+    loop {
+        if read.len() >= MAX_ANSWER {
+            return Err(failed(format!(
+                "its answer is longer than {MAX_ANSWER} bytes"
+            )));
+        }
+        let n = io
+            .read_buf(&mut read)
+            .await
+            .map_err(|e| failed(format!("cannot read the answer: {e}")))?;
+        if n == 0 {
+            return Err(failed(
+                "it closed the connection before answering".to_string(),
+            ));
+        }
+        if let Some(answer) = parse_answer(&mut read).map_err(failed)? {
+            return Ok(answer);
+        }
+    }
+}
+
+/// Parse a complete answer at the start of `read` (what follows it is
+/// kept as the early bytes); `None` while it is incomplete.
+fn parse_answer(read: &mut BytesMut) -> Result<Option<Answer>, String> {
+    let mut lines = [httparse::EMPTY_HEADER; MAX_ANSWER_HEADERS];
+    let mut response = httparse::Response::new(&mut lines);
+    let length = match response.parse(read) {
+        Ok(httparse::Status::Complete(length)) => length,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(error) => return Err(format!("its answer is not HTTP/1.1: {error}")),
+    };
+    let mut answer = Answer {
+        status: response.code.unwrap_or_default(),
+        accept: None,
+        protocol: None,
+        extensions: Vec::new(),
+        early: Bytes::new(),
+    };
+    for line in response.headers.iter() {
+        let name = line.name;
+        if name.eq_ignore_ascii_case("sec-websocket-accept") {
+            answer.accept = Some(line.value.to_vec());
+        } else if name.eq_ignore_ascii_case("sec-websocket-protocol") {
+            answer.protocol = HeaderValue::from_bytes(line.value).ok();
+        } else if name.eq_ignore_ascii_case("sec-websocket-extensions")
+            && let Ok(value) = std::str::from_utf8(line.value)
+        {
+            answer.extensions.push(value.to_string());
+        }
+    }
+    answer.early = read.split_off(length).freeze();
+    Ok(Some(answer))
 }
 
 #[cfg(test)]
 #[allow(clippy::indexing_slicing, reason = "tests index what they built")]
 mod tests {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+
     use super::*;
+
+    /// An upstream on a real socket that reads one request, writes
+    /// `answer(key)` in one write and closes; returns its URL and the
+    /// request it read.
+    async fn upstream_answering(
+        answer: fn(&str) -> Vec<u8>,
+    ) -> (UpstreamUrl, tokio::task::JoinHandle<String>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = UpstreamUrl::parse(&format!(
+            "ws://{}/chat?room=1",
+            listener.local_addr().unwrap()
+        ))
+        .unwrap();
+        let read = tokio::spawn(async move {
+            let (mut peer, _) = listener.accept().await.unwrap();
+            let mut request = Vec::new();
+            while !request.ends_with(b"\r\n\r\n") {
+                let mut byte = [0u8; 1];
+                peer.read_exact(&mut byte).await.unwrap();
+                request.push(byte[0]);
+            }
+            let request = String::from_utf8(request).unwrap();
+            let key = request
+                .lines()
+                .find_map(|line| line.strip_prefix("sec-websocket-key: "))
+                .unwrap();
+            // An upstream that stops reading early may close first.
+            let _ = peer.write_all(&answer(key)).await;
+            let _ = peer.shutdown().await;
+            request
+        });
+        (url, read)
+    }
+
+    fn switching(key: &str) -> String {
+        format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Accept: {}\r\nSec-WebSocket-Protocol: chat.v2\r\n\r\n",
+            derive_accept_key(key.as_bytes())
+        )
+    }
+
+    async fn connect_to(url: &UpstreamUrl) -> Result<Upstream, UpstreamError> {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-tenant", HeaderValue::from_static("acme"));
+        headers.append("x-tenant", HeaderValue::from_static("second"));
+        connect(url, headers, WebSocketConfig::default(), None, false).await
+    }
+
+    #[tokio::test]
+    async fn the_upgrade_request_carries_the_handshake_and_the_headers() {
+        let (url, read) = upstream_answering(|key| switching(key).into_bytes()).await;
+        let upstream = connect_to(&url).await.unwrap();
+        assert_eq!(upstream.protocol.unwrap(), "chat.v2");
+        drop(upstream.stream);
+        let request = read.await.unwrap();
+        let mut lines = [httparse::EMPTY_HEADER; 16];
+        let mut parsed = httparse::Request::new(&mut lines);
+        assert!(parsed.parse(request.as_bytes()).unwrap().is_complete());
+        assert_eq!(parsed.method, Some("GET"));
+        assert_eq!(parsed.path, Some("/chat?room=1"));
+        let values = |name: &str| -> Vec<&str> {
+            parsed
+                .headers
+                .iter()
+                .filter(|h| h.name.eq_ignore_ascii_case(name))
+                .map(|h| std::str::from_utf8(h.value).unwrap())
+                .collect()
+        };
+        assert_eq!(values("host"), [url.address()]);
+        assert_eq!(values("upgrade"), ["websocket"]);
+        assert_eq!(values("sec-websocket-version"), ["13"]);
+        assert_eq!(values("x-tenant"), ["acme", "second"]);
+        assert!(values("sec-websocket-extensions").is_empty());
+    }
+
+    #[tokio::test]
+    async fn frames_sent_right_behind_the_101_are_the_first_messages() {
+        let (url, _read) = upstream_answering(|key| {
+            let mut bytes = switching(key).into_bytes();
+            bytes.extend_from_slice(&[0x81, 5]);
+            bytes.extend_from_slice(b"hello");
+            bytes.extend_from_slice(&[0x81, 5]);
+            bytes.extend_from_slice(b"again");
+            bytes
+        })
+        .await;
+        let mut upstream = connect_to(&url).await.unwrap();
+        for expected in ["hello", "again"] {
+            let message = upstream.stream.next().await.unwrap().unwrap();
+            assert_eq!(message, Message::text(expected));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refusal_says_what_the_upstream_answered() {
+        let (url, _read) =
+            upstream_answering(|_| b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n".to_vec())
+                .await;
+        let error = connect_to(&url).await.err().unwrap();
+        assert!(matches!(error, UpstreamError::Handshake { .. }), "{error}");
+        assert!(
+            error.to_string().ends_with("it answered 404 Not Found"),
+            "{error}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_wrong_accept_key_is_refused() {
+        let (url, _read) = upstream_answering(|_| switching("another key").into_bytes()).await;
+        let error = connect_to(&url).await.err().unwrap();
+        assert!(
+            error
+                .to_string()
+                .ends_with("wrong or missing Sec-WebSocket-Accept"),
+            "{error}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_endless_answer_is_refused() {
+        let (url, _read) = upstream_answering(|_| {
+            let mut bytes = b"HTTP/1.1 101 Switching Protocols\r\n".to_vec();
+            while bytes.len() <= MAX_ANSWER {
+                bytes.extend_from_slice(b"x-filler: 0123456789\r\n");
+            }
+            bytes
+        })
+        .await;
+        let error = connect_to(&url).await.err().unwrap();
+        assert!(matches!(error, UpstreamError::Handshake { .. }), "{error}");
+    }
+
+    #[tokio::test]
+    async fn an_upstream_that_closes_before_answering_is_refused() {
+        let (url, _read) = upstream_answering(|_| Vec::new()).await;
+        let error = connect_to(&url).await.err().unwrap();
+        assert!(
+            error
+                .to_string()
+                .ends_with("closed the connection before answering"),
+            "{error}"
+        );
+    }
 
     #[test]
     fn urls_default_ports_by_scheme() {

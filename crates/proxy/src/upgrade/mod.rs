@@ -30,6 +30,7 @@ use crate::ledger::{Limits, Place};
 use crate::observe::{Observer, RequestSummary};
 use crate::relay::{self, Session};
 use crate::shared::Shared;
+use crate::socket::Socket;
 use crate::upstream::{self, Upstream, UpstreamError, UpstreamUrl};
 
 pub use refused::{HttpResponse, Refused};
@@ -326,7 +327,7 @@ impl Connection {
             match on_upgrade.await {
                 Ok(upgraded) => {
                     let client = wsgate_wire::open(
-                        TokioIo::new(upgraded),
+                        Socket::Client(TokioIo::new(upgraded)),
                         Role::Server,
                         deflate,
                         frames,
