@@ -14,6 +14,8 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use wsgate_config::{ChainEntry, Config, ConfigError, ConfigErrors, Endpoint, FailPolicy};
 use wsgate_runtime::{Plugin, PluginPool, Runtime, RuntimeError};
 
+use crate::upstream::AllowedUpstream;
+
 /// Connect timeout for upstreams without a `[[remote-host]]` entry.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -41,6 +43,8 @@ pub struct LiveEndpoint {
     pub upstream_messages: Vec<ChainStep>,
     /// How many distinct plugins the endpoint uses (per-connection state slots).
     pub slots: usize,
+    /// The endpoint's `allowed-upstreams`, parsed.
+    pub allowed_upstreams: Vec<AllowedUpstream>,
     /// Connections open on this endpoint.
     pub active: AtomicU64,
 }
@@ -277,6 +281,11 @@ impl ChainBuilder<'_> {
             client_messages,
             upstream_messages,
             slots: slots.len(),
+            allowed_upstreams: endpoint
+                .allowed_upstreams
+                .iter()
+                .filter_map(|entry| AllowedUpstream::parse(entry.get_ref()))
+                .collect(),
             active: AtomicU64::new(0),
         }
     }

@@ -75,6 +75,8 @@ pub struct UpstreamUrl {
     pub port: u16,
     /// Path and query for the request line.
     pub path_and_query: String,
+    /// `host:port`, lower-case, IPv6 in brackets.
+    address: String,
 }
 
 impl UpstreamUrl {
@@ -100,21 +102,68 @@ impl UpstreamUrl {
         let path_and_query = uri
             .path_and_query()
             .map_or_else(|| "/".to_string(), |p| p.as_str().to_string());
+        let address = if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        }
+        .to_ascii_lowercase();
         Ok(Self {
             tls,
             host,
             port,
             path_and_query,
+            address,
         })
     }
 
     /// `host:port`, lower-case, IPv6 in brackets: the key of `[[remote-host]]`.
-    pub fn address(&self) -> String {
-        if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port).to_ascii_lowercase()
-        } else {
-            format!("{}:{}", self.host, self.port).to_ascii_lowercase()
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+}
+
+/// One entry of an endpoint's `allowed-upstreams`, parsed once when its
+/// generation is built.
+#[derive(Debug, Clone)]
+pub enum AllowedUpstream {
+    /// A scheme alone (`ws://` or `wss://`): any host.
+    Scheme {
+        /// True for `wss://`.
+        tls: bool,
+    },
+    /// Scheme, host and port, with a path prefix (`/` for any path).
+    Under(UpstreamUrl),
+}
+
+impl AllowedUpstream {
+    /// Parse an entry; `None` when it is no usable URL (it then admits nothing).
+    pub fn parse(entry: &str) -> Option<Self> {
+        match entry {
+            "ws://" => Some(Self::Scheme { tls: false }),
+            "wss://" => Some(Self::Scheme { tls: true }),
+            _ => UpstreamUrl::parse(entry).ok().map(Self::Under),
         }
+    }
+
+    /// Does this entry admit `url`? A path prefix must end at a segment
+    /// boundary.
+    pub fn admits(&self, url: &UpstreamUrl) -> bool {
+        let entry = match self {
+            Self::Scheme { tls } => return *tls == url.tls,
+            Self::Under(entry) => entry,
+        };
+        if entry.tls != url.tls || entry.address != url.address {
+            return false;
+        }
+        let prefix = entry.path_and_query.as_str();
+        if prefix == "/" {
+            return true;
+        }
+        let path = url.path_and_query.as_str();
+        path.strip_prefix(prefix).is_some_and(|rest| {
+            prefix.ends_with('/') || rest.is_empty() || rest.starts_with(['/', '?'])
+        })
     }
 }
 
@@ -138,7 +187,7 @@ pub async fn connect(
 ) -> Result<Upstream, UpstreamError> {
     let address = url.address();
     let connect_error = |reason: String| UpstreamError::Connect {
-        address: address.clone(),
+        address: address.to_string(),
         reason,
     };
     let tcp = TcpStream::connect((url.host.as_str(), url.port))
@@ -146,7 +195,7 @@ pub async fn connect(
         .map_err(|e| connect_error(e.to_string()))?;
     // Latency matters more than packet count for interactive traffic.
     let _ = tcp.set_nodelay(true);
-    let request = upgrade_request(url, &headers, compress, &address)?;
+    let request = upgrade_request(url, &headers, compress, address)?;
     let (socket, answer) = if url.tls {
         let name = rustls::pki_types::ServerName::try_from(url.host.clone())
             .map_err(|e| connect_error(format!("invalid TLS server name: {e}")))?;

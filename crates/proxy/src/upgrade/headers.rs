@@ -34,7 +34,7 @@ pub fn upstream_headers<B>(
     route: &Route,
     client: SocketAddr,
 ) -> HeaderMap {
-    let mut headers = HeaderMap::new();
+    let mut headers = HeaderMap::with_capacity(request.headers().len() + 4);
     for (name, value) in request.headers() {
         if !NOT_FORWARDED.contains(&name.as_str()) {
             headers.append(name.clone(), value.clone());
@@ -57,6 +57,7 @@ pub fn upstream_headers<B>(
     {
         set(&mut headers, "x-forwarded-host", host);
     }
+    let changed = !ops.is_empty() || !route.headers.is_empty();
     for op in ops {
         match op {
             HeaderOp::Set(h) => set(&mut headers, &h.name, &h.value),
@@ -83,9 +84,12 @@ pub fn upstream_headers<B>(
             &route.subprotocols.join(", "),
         );
     }
-    // The gateway negotiates extensions with each side itself.
-    for name in NOT_FORWARDED {
-        headers.remove(name);
+    // The gateway negotiates extensions with each side itself: the chain
+    // and the route cannot set a hop's headers either.
+    if changed {
+        for name in NOT_FORWARDED {
+            headers.remove(name);
+        }
     }
     headers
 }

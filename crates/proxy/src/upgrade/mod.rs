@@ -256,7 +256,7 @@ impl Connection {
         place: &mut Place,
     ) -> Result<Upstream, Refused> {
         let address = url.address();
-        let remote = self.generation.remote_hosts.get(&address);
+        let remote = self.generation.remote_hosts.get(address);
         place
             .take_remote_permit(remote.map(Arc::as_ref))
             .map_err(|refusal| {
@@ -280,7 +280,10 @@ impl Connection {
         let error = match connected {
             Ok(Ok(upstream)) => return Ok(upstream),
             Ok(Err(error)) => error,
-            Err(_) => UpstreamError::Timeout { address, timeout },
+            Err(_) => UpstreamError::Timeout {
+                address: address.to_string(),
+                timeout,
+            },
         };
         tracing::warn!(%error, "upstream connection failed");
         Err(Refused::Upstream(error))

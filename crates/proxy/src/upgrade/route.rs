@@ -14,10 +14,9 @@ pub fn check_route(endpoint: &LiveEndpoint, route: &Route) -> Result<UpstreamUrl
         Refused::BadRoute(error)
     })?;
     let allowed = endpoint
-        .config
         .allowed_upstreams
         .iter()
-        .any(|allowed| upstream_allowed(allowed.get_ref(), &url));
+        .any(|allowed| allowed.admits(&url));
     if !allowed {
         tracing::warn!(route = %route.url, "route refused: not in the endpoint's allowed-upstreams");
         return Err(Refused::RouteNotAllowed);
@@ -25,41 +24,18 @@ pub fn check_route(endpoint: &LiveEndpoint, route: &Route) -> Result<UpstreamUrl
     Ok(url)
 }
 
-/// Does the `allowed-upstreams` entry `allowed` admit `url`? An entry is a
-/// scheme alone (`wss://`: any host), or scheme, host and port with an
-/// optional path prefix that must end at a segment boundary.
-pub fn upstream_allowed(allowed: &str, url: &UpstreamUrl) -> bool {
-    let scheme_only = match allowed {
-        "ws://" => Some(false),
-        "wss://" => Some(true),
-        _ => None,
-    };
-    if let Some(tls) = scheme_only {
-        return tls == url.tls;
-    }
-    let Ok(entry) = UpstreamUrl::parse(allowed) else {
-        return false;
-    };
-    if entry.tls != url.tls || entry.address() != url.address() {
-        return false;
-    }
-    let prefix = entry.path_and_query.as_str();
-    if prefix == "/" {
-        return true;
-    }
-    let path = url.path_and_query.as_str();
-    path.strip_prefix(prefix).is_some_and(|rest| {
-        prefix.ends_with('/') || rest.is_empty() || rest.starts_with(['/', '?'])
-    })
-}
-
 #[cfg(test)]
 #[allow(clippy::indexing_slicing, reason = "tests index what they built")]
 mod tests {
     use super::*;
+    use crate::upstream::AllowedUpstream;
 
     fn url(text: &str) -> UpstreamUrl {
         UpstreamUrl::parse(text).unwrap()
+    }
+
+    fn upstream_allowed(entry: &str, url: &UpstreamUrl) -> bool {
+        AllowedUpstream::parse(entry).is_some_and(|allowed| allowed.admits(url))
     }
 
     #[test]
