@@ -12,17 +12,38 @@ use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio_rustls::client::TlsStream;
+use tokio_rustls::{client, server};
 
 /// One side's socket.
 pub enum Socket {
-    /// The client's connection, upgraded by hyper.
-    Client(TokioIo<Upgraded>),
-    /// The upstream over TCP.
-    Upstream(Early<TcpStream>),
-    /// The upstream over TLS (boxed: its state is large, and the plain
-    /// side should not carry it).
-    UpstreamTls(Early<Box<TlsStream<TcpStream>>>),
+    /// Either side over TCP.
+    Tcp(Early<TcpStream>),
+    /// The client over TLS (boxed, as the next: TLS state is large, and a
+    /// plain side should not carry its size).
+    ClientTls(Early<Box<server::TlsStream<TcpStream>>>),
+    /// The upstream over TLS.
+    UpstreamTls(Early<Box<client::TlsStream<TcpStream>>>),
+    /// The client's connection as hyper upgraded it, when it is none of
+    /// the streams above.
+    Upgraded(TokioIo<Upgraded>),
+}
+
+impl Socket {
+    /// The client's connection after our 101: its TCP or TLS stream
+    /// itself, with the bytes hyper read past the request, so reads and
+    /// writes do not go through hyper's boxed stream.
+    pub fn client(upgraded: Upgraded) -> Self {
+        let upgraded = match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => return Self::Tcp(Early::new(parts.io.into_inner(), parts.read_buf)),
+            Err(upgraded) => upgraded,
+        };
+        match upgraded.downcast::<TokioIo<server::TlsStream<TcpStream>>>() {
+            Ok(parts) => {
+                Self::ClientTls(Early::new(Box::new(parts.io.into_inner()), parts.read_buf))
+            }
+            Err(upgraded) => Self::Upgraded(TokioIo::new(upgraded)),
+        }
+    }
 }
 
 /// A stream whose first bytes were already read: `early` is served
@@ -60,9 +81,10 @@ impl<S: AsyncRead + Unpin> AsyncRead for Early<S> {
 macro_rules! write_through {
     ($this:ident, $call:ident ( $($arg:expr),* )) => {
         match $this.get_mut() {
-            Socket::Client(io) => Pin::new(io).$call($($arg),*),
-            Socket::Upstream(early) => Pin::new(&mut early.io).$call($($arg),*),
+            Socket::Tcp(early) => Pin::new(&mut early.io).$call($($arg),*),
+            Socket::ClientTls(early) => Pin::new(&mut early.io).$call($($arg),*),
             Socket::UpstreamTls(early) => Pin::new(&mut early.io).$call($($arg),*),
+            Socket::Upgraded(io) => Pin::new(io).$call($($arg),*),
         }
     };
 }
@@ -74,9 +96,10 @@ impl AsyncRead for Socket {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Socket::Client(io) => Pin::new(io).poll_read(cx, buf),
-            Socket::Upstream(io) => Pin::new(io).poll_read(cx, buf),
-            Socket::UpstreamTls(io) => Pin::new(io).poll_read(cx, buf),
+            Socket::Tcp(early) => Pin::new(early).poll_read(cx, buf),
+            Socket::ClientTls(early) => Pin::new(early).poll_read(cx, buf),
+            Socket::UpstreamTls(early) => Pin::new(early).poll_read(cx, buf),
+            Socket::Upgraded(io) => Pin::new(io).poll_read(cx, buf),
         }
     }
 }
@@ -100,9 +123,10 @@ impl AsyncWrite for Socket {
 
     fn is_write_vectored(&self) -> bool {
         match self {
-            Socket::Client(io) => io.is_write_vectored(),
-            Socket::Upstream(early) => early.io.is_write_vectored(),
+            Socket::Tcp(early) => early.io.is_write_vectored(),
+            Socket::ClientTls(early) => early.io.is_write_vectored(),
             Socket::UpstreamTls(early) => early.io.is_write_vectored(),
+            Socket::Upgraded(io) => io.is_write_vectored(),
         }
     }
 
@@ -116,7 +140,7 @@ impl AsyncWrite for Socket {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, reason = "tests fail loudly")]
+#[allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
 mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -131,7 +155,7 @@ mod tests {
             peer.write_all(b"-later").await.unwrap();
         });
         let tcp = TcpStream::connect(address).await.unwrap();
-        let mut socket = Socket::Upstream(Early::new(tcp, Bytes::from_static(b"early")));
+        let mut socket = Socket::Tcp(Early::new(tcp, Bytes::from_static(b"early")));
         let mut small = [0u8; 3];
         socket.read_exact(&mut small).await.unwrap();
         assert_eq!(&small, b"ear");
@@ -139,5 +163,58 @@ mod tests {
         socket.read_to_end(&mut rest).await.unwrap();
         assert_eq!(rest, b"ly-later");
         writer.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_plain_client_after_the_101_is_its_tcp_stream_with_what_followed_the_request() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let (upgraded, answered) = tokio::sync::oneshot::channel();
+            let upgraded = std::sync::Mutex::new(Some(upgraded));
+            let service = hyper::service::service_fn(move |mut request| {
+                if let Some(upgraded) = upgraded.lock().unwrap().take() {
+                    let _ = upgraded.send(hyper::upgrade::on(&mut request));
+                }
+                async {
+                    let response = http::Response::builder()
+                        .status(101)
+                        .header("connection", "upgrade")
+                        .header("upgrade", "websocket")
+                        .body(http_body_util::Empty::<Bytes>::new())
+                        .unwrap();
+                    Ok::<_, std::convert::Infallible>(response)
+                }
+            });
+            let connection = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), service)
+                .with_upgrades();
+            let (_, on_upgrade) = tokio::join!(connection, answered);
+            let mut socket = Socket::client(on_upgrade.unwrap().await.unwrap());
+            assert!(matches!(socket, Socket::Tcp(_)));
+            let mut first = [0u8; 5];
+            // Bytes lost in the hand-over would leave this read waiting.
+            let read = socket.read_exact(&mut first);
+            tokio::time::timeout(std::time::Duration::from_secs(10), read)
+                .await
+                .expect("the bytes behind the request arrive")
+                .unwrap();
+            socket.write_all(b"bye").await.unwrap();
+            first
+        });
+        let mut client = TcpStream::connect(address).await.unwrap();
+        client
+            .write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\nhello")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        while !answer.ends_with(b"bye") {
+            let mut byte = [0u8; 1];
+            client.read_exact(&mut byte).await.unwrap();
+            answer.push(byte[0]);
+        }
+        assert!(answer.starts_with(b"HTTP/1.1 101"));
+        assert_eq!(&server.await.unwrap(), b"hello");
     }
 }

@@ -214,7 +214,7 @@ pub async fn connect(
         let mut tcp = tcp;
         let mut answer = handshake(&mut tcp, &request).await?;
         let early = std::mem::take(&mut answer.early);
-        (Socket::Upstream(Early::new(tcp, early)), answer)
+        (Socket::Tcp(Early::new(tcp, early)), answer)
     };
     let agreement = answer.check(&request, compress)?;
     let stream = wsgate_wire::open(socket, Role::Client, agreement, None, ws_config);

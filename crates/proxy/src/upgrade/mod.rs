@@ -18,7 +18,6 @@ use std::sync::Arc;
 use http::Request;
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tracing::Instrument;
 use wsgate_runtime::{CallContext, ConnectionInfo, Expiry, HeaderOp, Route};
@@ -330,7 +329,7 @@ impl Connection {
             match on_upgrade.await {
                 Ok(upgraded) => {
                     let client = wsgate_wire::open(
-                        Socket::Client(TokioIo::new(upgraded)),
+                        Socket::client(upgraded),
                         Role::Server,
                         deflate,
                         frames,
