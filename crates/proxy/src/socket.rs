@@ -165,49 +165,54 @@ mod tests {
         writer.await.unwrap();
     }
 
-    #[tokio::test]
-    async fn a_plain_client_after_the_101_is_its_tcp_stream_with_what_followed_the_request() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        let server = tokio::spawn(async move {
-            let (tcp, _) = listener.accept().await.unwrap();
-            let (upgraded, answered) = tokio::sync::oneshot::channel();
-            let upgraded = std::sync::Mutex::new(Some(upgraded));
-            let service = hyper::service::service_fn(move |mut request| {
-                if let Some(upgraded) = upgraded.lock().unwrap().take() {
-                    let _ = upgraded.send(hyper::upgrade::on(&mut request));
-                }
-                async {
-                    let response = http::Response::builder()
-                        .status(101)
-                        .header("connection", "upgrade")
-                        .header("upgrade", "websocket")
-                        .body(http_body_util::Empty::<Bytes>::new())
-                        .unwrap();
-                    Ok::<_, std::convert::Infallible>(response)
-                }
-            });
-            let connection = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tcp), service)
-                .with_upgrades();
-            let (_, on_upgrade) = tokio::join!(connection, answered);
-            let mut socket = Socket::client(on_upgrade.unwrap().await.unwrap());
-            assert!(matches!(socket, Socket::Tcp(_)));
-            let mut first = [0u8; 5];
-            // Bytes lost in the hand-over would leave this read waiting.
-            let read = socket.read_exact(&mut first);
-            tokio::time::timeout(std::time::Duration::from_secs(10), read)
-                .await
-                .expect("the bytes behind the request arrive")
-                .unwrap();
-            socket.write_all(b"bye").await.unwrap();
-            first
+    /// Serve one upgrade request on `io` with hyper, as the gateway does,
+    /// and hand the upgraded connection to [`Socket::client`]; read the
+    /// five bytes the client sent behind its request and answer `bye`.
+    async fn hand_over<IO>(io: IO) -> (Socket, [u8; 5])
+    where
+        IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
+        let (upgraded, answered) = tokio::sync::oneshot::channel();
+        let upgraded = std::sync::Mutex::new(Some(upgraded));
+        let service = hyper::service::service_fn(move |mut request| {
+            if let Some(upgraded) = upgraded.lock().unwrap().take() {
+                let _ = upgraded.send(hyper::upgrade::on(&mut request));
+            }
+            async {
+                let response = http::Response::builder()
+                    .status(101)
+                    .header("connection", "upgrade")
+                    .header("upgrade", "websocket")
+                    .body(http_body_util::Empty::<Bytes>::new())
+                    .unwrap();
+                Ok::<_, std::convert::Infallible>(response)
+            }
         });
-        let mut client = TcpStream::connect(address).await.unwrap();
+        let connection = hyper::server::conn::http1::Builder::new()
+            .serve_connection(io, service)
+            .with_upgrades();
+        let (_, on_upgrade) = tokio::join!(connection, answered);
+        let mut socket = Socket::client(on_upgrade.unwrap().await.unwrap());
+        let mut first = [0u8; 5];
+        // Bytes lost in the hand-over would leave this read waiting.
+        let read = socket.read_exact(&mut first);
+        tokio::time::timeout(std::time::Duration::from_secs(10), read)
+            .await
+            .expect("the bytes behind the request arrive")
+            .unwrap();
+        socket.write_all(b"bye").await.unwrap();
+        socket.flush().await.unwrap();
+        (socket, first)
+    }
+
+    /// Send an upgrade request with `hello` behind it in one write, and
+    /// read until the server's `bye`.
+    async fn upgrade_saying_hello<S: AsyncRead + AsyncWrite + Unpin>(mut client: S) {
         client
             .write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\nhello")
             .await
             .unwrap();
+        client.flush().await.unwrap();
         let mut answer = Vec::new();
         while !answer.ends_with(b"bye") {
             let mut byte = [0u8; 1];
@@ -215,6 +220,58 @@ mod tests {
             answer.push(byte[0]);
         }
         assert!(answer.starts_with(b"HTTP/1.1 101"));
-        assert_eq!(&server.await.unwrap(), b"hello");
+    }
+
+    #[tokio::test]
+    async fn a_plain_client_after_the_101_is_its_tcp_stream_with_what_followed_the_request() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            hand_over(TokioIo::new(tcp)).await
+        });
+        upgrade_saying_hello(TcpStream::connect(address).await.unwrap()).await;
+        let (socket, first) = server.await.unwrap();
+        assert!(matches!(socket, Socket::Tcp(_)));
+        assert_eq!(&first, b"hello");
+    }
+
+    #[tokio::test]
+    async fn a_tls_client_after_the_101_is_its_tls_stream_with_what_followed_the_request() {
+        let provider = || std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let issued = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let certificate = issued.cert.der().clone();
+        let key =
+            rustls::pki_types::PrivateKeyDer::Pkcs8(issued.signing_key.serialize_der().into());
+        let server_config = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![certificate.clone()], key)
+            .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(certificate).unwrap();
+        let client_config = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(server_config));
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            hand_over(TokioIo::new(acceptor.accept(tcp).await.unwrap())).await
+        });
+        let tcp = TcpStream::connect(address).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let client = tokio_rustls::TlsConnector::from(std::sync::Arc::new(client_config))
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        upgrade_saying_hello(client).await;
+        let (socket, first) = server.await.unwrap();
+        assert!(matches!(socket, Socket::ClientTls(_)));
+        assert_eq!(&first, b"hello");
     }
 }
