@@ -195,8 +195,8 @@ impl EndpointTraffic {
 /// Counters shared by every connection of a gateway.
 #[derive(Debug, Default)]
 pub struct TrafficCounters {
-    /// Upgrade answers by (endpoint, status).
-    upgrades: Mutex<BTreeMap<(String, u16), u64>>,
+    /// Upgrade answers by endpoint, then status.
+    upgrades: Mutex<BTreeMap<String, BTreeMap<u16, u64>>>,
     /// Messages and bytes read, by endpoint path (every path any
     /// generation has served, at most [`MAX_ENDPOINT_LABELS`]).
     endpoints: Mutex<BTreeMap<String, Arc<EndpointTraffic>>>,
@@ -207,25 +207,56 @@ pub struct TrafficCounters {
     upgrade_verdicts: [AtomicU64; 5],
     /// Connections closed at their expiry, in [`ExpiredBy::ALL`] order.
     expired: [AtomicU64; 2],
-    /// Connections ended, by the close code sent or received first (its
-    /// label: the number, [`NO_CLOSE_CODE`] or [`OTHER_CLOSE_CODES`]).
-    closes: Mutex<BTreeMap<String, u64>>,
+    /// Connections ended, by the close code sent or received first.
+    closes: Mutex<BTreeMap<CloseKey, u64>>,
+}
+
+/// What a connection's close is counted under; its label is the number,
+/// [`NO_CLOSE_CODE`] or [`OTHER_CLOSE_CODES`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum CloseKey {
+    Code(u16),
+    NoCode,
+    Other,
+}
+
+impl CloseKey {
+    fn label(self) -> String {
+        match self {
+            Self::Code(code) => code.to_string(),
+            Self::NoCode => NO_CLOSE_CODE.to_string(),
+            Self::Other => OTHER_CLOSE_CODES.to_string(),
+        }
+    }
 }
 
 impl TrafficCounters {
     /// Count an upgrade answered with `status` on `endpoint`.
     pub fn upgrade(&self, endpoint: &str, status: u16) {
-        if let Ok(mut upgrades) = self.upgrades.lock() {
-            *upgrades.entry((endpoint.to_string(), status)).or_default() += 1;
+        let Ok(mut upgrades) = self.upgrades.lock() else {
+            return;
+        };
+        // The endpoint's path is copied only the first time it is seen.
+        if let Some(statuses) = upgrades.get_mut(endpoint) {
+            *statuses.entry(status).or_default() += 1;
+        } else {
+            upgrades.insert(endpoint.to_string(), BTreeMap::from([(status, 1)]));
         }
     }
 
     /// Upgrade answers by (endpoint, status).
     pub fn upgrades(&self) -> Vec<((String, u16), u64)> {
-        self.upgrades
-            .lock()
-            .map(|u| u.iter().map(|(k, v)| (k.clone(), *v)).collect())
-            .unwrap_or_default()
+        let Ok(upgrades) = self.upgrades.lock() else {
+            return Vec::new();
+        };
+        upgrades
+            .iter()
+            .flat_map(|(endpoint, statuses)| {
+                statuses
+                    .iter()
+                    .map(|(status, count)| ((endpoint.clone(), *status), *count))
+            })
+            .collect()
     }
 
     /// The message counters of `endpoint` (its path), shared by every
@@ -318,22 +349,26 @@ impl TrafficCounters {
         let Ok(mut closes) = self.closes.lock() else {
             return;
         };
-        let label = code.map_or_else(|| NO_CLOSE_CODE.to_string(), |code| code.to_string());
-        if let Some(count) = closes.get_mut(&label) {
+        let key = code.map_or(CloseKey::NoCode, CloseKey::Code);
+        if let Some(count) = closes.get_mut(&key) {
             *count += 1;
         } else if closes.len() < MAX_CLOSE_CODES {
-            closes.insert(label, 1);
+            closes.insert(key, 1);
         } else {
-            *closes.entry(OTHER_CLOSE_CODES.to_string()).or_default() += 1;
+            *closes.entry(CloseKey::Other).or_default() += 1;
         }
     }
 
-    /// Connections ended, by close code label.
+    /// Connections ended, by close code label, in the labels' order.
     pub fn closes(&self) -> Vec<(String, u64)> {
-        self.closes
-            .lock()
-            .map(|closes| closes.iter().map(|(k, v)| (k.clone(), *v)).collect())
-            .unwrap_or_default()
+        let Ok(closes) = self.closes.lock() else {
+            return Vec::new();
+        };
+        let labelled: BTreeMap<String, u64> = closes
+            .iter()
+            .map(|(key, count)| (key.label(), *count))
+            .collect();
+        labelled.into_iter().collect()
     }
 }
 

@@ -25,8 +25,8 @@ use crate::generation::{Generation, LiveEndpoint, RemoteLimit};
 #[derive(Default)]
 struct Counts {
     total: u32,
-    endpoints: HashMap<String, u32>,
-    clients: HashMap<(String, IpAddr), u32>,
+    endpoints: HashMap<Arc<str>, u32>,
+    clients: HashMap<(Arc<str>, IpAddr), u32>,
 }
 
 /// Client connections accepted and not yet answered.
@@ -151,7 +151,7 @@ impl Drop for Handshake {
 /// them all back and wakes whoever waits for connections to end.
 pub struct Place {
     ledger: Arc<Ledger>,
-    endpoint: String,
+    endpoint: Arc<str>,
     client: IpAddr,
     /// The remote host's permit, once taken (when it has a limit).
     permit: Option<OwnedSemaphorePermit>,
@@ -163,7 +163,11 @@ impl Ledger {
     /// Admit a connection from `client` under `limits`, or say which limit refuses it.
     pub fn admit(self: &Arc<Self>, limits: &Limits<'_>, client: IpAddr) -> Result<Place, Refusal> {
         let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
-        let endpoint = limits.endpoint.to_string();
+        // One allocation for the path, shared by both counts and the place.
+        let endpoint: Arc<str> = counts
+            .endpoints
+            .get_key_value(limits.endpoint)
+            .map_or_else(|| Arc::from(limits.endpoint), |(key, _)| key.clone());
         let client_key = (endpoint.clone(), client);
         let over = |count: u32, limit: Option<u32>| limit.is_some_and(|limit| count >= limit);
         if over(counts.total, limits.gateway) {
@@ -292,8 +296,7 @@ impl Drop for Place {
                 .unwrap_or_else(PoisonError::into_inner);
             counts.total = counts.total.saturating_sub(1);
             release(&mut counts.endpoints, &self.endpoint);
-            let key = (std::mem::take(&mut self.endpoint), self.client);
-            release(&mut counts.clients, &key);
+            release(&mut counts.clients, &(self.endpoint.clone(), self.client));
         }
         if let Some((endpoint, generation)) = self.open.take() {
             endpoint.active.fetch_sub(1, Ordering::Relaxed);

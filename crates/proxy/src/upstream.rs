@@ -233,20 +233,20 @@ const MAX_ANSWER_HEADERS: usize = 64;
 
 /// The upgrade request as sent to the upstream, and what checking its
 /// answer needs.
-struct HandshakeRequest {
+struct HandshakeRequest<'a> {
     bytes: Vec<u8>,
     key: String,
-    address: String,
+    address: &'a str,
 }
 
 /// Build the HTTP/1.1 upgrade request for `url`: the handshake's own
 /// headers, then `headers`.
-fn upgrade_request(
+fn upgrade_request<'a>(
     url: &UpstreamUrl,
     headers: &HeaderMap,
     compress: bool,
-    address: &str,
-) -> Result<HandshakeRequest, UpstreamError> {
+    address: &'a str,
+) -> Result<HandshakeRequest<'a>, UpstreamError> {
     let refused = |reason: String| UpstreamError::Handshake {
         address: address.to_string(),
         reason,
@@ -263,34 +263,44 @@ fn upgrade_request(
     if HeaderValue::from_str(&host).is_err() {
         return Err(refused(format!("invalid host header: {host}")));
     }
-    let mut bytes = Vec::with_capacity(256);
-    for part in [
-        "GET ",
-        url.path_and_query.as_str(),
-        " HTTP/1.1\r\nhost: ",
-        &host,
-        "\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-key: ",
-        &key,
-        "\r\nsec-websocket-version: 13\r\n",
-    ] {
-        bytes.extend_from_slice(part.as_bytes());
+    let head: [&[u8]; 7] = [
+        b"GET ",
+        url.path_and_query.as_bytes(),
+        b" HTTP/1.1\r\nhost: ",
+        host.as_bytes(),
+        b"\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-key: ",
+        key.as_bytes(),
+        b"\r\nsec-websocket-version: 13\r\n",
+    ];
+    let offer: [&[u8]; 3] = if compress {
+        [
+            b"sec-websocket-extensions: ",
+            deflate::UPSTREAM_OFFER.as_bytes(),
+            b"\r\n",
+        ]
+    } else {
+        [b"", b"", b""]
+    };
+    let lines = || {
+        headers
+            .iter()
+            .map(|(name, value)| [name.as_str().as_bytes(), b": ", value.as_bytes(), b"\r\n"])
+    };
+    let parts = || {
+        head.into_iter()
+            .chain(offer)
+            .chain(lines().flatten())
+            .chain([&b"\r\n"[..]])
+    };
+    // Sized once: the request is written in one go.
+    let mut bytes = Vec::with_capacity(parts().map(<[u8]>::len).sum());
+    for part in parts() {
+        bytes.extend_from_slice(part);
     }
-    if compress {
-        bytes.extend_from_slice(b"sec-websocket-extensions: ");
-        bytes.extend_from_slice(deflate::UPSTREAM_OFFER.as_bytes());
-        bytes.extend_from_slice(b"\r\n");
-    }
-    for (name, value) in headers {
-        bytes.extend_from_slice(name.as_str().as_bytes());
-        bytes.extend_from_slice(b": ");
-        bytes.extend_from_slice(value.as_bytes());
-        bytes.extend_from_slice(b"\r\n");
-    }
-    bytes.extend_from_slice(b"\r\n");
     Ok(HandshakeRequest {
         bytes,
         key,
-        address: address.to_string(),
+        address,
     })
 }
 
@@ -310,11 +320,11 @@ impl Answer {
     /// Returns what was agreed for permessage-deflate.
     fn check(
         &self,
-        request: &HandshakeRequest,
+        request: &HandshakeRequest<'_>,
         compress: bool,
     ) -> Result<Option<deflate::Agreement>, UpstreamError> {
         let refused = |reason: String| UpstreamError::Handshake {
-            address: request.address.clone(),
+            address: request.address.to_string(),
             reason,
         };
         if self.status != StatusCode::SWITCHING_PROTOCOLS.as_u16() {
@@ -339,12 +349,12 @@ impl Answer {
 
 /// Send `request` on `io` and read the upstream's answer (up to
 /// [`MAX_ANSWER`] bytes of it), keeping what follows it.
-async fn handshake<S>(io: &mut S, request: &HandshakeRequest) -> Result<Answer, UpstreamError>
+async fn handshake<S>(io: &mut S, request: &HandshakeRequest<'_>) -> Result<Answer, UpstreamError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let failed = |reason: String| UpstreamError::Handshake {
-        address: request.address.clone(),
+        address: request.address.to_string(),
         reason,
     };
     io.write_all(&request.bytes)
@@ -369,7 +379,7 @@ where
                 "it closed the connection before answering".to_string(),
             ));
         }
-        if let Some(answer) = parse_answer(&mut read).map_err(failed)? {
+        if let Some(answer) = parse_answer(&read).map_err(failed)? {
             return Ok(answer);
         }
     }
@@ -377,7 +387,7 @@ where
 
 /// Parse a complete answer at the start of `read` (what follows it is
 /// kept as the early bytes); `None` while it is incomplete.
-fn parse_answer(read: &mut BytesMut) -> Result<Option<Answer>, String> {
+fn parse_answer(read: &BytesMut) -> Result<Option<Answer>, String> {
     let mut lines = [httparse::EMPTY_HEADER; MAX_ANSWER_HEADERS];
     let mut response = httparse::Response::new(&mut lines);
     let length = match response.parse(read) {
@@ -404,7 +414,10 @@ fn parse_answer(read: &mut BytesMut) -> Result<Option<Answer>, String> {
             answer.extensions.push(value.to_string());
         }
     }
-    answer.early = read.split_off(length).freeze();
+    // Almost always nothing follows; what does is copied out once.
+    if let Some(early) = read.get(length..).filter(|early| !early.is_empty()) {
+        answer.early = Bytes::copy_from_slice(early);
+    }
     Ok(Some(answer))
 }
 
