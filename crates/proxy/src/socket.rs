@@ -41,7 +41,14 @@ impl Socket {
             Ok(parts) => {
                 Self::ClientTls(Early::new(Box::new(parts.io.into_inner()), parts.read_buf))
             }
-            Err(upgraded) => Self::Upgraded(TokioIo::new(upgraded)),
+            Err(upgraded) => {
+                // Correct, only slower: the listener handed hyper a stream
+                // of another type.
+                tracing::debug!(
+                    "the client's stream is not a TCP or TLS stream; read through hyper's"
+                );
+                Self::Upgraded(TokioIo::new(upgraded))
+            }
         }
     }
 }

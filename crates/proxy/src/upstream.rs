@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use http::header::{HeaderMap, HeaderValue};
 use http::{StatusCode, Uri};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -77,6 +77,9 @@ pub struct UpstreamUrl {
     pub path_and_query: String,
     /// `host:port`, lower-case, IPv6 in brackets.
     address: String,
+    /// The upgrade request's `Host`: IPv6 in brackets, the port only when
+    /// it is not the scheme's.
+    host_header: String,
 }
 
 impl UpstreamUrl {
@@ -98,22 +101,29 @@ impl UpstreamUrl {
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_string();
-        let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+        let default_port = if tls { 443 } else { 80 };
+        let port = uri.port_u16().unwrap_or(default_port);
         let path_and_query = uri
             .path_and_query()
             .map_or_else(|| "/".to_string(), |p| p.as_str().to_string());
-        let address = if host.contains(':') {
-            format!("[{host}]:{port}")
+        let bracketed = if host.contains(':') {
+            format!("[{host}]")
         } else {
-            format!("{host}:{port}")
-        }
-        .to_ascii_lowercase();
+            host.clone()
+        };
+        let address = format!("{bracketed}:{port}").to_ascii_lowercase();
+        let host_header = if port == default_port {
+            bracketed
+        } else {
+            format!("{bracketed}:{port}")
+        };
         Ok(Self {
             tls,
             host,
             port,
             path_and_query,
             address,
+            host_header,
         })
     }
 
@@ -195,26 +205,20 @@ pub async fn connect(
         .map_err(|e| connect_error(e.to_string()))?;
     // Latency matters more than packet count for interactive traffic.
     let _ = tcp.set_nodelay(true);
-    let request = upgrade_request(url, &headers, compress, address)?;
+    let request = upgrade_request(url, &headers, compress, address);
     let (socket, answer) = if url.tls {
         let name = rustls::pki_types::ServerName::try_from(url.host.clone())
             .map_err(|e| connect_error(format!("invalid TLS server name: {e}")))?;
-        let mut tls =
+        let tls =
             tokio_rustls::TlsConnector::from(tls.unwrap_or_else(crate::tls::default_client_config))
                 .connect(name, tcp)
                 .await
                 .map_err(|e| connect_error(format!("TLS handshake failed: {e}")))?;
-        let mut answer = handshake(&mut tls, &request).await?;
-        let early = std::mem::take(&mut answer.early);
-        (
-            Socket::UpstreamTls(Early::new(Box::new(tls), early)),
-            answer,
-        )
+        let (io, answer) = handshake(Box::new(tls), &request).await?;
+        (Socket::UpstreamTls(io), answer)
     } else {
-        let mut tcp = tcp;
-        let mut answer = handshake(&mut tcp, &request).await?;
-        let early = std::mem::take(&mut answer.early);
-        (Socket::Tcp(Early::new(tcp, early)), answer)
+        let (io, answer) = handshake(tcp, &request).await?;
+        (Socket::Tcp(io), answer)
     };
     let agreement = answer.check(&request, compress)?;
     let stream = wsgate_wire::open(socket, Role::Client, agreement, None, ws_config);
@@ -224,12 +228,13 @@ pub async fn connect(
     })
 }
 
-/// The longest 101 answer read: an upstream's handshake headers beyond
-/// this are refused.
+/// The most bytes of an upstream's answer read (with any informational
+/// answers before it): an answer longer than this is refused.
 const MAX_ANSWER: usize = 16 * 1024;
 
-/// The most header lines read in an upstream's answer.
-const MAX_ANSWER_HEADERS: usize = 64;
+/// The most header fields in an upstream's answer (hyper's client's
+/// default, which the gateway used before it read answers itself).
+const MAX_ANSWER_HEADERS: usize = 100;
 
 /// The upgrade request as sent to the upstream, and what checking its
 /// answer needs.
@@ -246,28 +251,13 @@ fn upgrade_request<'a>(
     headers: &HeaderMap,
     compress: bool,
     address: &'a str,
-) -> Result<HandshakeRequest<'a>, UpstreamError> {
-    let refused = |reason: String| UpstreamError::Handshake {
-        address: address.to_string(),
-        reason,
-    };
+) -> HandshakeRequest<'a> {
     let key = tokio_tungstenite::tungstenite::handshake::client::generate_key();
-    let default_port = if url.tls { 443 } else { 80 };
-    let host = if url.port == default_port {
-        url.host.clone()
-    } else if url.host.contains(':') {
-        format!("[{}]:{}", url.host, url.port)
-    } else {
-        format!("{}:{}", url.host, url.port)
-    };
-    if HeaderValue::from_str(&host).is_err() {
-        return Err(refused(format!("invalid host header: {host}")));
-    }
     let head: [&[u8]; 7] = [
         b"GET ",
         url.path_and_query.as_bytes(),
         b" HTTP/1.1\r\nhost: ",
-        host.as_bytes(),
+        url.host_header.as_bytes(),
         b"\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-key: ",
         key.as_bytes(),
         b"\r\nsec-websocket-version: 13\r\n",
@@ -297,11 +287,11 @@ fn upgrade_request<'a>(
     for part in parts() {
         bytes.extend_from_slice(part);
     }
-    Ok(HandshakeRequest {
+    HandshakeRequest {
         bytes,
         key,
         address,
-    })
+    }
 }
 
 /// What the upstream answered, as far as the gateway reads it.
@@ -347,9 +337,14 @@ impl Answer {
     }
 }
 
-/// Send `request` on `io` and read the upstream's answer (up to
-/// [`MAX_ANSWER`] bytes of it), keeping what follows it.
-async fn handshake<S>(io: &mut S, request: &HandshakeRequest<'_>) -> Result<Answer, UpstreamError>
+/// Send `request` on `io` and read the upstream's answer (at most
+/// [`MAX_ANSWER`] bytes, informational answers such as `103 Early Hints`
+/// skipped, as HTTP clients do): `io` with what the upstream sent behind
+/// its answer to be read first, and the answer.
+async fn handshake<S>(
+    mut io: S,
+    request: &HandshakeRequest<'_>,
+) -> Result<(Early<S>, Answer), UpstreamError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -364,8 +359,20 @@ where
         .await
         .map_err(|e| failed(format!("cannot send the request: {e}")))?;
     let mut read = BytesMut::with_capacity(1024);
+    let mut total = 0;
     loop {
-        if read.len() >= MAX_ANSWER {
+        match parse_answer(&read).map_err(&failed)? {
+            Parsed::Answer(mut answer) => {
+                let early = std::mem::take(&mut answer.early);
+                return Ok((Early::new(io, early), answer));
+            }
+            Parsed::Informational(length) => {
+                read.advance(length);
+                continue;
+            }
+            Parsed::Incomplete => {}
+        }
+        if total >= MAX_ANSWER {
             return Err(failed(format!(
                 "its answer is longer than {MAX_ANSWER} bytes"
             )));
@@ -379,35 +386,59 @@ where
                 "it closed the connection before answering".to_string(),
             ));
         }
-        if let Some(answer) = parse_answer(&read).map_err(failed)? {
-            return Ok(answer);
-        }
+        total += n;
     }
 }
 
-/// Parse a complete answer at the start of `read` (what follows it is
-/// kept as the early bytes); `None` while it is incomplete.
-fn parse_answer(read: &BytesMut) -> Result<Option<Answer>, String> {
+/// What the start of the bytes read so far holds.
+enum Parsed {
+    /// Not a whole answer yet.
+    Incomplete,
+    /// An informational answer (1xx other than 101) of this many bytes.
+    Informational(usize),
+    /// The answer, with the bytes that followed it as its early bytes.
+    Answer(Answer),
+}
+
+/// Parse the answer at the start of `read`. The first
+/// `Sec-WebSocket-Accept` and `Sec-WebSocket-Protocol` count, as they did
+/// when hyper's client read answers.
+fn parse_answer(read: &[u8]) -> Result<Parsed, String> {
     let mut lines = [httparse::EMPTY_HEADER; MAX_ANSWER_HEADERS];
     let mut response = httparse::Response::new(&mut lines);
     let length = match response.parse(read) {
         Ok(httparse::Status::Complete(length)) => length,
-        Ok(httparse::Status::Partial) => return Ok(None),
+        Ok(httparse::Status::Partial) => return Ok(Parsed::Incomplete),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(format!(
+                "its answer has more than {MAX_ANSWER_HEADERS} header fields"
+            ));
+        }
         Err(error) => return Err(format!("its answer is not HTTP/1.1: {error}")),
     };
+    let status = response.code.unwrap_or_default();
+    if (100..200).contains(&status) && status != StatusCode::SWITCHING_PROTOCOLS.as_u16() {
+        return Ok(Parsed::Informational(length));
+    }
     let mut answer = Answer {
-        status: response.code.unwrap_or_default(),
+        status,
         accept: None,
         protocol: None,
         extensions: Vec::new(),
         early: Bytes::new(),
     };
+    let mut protocol_seen = false;
     for line in response.headers.iter() {
         let name = line.name;
         if name.eq_ignore_ascii_case("sec-websocket-accept") {
-            answer.accept = Some(line.value.to_vec());
+            if answer.accept.is_none() {
+                answer.accept = Some(line.value.to_vec());
+            }
         } else if name.eq_ignore_ascii_case("sec-websocket-protocol") {
-            answer.protocol = HeaderValue::from_bytes(line.value).ok();
+            if !protocol_seen {
+                protocol_seen = true;
+                answer.protocol = HeaderValue::from_bytes(line.value).ok();
+            }
         } else if name.eq_ignore_ascii_case("sec-websocket-extensions")
             && let Ok(value) = std::str::from_utf8(line.value)
         {
@@ -418,11 +449,15 @@ fn parse_answer(read: &BytesMut) -> Result<Option<Answer>, String> {
     if let Some(early) = read.get(length..).filter(|early| !early.is_empty()) {
         answer.early = Bytes::copy_from_slice(early);
     }
-    Ok(Some(answer))
+    Ok(Parsed::Answer(answer))
 }
 
 #[cfg(test)]
-#[allow(clippy::indexing_slicing, reason = "tests index what they built")]
+#[allow(
+    clippy::indexing_slicing,
+    clippy::panic,
+    reason = "tests index what they built, and fail loudly"
+)]
 mod tests {
     use futures_util::StreamExt;
     use tokio_tungstenite::tungstenite::Message;
@@ -499,9 +534,85 @@ mod tests {
         };
         assert_eq!(values("host"), [url.address()]);
         assert_eq!(values("upgrade"), ["websocket"]);
+        assert_eq!(values("connection"), ["Upgrade"]);
+        assert_eq!(values("sec-websocket-key").len(), 1);
         assert_eq!(values("sec-websocket-version"), ["13"]);
         assert_eq!(values("x-tenant"), ["acme", "second"]);
         assert!(values("sec-websocket-extensions").is_empty());
+    }
+
+    /// The head of the request built for `url`: its header lines.
+    fn request_lines(url: &str, compress: bool) -> Vec<String> {
+        let url = UpstreamUrl::parse(url).unwrap();
+        let request = upgrade_request(&url, &HeaderMap::new(), compress, url.address());
+        let text = String::from_utf8(request.bytes).unwrap();
+        assert!(text.ends_with("\r\n\r\n"), "{text}");
+        text.lines().map(str::to_string).collect()
+    }
+
+    #[test]
+    fn the_host_header_has_the_port_only_when_it_is_not_the_schemes() {
+        let host = |url: &str| {
+            request_lines(url, false)
+                .into_iter()
+                .find_map(|line| line.strip_prefix("host: ").map(str::to_string))
+                .unwrap()
+        };
+        assert_eq!(host("ws://Example.com/chat"), "Example.com");
+        assert_eq!(host("wss://example.com:443/"), "example.com");
+        assert_eq!(host("ws://example.com:8080/"), "example.com:8080");
+        assert_eq!(host("ws://[::1]/"), "[::1]");
+        assert_eq!(host("wss://[::1]:9443/"), "[::1]:9443");
+    }
+
+    #[test]
+    fn permessage_deflate_is_offered_only_when_asked() {
+        let offer = format!("sec-websocket-extensions: {}", deflate::UPSTREAM_OFFER);
+        assert!(request_lines("ws://a/", true).contains(&offer));
+        assert!(
+            !request_lines("ws://a/", false)
+                .iter()
+                .any(|line| line.starts_with("sec-websocket-extensions"))
+        );
+    }
+
+    /// The answer parsed from `text`, which must be complete and final.
+    fn answer_of(text: &[u8]) -> Answer {
+        match parse_answer(text).unwrap() {
+            Parsed::Answer(answer) => answer,
+            Parsed::Incomplete | Parsed::Informational(_) => panic!("not a final answer"),
+        }
+    }
+
+    #[test]
+    fn what_follows_the_answer_is_kept_and_the_first_handshake_headers_count() {
+        let answer = answer_of(
+            b"HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Accept: first\r\n\
+              sec-websocket-accept: second\r\nSec-WebSocket-Protocol: one\r\n\
+              Sec-WebSocket-Protocol: two\r\n\r\n\x81\x02hi",
+        );
+        assert_eq!(answer.status, 101);
+        assert_eq!(answer.accept.as_deref(), Some(&b"first"[..]));
+        assert_eq!(answer.protocol.unwrap(), "one");
+        assert_eq!(&answer.early[..], b"\x81\x02hi");
+        let answer = answer_of(b"HTTP/1.1 101 Switching Protocols\r\n\r\n");
+        assert!(answer.early.is_empty());
+        assert!(matches!(
+            parse_answer(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n"),
+            Ok(Parsed::Incomplete)
+        ));
+    }
+
+    #[tokio::test]
+    async fn informational_answers_before_the_101_are_skipped() {
+        let (url, _read) = upstream_answering(|key| {
+            let mut bytes = b"HTTP/1.1 103 Early Hints\r\nlink: </style.css>\r\n\r\n".to_vec();
+            bytes.extend_from_slice(switching(key).as_bytes());
+            bytes
+        })
+        .await;
+        let upstream = connect_to(&url).await.unwrap();
+        assert_eq!(upstream.protocol.unwrap(), "chat.v2");
     }
 
     #[tokio::test]
@@ -548,17 +659,41 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_endless_answer_is_refused() {
+    async fn an_answer_longer_than_the_limit_is_refused() {
         let (url, _read) = upstream_answering(|_| {
-            let mut bytes = b"HTTP/1.1 101 Switching Protocols\r\n".to_vec();
-            while bytes.len() <= MAX_ANSWER {
-                bytes.extend_from_slice(b"x-filler: 0123456789\r\n");
-            }
+            let mut bytes = b"HTTP/1.1 101 Switching Protocols\r\nx-filler: ".to_vec();
+            bytes.resize(bytes.len() + MAX_ANSWER, b'x');
             bytes
         })
         .await;
         let error = connect_to(&url).await.err().unwrap();
         assert!(matches!(error, UpstreamError::Handshake { .. }), "{error}");
+        assert!(
+            error
+                .to_string()
+                .ends_with("its answer is longer than 16384 bytes"),
+            "{error}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_answer_with_too_many_header_fields_is_refused() {
+        let (url, _read) = upstream_answering(|key| {
+            let mut bytes = b"HTTP/1.1 101 Switching Protocols\r\n".to_vec();
+            for i in 0..MAX_ANSWER_HEADERS {
+                bytes.extend_from_slice(format!("x-{i}: y\r\n").as_bytes());
+            }
+            bytes.extend_from_slice(switching(key).split_once("\r\n").unwrap().1.as_bytes());
+            bytes
+        })
+        .await;
+        let error = connect_to(&url).await.err().unwrap();
+        assert!(
+            error
+                .to_string()
+                .ends_with("its answer has more than 100 header fields"),
+            "{error}"
+        );
     }
 
     #[tokio::test]
