@@ -280,7 +280,7 @@ async fn a_relayed_message_allocates_nothing_on_the_hot_path() {
 
     // An upgrade allocates: the request's head, the plugins' view of it
     // and the connection's copy of its headers, the upstream's request
-    // and answer, the connection's session and stream stacks, three
+    // and answer, the connection's session and stream stacks, two
     // tasks. At most today's count and about 5 % more; at least 10, so
     // that a counter counting nothing fails.
     for (case, path, least, most) in [
