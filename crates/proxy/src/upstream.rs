@@ -297,6 +297,10 @@ fn upgrade_request<'a>(
 /// What the upstream answered, as far as the gateway reads it.
 struct Answer {
     status: u16,
+    /// It says `Upgrade: websocket`.
+    upgrades_to_websocket: bool,
+    /// Its `Connection` has the `upgrade` token.
+    connection_upgrade: bool,
     accept: Option<Vec<u8>>,
     protocol: Option<HeaderValue>,
     extensions: Vec<String>,
@@ -305,8 +309,10 @@ struct Answer {
 }
 
 impl Answer {
-    /// Check the answer against `request`: a 101 with the right
-    /// `Sec-WebSocket-Accept`, and permessage-deflate only if offered.
+    /// Check the answer against `request`: a 101 with `Upgrade:
+    /// websocket`, `Connection: upgrade` and the right
+    /// `Sec-WebSocket-Accept` (RFC 6455, 4.1), and permessage-deflate only
+    /// if offered.
     /// Returns what was agreed for permessage-deflate.
     fn check(
         &self,
@@ -321,6 +327,16 @@ impl Answer {
             let status = StatusCode::from_u16(self.status)
                 .map_or_else(|_| self.status.to_string(), |s| s.to_string());
             return Err(refused(format!("it answered {status}")));
+        }
+        if !self.upgrades_to_websocket {
+            return Err(refused(
+                "its 101 does not say Upgrade: websocket".to_string(),
+            ));
+        }
+        if !self.connection_upgrade {
+            return Err(refused(
+                "its 101 does not say Connection: upgrade".to_string(),
+            ));
         }
         if self.accept.as_deref() != Some(derive_accept_key(request.key.as_bytes()).as_bytes()) {
             return Err(refused("wrong or missing Sec-WebSocket-Accept".to_string()));
@@ -422,6 +438,8 @@ fn parse_answer(read: &[u8]) -> Result<Parsed, String> {
     }
     let mut answer = Answer {
         status,
+        upgrades_to_websocket: false,
+        connection_upgrade: false,
         accept: None,
         protocol: None,
         extensions: Vec::new(),
@@ -430,7 +448,14 @@ fn parse_answer(read: &[u8]) -> Result<Parsed, String> {
     let mut protocol_seen = false;
     for line in response.headers.iter() {
         let name = line.name;
-        if name.eq_ignore_ascii_case("sec-websocket-accept") {
+        if name.eq_ignore_ascii_case("upgrade") {
+            answer.upgrades_to_websocket |= line.value.eq_ignore_ascii_case(b"websocket");
+        } else if name.eq_ignore_ascii_case("connection") {
+            answer.connection_upgrade |= line
+                .value
+                .split(|byte| *byte == b',')
+                .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"upgrade"));
+        } else if name.eq_ignore_ascii_case("sec-websocket-accept") {
             if answer.accept.is_none() {
                 answer.accept = Some(line.value.to_vec());
             }
@@ -644,6 +669,44 @@ mod tests {
             error.to_string().ends_with("it answered 404 Not Found"),
             "{error}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_101_without_the_upgrade_headers_is_refused() {
+        let (url, _read) = upstream_answering(|key| {
+            switching(key)
+                .replace("Upgrade: websocket\r\n", "")
+                .into_bytes()
+        })
+        .await;
+        let error = connect_to(&url).await.err().unwrap();
+        assert!(
+            error
+                .to_string()
+                .ends_with("does not say Upgrade: websocket"),
+            "{error}"
+        );
+        let (url, _read) = upstream_answering(|key| {
+            switching(key)
+                .replace("Connection: Upgrade", "Connection: keep-alive")
+                .into_bytes()
+        })
+        .await;
+        let error = connect_to(&url).await.err().unwrap();
+        assert!(
+            error
+                .to_string()
+                .ends_with("does not say Connection: upgrade"),
+            "{error}"
+        );
+        // A list with the token, in any case, is an upgrade.
+        let (url, _read) = upstream_answering(|key| {
+            switching(key)
+                .replace("Connection: Upgrade", "Connection: keep-alive, UPGRADE")
+                .into_bytes()
+        })
+        .await;
+        connect_to(&url).await.unwrap();
     }
 
     #[tokio::test]
