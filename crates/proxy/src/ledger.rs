@@ -163,7 +163,8 @@ impl Ledger {
     /// Admit a connection from `client` under `limits`, or say which limit refuses it.
     pub fn admit(self: &Arc<Self>, limits: &Limits<'_>, client: IpAddr) -> Result<Place, Refusal> {
         let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
-        // One allocation for the path, shared by both counts and the place.
+        // At most one allocation for the path, shared by both counts and
+        // the place.
         let endpoint: Arc<str> = counts
             .endpoints
             .get_key_value(limits.endpoint)
