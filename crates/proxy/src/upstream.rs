@@ -537,6 +537,12 @@ mod tests {
         connect(url, headers, WebSocketConfig::default(), None, false).await
     }
 
+    /// Why connecting to an upstream that writes `answer(key)` fails.
+    async fn refusal(answer: fn(&str) -> Vec<u8>) -> UpstreamError {
+        let (url, _read) = upstream_answering(answer).await;
+        connect_to(&url).await.err().unwrap()
+    }
+
     #[tokio::test]
     async fn the_upgrade_request_carries_the_handshake_and_the_headers() {
         let (url, read) = upstream_answering(|key| switching(key).into_bytes()).await;
@@ -660,10 +666,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_refusal_says_what_the_upstream_answered() {
-        let (url, _read) =
-            upstream_answering(|_| b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n".to_vec())
-                .await;
-        let error = connect_to(&url).await.err().unwrap();
+        let error =
+            refusal(|_| b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n".to_vec()).await;
         assert!(matches!(error, UpstreamError::Handshake { .. }), "{error}");
         assert!(
             error.to_string().ends_with("it answered 404 Not Found"),
@@ -673,26 +677,24 @@ mod tests {
 
     #[tokio::test]
     async fn a_101_without_the_upgrade_headers_is_refused() {
-        let (url, _read) = upstream_answering(|key| {
+        let error = refusal(|key| {
             switching(key)
                 .replace("Upgrade: websocket\r\n", "")
                 .into_bytes()
         })
         .await;
-        let error = connect_to(&url).await.err().unwrap();
         assert!(
             error
                 .to_string()
                 .ends_with("does not say Upgrade: websocket"),
             "{error}"
         );
-        let (url, _read) = upstream_answering(|key| {
+        let error = refusal(|key| {
             switching(key)
                 .replace("Connection: Upgrade", "Connection: keep-alive")
                 .into_bytes()
         })
         .await;
-        let error = connect_to(&url).await.err().unwrap();
         assert!(
             error
                 .to_string()
@@ -711,8 +713,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_wrong_accept_key_is_refused() {
-        let (url, _read) = upstream_answering(|_| switching("another key").into_bytes()).await;
-        let error = connect_to(&url).await.err().unwrap();
+        let error = refusal(|_| switching("another key").into_bytes()).await;
         assert!(
             error
                 .to_string()
@@ -723,13 +724,12 @@ mod tests {
 
     #[tokio::test]
     async fn an_answer_longer_than_the_limit_is_refused() {
-        let (url, _read) = upstream_answering(|_| {
+        let error = refusal(|_| {
             let mut bytes = b"HTTP/1.1 101 Switching Protocols\r\nx-filler: ".to_vec();
             bytes.resize(bytes.len() + MAX_ANSWER, b'x');
             bytes
         })
         .await;
-        let error = connect_to(&url).await.err().unwrap();
         assert!(matches!(error, UpstreamError::Handshake { .. }), "{error}");
         assert!(
             error
@@ -741,7 +741,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_answer_with_too_many_header_fields_is_refused() {
-        let (url, _read) = upstream_answering(|key| {
+        let error = refusal(|key| {
             let mut bytes = b"HTTP/1.1 101 Switching Protocols\r\n".to_vec();
             for i in 0..MAX_ANSWER_HEADERS {
                 bytes.extend_from_slice(format!("x-{i}: y\r\n").as_bytes());
@@ -750,7 +750,6 @@ mod tests {
             bytes
         })
         .await;
-        let error = connect_to(&url).await.err().unwrap();
         assert!(
             error
                 .to_string()
@@ -761,8 +760,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_upstream_that_closes_before_answering_is_refused() {
-        let (url, _read) = upstream_answering(|_| Vec::new()).await;
-        let error = connect_to(&url).await.err().unwrap();
+        let error = refusal(|_| Vec::new()).await;
         assert!(
             error
                 .to_string()
