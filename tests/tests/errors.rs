@@ -121,6 +121,37 @@ async fn a_route_outside_allowed_upstreams_gets_403() {
          upgrade = [{{ plugin = \"static-router@1.0.0\", config = {{ url = \"ws://{other}/\" }} }}]\n"
     ))
     .await;
+    // A refused route is not remembered as admitted: refused again.
+    for _ in 0..2 {
+        assert_eq!(
+            try_upgrade(&gateway, "/ws", &[]).await.err().unwrap().0,
+            403
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_route_admitted_before_a_deploy_is_checked_again_by_the_new_generation() {
+    let echo = start_echo().await;
+    let other = start_echo().await;
+    let routed_to_other = |allowed: &str| {
+        format!(
+            "[[endpoint]]\npath = \"/ws\"\nallowed-upstreams = [{allowed}]\n\
+             upgrade = [{{ plugin = \"static-router@1.0.0\", config = {{ url = \"ws://{other}/\" }} }}]\n"
+        )
+    };
+    let gateway = start_gateway(&routed_to_other(&format!(
+        "\"ws://{echo}\", \"ws://{other}\""
+    )))
+    .await;
+    for _ in 0..2 {
+        assert!(try_upgrade(&gateway, "/ws", &[]).await.is_ok());
+    }
+    let narrowed = config_text(&routed_to_other(&format!("\"ws://{echo}\"")));
+    gateway
+        .deploy(parse_config(&narrowed), "test")
+        .await
+        .unwrap();
     assert_eq!(
         try_upgrade(&gateway, "/ws", &[]).await.err().unwrap().0,
         403

@@ -14,6 +14,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use wsgate_config::{ChainEntry, Config, ConfigError, ConfigErrors, Endpoint, FailPolicy};
 use wsgate_runtime::{Plugin, PluginPool, Runtime, RuntimeError};
 
+use crate::upgrade::AdmittedRoutes;
 use crate::upstream::AllowedUpstream;
 
 /// Connect timeout for upstreams without a `[[remote-host]]` entry.
@@ -45,6 +46,8 @@ pub struct LiveEndpoint {
     pub slots: usize,
     /// The endpoint's `allowed-upstreams`, parsed.
     pub allowed_upstreams: Vec<AllowedUpstream>,
+    /// The routes its upgrade chain chose lately, parsed and admitted.
+    pub admitted_routes: AdmittedRoutes,
     /// Connections open on this endpoint.
     pub active: AtomicU64,
 }
@@ -286,6 +289,7 @@ impl ChainBuilder<'_> {
                 .iter()
                 .filter_map(|entry| AllowedUpstream::parse(entry.get_ref()))
                 .collect(),
+            admitted_routes: AdmittedRoutes::default(),
             active: AtomicU64::new(0),
         }
     }

@@ -303,14 +303,16 @@ async fn accept_loop(shared: Arc<Shared>, socket: std::net::TcpListener, stop: C
         };
         let tls = generation.listener_tls.clone();
         drop(generation);
-        shared.tracker.spawn(serve_connection(
+        // Boxed: the task moves a pointer, not the connection's
+        // kilobytes of future state (docs/performance.md, "Futures moved").
+        shared.tracker.spawn(Box::pin(serve_connection(
             shared.clone(),
             stream,
             client,
             tls,
             limits,
             handshake,
-        ));
+        )));
     }
 }
 
@@ -382,7 +384,8 @@ async fn serve_http<IO>(
         let answered = answered.clone();
         request.extensions_mut().insert(upgrade::Secure(tls));
         async move {
-            let mut response = upgrade::handle(shared, client, request).await;
+            // Boxed: hyper moves its in-flight future by value.
+            let mut response = Box::pin(upgrade::handle(shared, client, request)).await;
             if response.status() != http::StatusCode::SWITCHING_PROTOCOLS {
                 response.headers_mut().insert(
                     http::header::CONNECTION,

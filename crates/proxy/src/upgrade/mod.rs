@@ -11,6 +11,7 @@ mod headers;
 mod refused;
 mod request;
 mod route;
+pub(crate) use route::AdmittedRoutes;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -343,9 +344,10 @@ impl Connection {
                 }
             }
         };
+        // Boxed: the task moves a pointer, not the relay's state.
         shared
             .tracker
-            .spawn(relay.instrument(tracing::Span::current()));
+            .spawn(Box::pin(relay.instrument(tracing::Span::current())));
         response
     }
 }
