@@ -47,7 +47,7 @@ pub struct LiveEndpoint {
     /// The endpoint's `allowed-upstreams`, parsed.
     pub allowed_upstreams: Vec<AllowedUpstream>,
     /// The routes its upgrade chain chose lately, parsed and admitted.
-    pub admitted_routes: AdmittedRoutes,
+    pub(crate) admitted_routes: AdmittedRoutes,
     /// Connections open on this endpoint.
     pub active: AtomicU64,
 }
