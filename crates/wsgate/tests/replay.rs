@@ -275,9 +275,12 @@ async fn a_traffic_file_replays_like_the_database_and_plugins_read_the_recorded_
         "{text}"
     );
 
-    // Replayed from the file, well after the recording: the stamps are the
-    // recorded times (the clock is the recorded one; a stamp may differ by
-    // the millisecond the recorded chain crossed), not the replay's.
+    // Replayed from the file, after the recording (and the export between
+    // them): the stamps are the recorded times, not the replay's. The
+    // replay's clock is the message's recorded read time; the recorded
+    // plugin read the live clock a little after it (more than a
+    // millisecond on a loaded machine), never before. A replay on its own
+    // clock would stamp later than the recording.
     let config_path = write(&dir.0, "same.toml", &recorded);
     let (output, report) = replay(&config_path, &traffic, "none");
     assert!(output.status.success(), "{}", stderr(&output));
@@ -296,7 +299,7 @@ async fn a_traffic_file_replays_like_the_database_and_plugins_read_the_recorded_
                 .unwrap_or_else(|| panic!("only /at may differ: {line}"));
             let before: i64 = before.trim_matches('"').parse().unwrap();
             let after: i64 = after.trim_matches('"').parse().unwrap();
-            assert!((before - after).abs() <= 1, "{line}");
+            assert!((0..60_000).contains(&(before - after)), "{line}");
         }
     }
 }
