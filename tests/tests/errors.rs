@@ -112,15 +112,20 @@ async fn a_plugin_rejection_gets_its_status_headers_and_body() {
     assert!(try_upgrade(&gateway, "/ws", &[]).await.is_ok());
 }
 
+/// An endpoint `/ws` whose chain routes to `upstream`, with `allowed`
+/// (TOML list items) as its `allowed-upstreams`.
+fn routed_to(upstream: std::net::SocketAddr, allowed: &str) -> String {
+    format!(
+        "[[endpoint]]\npath = \"/ws\"\nallowed-upstreams = [{allowed}]\n\
+         upgrade = [{{ plugin = \"static-router@1.0.0\", config = {{ url = \"ws://{upstream}/\" }} }}]\n"
+    )
+}
+
 #[tokio::test]
 async fn a_route_outside_allowed_upstreams_gets_403() {
     let echo = start_echo().await;
     let other = start_echo().await;
-    let gateway = start_gateway(&format!(
-        "[[endpoint]]\npath = \"/ws\"\nallowed-upstreams = [\"ws://{echo}\"]\n\
-         upgrade = [{{ plugin = \"static-router@1.0.0\", config = {{ url = \"ws://{other}/\" }} }}]\n"
-    ))
-    .await;
+    let gateway = start_gateway(&routed_to(other, &format!("\"ws://{echo}\""))).await;
     // A refused route is not remembered as admitted: refused again.
     for _ in 0..2 {
         assert_eq!(
@@ -134,20 +139,15 @@ async fn a_route_outside_allowed_upstreams_gets_403() {
 async fn a_route_admitted_before_a_deploy_is_checked_again_by_the_new_generation() {
     let echo = start_echo().await;
     let other = start_echo().await;
-    let routed_to_other = |allowed: &str| {
-        format!(
-            "[[endpoint]]\npath = \"/ws\"\nallowed-upstreams = [{allowed}]\n\
-             upgrade = [{{ plugin = \"static-router@1.0.0\", config = {{ url = \"ws://{other}/\" }} }}]\n"
-        )
-    };
-    let gateway = start_gateway(&routed_to_other(&format!(
-        "\"ws://{echo}\", \"ws://{other}\""
-    )))
+    let gateway = start_gateway(&routed_to(
+        other,
+        &format!("\"ws://{echo}\", \"ws://{other}\""),
+    ))
     .await;
     for _ in 0..2 {
         assert!(try_upgrade(&gateway, "/ws", &[]).await.is_ok());
     }
-    let narrowed = config_text(&routed_to_other(&format!("\"ws://{echo}\"")));
+    let narrowed = config_text(&routed_to(other, &format!("\"ws://{echo}\"")));
     gateway
         .deploy(parse_config(&narrowed), "test")
         .await
