@@ -468,14 +468,18 @@ fn upgrade_chain(c: &mut Criterion) {
         client_addr: "127.0.0.1:40000".to_string(),
         tls: false,
     };
+    let connection = Arc::new(ConnectionInfo {
+        request,
+        ..ConnectionInfo::default()
+    });
     let mut contexts: Vec<CallContext> = (0..steps.len())
-        .map(|_| CallContext::new(Arc::new(ConnectionInfo::default())))
+        .map(|_| CallContext::new(connection.clone()))
         .collect();
     let mut group = c.benchmark_group("upgrade_chain");
     group.bench_function("three_plugins_in_process", |b| {
         b.iter(|| {
             for (step, context) in steps.iter().zip(&mut contexts) {
-                match step.pool.on_upgrade(context, &request).unwrap() {
+                match step.pool.on_upgrade(context).unwrap() {
                     UpgradeVerdict::Route(route) => return route,
                     UpgradeVerdict::Continue | UpgradeVerdict::Modify(_) => {}
                     UpgradeVerdict::Reject(rejection) => panic!("rejected: {rejection:?}"),

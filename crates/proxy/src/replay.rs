@@ -296,10 +296,10 @@ impl Replayer {
         };
         // Every call is timed: the report and the shadow's examples give
         // the candidate's time.
-        let (info, mut contexts) = plugin_contexts(&endpoint, id, &view, true);
+        let (info, mut contexts) = plugin_contexts(&endpoint, id, view, true);
         // Plugins reading the clock see the recorded time.
         set_clock(&info, upgrade.time_us);
-        match run_upgrade_chain(&endpoint, &view, &mut contexts, &mut observer).await {
+        match run_upgrade_chain(&endpoint, &mut contexts, &mut observer).await {
             Ok((route, _)) => {
                 let _ = info.route_url.set(route.url);
                 let session = ReplaySession {

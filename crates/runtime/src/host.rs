@@ -10,7 +10,7 @@ use wasmtime::Engine;
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use crate::bindings::types::{Header, LogLevel};
+use crate::bindings::types::{Header, LogLevel, UpgradeRequest};
 use crate::bindings::v0_1::wsgate;
 use crate::bindings::{v0_1, v0_2};
 use crate::limiter::Limiter;
@@ -20,7 +20,7 @@ use crate::load::HostBudget;
 pub type StateMap = HashMap<String, Vec<u8>>;
 
 /// Facts about one connection, shared by every plugin call on it.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ConnectionInfo {
     /// Gateway-unique connection id.
     pub id: u64,
@@ -28,8 +28,10 @@ pub struct ConnectionInfo {
     pub endpoint_path: String,
     /// The endpoint's default MIME type.
     pub content_type: String,
-    /// The client's upgrade request headers.
-    pub request_headers: Vec<Header>,
+    /// The client's upgrade request as the upgrade chain sees it (held
+    /// once: each upgrade hook is lowered from it, and `request-headers`
+    /// answers from it).
+    pub request: UpgradeRequest,
     /// The upstream URL, set once the upgrade chain has routed.
     pub route_url: OnceLock<String>,
     /// Attributes any plugin on the connection may publish (`state.set-attribute`).
@@ -39,6 +41,29 @@ pub struct ConnectionInfo {
     /// What `clocks.now-ms` answers while a recorded connection is
     /// replayed (Unix milliseconds, the recorded time); 0: the real clock.
     pub replay_clock_ms: AtomicU64,
+}
+
+impl Default for ConnectionInfo {
+    fn default() -> Self {
+        Self {
+            id: 0,
+            endpoint_path: String::new(),
+            content_type: String::new(),
+            request: UpgradeRequest {
+                connection_id: 0,
+                method: String::new(),
+                path: String::new(),
+                query: String::new(),
+                headers: Vec::new(),
+                client_addr: String::new(),
+                tls: false,
+            },
+            route_url: OnceLock::new(),
+            attributes: Mutex::default(),
+            expiry: crate::Expiry::default(),
+            replay_clock_ms: AtomicU64::new(0),
+        }
+    }
 }
 
 /// The context of calls into one plugin on behalf of one connection: the
@@ -527,13 +552,14 @@ impl wsgate::plugin::context::Host for HostState {
 
     fn request_headers(&mut self) -> Vec<Header> {
         self.connection()
-            .map(|c| c.request_headers.clone())
+            .map(|c| c.request.headers.clone())
             .unwrap_or_default()
     }
 
     fn request_header(&mut self, name: String) -> Option<String> {
         self.connection()?
-            .request_headers
+            .request
+            .headers
             .iter()
             .find(|h| h.name.eq_ignore_ascii_case(&name))
             .map(|h| h.value.clone())

@@ -329,14 +329,15 @@ impl PluginPool {
             .sum()
     }
 
-    /// Run the plugin's upgrade hook.
+    /// Run the plugin's upgrade hook on the upgrade request of `context`'s
+    /// connection (lowered into the guest from there, not copied first).
     pub fn on_upgrade(
         &self,
         context: &mut CallContext,
-        request: &types::UpgradeRequest,
     ) -> Result<types::UpgradeVerdict, PluginFault> {
+        let connection = Arc::clone(&context.connection);
         let verdict = self.call(context, |instance| match &instance.hooks.upgrade {
-            Some(hook) => hook.call_on_upgrade(&mut instance.store, request),
+            Some(hook) => hook.call_on_upgrade(&mut instance.store, &connection.request),
             None => Err(wasmtime::Error::msg("the plugin has no upgrade hook")),
         })?;
         self.check_output(upgrade_output(&verdict), 0)?;
@@ -365,16 +366,12 @@ impl PluginPool {
     pub async fn on_upgrade_placed(
         self: &Arc<Self>,
         context: &mut CallContext,
-        request: &types::UpgradeRequest,
     ) -> Result<types::UpgradeVerdict, PluginFault> {
         if !self.plugin.offload.is_slow() {
-            return self.on_upgrade(context, request);
+            return self.on_upgrade(context);
         }
-        let request = request.clone();
-        self.offloaded(context, move |pool, context| {
-            pool.on_upgrade(context, &request)
-        })
-        .await
+        self.offloaded(context, |pool, context| pool.on_upgrade(context))
+            .await
     }
 
     /// Run the plugin's message hook where its calls belong now: inline on

@@ -4,18 +4,18 @@
 use std::time::Instant;
 
 use wsgate_config::FailPolicy;
-use wsgate_runtime::{CallContext, HeaderOp, Route, UpgradeRequest, UpgradeVerdict};
+use wsgate_runtime::{CallContext, HeaderOp, Route, UpgradeVerdict};
 
 use super::Refused;
 use crate::generation::LiveEndpoint;
 use crate::observe::Observer;
 
-/// Run the endpoint's upgrade chain until a plugin routes (the route and
-/// the header changes before it) or the upgrade is refused. A plugin whose
-/// calls are slow runs off the I/O workers and is awaited.
+/// Run the endpoint's upgrade chain, on the upgrade request of the
+/// contexts' connection, until a plugin routes (the route and the header
+/// changes before it) or the upgrade is refused. A plugin whose calls are
+/// slow runs off the I/O workers and is awaited.
 pub async fn run_upgrade_chain(
     endpoint: &LiveEndpoint,
-    request: &UpgradeRequest,
     contexts: &mut [CallContext],
     observer: &mut Observer,
 ) -> Result<(Route, Vec<HeaderOp>), Refused> {
@@ -26,7 +26,7 @@ pub async fn run_upgrade_chain(
         };
         let plugin = step.pool.plugin().id();
         let started = Instant::now();
-        let verdict = step.pool.on_upgrade_placed(context, request).await;
+        let verdict = step.pool.on_upgrade_placed(context).await;
         observer.upgrade_verdict(plugin, step.fail, &verdict, started);
         match verdict {
             Ok(UpgradeVerdict::Continue) => {}

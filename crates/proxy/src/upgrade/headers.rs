@@ -25,6 +25,11 @@ const NOT_FORWARDED: [&str; 14] = [
     "sec-websocket-accept",
 ];
 
+// The forwarding headers the gateway sets.
+const X_FORWARDED_FOR: &str = "x-forwarded-for";
+const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
+const X_FORWARDED_HOST: &str = "x-forwarded-host";
+
 /// Headers for the upstream request: the client's end-to-end headers, the
 /// forwarding headers, then the chain's changes and the route's headers.
 pub fn upstream_headers<B>(
@@ -40,22 +45,24 @@ pub fn upstream_headers<B>(
             headers.append(name.clone(), value.clone());
         }
     }
-    let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+    // The gateway's own names and values are static or moved in: no copy.
+    let forwarded_for = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(previous) => format!("{previous}, {}", client.ip()),
         None => client.ip().to_string(),
     };
-    set(&mut headers, "x-forwarded-for", &forwarded_for);
-    set(
-        &mut headers,
-        "x-forwarded-proto",
-        if upgrade.tls { "wss" } else { "ws" },
+    if let Ok(value) = HeaderValue::try_from(forwarded_for) {
+        headers.insert(HeaderName::from_static(X_FORWARDED_FOR), value);
+    }
+    headers.insert(
+        HeaderName::from_static(X_FORWARDED_PROTO),
+        HeaderValue::from_static(if upgrade.tls { "wss" } else { "ws" }),
     );
     if let Some(host) = request
         .headers()
         .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
+        .filter(|h| h.to_str().is_ok())
     {
-        set(&mut headers, "x-forwarded-host", host);
+        headers.insert(HeaderName::from_static(X_FORWARDED_HOST), host.clone());
     }
     let changed = !ops.is_empty() || !route.headers.is_empty();
     for op in ops {

@@ -195,13 +195,13 @@ impl Connection {
         request::check_origin(&self.endpoint, request)?;
         let mut place = self.admit()?;
         let view = request::plugin_view(request, self.id, self.client);
-        let (info, mut contexts) = self.plugin_contexts(&view, observer.records_chain_time());
+        let (info, mut contexts) = self.plugin_contexts(view, observer.records_chain_time());
         let (route, header_ops) =
-            chain::run_upgrade_chain(&self.endpoint, &view, &mut contexts, observer).await?;
+            chain::run_upgrade_chain(&self.endpoint, &mut contexts, observer).await?;
         observer.routed(&route.url);
         let url = route::check_route(&self.endpoint, &route)?;
         let upstream = self
-            .connect(request, &view, header_ops, &route, &url, &mut place)
+            .connect(request, &info.request, header_ops, &route, &url, &mut place)
             .await?;
         let (response, deflate) =
             answer::answer(request, &self.endpoint, upstream.protocol.clone());
@@ -221,7 +221,7 @@ impl Connection {
     /// (every call `timed` or a sample).
     fn plugin_contexts(
         &self,
-        view: &wsgate_runtime::UpgradeRequest,
+        view: wsgate_runtime::UpgradeRequest,
         timed: bool,
     ) -> (Arc<ConnectionInfo>, Vec<CallContext>) {
         plugin_contexts(&self.endpoint, self.id, view, timed)
@@ -352,21 +352,21 @@ impl Connection {
     }
 }
 
-/// Connection `id`'s facts as plugins see them, from its upgrade request
-/// `view`, and one call context (with its own state) per distinct plugin
-/// on `endpoint`, with every call `timed` (when its chain time is
+/// Connection `id`'s facts as plugins see them, holding its upgrade
+/// request `view`, and one call context (with its own state) per distinct
+/// plugin on `endpoint`, with every call `timed` (when its chain time is
 /// recorded) or a sample.
 pub(crate) fn plugin_contexts(
     endpoint: &LiveEndpoint,
     id: u64,
-    view: &wsgate_runtime::UpgradeRequest,
+    view: wsgate_runtime::UpgradeRequest,
     timed: bool,
 ) -> (Arc<ConnectionInfo>, Vec<CallContext>) {
     let info = Arc::new(ConnectionInfo {
         id,
         endpoint_path: endpoint.config.path.get_ref().clone(),
         content_type: endpoint.config.content_type.clone(),
-        request_headers: view.headers.clone(),
+        request: view,
         expiry: Expiry::new(endpoint.config.lifetime().map(unix_ms_after)),
         ..ConnectionInfo::default()
     });
