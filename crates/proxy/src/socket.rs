@@ -61,9 +61,20 @@ pub struct Early<S> {
 }
 
 impl<S> Early<S> {
-    /// `io`, with `early` to be read first.
+    /// `io`, with `early` to be read first. An empty `early` is not kept:
+    /// hyper's, even empty, shares the request's whole read buffer, which a
+    /// quiet connection would otherwise hold for its life.
     pub fn new(io: S, early: Bytes) -> Self {
-        Self { early, io }
+        let mut stream = Self { early, io };
+        stream.release_when_read();
+        stream
+    }
+
+    /// Let go of the early bytes' buffer once they have all been read.
+    fn release_when_read(&mut self) {
+        if self.early.is_empty() {
+            self.early = Bytes::new();
+        }
     }
 }
 
@@ -79,6 +90,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Early<S> {
         let n = self.early.len().min(buf.remaining());
         buf.put_slice(self.early.get(..n).unwrap_or_default());
         self.early.advance(n);
+        self.release_when_read();
         Poll::Ready(Ok(()))
     }
 }
@@ -170,6 +182,40 @@ mod tests {
         socket.read_to_end(&mut rest).await.unwrap();
         assert_eq!(rest, b"ly-later");
         writer.await.unwrap();
+    }
+
+    /// Hyper hands over the bytes behind a request as a slice of its read
+    /// buffer: empty, or once read, the stream must not keep that buffer
+    /// alive (a quiet connection would hold it for its life).
+    #[tokio::test]
+    async fn early_bytes_let_go_of_their_buffer_once_read() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let accepted = tokio::spawn(async move { listener.accept().await.unwrap().0 });
+        let tcp = TcpStream::connect(address).await.unwrap();
+        let peer = accepted.await.unwrap();
+        // A read buffer as hyper leaves it: the request split off, what
+        // follows it frozen.
+        let read_buffer = |behind: &[u8]| {
+            let mut buffer = bytes::BytesMut::with_capacity(8192);
+            buffer.extend_from_slice(b"GET / HTTP/1.1\r\n\r\n");
+            buffer.extend_from_slice(behind);
+            let request = buffer.split_to(18).freeze();
+            (request, buffer.freeze())
+        };
+
+        let (request, behind) = read_buffer(b"");
+        assert!(!request.is_unique(), "the two share one buffer");
+        let _empty = Early::new(tcp, behind);
+        assert!(request.is_unique(), "an empty early held the buffer");
+
+        let (request, behind) = read_buffer(b"hi");
+        let mut early = Early::new(peer, behind);
+        assert!(!request.is_unique());
+        let mut two = [0u8; 2];
+        early.read_exact(&mut two).await.unwrap();
+        assert_eq!(&two, b"hi");
+        assert!(request.is_unique(), "read early bytes held the buffer");
     }
 
     /// Serve one upgrade request on `io` with hyper, as the gateway does,
