@@ -30,7 +30,7 @@ pub struct ConnectionInfo {
     pub content_type: String,
     /// The client's upgrade request as the upgrade chain sees it (held
     /// once: each upgrade hook is lowered from it, and `request-headers`
-    /// answers from it).
+    /// and `request-header` answer from it).
     pub request: UpgradeRequest,
     /// The upstream URL, set once the upgrade chain has routed.
     pub route_url: OnceLock<String>,
