@@ -379,7 +379,7 @@ impl ReplaySession {
         for context in &mut self.contexts {
             context.timed = timed;
         }
-        let before = spent(&self.contexts);
+        let before = timed.then(|| spent(&self.contexts));
         let result = if chain.is_empty() {
             ChainResult {
                 forward: smallvec::smallvec![input],
@@ -395,7 +395,10 @@ impl ReplaySession {
             )
             .await
         };
-        (result, timed.then(|| spent_since(&self.contexts, before)))
+        (
+            result,
+            before.map(|before| spent_since(&self.contexts, before)),
+        )
     }
 
     /// The connection ended: its places and holds are given back.
