@@ -436,6 +436,10 @@ def main() -> int:
                         help="W1..W6, W7-{spread,burst,broadcast}-N, or W7 for the six of the table")
     parser.add_argument("--echo-core", choices=("load", "proxy"), default="load",
                         help="where the echo server runs: on the load generator's core or the proxy's")
+    parser.add_argument("--echo-binary",
+                        help="the wsgate binary that runs the echo servers (default: the profile's, the one "
+                             "under test); give one build's for an A/B of two builds, so the baseline's "
+                             "upstream is the same in both")
     parser.add_argument("--targets", default="direct,nginx,haproxy,wsgate,wsgate+passthrough,wsgate+3-plugin-chains")
     parser.add_argument("--out", default=str(ROOT / "target/bench"))
     parser.add_argument("--profile", choices=("dist", "release", "debug"), default="dist",
@@ -451,10 +455,11 @@ def main() -> int:
     load_core = ",".join(str(c) for c in sorted(cores) if str(c) != proxy_core) or proxy_core
     echo_core = proxy_core if args.echo_core == "proxy" else load_core
     echo_port, broadcast_port = free_port(), free_port()
-    echo = pinned(echo_core, [WSGATE, "echo", "--listen", f"127.0.0.1:{echo_port}"],
+    echo_binary = Path(args.echo_binary) if args.echo_binary else WSGATE
+    echo = pinned(echo_core, [echo_binary, "echo", "--listen", f"127.0.0.1:{echo_port}"],
                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     # The broadcast workloads' upstream: one 256 B message to every connection each second.
-    broadcast = pinned(echo_core, [WSGATE, "echo", "--listen", f"127.0.0.1:{broadcast_port}",
+    broadcast = pinned(echo_core, [echo_binary, "echo", "--listen", f"127.0.0.1:{broadcast_port}",
                                    "--broadcast-every-ms", 1000, "--broadcast-size", 256],
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_port(echo_port, echo)
