@@ -379,17 +379,30 @@ def run_workload(workload: str, target: Target, core: str, seconds: float) -> di
     elif workload == "W4":
         r = bench(core, "load", "--url", target.url, "--connections", 1, "--size", 32, "--in-flight", 1, "--duration", seconds)
     elif workload in MEMORY:
-        connections = 9000
-        before = rss_kib(pid) if pid else 0
         # W5b: each connection echoes one message before it idles.
         echo_first = ["--echo-first"] if workload == "W5b" else []
-        idle = subprocess.Popen(["taskset", "-c", core, BENCH, "idle", "--url", target.url, "--connections", str(connections), *echo_first],
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        json.loads(idle.stdout.readline())
-        time.sleep(1.0)  # let the proxy settle after the last upgrade
+
+        def open_idle(count: int) -> subprocess.Popen:
+            idle = subprocess.Popen(["taskset", "-c", core, BENCH, "idle", "--url", target.url,
+                                     "--connections", str(count), *echo_first],
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            json.loads(idle.stdout.readline())
+            time.sleep(1.0)  # let the proxy settle after the last upgrade
+            return idle
+
+        # With --memory-base, that many connections are opened first and
+        # the growth is counted over the rest: what the proxy frees of its
+        # start-up while connections arrive (an allocator returning it
+        # late) is not subtracted from their cost.
+        held = [open_idle(MEMORY_BASE)] if MEMORY_BASE else []
+        connections = MEMORY_CONNECTIONS - MEMORY_BASE
+        before = rss_kib(pid) if pid else 0
+        held.append(open_idle(connections))
         after = rss_kib(pid) if pid else 0
-        idle.stdin.close()
-        idle.wait(60)
+        for idle in held:
+            idle.stdin.close()
+        for idle in held:
+            idle.wait(60)
         r = {"connections": connections, "kib_per_connection": (after - before) / connections if pid else None}
     elif workload == "W6":
         r = bench(core, "upgrades", "--url", target.url, "--concurrency", 16, "--duration", seconds)
@@ -407,6 +420,10 @@ def run_workload(workload: str, target: Target, core: str, seconds: float) -> di
 
 # Workloads measuring the proxy's memory, each on a fresh proxy process.
 MEMORY = ("W5", "W5b")
+# Idle connections the memory workloads open, and how many of them come
+# before the first reading (--memory-base).
+MEMORY_CONNECTIONS = 9000
+MEMORY_BASE = 0
 QUIET = [f"W7-{pattern}-{n}" for pattern in ("spread", "burst", "broadcast") for n in (1000, 8000)]
 
 
@@ -436,6 +453,9 @@ def main() -> int:
                         help="W1..W6, W7-{spread,burst,broadcast}-N, or W7 for the six of the table")
     parser.add_argument("--echo-core", choices=("load", "proxy"), default="load",
                         help="where the echo server runs: on the load generator's core or the proxy's")
+    parser.add_argument("--memory-base", type=int, default=0,
+                        help=f"W5/W5b: open this many of the {MEMORY_CONNECTIONS} idle connections before the "
+                             "first memory reading, and count the growth per connection over the rest")
     parser.add_argument("--echo-binary",
                         help="the wsgate binary that runs the echo servers (default: the profile's, the one "
                              "under test); give one build's for an A/B of two builds, so the baseline's "
@@ -446,7 +466,8 @@ def main() -> int:
                         help="which builds to run: dist (scripts/bench builds it), release (one you built, "
                              "for quick iterations), debug (the CI smoke run; figures not comparable)")
     args = parser.parse_args()
-    global WSGATE, BENCH
+    global WSGATE, BENCH, MEMORY_BASE
+    MEMORY_BASE = args.memory_base
     WSGATE, BENCH = TARGET / args.profile / "wsgate", TARGET / args.profile / "wsgate-bench"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
