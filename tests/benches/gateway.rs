@@ -19,11 +19,6 @@ use wsgate_runtime::{
 };
 use wsgate_tests::*;
 
-/// The gateway binary's allocator (`crates/wsgate/src/main.rs`), so that
-/// what is measured here is what the gateway runs.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Each message plugin with a representative configuration, as (bench
 /// name, `name@version`, configuration). `rate-limit-key` is `rate-limit`
 /// counting in the host's quotas (one `quota.take` per message) instead of

@@ -31,24 +31,17 @@ struct Element(String);
 impl Browser {
     /// Start chromedriver on a free port and open a headless Chromium.
     pub async fn start() -> Self {
-        let mut driver = Command::new("chromedriver")
-            .arg("--port=0")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect(
-                "chromedriver (Debian package chromium-driver; scripts/setup-browser installs it)",
-            );
-        let mut lines = BufReader::new(driver.stdout.take().unwrap()).lines();
-        let port = loop {
-            let line = lines
-                .next_line()
-                .await
-                .unwrap()
-                .expect("chromedriver exited");
-            if let Some(rest) = line.split("started successfully on port ").nth(1) {
-                break rest.trim_end_matches('.').parse().unwrap();
+        // chromedriver on port 0 once exited before it listened, in CI,
+        // beside tests taking ports in parallel (its reason was not
+        // captured): a driver that exits before listening is started
+        // again, a few times.
+        const ATTEMPTS: u32 = 3;
+        let mut attempt = 1;
+        let (driver, port) = loop {
+            match start_driver().await {
+                Some(started) => break started,
+                None if attempt < ATTEMPTS => attempt += 1,
+                None => panic!("chromedriver exited before it listened, {ATTEMPTS} times"),
             }
         };
         let profile = tempfile::tempdir().unwrap();
@@ -224,6 +217,25 @@ impl Browser {
     pub async fn quit(mut self) {
         self.command("DELETE", "", None).await;
         let _ = self.driver.kill().await;
+    }
+}
+
+/// Start a chromedriver on port 0: it and the port it listens on, or
+/// `None` if it exited before it said so.
+async fn start_driver() -> Option<(Child, u16)> {
+    let mut driver = Command::new("chromedriver")
+        .arg("--port=0")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("chromedriver (Debian package chromium-driver; scripts/setup-browser installs it)");
+    let mut lines = BufReader::new(driver.stdout.take().unwrap()).lines();
+    loop {
+        let line = lines.next_line().await.unwrap()?;
+        if let Some(rest) = line.split("started successfully on port ").nth(1) {
+            return Some((driver, rest.trim_end_matches('.').parse().unwrap()));
+        }
     }
 }
 

@@ -16,11 +16,6 @@ mod watch;
 
 use log::report;
 
-/// The gateway's allocator: mimalloc, measured against glibc's in
-/// docs/performance.md ("The allocator").
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use signals::{ShutdownSignals, Signal};
