@@ -229,8 +229,7 @@ pub struct ShadowStats {
 
 /// One endpoint's counts, as the shadow's thread keeps them: counters it
 /// adds to without a lock (each connection it follows holds its
-/// endpoint's; that thread is their one writer), read field by field by
-/// [`ShadowStats::counts`].
+/// endpoint's), read field by field by [`ShadowStats::counts`].
 #[derive(Debug, Default)]
 struct EndpointCounts {
     same: AtomicU64,
@@ -248,8 +247,7 @@ impl EndpointCounts {
             Difference::Dropped => &self.dropped,
             Difference::Closed => &self.closed,
         };
-        // One writer, the shadow's thread: no read-modify-write needed.
-        counter.store(counter.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        counter.fetch_add(1, Ordering::Relaxed);
     }
 
     fn read(&self) -> ShadowCounts {
