@@ -47,6 +47,8 @@ pub async fn run_chain(
     observer: &mut Observer,
 ) -> ChainResult {
     let mut result = ChainResult::default();
+    // Each step works on the list in place: a message a plugin forwards
+    // (almost every one) is neither moved nor copied into a new list.
     let mut items: Messages<Item> = smallvec::smallvec![Item::Wire(message)];
     let timed = observer.times_calls();
     for step in chain {
@@ -54,14 +56,14 @@ pub async fn run_chain(
             continue;
         };
         let plugin = step.pool.plugin().id();
-        let mut next = Messages::with_capacity(items.len());
-        for item in items {
-            let message = match &item {
+        let mut at = 0;
+        while let Some(item) = items.get(at) {
+            let message = match item {
                 Item::Plugin(message) => MessageParam::from(message),
                 Item::Wire(wire) => match to_param(wire) {
                     Some(message) => message,
                     None => {
-                        next.push(item);
+                        at += 1;
                         continue;
                     }
                 },
@@ -88,14 +90,21 @@ pub async fn run_chain(
             };
             match verdict {
                 MessageVerdict::Close(frame) if is_close => {
-                    next.push(Item::Plugin(Message::Close(Some(frame))));
+                    if let Some(item) = items.get_mut(at) {
+                        *item = Item::Plugin(Message::Close(Some(frame)));
+                    }
+                    at += 1;
                 }
-                _ if is_close => next.push(item),
-                MessageVerdict::Forward => next.push(item),
+                _ if is_close => at += 1,
+                MessageVerdict::Forward => at += 1,
                 MessageVerdict::Replace(messages) => {
-                    next.extend(messages.into_iter().map(Item::Plugin));
+                    items.remove(at);
+                    let replaced = messages.len();
+                    items.insert_many(at, messages.into_iter().map(Item::Plugin));
+                    at += replaced;
                 }
                 MessageVerdict::Drop => {
+                    items.remove(at);
                     tracing::debug!(plugin, "message dropped by plugin");
                 }
                 MessageVerdict::Close(frame) => {
@@ -103,19 +112,18 @@ pub async fn run_chain(
                     return result;
                 }
                 MessageVerdict::Reply(messages) => {
+                    items.remove(at);
                     result.replies.extend(messages.into_iter().map(from_plugin));
                 }
             }
         }
-        items = next;
     }
-    result.forward = items
-        .into_iter()
-        .map(|item| match item {
+    for item in items {
+        result.forward.push(match item {
             Item::Wire(wire) => wire,
             Item::Plugin(message) => from_plugin(message),
-        })
-        .collect();
+        });
+    }
     result
 }
 
