@@ -175,6 +175,44 @@ async fn message_verdicts_forward_drop_reply_inject_and_close() {
     gateway.wait_for_connections(0).await;
 }
 
+/// A chain of two steps, where each step may make several messages of
+/// one: each output of the first goes once through the second, in order,
+/// and what the second answers with a reply is not forwarded.
+#[tokio::test]
+async fn each_message_a_step_makes_goes_through_the_next_step_in_order() {
+    let mut upstream = TestUpstream::start().await;
+    let gateway = start_gateway(&endpoint(
+        "/v",
+        upstream.address,
+        "client-messages = [{ plugin = \"test-verdicts@0.1.0\", config = { tag = \"+a\" } }, \
+         { plugin = \"test-verdicts@0.1.0\", config = { tag = \"+b\" } }]",
+    ))
+    .await;
+    let mut client = connect(&gateway, "/v").await;
+    let mut server = upstream.accept().await;
+
+    // Both steps change it.
+    send_text(&mut client, "hello").await;
+    assert_eq!(next_text(&mut server.ws).await, "hello+a+b");
+    // The first step makes three; the second changes each.
+    send_text(&mut client, "inject:3:x").await;
+    for i in 0..3 {
+        assert_eq!(next_text(&mut server.ws).await, format!("x#{i}+b"));
+    }
+    // The first step makes two; the second makes two of each.
+    send_text(&mut client, "inject:2:inject:2:y").await;
+    for (i, j) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
+        assert_eq!(next_text(&mut server.ws).await, format!("y#{i}#{j}"));
+    }
+    // The first step makes two; the second answers each back.
+    send_text(&mut client, "inject:2:reply:z").await;
+    assert_eq!(next_text(&mut client).await, "z#0");
+    assert_eq!(next_text(&mut client).await, "z#1");
+    // Nothing of those was forwarded: the next message is.
+    send_text(&mut client, "after").await;
+    assert_eq!(next_text(&mut server.ws).await, "after+a+b");
+}
+
 #[tokio::test]
 async fn per_connection_state_is_kept_per_connection() {
     let mut upstream = TestUpstream::start().await;
