@@ -32,6 +32,15 @@ pub struct ChainResult {
 enum Item {
     Wire(WsMessage),
     Plugin(Message),
+    /// Moved on into the step's new list (see [`run_chain`]).
+    Taken,
+}
+
+/// The item at `at`, moved out of `items` (its place left [`Item::Taken`]).
+fn take(items: &mut [Item], at: usize) -> Option<Item> {
+    items
+        .get_mut(at)
+        .map(|item| std::mem::replace(item, Item::Taken))
 }
 
 /// Run `message` through `chain`, each verdict reported to `observer`.
@@ -47,8 +56,6 @@ pub async fn run_chain(
     observer: &mut Observer,
 ) -> ChainResult {
     let mut result = ChainResult::default();
-    // Each step works on the list in place: a message a plugin forwards
-    // (almost every one) is neither moved nor copied into a new list.
     let mut items: Messages<Item> = smallvec::smallvec![Item::Wire(message)];
     let timed = observer.times_calls();
     for step in chain {
@@ -56,17 +63,26 @@ pub async fn run_chain(
             continue;
         };
         let plugin = step.pool.plugin().id();
+        // A message the plugin forwards (almost every one) stays where it
+        // is. Only once one is replaced, dropped or answered does the step
+        // make a new list: what it kept so far moves into it, and what
+        // follows goes into it in order (each output to the next step,
+        // once; the work stays linear in the messages).
+        let mut made: Option<Messages<Item>> = None;
         let mut at = 0;
         while let Some(item) = items.get(at) {
             let message = match item {
-                Item::Plugin(message) => MessageParam::from(message),
-                Item::Wire(wire) => match to_param(wire) {
-                    Some(message) => message,
-                    None => {
-                        at += 1;
-                        continue;
-                    }
-                },
+                Item::Plugin(message) => Some(MessageParam::from(message)),
+                Item::Wire(wire) => to_param(wire),
+                Item::Taken => None,
+            };
+            let Some(message) = message else {
+                // A frame plugins do not see goes on as it is.
+                if let (Some(made), Some(item)) = (&mut made, take(&mut items, at)) {
+                    made.push(item);
+                }
+                at += 1;
+                continue;
             };
             let is_close = matches!(message, MessageParam::Close(_));
             let started = timed.then(std::time::Instant::now);
@@ -88,40 +104,49 @@ pub async fn run_chain(
                     }
                 }
             };
-            match verdict {
+            // What goes on in the message's place; `None`: the message.
+            let outputs: Option<Messages<Item>> = match verdict {
                 MessageVerdict::Close(frame) if is_close => {
-                    if let Some(item) = items.get_mut(at) {
-                        *item = Item::Plugin(Message::Close(Some(frame)));
-                    }
-                    at += 1;
+                    Some(smallvec::smallvec![Item::Plugin(Message::Close(Some(
+                        frame
+                    )))])
                 }
-                _ if is_close => at += 1,
-                MessageVerdict::Forward => at += 1,
+                _ if is_close => None,
+                MessageVerdict::Forward => None,
                 MessageVerdict::Replace(messages) => {
-                    items.remove(at);
-                    let replaced = messages.len();
-                    items.insert_many(at, messages.into_iter().map(Item::Plugin));
-                    at += replaced;
+                    Some(messages.into_iter().map(Item::Plugin).collect())
                 }
                 MessageVerdict::Drop => {
-                    items.remove(at);
                     tracing::debug!(plugin, "message dropped by plugin");
+                    Some(Messages::new())
                 }
                 MessageVerdict::Close(frame) => {
                     result.close = Some((frame.code, frame.reason));
                     return result;
                 }
                 MessageVerdict::Reply(messages) => {
-                    items.remove(at);
                     result.replies.extend(messages.into_iter().map(from_plugin));
+                    Some(Messages::new())
                 }
+            };
+            match (outputs, &mut made) {
+                (None, None) => {}
+                (None, Some(made)) => made.extend(take(&mut items, at)),
+                (Some(outputs), made) => made
+                    .get_or_insert_with(|| (0..at).filter_map(|i| take(&mut items, i)).collect())
+                    .extend(outputs),
             }
+            at += 1;
+        }
+        if let Some(made) = made {
+            items = made;
         }
     }
     for item in items {
         result.forward.push(match item {
             Item::Wire(wire) => wire,
             Item::Plugin(message) => from_plugin(message),
+            Item::Taken => continue,
         });
     }
     result
