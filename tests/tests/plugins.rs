@@ -213,6 +213,30 @@ async fn each_message_a_step_makes_goes_through_the_next_step_in_order() {
     assert_eq!(next_text(&mut server.ws).await, "after+a+b");
 }
 
+/// Messages a step forwards as they are keep their places among those it
+/// changes: here the second step changes only the middle one of three.
+#[tokio::test]
+async fn messages_a_step_keeps_stay_in_order_around_one_it_changes() {
+    let mut upstream = TestUpstream::start().await;
+    let gateway = start_gateway(&endpoint(
+        "/v",
+        upstream.address,
+        "client-messages = [{ plugin = \"test-verdicts@0.1.0\" }, \
+         { plugin = \"text-replace@1.0.0\", config = { rules = [{ pattern = \"#1\", replacement = \"#one\" }] } }]",
+    ))
+    .await;
+    let mut client = connect(&gateway, "/v").await;
+    let mut server = upstream.accept().await;
+
+    send_text(&mut client, "inject:3:m").await;
+    for expected in ["m#0", "m#one", "m#2"] {
+        assert_eq!(next_text(&mut server.ws).await, expected);
+    }
+    // A message only the first step sees as itself: both forward it.
+    send_text(&mut client, "plain").await;
+    assert_eq!(next_text(&mut server.ws).await, "plain");
+}
+
 #[tokio::test]
 async fn per_connection_state_is_kept_per_connection() {
     let mut upstream = TestUpstream::start().await;

@@ -32,7 +32,9 @@ pub struct ChainResult {
 enum Item {
     Wire(WsMessage),
     Plugin(Message),
-    /// Moved on into the step's new list (see [`run_chain`]).
+    /// Moved on into a step's new list (see [`run_chain`]). Only ever in
+    /// the list that step is leaving: no plugin sees it, nothing forwards
+    /// it.
     Taken,
 }
 
@@ -41,6 +43,25 @@ fn take(items: &mut [Item], at: usize) -> Option<Item> {
     items
         .get_mut(at)
         .map(|item| std::mem::replace(item, Item::Taken))
+}
+
+/// The step's new list, made on first need: the `at` messages before the
+/// one being decided were all kept as they are, so they move into it
+/// first.
+fn made_list<'a>(
+    made: &'a mut Option<Messages<Item>>,
+    items: &mut [Item],
+    at: usize,
+) -> &'a mut Messages<Item> {
+    made.get_or_insert_with(|| (0..at).filter_map(|i| take(items, i)).collect())
+}
+
+/// The message at `at` goes on as it is: where it is, or into the step's
+/// new list once there is one.
+fn keep(made: &mut Option<Messages<Item>>, items: &mut [Item], at: usize) {
+    if let Some(made) = made {
+        made.extend(take(items, at));
+    }
 }
 
 /// Run `message` through `chain`, each verdict reported to `observer`.
@@ -64,10 +85,10 @@ pub async fn run_chain(
         };
         let plugin = step.pool.plugin().id();
         // A message the plugin forwards (almost every one) stays where it
-        // is. Only once one is replaced, dropped or answered does the step
-        // make a new list: what it kept so far moves into it, and what
-        // follows goes into it in order (each output to the next step,
-        // once; the work stays linear in the messages).
+        // is. Only once one is replaced, dropped, answered or has its close
+        // changed does the step make a new list: what it kept so far moves
+        // into it, and what follows goes into it in order (each output to
+        // the next step, once; the work stays linear in the messages).
         let mut made: Option<Messages<Item>> = None;
         let mut at = 0;
         while let Some(item) = items.get(at) {
@@ -78,9 +99,7 @@ pub async fn run_chain(
             };
             let Some(message) = message else {
                 // A frame plugins do not see goes on as it is.
-                if let (Some(made), Some(item)) = (&mut made, take(&mut items, at)) {
-                    made.push(item);
-                }
+                keep(&mut made, &mut items, at);
                 at += 1;
                 continue;
             };
@@ -104,21 +123,20 @@ pub async fn run_chain(
                     }
                 }
             };
-            // What goes on in the message's place; `None`: the message.
-            let outputs: Option<Messages<Item>> = match verdict {
+            match verdict {
                 MessageVerdict::Close(frame) if is_close => {
-                    Some(smallvec::smallvec![Item::Plugin(Message::Close(Some(
-                        frame
-                    )))])
+                    made_list(&mut made, &mut items, at)
+                        .push(Item::Plugin(Message::Close(Some(frame))));
                 }
-                _ if is_close => None,
-                MessageVerdict::Forward => None,
+                _ if is_close => keep(&mut made, &mut items, at),
+                MessageVerdict::Forward => keep(&mut made, &mut items, at),
                 MessageVerdict::Replace(messages) => {
-                    Some(messages.into_iter().map(Item::Plugin).collect())
+                    made_list(&mut made, &mut items, at)
+                        .extend(messages.into_iter().map(Item::Plugin));
                 }
                 MessageVerdict::Drop => {
                     tracing::debug!(plugin, "message dropped by plugin");
-                    Some(Messages::new())
+                    made_list(&mut made, &mut items, at);
                 }
                 MessageVerdict::Close(frame) => {
                     result.close = Some((frame.code, frame.reason));
@@ -126,15 +144,8 @@ pub async fn run_chain(
                 }
                 MessageVerdict::Reply(messages) => {
                     result.replies.extend(messages.into_iter().map(from_plugin));
-                    Some(Messages::new())
+                    made_list(&mut made, &mut items, at);
                 }
-            };
-            match (outputs, &mut made) {
-                (None, None) => {}
-                (None, Some(made)) => made.extend(take(&mut items, at)),
-                (Some(outputs), made) => made
-                    .get_or_insert_with(|| (0..at).filter_map(|i| take(&mut items, i)).collect())
-                    .extend(outputs),
             }
             at += 1;
         }
@@ -143,11 +154,12 @@ pub async fn run_chain(
         }
     }
     for item in items {
-        result.forward.push(match item {
-            Item::Wire(wire) => wire,
-            Item::Plugin(message) => from_plugin(message),
-            Item::Taken => continue,
-        });
+        match item {
+            Item::Wire(wire) => result.forward.push(wire),
+            Item::Plugin(message) => result.forward.push(from_plugin(message)),
+            // Never in a list a step has finished with.
+            Item::Taken => {}
+        }
     }
     result
 }
