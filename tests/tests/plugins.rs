@@ -232,7 +232,8 @@ async fn messages_a_step_keeps_stay_in_order_around_one_it_changes() {
     for expected in ["m#0", "m#one", "m#2"] {
         assert_eq!(next_text(&mut server.ws).await, expected);
     }
-    // A message only the first step sees as itself: both forward it.
+    // One message: the first step gives it back as it was (its tag is
+    // empty), the second forwards it.
     send_text(&mut client, "plain").await;
     assert_eq!(next_text(&mut server.ws).await, "plain");
 }
