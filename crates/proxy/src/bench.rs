@@ -1,8 +1,10 @@
 //! Timing hooks for the criterion benchmarks (`wsgate-tests`, feature
 //! `bench`): the serving path's chain step, with and without a shadow
-//! following the connection, in process on one thread.
+//! following the connection, in process: the shadow's work on the same
+//! thread, or on a thread of its own as the gateway runs it.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use tokio_tungstenite::tungstenite::Message as WsMessage;
@@ -12,8 +14,12 @@ use wsgate_monitor::mask::Mask;
 use crate::generation::Generation;
 use crate::peer::Peer;
 use crate::relay::run_observed_chain;
-use crate::replay::Replayer;
-use crate::shadow::{Followers, QUEUE, ShadowFeed, ShadowItem, ShadowStats};
+use crate::replay::{ReplaySession, Replayer};
+use crate::shadow::{Followers, QUEUE, ShadowFeed, ShadowItem, ShadowStats, run};
+
+/// A clock the benchmark reads: a monotonic wall clock, or the calling
+/// thread's CPU time.
+pub type Clock = fn() -> Duration;
 
 /// A recorded upgrade of connection `key` to `path`, answered 101.
 fn upgrade(key: &str, path: &str) -> UpgradeRecord {
@@ -37,15 +43,17 @@ fn upgrade(key: &str, path: &str) -> UpgradeRecord {
     }
 }
 
-/// The time `runs` client messages `input` take through the chain of
-/// `generation`'s endpoint on `path`, as the serving path runs them
-/// (`relay::run_observed_chain`), the connection not followed by a shadow: the
-/// chain's own cost. `None` when the upgrade does not route.
+/// The time `runs` client messages, each made by `message`, take through
+/// the chain of `generation`'s endpoint on `path`, as the serving path runs
+/// them (`relay::run_observed_chain`), the connection not followed by a
+/// shadow: the chain's own cost, read on `clock`. `None` when the upgrade
+/// does not route.
 pub async fn time_chain_runs(
     generation: Arc<Generation>,
     path: &str,
-    input: &WsMessage,
+    message: &dyn Fn() -> WsMessage,
     runs: u64,
+    clock: Clock,
 ) -> Option<Duration> {
     let replayer = Replayer::new(generation, Mask::default()).ok()?;
     let (_, session) = replayer.open(1, &upgrade("c1", path)).await;
@@ -55,8 +63,22 @@ pub async fn time_chain_runs(
     for context in &mut session.contexts {
         context.timed = false;
     }
+    let started = clock();
+    run_serving_chain(&mut session, message, runs).await;
+    let took = clock().saturating_sub(started);
+    session.finish();
+    Some(took)
+}
+
+/// Run `runs` client messages, each made by `message`, through
+/// `session`'s chain, as the serving path does
+/// (`relay::run_observed_chain`).
+async fn run_serving_chain(
+    session: &mut ReplaySession,
+    message: &dyn Fn() -> WsMessage,
+    runs: u64,
+) {
     let endpoint = session.endpoint.clone();
-    let started = Instant::now();
     for _ in 0..runs {
         // The serving path reads the clock once per wake-up (`pump`); here
         // a wake-up reads one message.
@@ -66,32 +88,32 @@ pub async fn time_chain_runs(
             &mut session.contexts,
             Peer::Client,
             read_at,
-            input.clone(),
+            message(),
             &mut session.observer,
         )
         .await;
         std::hint::black_box(ran);
     }
-    let took = started.elapsed();
-    session.finish();
-    Some(took)
 }
 
-/// The same runs with a shadow running `generation` too, following the
-/// connection: the serving path's chain step feeding the shadow, and the
-/// shadow's thread's work on what it was fed (replaying each message
-/// through the candidate's chain, comparing, counting), in batches of 64 as
-/// the thread takes them. `None` when the upgrade does not route or a
-/// message did not compare as the same.
+/// The same runs through `serving`'s chain with a shadow running
+/// `candidate` (built apart from it: its own pools and instances, as a
+/// deployed shadow's) following the connection, all on this thread: the
+/// serving path's chain step feeding the shadow, and the shadow's work on
+/// what it was fed (replaying each message through the candidate's chain,
+/// comparing, counting), in batches of 64, read on `clock`. `None` when
+/// the upgrade does not route or a message did not compare as the same.
 pub async fn time_shadowed_runs(
-    generation: Arc<Generation>,
+    serving: Arc<Generation>,
+    candidate: Arc<Generation>,
     path: &str,
-    input: &WsMessage,
+    message: &dyn Fn() -> WsMessage,
     runs: u64,
+    clock: Clock,
 ) -> Option<Duration> {
     const BATCH: u64 = 64;
-    let serving = Replayer::new(generation.clone(), Mask::default()).ok()?;
-    let candidate = Replayer::new(generation, Mask::default()).ok()?;
+    let serving = Replayer::new(serving, Mask::default()).ok()?;
+    let candidate = Replayer::new(candidate, Mask::default()).ok()?;
     let stats = Arc::new(ShadowStats::default());
     let mask = Mask::default();
     let (sender, items) = std::sync::mpsc::sync_channel(QUEUE);
@@ -106,35 +128,108 @@ pub async fn time_shadowed_runs(
     let feed = ShadowFeed::new(1, sender, stats.clone());
     let (_, session) = serving.open_fed(1, &record, Some(feed)).await;
     let mut session = session?;
-    let endpoint = session.endpoint.clone();
-    let started = Instant::now();
-    for run in 1..=runs {
-        // The serving path reads the clock once per wake-up (`pump`); here
-        // a wake-up reads one message.
-        let read_at = Instant::now();
-        let ran = run_observed_chain(
-            &endpoint.client_messages,
-            &mut session.contexts,
-            Peer::Client,
-            read_at,
-            input.clone(),
-            &mut session.observer,
-        )
-        .await;
-        std::hint::black_box(ran);
-        if run % BATCH == 0 || run == runs {
-            let now = Instant::now();
-            for item in items.try_iter() {
-                shadow.replay(item, now).await;
-            }
+    let started = clock();
+    let mut left = runs;
+    while left > 0 {
+        let batch = left.min(BATCH);
+        run_serving_chain(&mut session, message, batch).await;
+        left -= batch;
+        let now = Instant::now();
+        for item in items.try_iter() {
+            shadow.replay(item, now).await;
         }
     }
-    let took = started.elapsed();
+    let took = clock().saturating_sub(started);
     session.finish();
     // The connection's end: the shadow lets go of its session.
     for item in items.try_iter() {
         shadow.replay(item, Instant::now()).await;
     }
-    let same: u64 = stats.counts().values().map(|c| c.same).sum();
-    (same == runs).then_some(took)
+    (compared(&stats) == (runs, runs)).then_some(took)
+}
+
+/// The same runs as the gateway spends them with a shadow running
+/// `candidate` following the connection: the serving path's chain step
+/// feeding the shadow on this thread, the shadow's own thread (as
+/// [`crate::shadow::Shadow`] runs it: batches taken while it sleeps, at low
+/// priority) replaying, comparing and counting. The sum of both threads'
+/// CPU time, each read on `thread_cpu` (the calling thread's CPU clock).
+/// The serving side waits, off the CPU, whenever it is half a queue ahead,
+/// so that no message is dropped from the shadow. `None` when the upgrade
+/// does not route, a message did not compare as the same, or the shadow
+/// stopped comparing.
+pub async fn time_runs_beside_the_shadow_thread(
+    serving: Arc<Generation>,
+    candidate: Arc<Generation>,
+    path: &str,
+    message: &dyn Fn() -> WsMessage,
+    runs: u64,
+    thread_cpu: Clock,
+) -> Option<Duration> {
+    const PACE: u64 = 1024;
+    const STALLED: Duration = Duration::from_secs(10);
+    let serving = Replayer::new(serving, Mask::default()).ok()?;
+    let candidate = Replayer::new(candidate, Mask::default()).ok()?;
+    let stats = Arc::new(ShadowStats::default());
+    let (sender, items) = std::sync::mpsc::sync_channel(QUEUE);
+    let record = upgrade("c1", path);
+    sender
+        .try_send(ShadowItem::Open(1, Box::new(record.clone())))
+        .ok()?;
+    let thread_stats = stats.clone();
+    let shadow = std::thread::Builder::new()
+        .name("wsgate-shadow".to_string())
+        .spawn(move || {
+            let started = thread_cpu();
+            // It returns once every sender is gone: the feed's, with the
+            // connection's end.
+            run(
+                &candidate,
+                &items,
+                &thread_stats,
+                &AtomicBool::new(false),
+                &Mask::default(),
+            );
+            thread_cpu().saturating_sub(started)
+        })
+        .ok()?;
+    let feed = ShadowFeed::new(1, sender, stats.clone());
+    let (_, session) = serving.open_fed(1, &record, Some(feed)).await;
+    let mut session = session?;
+    let mut serving_cpu = Duration::ZERO;
+    let mut done = 0;
+    while done < runs {
+        let started = thread_cpu();
+        let pace = (runs - done).min(PACE);
+        run_serving_chain(&mut session, message, pace).await;
+        serving_cpu += thread_cpu().saturating_sub(started);
+        done += pace;
+        // Waiting for the shadow to catch up; one that has stopped, dropped
+        // the connection or compared nothing for a while ends the run.
+        let mut progress = (compared(&stats).0, Instant::now());
+        while done.saturating_sub(progress.0) > (QUEUE / 2) as u64 {
+            let dropped = stats.dropped.load(std::sync::atomic::Ordering::Relaxed) > 0;
+            if dropped || shadow.is_finished() || progress.1.elapsed() > STALLED {
+                return None;
+            }
+            std::thread::sleep(Duration::from_micros(500));
+            let now = compared(&stats).0;
+            if now > progress.0 {
+                progress = (now, Instant::now());
+            }
+        }
+    }
+    session.finish();
+    let shadow_cpu = shadow.join().ok()?;
+    (compared(&stats) == (runs, runs)).then_some(serving_cpu + shadow_cpu)
+}
+
+/// Messages the shadow has compared, and how many of them were the same.
+fn compared(stats: &ShadowStats) -> (u64, u64) {
+    stats.counts().values().fold((0, 0), |(all, same), counts| {
+        (
+            all + counts.same + counts.changed + counts.dropped + counts.closed,
+            same + counts.same,
+        )
+    })
 }

@@ -34,7 +34,7 @@ use crate::counters::{
 };
 use crate::peer::Peer;
 use crate::relay::ChainResult;
-use crate::shadow::{ChainRun, Made, ShadowFeed, ShadowItem};
+use crate::shadow::{ChainRun, Fed, Made, ShadowFeed, ShadowItem};
 
 /// Who started closing a connection, as the monitor records it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -420,14 +420,28 @@ impl Observer {
         self.records_replay || self.shadow.is_some()
     }
 
-    /// Record `input`, read from `from` at `read_at`, and what its chain
-    /// made of it (masked by `[monitor] mask`), for replay and for the
-    /// shadow (which keeps `input` itself).
+    /// Whether messages are recorded for replay (level `replay`): then
+    /// [`Observer::chain_ran`] needs each message as it was read.
+    pub fn records_replay(&self) -> bool {
+        self.records_replay
+    }
+
+    /// What the shadow following the connection (if one does) is to be
+    /// fed of `message`, taken before its chain has it.
+    pub fn feed(&self, message: &WsMessage) -> Option<Fed> {
+        self.shadow.as_ref().map(|_| Fed::of(message))
+    }
+
+    /// Record the message `read` from `from` at `read_at` (present when
+    /// messages are recorded for replay) and what its chain made of it
+    /// (masked by `[monitor] mask`), for replay; and feed the shadow
+    /// `fed` (taken by [`Observer::feed`]) with it.
     pub fn chain_ran(
         &mut self,
         from: Peer,
         read_at: Instant,
-        input: WsMessage,
+        read: Option<&WsMessage>,
+        fed: Option<Fed>,
         result: &ChainResult,
         filter_us: Option<u64>,
     ) {
@@ -447,7 +461,7 @@ impl Observer {
                 seq: self.chain_seq,
                 time_us,
                 from: from.name().to_string(),
-                input: to_payload(&input, mask)?,
+                input: to_payload(read?, mask)?,
                 forward: payloads(&result.forward, mask),
                 replies: payloads(&result.replies, mask),
                 close: result.close.clone(),
@@ -459,15 +473,15 @@ impl Observer {
             (Some((monitor, key)), true) => record(key.clone(), monitor.mask()),
             _ => None,
         };
-        // The shadow compares what the chains really saw and made (sharing
-        // their bytes); it masks what it shows.
-        if let Some(feed) = &mut self.shadow {
+        // The shadow compares what the chains really saw and made; it
+        // masks what it shows.
+        if let (Some(feed), Some(input)) = (&mut self.shadow, fed) {
             let run = ChainRun {
                 connection: feed.id,
                 seq: self.chain_seq,
                 time_us,
                 from,
-                made: Made::of(&input, result),
+                made: Made::of(result),
                 input,
                 filter_us,
             };

@@ -383,6 +383,7 @@ impl ReplaySession {
         let result = if chain.is_empty() {
             ChainResult {
                 forward: smallvec::smallvec![input],
+                as_read: true,
                 ..ChainResult::default()
             }
         } else {

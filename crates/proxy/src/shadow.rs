@@ -11,6 +11,7 @@
 //! quota counts are its own: it is built with quotas apart from the
 //! serving generation's.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
@@ -24,7 +25,7 @@ use wsgate_monitor::mask::Mask;
 use crate::convert::{payloads, to_payload};
 use crate::generation::Generation;
 use crate::peer::Peer;
-use crate::relay::{ChainResult, payload};
+use crate::relay::ChainResult;
 use crate::replay::{Difference, Output, ReplaySession, ReplayedMessage, Replayer, Shape};
 
 /// Items waiting for the shadow's thread; more are dropped (counted).
@@ -49,9 +50,10 @@ pub(crate) enum ShadowItem {
     End(u64),
 }
 
-/// One message through the serving chain: what entered it and what left
-/// it, sharing the messages' bytes (nothing is copied or encoded on the
-/// serving path; only the shadow's examples are converted, and masked).
+/// One message through the serving chain: what entered it (a small one
+/// copied, any other sharing its bytes: see [`Fed`]) and what left it
+/// (nothing is encoded on the serving path; only the shadow's examples
+/// are converted, and masked).
 pub(crate) struct ChainRun {
     /// The connection's id (a number, not its key: nothing to share
     /// between the serving thread and the shadow's).
@@ -63,7 +65,7 @@ pub(crate) struct ChainRun {
     /// Who sent it.
     pub from: Peer,
     /// The message as read.
-    pub input: WsMessage,
+    pub input: Fed,
     /// What the serving chain made of it.
     pub made: Made,
     /// Time in the serving chain's plugin calls, microseconds, when it was
@@ -76,10 +78,10 @@ pub(crate) struct ChainRun {
 
 impl ChainRun {
     /// What the serving chain sent on.
-    fn forward(&self) -> &[WsMessage] {
+    fn forward(&self) -> Cow<'_, [WsMessage]> {
         match &self.made {
-            Made::AsRead => std::slice::from_ref(&self.input),
-            Made::Other(result) => &result.forward,
+            Made::AsRead => Cow::Owned(vec![self.input.message()]),
+            Made::Other(result) => Cow::Borrowed(&result.forward),
         }
     }
 
@@ -100,6 +102,61 @@ impl ChainRun {
     }
 }
 
+/// The most bytes of a text or binary message a shadow is fed in its
+/// queue's slot, copied.
+const INLINE: usize = 64;
+
+/// A message as a shadow is fed it.
+pub(crate) enum Fed {
+    /// A text or binary message of at most [`INLINE`] bytes, copied into
+    /// the fed item: no allocation, no count on bytes both the serving
+    /// thread and the shadow's would hold, and nothing keeps the buffer the
+    /// message was read into. The most common message, fed cheapest.
+    Copied {
+        /// Text (it was valid UTF-8 when read), else binary.
+        text: bool,
+        /// How many of `bytes` are the message's.
+        len: u8,
+        bytes: [u8; INLINE],
+    },
+    /// Any other message, sharing its bytes.
+    Shared(WsMessage),
+}
+
+impl Fed {
+    /// What a shadow is fed of `message`.
+    pub(crate) fn of(message: &WsMessage) -> Self {
+        let (text, data) = match message {
+            WsMessage::Text(text) => (true, text.as_bytes()),
+            WsMessage::Binary(data) => (false, data.as_ref()),
+            other => return Self::Shared(other.clone()),
+        };
+        let mut bytes = [0; INLINE];
+        match (bytes.get_mut(..data.len()), u8::try_from(data.len())) {
+            (Some(to), Ok(len)) => {
+                to.copy_from_slice(data);
+                Self::Copied { text, len, bytes }
+            }
+            _ => Self::Shared(message.clone()),
+        }
+    }
+
+    /// The message again (a copied one in bytes of its own).
+    pub(crate) fn message(&self) -> WsMessage {
+        match self {
+            Self::Copied { text, len, bytes } => {
+                let data = bytes.get(..usize::from(*len)).unwrap_or_default();
+                if *text && let Ok(text) = std::str::from_utf8(data) {
+                    return WsMessage::text(text);
+                }
+                // Text is valid UTF-8 when read: only binary gets here.
+                WsMessage::binary(data.to_vec())
+            }
+            Self::Shared(message) => message.clone(),
+        }
+    }
+}
+
 /// What the serving chain made of a message, as the shadow keeps it.
 pub(crate) enum Made {
     /// It sent the message on as read, and nothing else: the common case,
@@ -111,31 +168,14 @@ pub(crate) enum Made {
 }
 
 impl Made {
-    /// What the chain that read `input` made of it (`result`).
-    pub(crate) fn of(input: &WsMessage, result: &ChainResult) -> Self {
-        if sent_on_as_read(input, result) {
+    /// What a chain made of its message (`result`).
+    pub(crate) fn of(result: &ChainResult) -> Self {
+        if result.as_read {
             Self::AsRead
         } else {
             Self::Other(Box::new(result.clone()))
         }
     }
-}
-
-/// Whether a chain that read `input` made `result` of it by sending it on
-/// as read, and nothing else.
-fn sent_on_as_read(input: &WsMessage, result: &ChainResult) -> bool {
-    result.replies.is_empty()
-        && result.close.is_none()
-        && matches!(result.forward.as_slice(), [only] if same_bytes(only, input))
-}
-
-/// Whether `a` and `b` are the same data message, sharing their bytes (a
-/// message a chain sent on as it read it).
-fn same_bytes(a: &WsMessage, b: &WsMessage) -> bool {
-    matches!(a, WsMessage::Text(_) | WsMessage::Binary(_))
-        && std::mem::discriminant(a) == std::mem::discriminant(b)
-        // The slices' addresses and lengths both.
-        && std::ptr::eq(payload(a), payload(b))
 }
 
 /// A sampled connection's end of the shadow's queue.
@@ -404,7 +444,7 @@ type FollowedMap = HashMap<u64, Followed, foldhash::fast::RandomState>;
 /// The shadow's thread: replay what the sampled connections feed, count
 /// what differs (the examples masked with `mask`). Its calls run here,
 /// never on the I/O workers.
-fn run(
+pub(crate) fn run(
     replayer: &Replayer,
     items: &Receiver<ShadowItem>,
     stats: &ShadowStats,
@@ -495,7 +535,10 @@ impl<'a> Followers<'a> {
                     return;
                 }
                 self.next_id += 1;
-                let (status, session) = self.replayer.open(self.next_id, &upgrade).await;
+                // Boxed: an upgrade's future (its chain, its observer) is
+                // large and runs once per connection; unboxed, every
+                // message's replay would carry and move its size.
+                let (status, session) = Box::pin(self.replayer.open(self.next_id, &upgrade)).await;
                 let counts = stats.endpoint(&upgrade.endpoint);
                 if status != Some(upgrade.status) {
                     counts.upgrades_changed.fetch_add(1, Ordering::Relaxed);
@@ -524,7 +567,7 @@ impl<'a> Followers<'a> {
                     .run(
                         run.from,
                         run.time_us,
-                        run.input.clone(),
+                        run.input.message(),
                         run.filter_us.is_some(),
                     )
                     .await;
@@ -572,12 +615,12 @@ fn compared(messages: &[WsMessage]) -> impl Iterator<Item = &WsMessage> {
 
 /// How the candidate's `result` compares with the serving chain's `run`.
 fn difference(run: &ChainRun, result: &ChainResult) -> Difference {
-    // Both chains sent the message on as read (the candidate was given the
-    // serving chain's input, sharing its bytes): nothing to compare.
-    if matches!(run.made, Made::AsRead) && sent_on_as_read(&run.input, result) {
+    // Both chains sent the message on as read: nothing to compare.
+    if matches!(run.made, Made::AsRead) && result.as_read {
         return Difference::Same;
     }
-    let same = compared(run.forward()).eq(compared(&result.forward))
+    let forward = run.forward();
+    let same = compared(&forward).eq(compared(&result.forward))
         && compared(run.replies()).eq(compared(&result.replies))
         && run.close() == result.close.as_ref();
     if same {
@@ -587,7 +630,7 @@ fn difference(run: &ChainRun, result: &ChainResult) -> Difference {
         false,
         Shape {
             closes: run.close().is_some(),
-            forwards: compared(run.forward()).next().is_some(),
+            forwards: compared(&forward).next().is_some(),
             replies: compared(run.replies()).next().is_some(),
         },
         Shape {
@@ -609,7 +652,7 @@ fn keep_example(
     candidate_us: Option<u64>,
     mask: &Mask,
 ) {
-    let Some(input) = to_payload(&run.input, mask) else {
+    let Some(input) = to_payload(&run.input.message(), mask) else {
         return;
     };
     let message = ReplayedMessage {
@@ -617,7 +660,7 @@ fn keep_example(
         from: run.from.name().to_string(),
         input,
         recorded: Output {
-            forward: payloads(run.forward(), mask),
+            forward: payloads(&run.forward(), mask),
             replies: payloads(run.replies(), mask),
             close: run.close().cloned(),
         },
@@ -652,64 +695,62 @@ mod tests {
         }
     }
 
-    /// Only a message sent on as it was read, sharing its bytes, and
-    /// nothing else, is fed without its result; the same text in other
-    /// bytes, a reply or a close is fed as the chain made it.
+    /// A chain that sent its message on as read feeds no result; any other
+    /// outcome feeds the chain's result.
     #[test]
     fn only_a_message_sent_on_as_read_is_fed_without_its_result() {
         let input = WsMessage::text("{\"type\":\"chat\"}");
-        assert!(matches!(
-            Made::of(&input, &forwarding(input.clone())),
-            Made::AsRead
-        ));
-        let binary = WsMessage::binary(vec![1u8, 2, 3]);
-        assert!(matches!(
-            Made::of(&binary, &forwarding(binary.clone())),
-            Made::AsRead
-        ));
-        let rewritten = WsMessage::text("{\"type\":\"chat\"}".to_string());
-        assert!(matches!(
-            Made::of(&input, &forwarding(rewritten)),
-            Made::Other(_)
-        ));
-        let replied = ChainResult {
-            replies: vec![WsMessage::text("pong")],
+        let as_read = ChainResult {
+            as_read: true,
             ..forwarding(input.clone())
         };
-        assert!(matches!(Made::of(&input, &replied), Made::Other(_)));
-        let closed = ChainResult {
-            close: Some((1008, "policy".to_string())),
-            ..forwarding(input.clone())
-        };
-        assert!(matches!(Made::of(&input, &closed), Made::Other(_)));
-        let bytes = bytes::Bytes::from_static(b"abcdef");
-        let whole = WsMessage::Binary(bytes.clone());
-        let head = WsMessage::Binary(bytes.slice(0..2));
-        assert!(matches!(
-            Made::of(&whole, &forwarding(head)),
-            Made::Other(_)
-        ));
-        let as_text = WsMessage::Text(
-            tokio_tungstenite::tungstenite::Utf8Bytes::try_from(bytes.clone()).unwrap(),
-        );
-        assert!(matches!(
-            Made::of(&whole, &forwarding(as_text)),
-            Made::Other(_)
-        ));
-        let dropped = ChainResult::default();
-        assert!(matches!(Made::of(&input, &dropped), Made::Other(_)));
+        assert!(matches!(Made::of(&as_read), Made::AsRead));
+        let rewritten = forwarding(WsMessage::text("{\"type\":\"chat\"}".to_string()));
+        assert!(matches!(Made::of(&rewritten), Made::Other(_)));
+        assert!(matches!(Made::of(&ChainResult::default()), Made::Other(_)));
+    }
+
+    /// A text or binary message of at most 64 bytes is fed copied, in
+    /// bytes the serving path does not hold; a larger one, or a control
+    /// message, shares its bytes. Either gives the message back as read.
+    #[test]
+    fn a_small_message_is_fed_copied_and_a_larger_one_shared() {
+        let small_text = WsMessage::text("é".repeat(32));
+        let small_binary = WsMessage::binary(vec![7u8; INLINE]);
+        let empty = WsMessage::binary(Vec::new());
+        let large_text = WsMessage::text("x".repeat(INLINE + 1));
+        let ping = WsMessage::Ping(bytes::Bytes::from_static(b"p"));
+        for (message, copied) in [
+            (&small_text, true),
+            (&small_binary, true),
+            (&empty, true),
+            (&large_text, false),
+            (&ping, false),
+        ] {
+            let fed = Fed::of(message);
+            assert_eq!(matches!(fed, Fed::Copied { .. }), copied, "{message:?}");
+            let again = fed.message();
+            assert_eq!(&again, message);
+            let shares = std::ptr::eq(
+                crate::relay::payload(&again),
+                crate::relay::payload(message),
+            );
+            if !message.is_empty() {
+                assert_eq!(shares, !copied, "{message:?}");
+            }
+        }
     }
 
     /// The fed item stays small: it is moved into the queue's slot and
     /// out for every message (it was about 230 bytes with the chain's
-    /// result in it, and 120 with the connection's key as a shared
-    /// string).
+    /// result in it, 120 with the connection's key as a shared string,
+    /// and 112 before a message of up to 64 bytes was copied into it).
     #[test]
     #[cfg(target_pointer_width = "64")]
     fn the_fed_item_is_small() {
         let size = std::mem::size_of::<ShadowItem>();
         eprintln!("a fed item takes {size} bytes");
-        assert!(size <= 112, "a fed item takes {size} bytes");
+        assert!(size <= 128, "a fed item takes {size} bytes");
     }
 
     /// A run fed as read compares as the chain's whole result would.
@@ -721,16 +762,20 @@ mod tests {
             seq: 1,
             time_us: 0,
             from: Peer::Client,
-            input: input.clone(),
+            input: Fed::of(&input),
             made,
             filter_us: None,
         };
         let as_read = run(Made::AsRead);
         let whole = run(Made::Other(Box::new(forwarding(input.clone()))));
+        let sent_on = ChainResult {
+            as_read: true,
+            ..forwarding(input.clone())
+        };
         for candidate in [
-            // The input itself (compared without its bytes), equal bytes
-            // in a buffer of their own, other bytes.
-            forwarding(input.clone()),
+            // The input sent on as read (compared without its bytes),
+            // equal bytes in a buffer of their own, other bytes.
+            sent_on.clone(),
             forwarding(WsMessage::text("hello".to_string())),
             forwarding(WsMessage::text("hello!")),
             ChainResult::default(),
@@ -740,7 +785,7 @@ mod tests {
                 "fed as read and whole compare differently"
             );
         }
-        assert!(difference(&as_read, &forwarding(input.clone())) == Difference::Same);
+        assert!(difference(&as_read, &sent_on) == Difference::Same);
         assert!(
             difference(&as_read, &forwarding(WsMessage::text("hello".to_string())))
                 == Difference::Same

@@ -390,9 +390,12 @@ impl PluginPool {
             return self.on_message(context, direction, message);
         }
         let message = types::Message::from(&message);
-        self.offloaded(context, move |pool, context| {
+        // Boxed: the offloaded call's future (the owned message, the hop's
+        // channel) would otherwise be part of every chain's future, moved
+        // and carried for each message run inline.
+        Box::pin(self.offloaded(context, move |pool, context| {
             pool.on_message(context, direction, MessageParam::from(&message))
-        })
+        }))
         .await
     }
 

@@ -24,6 +24,9 @@ pub struct ChainResult {
     pub replies: Vec<WsMessage>,
     /// Close both sides with this code and reason.
     pub close: Option<(u16, String)>,
+    /// The chain sent its message on as it read it, and nothing else: no
+    /// plugin replaced, dropped or answered it, or closed the connection.
+    pub as_read: bool,
 }
 
 /// A message on its way through a chain: still in wire form (plugins
@@ -153,6 +156,9 @@ pub async fn run_chain(
             items = made;
         }
     }
+    // A replacement is a plugin's output: only the message as read is
+    // still in wire form.
+    result.as_read = result.replies.is_empty() && matches!(items.as_slice(), [Item::Wire(_)]);
     for item in items {
         match item {
             Item::Wire(wire) => result.forward.push(wire),

@@ -389,13 +389,15 @@ async fn on_read(
         if observer.records_chains() || observer.times_calls() {
             let result = ChainResult {
                 forward: smallvec::smallvec![message.clone()],
+                as_read: true,
                 ..ChainResult::default()
             };
             observer.chain_ends(&result);
             // No calls, so no time; "timed" as a chain would be, so a
             // shadow's candidate is timed on the same sample.
             let filter_us = observer.times_next_chain().then_some(0);
-            observer.chain_ran(from.peer, read_at, message.clone(), &result, filter_us);
+            let fed = observer.feed(&message);
+            observer.chain_ran(from.peer, read_at, Some(&message), fed, &result, filter_us);
         }
         to.send_all([message], observer).await;
         if is_close {
@@ -494,20 +496,24 @@ pub(crate) async fn run_observed_chain(
     let spent_before = timed.then(|| spent(contexts));
     // The monitor records the message as read, after the chain has had it
     // (a clone shares the payload).
-    let read = (replaying || observer.describes_verdicts()).then(|| message.clone());
+    let read =
+        (observer.records_replay() || observer.describes_verdicts()).then(|| message.clone());
+    // A shadow is fed its own copy of a small message: no count on the
+    // bytes kept by both threads, no buffer held for it.
+    let fed = observer.feed(&message);
     let result = run_chain(chain, contexts, from.direction_from(), message, observer).await;
     let filter_us = spent_before.map(|before| spent_since(contexts, before));
     let verdict = observer.take_verdicts();
-    if let Some(read) = read {
+    if let Some(read) = &read {
         observer.read(
             from,
             verdict.clone(),
             filter_us.unwrap_or_default(),
-            payload(&read),
+            payload(read),
         );
-        if replaying {
-            observer.chain_ran(from, read_at, read, &result, filter_us);
-        }
+    }
+    if replaying {
+        observer.chain_ran(from, read_at, read.as_ref(), fed, &result, filter_us);
     }
     (result, verdict, filter_us)
 }
