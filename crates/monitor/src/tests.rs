@@ -242,6 +242,27 @@ async fn a_full_queue_drops_and_counts_instead_of_waiting() {
     assert!(monitor.dropped() > 0);
 }
 
+/// A writer whose rounds find nothing waits on the queue (an idle monitor
+/// sleeps instead of waking 100 times a second). A record sent then, with
+/// no flush behind it, still wakes it: it reaches a live subscriber long
+/// before the wait's own timeout (a minute) would have ended the wait.
+#[tokio::test]
+async fn a_record_wakes_a_writer_that_went_idle() {
+    let monitor = Monitor::start(&settings(None)).unwrap();
+    let mut live = monitor.subscribe();
+    monitor.flush().await;
+    // Not a synchronisation: ten empty rounds' time, so that the writer is
+    // waiting on the queue when the record comes. Were it still polling,
+    // the record would arrive all the same.
+    tokio::time::sleep(POLL * 10).await;
+    monitor.record(upgrade(&monitor, 1, "/a", 100));
+    let seen = tokio::time::timeout(Duration::from_secs(10), live.recv())
+        .await
+        .expect("the record woke the writer")
+        .unwrap();
+    assert!(matches!(*seen, Record::Upgrade(_)));
+}
+
 #[test]
 fn retention_and_size_trim_oldest_connections_first() {
     let dir = tempfile::tempdir().unwrap();
