@@ -122,6 +122,8 @@ pub enum RuntimeError {
 #[derive(Clone)]
 pub struct Runtime {
     engine: Engine,
+    /// The engine's epoch ticker (call deadlines).
+    ticker: Arc<engine::EpochTicker>,
     linker: Arc<Linker<HostState>>,
     /// Compiled components by content digest: reloading an unchanged plugin
     /// (another endpoint, a new configuration) skips compilation.

@@ -171,6 +171,7 @@ impl Runtime {
                 usize::try_from(decl.max_quota_keys).unwrap_or(usize::MAX),
             )),
             engine: self.engine.clone(),
+            ticker: self.ticker.clone(),
             pre,
             exports,
         }))
@@ -193,6 +194,8 @@ pub struct Plugin {
     pub(crate) quotas: Arc<wsgate_quota::Quotas>,
     pub(crate) quota_scope: Arc<wsgate_quota::QuotaScope>,
     pub(crate) engine: Engine,
+    /// Its engine's epoch ticker, told when a call enters guest code.
+    pub(crate) ticker: Arc<crate::engine::EpochTicker>,
     pub(crate) pre: InstancePre<HostState>,
     pub(crate) exports: bindings::Exports,
 }

@@ -543,6 +543,7 @@ impl PluginPool {
         data.limits.memory_refused = false;
         data.budget_exceeded = false;
         instance.store.set_epoch_deadline(self.deadline_ticks);
+        self.plugin.ticker.call_starts(self.deadline_ticks);
         let result = f(&mut instance);
         if let Some(call) = instance.store.data_mut().call.take() {
             context.state = call.state;
@@ -628,9 +629,11 @@ impl PluginPool {
         let mut store = Store::new(&plugin.engine, state);
         store.limiter(|state| &mut state.limits);
         store.set_epoch_deadline(self.deadline_ticks);
+        plugin.ticker.call_starts(self.deadline_ticks);
         let instance = plugin.pre.instantiate(&mut store).map_err(failed)?;
         let hooks = plugin.exports.load(&mut store, &instance).map_err(failed)?;
         store.set_epoch_deadline(self.deadline_ticks);
+        plugin.ticker.call_starts(self.deadline_ticks);
         hooks
             .lifecycle
             .call_configure(&mut store, &self.config_json)
@@ -763,6 +766,54 @@ pub(crate) mod tests {
         assert!(matches!(send("hello"), Ok(types::MessageVerdict::Forward)));
         assert_eq!(pool.stats().memory_faults.load(Ordering::Relaxed), 2);
         assert_eq!(pool.stats().trap_faults.load(Ordering::Relaxed), 2);
+    }
+
+    /// The epoch ticker rests once no call can still be inside its
+    /// deadline, and the next call wakes it: a call that never returns is
+    /// interrupted at its deadline after an idle spell as at any other
+    /// time, and the plugin serves the next call.
+    #[test]
+    fn a_call_after_the_ticker_rested_is_still_interrupted_at_its_deadline() {
+        let pool = Arc::new(faults_pool("deadline = \"20ms\""));
+        // The ticker's own state, looked at once a tick: it rests about
+        // 25 ms after the pool's `configure` call.
+        let waited = Instant::now();
+        while !pool.plugin.ticker.is_resting() {
+            assert!(
+                waited.elapsed() < Duration::from_secs(10),
+                "the ticker never rested"
+            );
+            std::thread::sleep(EPOCH_TICK);
+        }
+        // On a thread of its own: were the ticker not woken, the call
+        // would never return, and the test fails instead of hanging.
+        let (done, outcome) = std::sync::mpsc::channel();
+        let looping = pool.clone();
+        std::thread::spawn(move || {
+            let mut context = CallContext::default();
+            let fault = looping
+                .on_message(
+                    &mut context,
+                    types::Direction::ClientToServer,
+                    MessageParam::Text("loop"),
+                )
+                .err()
+                .map(|fault| fault.kind);
+            let _ = done.send(fault);
+        });
+        let fault = outcome
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the looping call was interrupted");
+        assert_eq!(fault, Some(FaultKind::Deadline));
+        let mut context = CallContext::default();
+        assert!(matches!(
+            pool.on_message(
+                &mut context,
+                types::Direction::ClientToServer,
+                MessageParam::Text("hello"),
+            ),
+            Ok(types::MessageVerdict::Forward)
+        ));
     }
 
     /// The histogram holds about one call in [`TIME_ONE_CALL_IN`], drawn at
