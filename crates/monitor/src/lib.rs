@@ -381,9 +381,14 @@ fn write_loop(
         if idle {
             // Wait on the queue: an idle monitor sleeps (it woke 100 times
             // a second for nothing), and the first item wakes it, once;
-            // the rounds after it poll again. The timeout keeps the
-            // database's trims going.
-            match items.recv_timeout(TRIM_EVERY) {
+            // the rounds after it poll again. With a database, no longer
+            // than its next trim.
+            let waited = if db.is_some() {
+                items.recv_timeout(next_trim.saturating_duration_since(Instant::now()))
+            } else {
+                items.recv().map_err(|_| RecvTimeoutError::Disconnected)
+            };
+            match waited {
                 Ok(item) => take(item, &mut batch, &mut flushes, &mut samples),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,

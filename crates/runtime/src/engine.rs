@@ -121,10 +121,11 @@ impl EpochTicker {
             self.longest_deadline
                 .fetch_max(deadline_ticks, Ordering::SeqCst);
         }
-        // Marked already: the ticker takes the mark at its next tick, which
-        // covers this call too (and if it was resting, whoever marked woke
-        // it).
-        if self.started.load(Ordering::SeqCst) {
+        // Marked already and the ticker awake: it takes the mark at its
+        // next tick, which covers this call too. (Were it resting, the
+        // call that marked may not have woken it yet: this one wakes it
+        // itself rather than wait on another thread.)
+        if self.started.load(Ordering::SeqCst) && !self.resting.load(Ordering::SeqCst) {
             return;
         }
         self.started.store(true, Ordering::SeqCst);
@@ -165,6 +166,10 @@ impl EpochTicker {
                 std::thread::park_timeout(REST);
             }
             self.resting.store(false, Ordering::SeqCst);
+            // A whole tick before the next: a call that woke it gets its
+            // deadline's ticks as when the ticker never rested (the first
+            // one counts the tick already under way).
+            std::thread::sleep(EPOCH_TICK);
         }
     }
 }

@@ -776,7 +776,8 @@ pub(crate) mod tests {
     fn a_call_after_the_ticker_rested_is_still_interrupted_at_its_deadline() {
         let pool = Arc::new(faults_pool("deadline = \"20ms\""));
         // The ticker's own state, looked at once a tick: it rests about
-        // 25 ms after the pool's `configure` call.
+        // 40 ms after the pool's `configure` call (the deadline's 5 ticks,
+        // and 3).
         let waited = Instant::now();
         while !pool.plugin.ticker.is_resting() {
             assert!(
