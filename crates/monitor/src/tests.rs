@@ -244,8 +244,8 @@ async fn a_full_queue_drops_and_counts_instead_of_waiting() {
 
 /// A writer whose rounds find nothing waits on the queue (an idle monitor
 /// sleeps instead of waking 100 times a second). A record sent then, with
-/// no flush behind it, still wakes it: it reaches a live subscriber long
-/// before the wait's own timeout (a minute) would have ended the wait.
+/// no flush behind it, wakes it: it reaches a live subscriber (without a
+/// database the wait has no timeout: only an item ends it).
 #[tokio::test]
 async fn a_record_wakes_a_writer_that_went_idle() {
     let monitor = Monitor::start(&settings(None)).unwrap();
