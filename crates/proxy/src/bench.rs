@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use std::sync::mpsc::{Receiver, SyncSender};
 use std::time::{Duration, Instant};
 
 use tokio_tungstenite::tungstenite::Message as WsMessage;
@@ -112,22 +113,23 @@ pub async fn time_shadowed_runs(
     clock: Clock,
 ) -> Option<Duration> {
     const BATCH: u64 = 64;
-    let serving = Replayer::new(serving, Mask::default()).ok()?;
-    let candidate = Replayer::new(candidate, Mask::default()).ok()?;
-    let stats = Arc::new(ShadowStats::default());
+    let Shadowed {
+        serving,
+        candidate,
+        stats,
+        sender,
+        items,
+        record,
+    } = Shadowed::new(serving, candidate, path)?;
     let mask = Mask::default();
-    let (sender, items) = std::sync::mpsc::sync_channel(QUEUE);
     let mut shadow = Followers::new(&candidate, &stats, &mask);
-    let record = upgrade("c1", path);
     shadow
         .replay(
             ShadowItem::Open(1, Box::new(record.clone())),
             Instant::now(),
         )
         .await;
-    let feed = ShadowFeed::new(1, sender, stats.clone());
-    let (_, session) = serving.open_fed(1, &record, Some(feed)).await;
-    let mut session = session?;
+    let mut session = open_followed(&serving, sender, &stats, &record).await?;
     let started = clock();
     let mut left = runs;
     while left > 0 {
@@ -168,11 +170,14 @@ pub async fn time_runs_beside_the_shadow_thread(
 ) -> Option<Duration> {
     const PACE: u64 = 1024;
     const STALLED: Duration = Duration::from_secs(10);
-    let serving = Replayer::new(serving, Mask::default()).ok()?;
-    let candidate = Replayer::new(candidate, Mask::default()).ok()?;
-    let stats = Arc::new(ShadowStats::default());
-    let (sender, items) = std::sync::mpsc::sync_channel(QUEUE);
-    let record = upgrade("c1", path);
+    let Shadowed {
+        serving,
+        candidate,
+        stats,
+        sender,
+        items,
+        record,
+    } = Shadowed::new(serving, candidate, path)?;
     sender
         .try_send(ShadowItem::Open(1, Box::new(record.clone())))
         .ok()?;
@@ -193,9 +198,7 @@ pub async fn time_runs_beside_the_shadow_thread(
             thread_cpu().saturating_sub(started)
         })
         .ok()?;
-    let feed = ShadowFeed::new(1, sender, stats.clone());
-    let (_, session) = serving.open_fed(1, &record, Some(feed)).await;
-    let mut session = session?;
+    let mut session = open_followed(&serving, sender, &stats, &record).await?;
     let mut serving_cpu = Duration::ZERO;
     let mut done = 0;
     while done < runs {
@@ -222,6 +225,45 @@ pub async fn time_runs_beside_the_shadow_thread(
     session.finish();
     let shadow_cpu = shadow.join().ok()?;
     (compared(&stats) == (runs, runs)).then_some(serving_cpu + shadow_cpu)
+}
+
+/// What both shadowed hooks start from: the serving and the candidate
+/// generations' replayers, the shadow's counts and queue, and the followed
+/// connection's upgrade.
+struct Shadowed {
+    serving: Replayer,
+    candidate: Replayer,
+    stats: Arc<ShadowStats>,
+    sender: SyncSender<ShadowItem>,
+    items: Receiver<ShadowItem>,
+    record: UpgradeRecord,
+}
+
+impl Shadowed {
+    /// `serving` followed on `path` by a shadow running `candidate`.
+    fn new(serving: Arc<Generation>, candidate: Arc<Generation>, path: &str) -> Option<Self> {
+        let (sender, items) = std::sync::mpsc::sync_channel(QUEUE);
+        Some(Self {
+            serving: Replayer::new(serving, Mask::default()).ok()?,
+            candidate: Replayer::new(candidate, Mask::default()).ok()?,
+            stats: Arc::new(ShadowStats::default()),
+            sender,
+            items,
+            record: upgrade("c1", path),
+        })
+    }
+}
+
+/// Open connection 1 (`record`) on `serving`, feeding the shadow through
+/// `sender`, counting in `stats`; `None` when the upgrade does not route.
+async fn open_followed(
+    serving: &Replayer,
+    sender: SyncSender<ShadowItem>,
+    stats: &Arc<ShadowStats>,
+    record: &UpgradeRecord,
+) -> Option<ReplaySession> {
+    let feed = ShadowFeed::new(1, sender, stats.clone());
+    serving.open_fed(1, record, Some(feed)).await.1
 }
 
 /// Messages the shadow has compared, and how many of them were the same.
