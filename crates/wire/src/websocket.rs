@@ -12,7 +12,9 @@
 //! much per call, so a large message would take a system call per few KiB:
 //! once a read fills tungstenite's buffer, reads go through a read-ahead
 //! buffer of [`READ_AHEAD`] bytes instead, given back as soon as the socket
-//! has nothing more.
+//! has nothing more. While large messages keep coming, each one's first
+//! read goes straight into read-ahead: one system call per message of up
+//! to 64 KiB, as nginx makes, not a small read first.
 //!
 //! A data message of at least [`DIRECT_WRITE_MIN`] bytes is not copied
 //! into tungstenite's write buffer: its header and its payload go out in
@@ -42,8 +44,13 @@ use crate::frame::{FrameHeader, FrameTracker, HeaderBytes, apply_mask};
 /// Bytes of the first read from an idle connection, taken on the stack.
 const FIRST_READ: usize = 512;
 
-/// Bytes read at once while a large message (or a burst) streams in.
-pub const READ_AHEAD: usize = 64 * 1024;
+/// Bytes read at once while a large message (or a burst) streams in:
+/// room for a 64 KiB payload with its frame header, in one read.
+pub const READ_AHEAD: usize = 64 * 1024 + crate::frame::MAX_HEADER;
+
+/// A read ahead that brings at least this much means large messages are
+/// arriving: the next message's first read goes straight into read-ahead.
+const STREAMING_MIN: usize = 8 * 1024;
 
 /// Data messages at least this long are written from the message itself
 /// (see the module's note); shorter ones are copied into tungstenite's
@@ -151,6 +158,9 @@ struct Reads {
     /// The last read filled the buffer it was given: more is probably
     /// waiting in the socket.
     full: bool,
+    /// The last read ahead brought at least [`STREAMING_MIN`] bytes: the
+    /// next read, even at the start of a message, reads ahead.
+    streaming: bool,
     /// Read-ahead buffer (empty unless data is streaming in) and the unread
     /// part of it, `ahead[at..end]`.
     ahead: Vec<u8>,
@@ -219,12 +229,12 @@ impl<S: AsyncRead + Unpin> Blocking<'_, '_, S> {
         if self.reads.at < self.reads.end {
             return Ok(self.reads.take(buf));
         }
-        if !self.reads.full || buf.len() >= READ_AHEAD {
+        if !(self.reads.full || self.reads.streaming) || buf.len() >= READ_AHEAD {
             return self.read_into(buf);
         }
-        // The last read filled its buffer: read ahead, in one call, what
-        // would otherwise take several, into memory that is not zeroed
-        // first (the read writes it).
+        // The last read filled its buffer, or large messages are arriving:
+        // read ahead, in one call, what would otherwise take several, into
+        // memory that is not zeroed first (the read writes it).
         let mut ahead = std::mem::take(&mut self.reads.ahead);
         ahead.clear();
         ahead.reserve_exact(READ_AHEAD);
@@ -236,6 +246,7 @@ impl<S: AsyncRead + Unpin> Blocking<'_, '_, S> {
             Poll::Pending => return Err(self.would_block()),
         };
         self.reads.full = got == room;
+        self.reads.streaming = got >= STREAMING_MIN;
         self.reads.ahead = ahead;
         self.reads.at = 0;
         self.reads.end = got;
@@ -448,6 +459,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         if quiescent {
             self.context = None;
             self.reads.release();
+            // Quiet enough to give the context back: the next message
+            // starts with a small read.
+            self.reads.streaming = false;
         }
         quiescent
     }
@@ -693,6 +707,82 @@ mod tests {
                 client.next().await.unwrap().unwrap(),
                 Message::Pong(Bytes::from_static(b"p"))
             );
+        });
+    }
+
+    /// I/O that counts the reads that brought bytes.
+    struct CountedReads<S> {
+        inner: S,
+        reads: usize,
+    }
+
+    impl<S: AsyncRead + Unpin> AsyncRead for CountedReads<S> {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            let before = buf.filled().len();
+            let result = Pin::new(&mut self.inner).poll_read(cx, buf);
+            if buf.filled().len() > before {
+                self.reads += 1;
+            }
+            result
+        }
+    }
+
+    impl<S: AsyncWrite + Unpin> AsyncWrite for CountedReads<S> {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Pin::new(&mut self.inner).poll_write(cx, buf)
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_flush(cx)
+        }
+
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_shutdown(cx)
+        }
+    }
+
+    #[test]
+    fn large_messages_in_a_row_take_one_read_each() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let (a, b) = tokio::io::duplex(1 << 20);
+            let counted = CountedReads { inner: a, reads: 0 };
+            let mut server = WebSocket::new(counted, Role::Server, config());
+            let mut client =
+                WebSocketStream::from_raw_socket(b, Role::Client, Some(config())).await;
+            // A 64 KiB payload: with its header and mask key, 64 KiB + 14 bytes.
+            let large = Message::binary(vec![7u8; 64 * 1024]);
+            let mut reads = Vec::new();
+            for _ in 0..3 {
+                // The whole message waits in the pipe before it is read.
+                client.send(large.clone()).await.unwrap();
+                let before = server.get_ref().reads;
+                assert_eq!(server.next().await.unwrap().unwrap(), large);
+                reads.push(server.get_ref().reads - before);
+            }
+            // The first starts with small reads, then reads ahead; once
+            // large messages are arriving, each is one read.
+            assert!(reads[0] > 1, "{reads:?}");
+            assert_eq!(reads[1..], [1, 1]);
+            // A small message ends the streaming: the read-ahead buffer is
+            // given back, and the next message starts with a small read.
+            client.send(Message::text("small")).await.unwrap();
+            assert_eq!(
+                server.next().await.unwrap().unwrap(),
+                Message::text("small")
+            );
+            assert!(server.reads.ahead.is_empty());
+            assert!(!server.reads.streaming);
         });
     }
 
