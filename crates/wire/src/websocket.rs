@@ -45,8 +45,10 @@ use crate::frame::{FrameHeader, FrameTracker, HeaderBytes, apply_mask};
 const FIRST_READ: usize = 512;
 
 /// Bytes read at once while a large message (or a burst) streams in:
-/// room for a 64 KiB payload with its frame header, in one read.
-pub const READ_AHEAD: usize = 64 * 1024 + crate::frame::MAX_HEADER;
+/// room for a 64 KiB payload with its frame header and more, so that such
+/// a message, read whole, does not fill it (a read that fills its buffer
+/// is followed by another, which would find nothing).
+pub const READ_AHEAD: usize = 65 * 1024;
 
 /// A read ahead that brings at least this much means large messages are
 /// arriving: the next message's first read goes straight into read-ahead.
@@ -769,6 +771,9 @@ mod tests {
                 let before = server.get_ref().reads;
                 assert_eq!(server.next().await.unwrap().unwrap(), large);
                 reads.push(server.get_ref().reads - before);
+                // Read whole, without filling the buffer: the relay does
+                // not try another read that would find nothing.
+                assert!(!server.probably_more());
             }
             // The first starts with small reads, then reads ahead; once
             // large messages are arriving, each is one read.
