@@ -926,43 +926,6 @@ mod tests {
         }
     }
 
-    /// Counts the bytes written through it.
-    struct Counting<S> {
-        inner: S,
-        written: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-    }
-
-    impl<S: AsyncRead + Unpin> AsyncRead for Counting<S> {
-        fn poll_read(
-            mut self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-            buf: &mut ReadBuf<'_>,
-        ) -> Poll<io::Result<()>> {
-            Pin::new(&mut self.inner).poll_read(cx, buf)
-        }
-    }
-
-    impl<S: AsyncWrite + Unpin> AsyncWrite for Counting<S> {
-        fn poll_write(
-            mut self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-            buf: &[u8],
-        ) -> Poll<io::Result<usize>> {
-            let result = Pin::new(&mut self.inner).poll_write(cx, buf);
-            if let Poll::Ready(Ok(n)) = result {
-                self.written
-                    .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-            }
-            result
-        }
-        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Pin::new(&mut self.inner).poll_flush(cx)
-        }
-        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Pin::new(&mut self.inner).poll_shutdown(cx)
-        }
-    }
-
     /// Two tungstenite ends over a small in-memory pipe, each over
     /// `Deflate`; every message arrives intact both ways. The server sheds
     /// its codec after each echo when `shed` (as a quiet connection does).
@@ -980,11 +943,8 @@ mod tests {
             .unwrap();
         runtime.block_on(async {
             let (a, b) = tokio::io::duplex(pipe);
-            let written = std::sync::Arc::default();
-            let b = Counting {
-                inner: b,
-                written: std::sync::Arc::clone(&written),
-            };
+            let b = crate::testing::Counting::new(b);
+            let written = std::sync::Arc::clone(&b.written);
             // The echoing end is the gateway's own WebSocket wrapper, which
             // writes large messages as a header and a payload.
             let mut server_ws = WebSocket::new(

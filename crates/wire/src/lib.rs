@@ -16,6 +16,8 @@ pub mod deflate;
 pub mod frame;
 pub mod stack;
 pub mod tap;
+#[cfg(test)]
+mod testing;
 pub mod websocket;
 
 pub use stack::{ReadFailure, WsStream, open, shed};
