@@ -110,7 +110,7 @@ pub struct Gateway {
     pub drain_window: HumanDuration,
     /// Read buffer per WebSocket stream while it reads (tungstenite's
     /// default, 128 KiB, costs too much memory per connection; 1 KiB holds a
-    /// small message, and larger ones are read ahead 64 KiB at a time).
+    /// small message, and larger ones are read ahead 65 KiB at a time).
     #[serde(default = "default_read_buffer")]
     pub read_buffer_size: ByteSize,
     /// Directory for precompiled plugins, keyed by content digest and engine;

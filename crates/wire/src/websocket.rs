@@ -12,9 +12,10 @@
 //! much per call, so a large message would take a system call per few KiB:
 //! once a read fills tungstenite's buffer, reads go through a read-ahead
 //! buffer of [`READ_AHEAD`] bytes instead, given back as soon as the socket
-//! has nothing more. While large messages keep coming, each one's first
-//! read goes straight into read-ahead: one system call per message of up
-//! to 64 KiB, as nginx makes, not a small read first.
+//! has nothing more (to a spare kept per thread, so reading ahead does not
+//! allocate). While large messages keep coming, each one's first read goes
+//! straight into read-ahead: one system call per message of up to 64 KiB,
+//! as nginx makes, not a small read first.
 //!
 //! A data message of at least [`DIRECT_WRITE_MIN`] bytes is not copied
 //! into tungstenite's write buffer: its header and its payload go out in
@@ -50,9 +51,38 @@ const FIRST_READ: usize = 512;
 /// is followed by another, which would find nothing).
 pub const READ_AHEAD: usize = 65 * 1024;
 
-/// A read ahead that brings at least this much means large messages are
-/// arriving: the next message's first read goes straight into read-ahead.
+/// A read ahead that brings at least this much means large messages (or
+/// a burst) are arriving: the next message's first read goes straight into
+/// read-ahead.
 const STREAMING_MIN: usize = 8 * 1024;
+
+thread_local! {
+    /// One read-ahead buffer per thread between uses. A connection takes
+    /// it to read ahead and gives it back once drained, or when the read
+    /// found nothing: reading ahead allocates nothing after a thread's
+    /// first, and a connection between reads holds no buffer.
+    static SPARE_READ_AHEAD: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// A read-ahead buffer with room for [`READ_AHEAD`] bytes: the thread's
+/// spare if it has one.
+fn read_ahead_buffer() -> Vec<u8> {
+    let mut buffer = SPARE_READ_AHEAD.with(std::cell::Cell::take);
+    buffer.clear();
+    buffer.reserve_exact(READ_AHEAD);
+    buffer
+}
+
+/// Keep `buffer` as the thread's spare, unless it already has one.
+fn spare(buffer: Vec<u8>) {
+    if buffer.capacity() == 0 {
+        return;
+    }
+    SPARE_READ_AHEAD.with(|slot| {
+        let held = slot.take();
+        slot.set(if held.capacity() == 0 { buffer } else { held });
+    });
+}
 
 /// Data messages at least this long are written from the message itself
 /// (see the module's note); shorter ones are copied into tungstenite's
@@ -186,9 +216,9 @@ impl Reads {
         n
     }
 
-    /// Give the read-ahead buffer back.
+    /// Give the read-ahead buffer back (to the thread's spare).
     fn release(&mut self) {
-        self.ahead = Vec::new();
+        spare(std::mem::take(&mut self.ahead));
         self.at = 0;
         self.end = 0;
     }
@@ -238,14 +268,22 @@ impl<S: AsyncRead + Unpin> Blocking<'_, '_, S> {
         // read ahead, in one call, what would otherwise take several, into
         // memory that is not zeroed first (the read writes it).
         let mut ahead = std::mem::take(&mut self.reads.ahead);
+        if ahead.capacity() == 0 {
+            ahead = read_ahead_buffer();
+        }
         ahead.clear();
-        ahead.reserve_exact(READ_AHEAD);
         let room = ahead.capacity();
-        // On an error or `Pending` the buffer is dropped: nothing is waiting.
+        // On an error or `Pending` the buffer goes back: nothing is waiting.
         let got = match poll_read_buf(Pin::new(&mut *self.io), self.cx, &mut ahead) {
             Poll::Ready(Ok(got)) => got,
-            Poll::Ready(Err(error)) => return Err(error),
-            Poll::Pending => return Err(self.would_block()),
+            Poll::Ready(Err(error)) => {
+                spare(ahead);
+                return Err(error);
+            }
+            Poll::Pending => {
+                spare(ahead);
+                return Err(self.would_block());
+            }
         };
         self.reads.full = got == room;
         self.reads.streaming = got >= STREAMING_MIN;
@@ -612,7 +650,7 @@ mod tests {
                 // The answer to the close, queued by tungstenite.
                 server.flush().await.unwrap();
                 // Nothing is streaming in: the read-ahead buffer was given back.
-                assert!(server.reads.ahead.is_empty());
+                assert_eq!(server.reads.ahead.capacity(), 0);
                 // Dropping our end closes the pipe, as the relay does.
             };
             tokio::join!(send, receive, relay);
@@ -749,7 +787,7 @@ mod tests {
                 server.next().await.unwrap().unwrap(),
                 Message::text("small")
             );
-            assert!(server.reads.ahead.is_empty());
+            assert_eq!(server.reads.ahead.capacity(), 0);
             assert!(!server.reads.streaming);
         });
     }
