@@ -292,10 +292,11 @@ async fn a_relayed_message_allocates_nothing_on_the_hot_path() {
             1.0,
             4.05,
         ),
-        // A large message takes a buffer of its size (today 1 per echo of
-        // 64 KiB; 3 before the read-ahead buffer became one spare per
-        // thread, which a connection between reads gives back). Its frame
-        // header is inline.
+        // A large message from the client is copied to be masked towards
+        // the upstream (by the code: its payload shares tungstenite's read
+        // buffer): 1 allocation per echo of 64 KiB. The read-ahead buffer
+        // is the thread's spare (3 per echo before 2026-12-05, when each
+        // read ahead allocated one). Its frame header is inline.
         ("no filters, 64 KiB binary", "/plain", &large, 1.0, 1.05),
         (
             "passthrough both ways, 64 KiB binary",

@@ -12,8 +12,9 @@
 //! much per call, so a large message would take a system call per few KiB:
 //! once a read fills tungstenite's buffer, reads go through a read-ahead
 //! buffer of [`READ_AHEAD`] bytes instead, given back as soon as the socket
-//! has nothing more (to a spare kept per thread, so reading ahead does not
-//! allocate). While large messages keep coming, each one's first read goes
+//! has nothing more (to a spare kept per thread, so reading ahead
+//! allocates only while another connection on the thread holds that
+//! buffer). While large messages keep coming, each one's first read goes
 //! straight into read-ahead: one system call per message of up to 64 KiB,
 //! as nginx makes, not a small read first.
 //!
@@ -59,26 +60,32 @@ const STREAMING_MIN: usize = 8 * 1024;
 thread_local! {
     /// One read-ahead buffer per thread between uses. A connection takes
     /// it to read ahead and gives it back once drained, or when the read
-    /// found nothing: reading ahead allocates nothing after a thread's
-    /// first, and a connection between reads holds no buffer.
+    /// found nothing: reading ahead allocates only while another
+    /// connection on the thread holds a buffer (unread bytes, or its last
+    /// read filled it), and a connection between reads holds none. Each
+    /// thread that ever read ahead keeps one, 65 KiB, until it exits.
     static SPARE_READ_AHEAD: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// A read-ahead buffer with room for [`READ_AHEAD`] bytes: the thread's
 /// spare if it has one.
 fn read_ahead_buffer() -> Vec<u8> {
-    let mut buffer = SPARE_READ_AHEAD.with(std::cell::Cell::take);
+    // At a thread's exit there is no spare: a new buffer.
+    let mut buffer = SPARE_READ_AHEAD
+        .try_with(std::cell::Cell::take)
+        .unwrap_or_default();
     buffer.clear();
     buffer.reserve_exact(READ_AHEAD);
     buffer
 }
 
-/// Keep `buffer` as the thread's spare, unless it already has one.
+/// Keep `buffer` as the thread's spare, unless it already has one (then,
+/// or at the thread's exit, it is freed).
 fn spare(buffer: Vec<u8>) {
     if buffer.capacity() == 0 {
         return;
     }
-    SPARE_READ_AHEAD.with(|slot| {
+    let _ = SPARE_READ_AHEAD.try_with(|slot| {
         let held = slot.take();
         slot.set(if held.capacity() == 0 { buffer } else { held });
     });
@@ -193,8 +200,9 @@ struct Reads {
     /// The last read ahead brought at least [`STREAMING_MIN`] bytes: the
     /// next read, even at the start of a message, reads ahead.
     streaming: bool,
-    /// Read-ahead buffer (empty unless data is streaming in) and the unread
-    /// part of it, `ahead[at..end]`.
+    /// Read-ahead buffer (none except during a read, while unread bytes
+    /// remain, or after a read that filled it) and the unread part of it,
+    /// `ahead[at..end]`.
     ahead: Vec<u8>,
     at: usize,
     end: usize,
@@ -216,7 +224,8 @@ impl Reads {
         n
     }
 
-    /// Give the read-ahead buffer back (to the thread's spare).
+    /// Give the read-ahead buffer back: to the thread's spare, or freed if
+    /// the thread already has one.
     fn release(&mut self) {
         spare(std::mem::take(&mut self.ahead));
         self.at = 0;
@@ -780,6 +789,24 @@ mod tests {
             // large messages are arriving, each is one read.
             assert!(reads[0] > 1, "{reads:?}");
             assert_eq!(reads[1..], [1, 1]);
+            // Drained, the buffer is the thread's spare. A poll that finds
+            // nothing (the relay makes one after every message) borrows
+            // that same buffer and gives it back: no allocation.
+            let spare_at = || {
+                SPARE_READ_AHEAD.with(|slot| {
+                    let held = slot.take();
+                    let at = (held.as_ptr(), held.capacity());
+                    slot.set(held);
+                    at
+                })
+            };
+            let before = spare_at();
+            assert_eq!(before.1, READ_AHEAD);
+            assert_eq!(server.reads.ahead.capacity(), 0);
+            assert!(nothing_to_read(&mut server).await);
+            assert_eq!(spare_at(), before);
+            assert_eq!(server.reads.ahead.capacity(), 0);
+            assert!(server.reads.streaming, "nothing read: still streaming");
             // A small message ends the streaming: the read-ahead buffer is
             // given back, and the next message starts with a small read.
             client.send(Message::text("small")).await.unwrap();
