@@ -542,8 +542,7 @@ impl PluginPool {
         });
         data.limits.memory_refused = false;
         data.budget_exceeded = false;
-        instance.store.set_epoch_deadline(self.deadline_ticks);
-        self.plugin.ticker.call_starts(self.deadline_ticks);
+        self.arm_deadline(&mut instance.store);
         let result = f(&mut instance);
         if let Some(call) = instance.store.data_mut().call.take() {
             context.state = call.state;
@@ -604,6 +603,14 @@ impl PluginPool {
         }
     }
 
+    /// Before guest code runs in `store`: set its deadline and tell the
+    /// epoch ticker a call starts (waking it if it rests). Every entry
+    /// into guest code goes through here.
+    fn arm_deadline(&self, store: &mut Store<HostState>) {
+        store.set_epoch_deadline(self.deadline_ticks);
+        self.plugin.ticker.call_starts(self.deadline_ticks);
+    }
+
     /// Create and configure a fresh instance.
     fn instantiate(&self) -> Result<PluginInstance, RuntimeError> {
         let plugin = &self.plugin;
@@ -628,12 +635,10 @@ impl PluginPool {
         );
         let mut store = Store::new(&plugin.engine, state);
         store.limiter(|state| &mut state.limits);
-        store.set_epoch_deadline(self.deadline_ticks);
-        plugin.ticker.call_starts(self.deadline_ticks);
+        self.arm_deadline(&mut store);
         let instance = plugin.pre.instantiate(&mut store).map_err(failed)?;
         let hooks = plugin.exports.load(&mut store, &instance).map_err(failed)?;
-        store.set_epoch_deadline(self.deadline_ticks);
-        plugin.ticker.call_starts(self.deadline_ticks);
+        self.arm_deadline(&mut store);
         hooks
             .lifecycle
             .call_configure(&mut store, &self.config_json)
