@@ -178,6 +178,11 @@ impl FrameTracker {
         self.endings
     }
 
+    /// Payload bytes of the current frame still to come.
+    pub fn payload_left(&self) -> u64 {
+        self.payload_left
+    }
+
     /// The stream stops at the end of a frame, outside any fragmented message.
     pub fn at_message_boundary(&self) -> bool {
         self.header_len == 0 && self.payload_left == 0 && !self.fragmented

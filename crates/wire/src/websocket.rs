@@ -14,9 +14,16 @@
 //! buffer of [`READ_AHEAD`] bytes instead, given back as soon as the socket
 //! has nothing more (to a spare kept per thread, so reading ahead
 //! allocates only while another connection on the thread holds that
-//! buffer). While large messages keep coming, each one's first read goes
-//! straight into read-ahead: one system call per message of up to 64 KiB,
-//! as nginx makes, not a small read first.
+//! buffer). After a large message ([`LARGE_MESSAGE`]), the next one's
+//! first read goes straight into read-ahead: one system call per message
+//! of up to 64 KiB, as nginx makes, not a small read first.
+//!
+//! A large message that is one frame, found whole in the read-ahead bytes
+//! while tungstenite holds nothing, is read without tungstenite: its
+//! payload is cut out of the read-ahead buffer and unmasked in place,
+//! where tungstenite would take it a few KiB at a time into a buffer it
+//! zeroes first. Anything else (control frames, fragments, small messages,
+//! and every frame tungstenite would refuse) is tungstenite's to read.
 //!
 //! A data message of at least [`DIRECT_WRITE_MIN`] bytes is not copied
 //! into tungstenite's write buffer: its header and its payload go out in
@@ -35,13 +42,14 @@ use std::io::{self, IoSlice, Read, Write};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use bytes::{Buf, BytesMut};
 use futures_util::Stream;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
-use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message};
+use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message, Utf8Bytes};
 use tokio_util::io::poll_read_buf;
 
-use crate::frame::{FrameHeader, FrameTracker, HeaderBytes, apply_mask};
+use crate::frame::{FrameHeader, FrameTracker, HeaderBytes, apply_mask, is_data};
 
 /// Bytes of the first read from an idle connection, taken on the stack.
 const FIRST_READ: usize = 512;
@@ -52,36 +60,44 @@ const FIRST_READ: usize = 512;
 /// is followed by another, which would find nothing).
 pub const READ_AHEAD: usize = 65 * 1024;
 
-/// A read ahead that brings at least this much means large messages (or
-/// a burst) are arriving: the next message's first read goes straight into
-/// read-ahead.
-const STREAMING_MIN: usize = 8 * 1024;
+/// A text or binary message at least this long is large: after one, the
+/// next message's first read goes straight into read-ahead, and a
+/// single-frame one found whole there while tungstenite holds nothing is
+/// read without tungstenite (see the module's note).
+pub const LARGE_MESSAGE: usize = 8 * 1024;
 
 thread_local! {
     /// One read-ahead buffer per thread between uses. A connection takes
     /// it to read ahead and gives it back once drained, or when the read
     /// found nothing: reading ahead allocates only while another
     /// connection on the thread holds a buffer (unread bytes, or its last
-    /// read filled it), and a connection between reads holds none. Each
-    /// thread that ever read ahead keeps one, 65 KiB, until it exits.
-    static SPARE_READ_AHEAD: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+    /// read filled it, or a message read directly from it is still
+    /// alive), and a connection between reads holds none. Each thread
+    /// that ever read ahead keeps one, 65 KiB, until it exits.
+    static SPARE_READ_AHEAD: std::cell::Cell<BytesMut> = std::cell::Cell::new(BytesMut::new());
 }
 
-/// A read-ahead buffer with room for [`READ_AHEAD`] bytes: the thread's
-/// spare if it has one.
-fn read_ahead_buffer() -> Vec<u8> {
+/// An empty read-ahead buffer with room for [`READ_AHEAD`] bytes: the
+/// thread's spare if no message read directly from it is still alive,
+/// else a new one.
+fn read_ahead_buffer() -> BytesMut {
     // At a thread's exit there is no spare: a new buffer.
     let mut buffer = SPARE_READ_AHEAD
         .try_with(std::cell::Cell::take)
         .unwrap_or_default();
     buffer.clear();
-    buffer.reserve_exact(READ_AHEAD);
-    buffer
+    if buffer.try_reclaim(READ_AHEAD) {
+        buffer
+    } else {
+        BytesMut::with_capacity(READ_AHEAD)
+    }
 }
 
 /// Keep `buffer` as the thread's spare, unless it already has one (then,
-/// or at the thread's exit, it is freed).
-fn spare(buffer: Vec<u8>) {
+/// or at the thread's exit, it is freed). A buffer that messages read
+/// directly from it still share is kept too: by its next use they are
+/// usually gone, and it is whole again.
+fn spare(buffer: BytesMut) {
     if buffer.capacity() == 0 {
         return;
     }
@@ -91,10 +107,35 @@ fn spare(buffer: Vec<u8>) {
     });
 }
 
+/// A written message's `payload`, if nothing else holds it and it can
+/// hold [`READ_AHEAD`] bytes, becomes the thread's spare read-ahead buffer:
+/// a large message read directly and relayed goes back to be read into
+/// again, and no read allocates.
+fn recycle(payload: Bytes) {
+    if payload.len() < LARGE_MESSAGE {
+        return;
+    }
+    if let Ok(mut buffer) = payload.try_into_mut() {
+        buffer.clear();
+        if buffer.try_reclaim(READ_AHEAD) {
+            spare(buffer);
+        }
+    }
+}
+
 /// Data messages at least this long are written from the message itself
 /// (see the module's note); shorter ones are copied into tungstenite's
 /// write buffer, where a copy costs less than a second buffer to write.
 pub const DIRECT_WRITE_MIN: usize = 8 * 1024;
+
+/// A text or binary message's length; `None` for control messages.
+fn data_length(message: &Message) -> Option<usize> {
+    match message {
+        Message::Text(text) => Some(text.len()),
+        Message::Binary(data) => Some(data.len()),
+        _ => None,
+    }
+}
 
 /// One end of a WebSocket connection over `S`.
 pub struct WebSocket<S> {
@@ -135,11 +176,7 @@ impl DirectFrame {
     /// Whether `message` is written this way: text or binary of at least
     /// [`DIRECT_WRITE_MIN`] bytes.
     fn is_large_data(message: &Message) -> bool {
-        match message {
-            Message::Text(text) => text.len() >= DIRECT_WRITE_MIN,
-            Message::Binary(data) => data.len() >= DIRECT_WRITE_MIN,
-            _ => false,
-        }
+        data_length(message).is_some_and(|length| length >= DIRECT_WRITE_MIN)
     }
 
     /// The frame for `message`, which [`Self::is_large_data`] accepted,
@@ -197,39 +234,73 @@ struct Reads {
     /// The last read filled the buffer it was given: more is probably
     /// waiting in the socket.
     full: bool,
-    /// The last read ahead brought at least [`STREAMING_MIN`] bytes: the
+    /// The last data message read was large ([`LARGE_MESSAGE`]): the
     /// next read, even at the start of a message, reads ahead.
     streaming: bool,
-    /// Read-ahead buffer (none except during a read, while unread bytes
-    /// remain, or after a read that filled it) and the unread part of it,
-    /// `ahead[at..end]`.
-    ahead: Vec<u8>,
-    at: usize,
-    end: usize,
+    /// The read-ahead buffer (none except during a read, while unread
+    /// bytes remain, or after a read that filled it); its bytes are the
+    /// unread ones.
+    ahead: BytesMut,
     /// Every byte handed to tungstenite, followed frame by frame.
     handed: FrameTracker,
 }
 
 impl Reads {
-    /// Hand out read-ahead bytes into `buf`; 0 when there are none.
+    /// Hand out read-ahead bytes into `buf`, never past the end of the
+    /// frame tungstenite is reading (so a large message behind it can be
+    /// read directly); 0 when there are none.
     fn take(&mut self, buf: &mut [u8]) -> usize {
-        let n = (self.end - self.at).min(buf.len());
-        if let (Some(to), Some(from)) = (buf.get_mut(..n), self.ahead.get(self.at..self.at + n)) {
+        let mut n = self.ahead.len().min(buf.len());
+        if let Ok(left) = usize::try_from(self.handed.payload_left())
+            && left > 0
+        {
+            n = n.min(left);
+        }
+        if let (Some(to), Some(from)) = (buf.get_mut(..n), self.ahead.get(..n)) {
             to.copy_from_slice(from);
         }
-        self.at += n;
-        if self.at == self.end && !self.full {
+        self.ahead.advance(n);
+        if self.ahead.is_empty() && !self.full {
             self.release();
         }
         n
+    }
+
+    /// Whether read-ahead bytes wait to be read.
+    fn unread(&self) -> bool {
+        !self.ahead.is_empty()
+    }
+
+    /// Read from `io` into the read-ahead buffer, after its unread bytes,
+    /// with room for at least `more` bytes (taking a buffer when it holds
+    /// none); noting whether the read filled the room. Returns the bytes
+    /// read. A buffer left empty
+    /// (on an error, `Pending` or the end of the stream) is given back.
+    fn poll_read_ahead<S: AsyncRead + Unpin>(
+        &mut self,
+        io: &mut S,
+        cx: &mut Context<'_>,
+        more: usize,
+    ) -> Poll<io::Result<usize>> {
+        if self.ahead.is_empty() {
+            spare(std::mem::take(&mut self.ahead));
+            self.ahead = read_ahead_buffer();
+        }
+        self.ahead.reserve(more);
+        let room = self.ahead.capacity() - self.ahead.len();
+        // Into memory that is not zeroed first: the read writes it.
+        let result = poll_read_buf(Pin::new(io), cx, &mut self.ahead);
+        self.full = matches!(result, Poll::Ready(Ok(got)) if got == room);
+        if self.ahead.is_empty() {
+            self.release();
+        }
+        result
     }
 
     /// Give the read-ahead buffer back: to the thread's spare, or freed if
     /// the thread already has one.
     fn release(&mut self) {
         spare(std::mem::take(&mut self.ahead));
-        self.at = 0;
-        self.end = 0;
     }
 }
 
@@ -267,39 +338,19 @@ impl<S: AsyncRead + Unpin> Blocking<'_, '_, S> {
 
     /// What [`Read::read`] hands tungstenite: read-ahead bytes first.
     fn read_for_tungstenite(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.reads.at < self.reads.end {
+        if self.reads.unread() {
             return Ok(self.reads.take(buf));
         }
         if !(self.reads.full || self.reads.streaming) || buf.len() >= READ_AHEAD {
             return self.read_into(buf);
         }
         // The last read filled its buffer, or large messages are arriving:
-        // read ahead, in one call, what would otherwise take several, into
-        // memory that is not zeroed first (the read writes it).
-        let mut ahead = std::mem::take(&mut self.reads.ahead);
-        if ahead.capacity() == 0 {
-            ahead = read_ahead_buffer();
+        // read ahead, in one call, what would otherwise take several.
+        match self.reads.poll_read_ahead(&mut *self.io, self.cx, 0) {
+            Poll::Ready(Ok(_)) => Ok(self.reads.take(buf)),
+            Poll::Ready(Err(error)) => Err(error),
+            Poll::Pending => Err(self.would_block()),
         }
-        ahead.clear();
-        let room = ahead.capacity();
-        // On an error or `Pending` the buffer goes back: nothing is waiting.
-        let got = match poll_read_buf(Pin::new(&mut *self.io), self.cx, &mut ahead) {
-            Poll::Ready(Ok(got)) => got,
-            Poll::Ready(Err(error)) => {
-                spare(ahead);
-                return Err(error);
-            }
-            Poll::Pending => {
-                spare(ahead);
-                return Err(self.would_block());
-            }
-        };
-        self.reads.full = got == room;
-        self.reads.streaming = got >= STREAMING_MIN;
-        self.reads.ahead = ahead;
-        self.reads.at = 0;
-        self.reads.end = got;
-        Ok(self.reads.take(buf))
     }
 }
 
@@ -365,7 +416,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     /// Whether another message is probably ready to read at once: bytes
     /// were read ahead, or the last read filled its buffer.
     pub fn probably_more(&self) -> bool {
-        self.reads.full || self.reads.at < self.reads.end
+        self.reads.full || self.reads.unread()
     }
 
     /// The I/O under the connection.
@@ -386,8 +437,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
                 Ok(written) => frame.written += written,
                 Err(error) => return Poll::Ready(Err(error)),
             }
-            if frame.is_written() {
-                self.direct = None;
+            if frame.is_written()
+                && let Some(frame) = self.direct.take()
+            {
+                recycle(frame.payload);
             }
         }
         Poll::Ready(Ok(()))
@@ -499,12 +552,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         let quiescent = self.context.is_some()
             && self.direct.is_none()
             && !self.ended
-            && !self.closing
             && !self.unflushed
-            && !self.answer_owed
             && !self.probably_more()
-            && self.reads.handed.at_message_boundary()
-            && self.reads.handed.endings() == self.returned;
+            && self.tungstenite_holds_nothing();
         if quiescent {
             self.context = None;
             self.reads.release();
@@ -513,6 +563,119 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             self.reads.streaming = false;
         }
         quiescent
+    }
+
+    /// Whether tungstenite holds nothing of the stream read so far: every
+    /// message handed to it was returned, no partial frame or message is
+    /// left, no pong is owed and no close is under way.
+    fn tungstenite_holds_nothing(&self) -> bool {
+        !self.closing
+            && !self.answer_owed
+            && self.reads.handed.at_message_boundary()
+            && self.reads.handed.endings() == self.returned
+    }
+
+    /// The next message, read without tungstenite when it can be: a
+    /// single-frame text or binary message of at least
+    /// [`LARGE_MESSAGE`] bytes at the start of the read-ahead bytes,
+    /// while tungstenite holds nothing. Its payload is cut out of the
+    /// read-ahead buffer and unmasked in place: not zeroed, copied or
+    /// handed over a KiB at a time first. While such a frame is
+    /// incomplete, the rest is read into the same buffer; while large
+    /// messages are arriving, the next one is read ahead for this.
+    /// `Ready(None)`: tungstenite reads the next message.
+    fn poll_direct_read(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Message, WsError>>> {
+        if !self.tungstenite_holds_nothing() {
+            return Poll::Ready(None);
+        }
+        loop {
+            let more = match self.reads.ahead.get(..2) {
+                // Nothing read ahead: read ahead if large messages are arriving.
+                None if !self.reads.unread() && self.reads.streaming => 0,
+                None => return Poll::Ready(None),
+                Some(_) => {
+                    let Some(header) = FrameHeader::parse(&self.reads.ahead) else {
+                        // A header in part: tungstenite reads on.
+                        return Poll::Ready(None);
+                    };
+                    if !self.reads_directly(&header) {
+                        return Poll::Ready(None);
+                    }
+                    let Some(frame) = usize::try_from(header.length)
+                        .ok()
+                        .and_then(|length| length.checked_add(header.size))
+                    else {
+                        return Poll::Ready(None);
+                    };
+                    if frame <= self.reads.ahead.len() {
+                        return Poll::Ready(Some(self.cut_message(&header, frame)));
+                    }
+                    frame - self.reads.ahead.len()
+                }
+            };
+            match std::task::ready!(self.reads.poll_read_ahead(&mut self.io, cx, more)) {
+                // The end of the stream: tungstenite finds it and says how
+                // it ended.
+                Ok(0) => return Poll::Ready(None),
+                Ok(_) => {}
+                Err(error) => {
+                    self.ended = true;
+                    return Poll::Ready(Some(Err(WsError::Io(error))));
+                }
+            }
+        }
+    }
+
+    /// Whether the frame under `header` is read directly: a whole text or
+    /// binary message, without reserved bits, masked if and only if it
+    /// comes from a client, of at least [`LARGE_MESSAGE`] bytes and
+    /// within the frame and message size limits. Anything else, valid or
+    /// not, is tungstenite's to read and judge.
+    fn reads_directly(&self, header: &FrameHeader) -> bool {
+        let within = |limit: Option<usize>| limit.is_none_or(|limit| header.length <= limit as u64);
+        header.fin
+            && header.rsv == 0
+            && is_data(header.opcode)
+            && header.mask.is_some() == (self.role == Role::Server)
+            && header.length >= LARGE_MESSAGE as u64
+            && within(self.config.max_frame_size)
+            && within(self.config.max_message_size)
+    }
+
+    /// Cut the `frame` bytes of the message under `header` out of the
+    /// read-ahead buffer: its payload, unmasked, as a message (an error
+    /// for text that is not UTF-8, as tungstenite gives).
+    fn cut_message(&mut self, header: &FrameHeader, frame: usize) -> Result<Message, WsError> {
+        let mut payload = self.reads.ahead.split_to(frame);
+        payload.advance(header.size);
+        self.reads.streaming = true;
+        if let Some(key) = header.mask {
+            apply_mask(&mut payload, key, 0);
+        }
+        if !self.reads.unread() && !self.reads.full {
+            if self.role == Role::Server {
+                // From a client: the message is usually relayed to an
+                // upstream and masked there, in place if it is the only
+                // owner of its buffer. So the rest of the buffer is not
+                // kept as the spare; written, the message gives the
+                // buffer back (`recycle`).
+                self.reads.ahead = BytesMut::new();
+            } else {
+                self.reads.release();
+            }
+        }
+        let payload = payload.freeze();
+        if header.opcode == 1 {
+            match Utf8Bytes::try_from(payload) {
+                Ok(text) => Ok(Message::Text(text)),
+                Err(error) => {
+                    self.ended = true;
+                    Err(error.into())
+                }
+            }
+        } else {
+            Ok(Message::Binary(payload))
+        }
     }
 
     /// Whether tungstenite's context is held (for tests and figures).
@@ -530,6 +693,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Stream for WebSocket<S> {
         let this = self.get_mut();
         if this.ended {
             return Poll::Ready(None);
+        }
+        if let Some(message) = std::task::ready!(this.poll_direct_read(cx)) {
+            return Poll::Ready(Some(message));
         }
         if this.context.is_none() {
             // Idle so far: wait for the first bytes without a buffer.
@@ -574,6 +740,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Stream for WebSocket<S> {
         match std::task::ready!(pending_on_block(context.read(&mut io))) {
             Ok(message) => {
                 this.returned += 1;
+                if let Some(length) = data_length(&message) {
+                    this.reads.streaming = length >= LARGE_MESSAGE;
+                }
                 match message {
                     Message::Ping(_) => this.answer_owed = true,
                     Message::Close(_) => this.closing = true,
@@ -779,19 +948,27 @@ mod tests {
                 // The whole message waits in the pipe before it is read.
                 client.send(large.clone()).await.unwrap();
                 let before = reads_now();
-                assert_eq!(server.next().await.unwrap().unwrap(), large);
+                let got = server.next().await.unwrap().unwrap();
+                assert_eq!(got, large);
                 reads.push(reads_now() - before);
                 // Read whole, without filling the buffer: the relay does
                 // not try another read that would find nothing.
                 assert!(!server.probably_more());
+                // Echoed, as the relay writes it: from the message itself.
+                server.feed(got).await.unwrap();
+                server.flush().await.unwrap();
             }
             // The first starts with small reads, then reads ahead; once
-            // large messages are arriving, each is one read.
+            // large messages are arriving, each is one read, and read
+            // directly: tungstenite returned only the first.
             assert!(reads[0] > 1, "{reads:?}");
             assert_eq!(reads[1..], [1, 1]);
-            // Drained, the buffer is the thread's spare. A poll that finds
-            // nothing (the relay makes one after every message) borrows
-            // that same buffer and gives it back: no allocation.
+            assert_eq!(server.returned, 1);
+            // The last message, cut from the read-ahead buffer and written,
+            // gave that buffer back: it is the thread's spare, whole. A
+            // poll that finds nothing (the relay makes one after every
+            // message) borrows that same buffer and gives it back: no
+            // allocation.
             let spare_at = || {
                 SPARE_READ_AHEAD.with(|slot| {
                     let held = slot.take();
@@ -817,6 +994,135 @@ mod tests {
             assert_eq!(server.reads.ahead.capacity(), 0);
             assert!(!server.reads.streaming);
         });
+    }
+
+    /// Frame bytes as a client sends them: masked with `key`.
+    fn client_frame(fin: bool, opcode: u8, payload: &[u8], key: [u8; 4]) -> Vec<u8> {
+        let mut frame = Vec::new();
+        FrameHeader::write(&mut frame, fin, false, opcode, Some(key), payload.len());
+        let start = frame.len();
+        frame.extend_from_slice(payload);
+        apply_mask(&mut frame[start..], key, 0);
+        frame
+    }
+
+    /// Our end as a server, sent `bytes` (written at once) after one
+    /// large message that starts large messages arriving: what our end
+    /// reads after that message, up to a close or an error, and how many
+    /// of those messages it read directly.
+    fn read_after_streaming(
+        bytes: &[u8],
+        config: WebSocketConfig,
+    ) -> (Vec<Result<Message, String>>, usize) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            use tokio::io::AsyncWriteExt;
+            let (a, mut b) = tokio::io::duplex(4 << 20);
+            let mut server = WebSocket::new(a, Role::Server, config);
+            let first = vec![9u8; 20_000];
+            b.write_all(&client_frame(true, 2, &first, [1, 2, 3, 4]))
+                .await
+                .unwrap();
+            assert_eq!(
+                server.next().await.unwrap().unwrap(),
+                Message::binary(first)
+            );
+            assert!(server.reads.streaming);
+            b.write_all(bytes).await.unwrap();
+            let mut got = Vec::new();
+            while let Some(next) = server.next().await {
+                let end = !matches!(next, Ok(ref message) if !message.is_close());
+                got.push(next.map_err(|error| error.to_string()));
+                if end {
+                    break;
+                }
+            }
+            // The peer stays until here: tungstenite answers the ping.
+            drop(b);
+            let from_tungstenite = usize::try_from(server.returned).unwrap() - 1;
+            let direct = got.iter().filter(|item| item.is_ok()).count() - from_tungstenite;
+            (got, direct)
+        })
+    }
+
+    /// What `got` holds, in short: each message's kind and length.
+    fn summary(got: &[Result<Message, String>]) -> Vec<String> {
+        got.iter()
+            .map(|item| match item {
+                Ok(message) => format!("{} bytes", message.len()),
+                Err(error) => error.chars().take(80).collect(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn messages_read_directly_are_the_messages_tungstenite_would_return() {
+        let key = [0x37, 0xfa, 0x21, 0x3d];
+        let text = "é→x".repeat(5000);
+        let binary: Vec<u8> = (0..70_000).map(|i| (i % 251) as u8).collect();
+        let mut bytes = Vec::new();
+        // Read directly: a large text, a binary larger than the read-ahead
+        // buffer (read on into the same buffer).
+        bytes.extend(client_frame(true, 1, text.as_bytes(), key));
+        bytes.extend(client_frame(true, 2, &binary, key));
+        // Tungstenite's: a ping between them, a fragmented large message,
+        // a small message.
+        bytes.extend(client_frame(true, 9, b"p", key));
+        bytes.extend(client_frame(false, 2, &binary[..10_000], key));
+        bytes.extend(client_frame(true, 0, &binary[10_000..], key));
+        bytes.extend(client_frame(true, 1, b"small", key));
+        bytes.extend(client_frame(true, 8, &1000u16.to_be_bytes(), key));
+        let (got, direct) = read_after_streaming(&bytes, config());
+        assert_eq!(direct, 2, "the large text and binary");
+        let expected = [
+            Message::text(text),
+            Message::binary(binary.clone()),
+            Message::Ping(Bytes::from_static(b"p")),
+            Message::binary(binary),
+            Message::text("small"),
+        ];
+        assert_eq!(got.len(), expected.len() + 1, "{:?}", summary(&got));
+        for (got, expected) in got.iter().zip(&expected) {
+            assert!(
+                got.as_ref().is_ok_and(|got| got == expected),
+                "{:?}",
+                summary(std::slice::from_ref(got))
+            );
+        }
+        assert!(matches!(got.last(), Some(Ok(Message::Close(_)))));
+    }
+
+    #[test]
+    fn a_message_read_directly_is_refused_as_tungstenite_refuses_it() {
+        let key = [5, 6, 7, 8];
+        // Text that is not UTF-8: the error tungstenite gives (close 1007).
+        let mut invalid = vec![b'a'; 10_000];
+        invalid[9_000] = 0xff;
+        let (got, _) = read_after_streaming(&client_frame(true, 1, &invalid, key), config());
+        assert_eq!(got.len(), 1, "{:?}", summary(&got));
+        assert!(
+            matches!(&got[0], Err(error) if error.contains("UTF-8")),
+            "{:?}",
+            summary(&got)
+        );
+        // Over the message size limit: left to tungstenite (close 1009).
+        let limit = config().max_message_size(Some(50_000));
+        let (got, _) = read_after_streaming(&client_frame(true, 2, &[0u8; 50_001], key), limit);
+        assert_eq!(got.len(), 1, "{:?}", summary(&got));
+        assert!(
+            matches!(&got[0], Err(error) if error.contains("too long")),
+            "{:?}",
+            summary(&got)
+        );
+        // Unmasked from a client: tungstenite refuses it.
+        let mut unmasked = Vec::new();
+        FrameHeader::write(&mut unmasked, true, false, 2, None, 10_000);
+        unmasked.extend(vec![0u8; 10_000]);
+        let (got, _) = read_after_streaming(&unmasked, config());
+        assert_eq!(got.len(), 1, "{:?}", summary(&got));
+        assert!(got[0].is_err(), "{:?}", summary(&got));
     }
 
     /// Poll `ours` for a message once: whether none was ready.
@@ -961,11 +1267,16 @@ mod tests {
             pipe in prop_oneof![Just(7usize), 1usize..9000, Just(1usize << 20)],
             client in any::<bool>(),
         ) {
+            // Binary and text in turn (read directly or not).
             let messages: Vec<Message> = sizes
                 .iter()
                 .enumerate()
                 .map(|(i, size)| {
-                    Message::binary((0..*size).map(|b| (b + i) as u8).collect::<Vec<u8>>())
+                    if i % 2 == 0 {
+                        Message::binary((0..*size).map(|b| (b + i) as u8).collect::<Vec<u8>>())
+                    } else {
+                        Message::text(char::from(b'a' + (i % 26) as u8).to_string().repeat(*size))
+                    }
                 })
                 .collect();
             echo(if client { Role::Client } else { Role::Server }, &messages, pipe);
