@@ -14,7 +14,7 @@
 //! buffer of [`READ_AHEAD`] bytes instead, given back as soon as the socket
 //! has nothing more (to a spare kept per thread, so reading ahead
 //! allocates only while another connection on the thread holds that
-//! buffer). After a large message ([`LARGE_MESSAGE`]), the next one's
+//! buffer, or a message cut from it is still alive). After a large message ([`LARGE_MESSAGE`]), the next one's
 //! first read goes straight into read-ahead: one system call per message
 //! of up to 64 KiB, as nginx makes, not a small read first.
 //!
@@ -22,7 +22,8 @@
 //! while tungstenite holds nothing, is read without tungstenite: its
 //! payload is cut out of the read-ahead buffer and unmasked in place,
 //! where tungstenite would take it a few KiB at a time into a buffer it
-//! zeroes first. Anything else (control frames, fragments, small messages,
+//! zeroes first. Once written, such a message's buffer is the thread's
+//! spare again (`recycle`). Anything else (control frames, fragments, small messages,
 //! and every frame tungstenite would refuse) is tungstenite's to read.
 //!
 //! A data message of at least [`DIRECT_WRITE_MIN`] bytes is not copied
@@ -57,8 +58,13 @@ const FIRST_READ: usize = 512;
 /// Bytes read at once while a large message (or a burst) streams in:
 /// room for a 64 KiB payload with its frame header and more, so that such
 /// a message, read whole, does not fill it (a read that fills its buffer
-/// is followed by another, which would find nothing).
+/// is followed by another, which would find nothing). The rest of a frame
+/// read directly that does not fit goes into a buffer of its own size.
 pub const READ_AHEAD: usize = 65 * 1024;
+
+/// The largest buffer kept as a thread's spare: a message's buffer beyond
+/// this is freed once written, not kept for reading ahead.
+const SPARE_MOST: usize = 2 * READ_AHEAD;
 
 /// A text or binary message at least this long is large: after one, the
 /// next message's first read goes straight into read-ahead, and a
@@ -73,24 +79,37 @@ thread_local! {
     /// connection on the thread holds a buffer (unread bytes, or its last
     /// read filled it, or a message read directly from it is still
     /// alive), and a connection between reads holds none. Each thread
-    /// that ever read ahead keeps one, 65 KiB, until it exits.
+    /// that ever read ahead keeps one, of 65 KiB to [`SPARE_MOST`], until
+    /// it exits.
     static SPARE_READ_AHEAD: std::cell::Cell<BytesMut> = std::cell::Cell::new(BytesMut::new());
 }
 
 /// An empty read-ahead buffer with room for [`READ_AHEAD`] bytes: the
-/// thread's spare if no message read directly from it is still alive,
-/// else a new one.
+/// thread's spare if it has that room without allocating (nothing cut
+/// from it is still alive, or enough room is left past what is), else a
+/// new one.
 fn read_ahead_buffer() -> BytesMut {
     // At a thread's exit there is no spare: a new buffer.
     let mut buffer = SPARE_READ_AHEAD
         .try_with(std::cell::Cell::take)
         .unwrap_or_default();
-    buffer.clear();
-    if buffer.try_reclaim(READ_AHEAD) {
+    if fits_spare(&mut buffer) {
         buffer
     } else {
         BytesMut::with_capacity(READ_AHEAD)
     }
+}
+
+/// Empty `buffer`, and say whether it can be the thread's spare: room for
+/// [`READ_AHEAD`] bytes without allocating, in an allocation of at most
+/// [`SPARE_MOST`] bytes. (A buffer can show less room than its allocation
+/// has, such as the front of one whose back was split off and dropped, so
+/// its size is probed by asking for more.)
+fn fits_spare(buffer: &mut BytesMut) -> bool {
+    buffer.clear();
+    buffer.try_reclaim(READ_AHEAD)
+        && buffer.capacity() <= SPARE_MOST
+        && !buffer.try_reclaim(SPARE_MOST + 1)
 }
 
 /// Keep `buffer` as the thread's spare, unless it already has one (then,
@@ -107,19 +126,18 @@ fn spare(buffer: BytesMut) {
     });
 }
 
-/// A written message's `payload`, if nothing else holds it and it can
-/// hold [`READ_AHEAD`] bytes, becomes the thread's spare read-ahead buffer:
-/// a large message read directly and relayed goes back to be read into
-/// again, and no read allocates.
+/// A written message's `payload`, if nothing else holds it and its buffer
+/// holds [`READ_AHEAD`] to [`SPARE_MOST`] bytes, becomes the thread's spare
+/// read-ahead buffer: a large message read directly and relayed goes back
+/// to be read into again, and no read allocates.
 fn recycle(payload: Bytes) {
     if payload.len() < LARGE_MESSAGE {
         return;
     }
-    if let Ok(mut buffer) = payload.try_into_mut() {
-        buffer.clear();
-        if buffer.try_reclaim(READ_AHEAD) {
-            spare(buffer);
-        }
+    if let Ok(mut buffer) = payload.try_into_mut()
+        && fits_spare(&mut buffer)
+    {
+        spare(buffer);
     }
 }
 
@@ -246,9 +264,11 @@ struct Reads {
 }
 
 impl Reads {
-    /// Hand out read-ahead bytes into `buf`, never past the end of the
-    /// frame tungstenite is reading (so a large message behind it can be
-    /// read directly); 0 when there are none.
+    /// Hand out read-ahead bytes into `buf`, never past the end of a
+    /// frame whose payload tungstenite is reading (so a large message
+    /// behind it can be read directly; a read that starts at a frame's
+    /// header may still take the next frame's first bytes); 0 when there
+    /// are none.
     fn take(&mut self, buf: &mut [u8]) -> usize {
         let mut n = self.ahead.len().min(buf.len());
         if let Ok(left) = usize::try_from(self.handed.payload_left())
@@ -273,8 +293,10 @@ impl Reads {
 
     /// Read from `io` into the read-ahead buffer, after its unread bytes,
     /// with room for at least `more` bytes (taking a buffer when it holds
-    /// none); noting whether the read filled the room. Returns the bytes
-    /// read. A buffer left empty
+    /// none; moving the unread bytes into a buffer of exactly their size
+    /// and `more` when the room left is smaller, so that no buffer grows
+    /// past [`READ_AHEAD`] to be kept as the spare); noting whether the
+    /// read filled the room. Returns the bytes read. A buffer left empty
     /// (on an error, `Pending` or the end of the stream) is given back.
     fn poll_read_ahead<S: AsyncRead + Unpin>(
         &mut self,
@@ -286,7 +308,11 @@ impl Reads {
             spare(std::mem::take(&mut self.ahead));
             self.ahead = read_ahead_buffer();
         }
-        self.ahead.reserve(more);
+        if self.ahead.capacity() - self.ahead.len() < more {
+            let mut own = BytesMut::with_capacity(self.ahead.len() + more);
+            own.extend_from_slice(&self.ahead);
+            spare(std::mem::replace(&mut self.ahead, own));
+        }
         let room = self.ahead.capacity() - self.ahead.len();
         // Into memory that is not zeroed first: the read writes it.
         let result = poll_read_buf(Pin::new(io), cx, &mut self.ahead);
@@ -581,7 +607,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     /// while tungstenite holds nothing. Its payload is cut out of the
     /// read-ahead buffer and unmasked in place: not zeroed, copied or
     /// handed over a KiB at a time first. While such a frame is
-    /// incomplete, the rest is read into the same buffer; while large
+    /// incomplete, the rest is read after it (into a buffer of the frame's
+    /// size if the read-ahead buffer has no room for it); while large
     /// messages are arriving, the next one is read ahead for this.
     /// `Ready(None)`: tungstenite reads the next message.
     fn poll_direct_read(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Message, WsError>>> {
@@ -984,6 +1011,25 @@ mod tests {
             assert_eq!(spare_at(), before);
             assert_eq!(server.reads.ahead.capacity(), 0);
             assert!(server.reads.streaming, "nothing read: still streaming");
+            // A message larger than the read-ahead buffer is read directly
+            // too, its rest into a buffer of its size: written, that buffer
+            // is freed, not kept as the thread's spare.
+            let larger = Message::binary(vec![3u8; 3 * READ_AHEAD]);
+            client.send(larger.clone()).await.unwrap();
+            let returned = server.returned;
+            let got = server.next().await.unwrap().unwrap();
+            assert_eq!(got, larger);
+            assert_eq!(server.returned, returned, "read directly");
+            // Another connection on the thread holds the spare meanwhile.
+            SPARE_READ_AHEAD.with(|slot| drop(slot.take()));
+            server.feed(got).await.unwrap();
+            server.flush().await.unwrap();
+            SPARE_READ_AHEAD.with(|slot| {
+                let mut held = slot.take();
+                held.clear();
+                assert!(!held.try_reclaim(SPARE_MOST + 1), "a larger spare");
+                slot.set(held);
+            });
             // A small message ends the streaming: the read-ahead buffer is
             // given back, and the next message starts with a small read.
             client.send(Message::text("small")).await.unwrap();
@@ -1064,7 +1110,7 @@ mod tests {
         let binary: Vec<u8> = (0..70_000).map(|i| (i % 251) as u8).collect();
         let mut bytes = Vec::new();
         // Read directly: a large text, a binary larger than the read-ahead
-        // buffer (read on into the same buffer).
+        // buffer (its rest read into a buffer of the frame's size).
         bytes.extend(client_frame(true, 1, text.as_bytes(), key));
         bytes.extend(client_frame(true, 2, &binary, key));
         // Tungstenite's: a ping between them, a fragmented large message,
@@ -1123,6 +1169,39 @@ mod tests {
         let (got, _) = read_after_streaming(&unmasked, config());
         assert_eq!(got.len(), 1, "{:?}", summary(&got));
         assert!(got[0].is_err(), "{:?}", summary(&got));
+    }
+
+    #[test]
+    fn only_a_buffer_of_read_ahead_size_becomes_the_spare() {
+        // A message cut from a buffer of `size` bytes (its header split
+        // off), as it is when written and recycled.
+        let message_of = |size: usize| {
+            let mut buffer = BytesMut::with_capacity(size);
+            buffer.resize(size, 0);
+            let mut message = buffer.split_off(14);
+            drop(buffer);
+            message.truncate(LARGE_MESSAGE);
+            message
+        };
+        assert!(fits_spare(&mut message_of(READ_AHEAD)));
+        assert!(fits_spare(&mut message_of(SPARE_MOST)));
+        assert!(!fits_spare(&mut message_of(SPARE_MOST + 15)));
+        assert!(!fits_spare(&mut message_of(16 * READ_AHEAD)));
+        assert!(!fits_spare(&mut message_of(READ_AHEAD - 1)));
+        // The front of a larger buffer whose back is gone shows only its
+        // own room: its size is found by asking for more.
+        let mut front = BytesMut::with_capacity(16 * READ_AHEAD);
+        front.resize(16 * READ_AHEAD, 0);
+        drop(front.split_off(READ_AHEAD));
+        assert_eq!(front.capacity(), READ_AHEAD);
+        assert!(!fits_spare(&mut front));
+        // While another part of the buffer is alive, it cannot be reclaimed.
+        let mut buffer = BytesMut::with_capacity(READ_AHEAD);
+        buffer.resize(READ_AHEAD, 0);
+        let mut rest = buffer.split_off(READ_AHEAD / 2);
+        assert!(!fits_spare(&mut rest));
+        drop(buffer);
+        assert!(fits_spare(&mut rest));
     }
 
     /// Poll `ours` for a message once: whether none was ready.
