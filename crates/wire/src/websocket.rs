@@ -112,12 +112,16 @@ fn fits_spare(buffer: &mut BytesMut) -> bool {
         && !buffer.try_reclaim(SPARE_MOST + 1)
 }
 
-/// Keep `buffer` as the thread's spare, unless it already has one (then,
-/// or at the thread's exit, it is freed). A buffer that messages read
-/// directly from it still share is kept too: by its next use they are
-/// usually gone, and it is whole again.
-fn spare(buffer: BytesMut) {
-    if buffer.capacity() == 0 {
+/// Keep `buffer`, emptied, as the thread's spare, unless it already has
+/// one (then, or at the thread's exit, it is freed). A buffer that
+/// messages read directly from it still share is kept if it has room
+/// left: by its next use they are usually gone, and it is whole again
+/// (such a buffer is a read-ahead buffer, of at most [`SPARE_MOST`]). One
+/// with no room left (drained, or the rest of a buffer read to its end)
+/// is kept only if it is whole again now and no larger.
+fn spare(mut buffer: BytesMut) {
+    buffer.clear();
+    if buffer.capacity() == 0 && !fits_spare(&mut buffer) || buffer.capacity() > SPARE_MOST {
         return;
     }
     let _ = SPARE_READ_AHEAD.try_with(|slot| {
@@ -316,7 +320,9 @@ impl Reads {
         let room = self.ahead.capacity() - self.ahead.len();
         // Into memory that is not zeroed first: the read writes it.
         let result = poll_read_buf(Pin::new(io), cx, &mut self.ahead);
-        self.full = matches!(result, Poll::Ready(Ok(got)) if got == room);
+        // A read that filled a buffer of just the frame's size says
+        // nothing of what follows.
+        self.full = matches!(result, Poll::Ready(Ok(got)) if got == room && room > more);
         if self.ahead.is_empty() {
             self.release();
         }
@@ -1013,23 +1019,21 @@ mod tests {
             assert!(server.reads.streaming, "nothing read: still streaming");
             // A message larger than the read-ahead buffer is read directly
             // too, its rest into a buffer of its size: written, that buffer
-            // is freed, not kept as the thread's spare.
+            // is freed, not kept as the thread's spare (which another
+            // connection on the thread holds meanwhile).
             let larger = Message::binary(vec![3u8; 3 * READ_AHEAD]);
             client.send(larger.clone()).await.unwrap();
             let returned = server.returned;
             let got = server.next().await.unwrap().unwrap();
             assert_eq!(got, larger);
             assert_eq!(server.returned, returned, "read directly");
-            // Another connection on the thread holds the spare meanwhile.
+            // Its last read filled a buffer of just its size, which says
+            // nothing of more waiting.
+            assert!(!server.probably_more());
             SPARE_READ_AHEAD.with(|slot| drop(slot.take()));
             server.feed(got).await.unwrap();
             server.flush().await.unwrap();
-            SPARE_READ_AHEAD.with(|slot| {
-                let mut held = slot.take();
-                held.clear();
-                assert!(!held.try_reclaim(SPARE_MOST + 1), "a larger spare");
-                slot.set(held);
-            });
+            assert_eq!(spare_at().1, 0, "the larger buffer was kept");
             // A small message ends the streaming: the read-ahead buffer is
             // given back, and the next message starts with a small read.
             client.send(Message::text("small")).await.unwrap();
@@ -1054,12 +1058,13 @@ mod tests {
 
     /// Our end as a server, sent `bytes` (written at once) after one
     /// large message that starts large messages arriving: what our end
-    /// reads after that message, up to a close or an error, and how many
-    /// of those messages it read directly.
+    /// reads after that message, up to a close or an error; how many of
+    /// those messages it read directly, and how many tungstenite was
+    /// handed (returned or refused).
     fn read_after_streaming(
         bytes: &[u8],
         config: WebSocketConfig,
-    ) -> (Vec<Result<Message, String>>, usize) {
+    ) -> (Vec<Result<Message, String>>, usize, u64) {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
@@ -1089,7 +1094,7 @@ mod tests {
             drop(b);
             let from_tungstenite = usize::try_from(server.returned).unwrap() - 1;
             let direct = got.iter().filter(|item| item.is_ok()).count() - from_tungstenite;
-            (got, direct)
+            (got, direct, server.reads.handed.endings() - 1)
         })
     }
 
@@ -1120,7 +1125,7 @@ mod tests {
         bytes.extend(client_frame(true, 0, &binary[10_000..], key));
         bytes.extend(client_frame(true, 1, b"small", key));
         bytes.extend(client_frame(true, 8, &1000u16.to_be_bytes(), key));
-        let (got, direct) = read_after_streaming(&bytes, config());
+        let (got, direct, _) = read_after_streaming(&bytes, config());
         assert_eq!(direct, 2, "the large text and binary");
         let expected = [
             Message::text(text),
@@ -1146,8 +1151,10 @@ mod tests {
         // Text that is not UTF-8: the error tungstenite gives (close 1007).
         let mut invalid = vec![b'a'; 10_000];
         invalid[9_000] = 0xff;
-        let (got, _) = read_after_streaming(&client_frame(true, 1, &invalid, key), config());
+        let (got, _, handed) =
+            read_after_streaming(&client_frame(true, 1, &invalid, key), config());
         assert_eq!(got.len(), 1, "{:?}", summary(&got));
+        assert_eq!(handed, 0, "refused by the direct read");
         assert!(
             matches!(&got[0], Err(error) if error.contains("UTF-8")),
             "{:?}",
@@ -1155,8 +1162,10 @@ mod tests {
         );
         // Over the message size limit: left to tungstenite (close 1009).
         let limit = config().max_message_size(Some(50_000));
-        let (got, _) = read_after_streaming(&client_frame(true, 2, &[0u8; 50_001], key), limit);
+        let (got, _, handed) =
+            read_after_streaming(&client_frame(true, 2, &[0u8; 50_001], key), limit);
         assert_eq!(got.len(), 1, "{:?}", summary(&got));
+        assert_eq!(handed, 1, "left to tungstenite");
         assert!(
             matches!(&got[0], Err(error) if error.contains("too long")),
             "{:?}",
@@ -1166,8 +1175,9 @@ mod tests {
         let mut unmasked = Vec::new();
         FrameHeader::write(&mut unmasked, true, false, 2, None, 10_000);
         unmasked.extend(vec![0u8; 10_000]);
-        let (got, _) = read_after_streaming(&unmasked, config());
+        let (got, _, handed) = read_after_streaming(&unmasked, config());
         assert_eq!(got.len(), 1, "{:?}", summary(&got));
+        assert_eq!(handed, 1, "left to tungstenite");
         assert!(got[0].is_err(), "{:?}", summary(&got));
     }
 
