@@ -14,17 +14,19 @@
 //! buffer of [`READ_AHEAD`] bytes instead, given back as soon as the socket
 //! has nothing more (to a spare kept per thread, so reading ahead
 //! allocates only while another connection on the thread holds that
-//! buffer, or a message cut from it is still alive). After a large message ([`LARGE_MESSAGE`]), the next one's
-//! first read goes straight into read-ahead: one system call per message
-//! of up to 64 KiB, as nginx makes, not a small read first.
+//! buffer, or a message cut from it is still alive). After a large
+//! message ([`LARGE_MESSAGE`]), the next one's first read goes straight
+//! into read-ahead: one system call per message of up to 64 KiB, as nginx
+//! makes, not a small read first.
 //!
 //! A large message that is one frame, found whole in the read-ahead bytes
 //! while tungstenite holds nothing, is read without tungstenite: its
 //! payload is cut out of the read-ahead buffer and unmasked in place,
 //! where tungstenite would take it a few KiB at a time into a buffer it
 //! zeroes first. Once written, such a message's buffer is the thread's
-//! spare again (`recycle`). Anything else (control frames, fragments, small messages,
-//! and every frame tungstenite would refuse) is tungstenite's to read.
+//! spare again (`recycle`). Anything else (control frames, fragments,
+//! small messages, and every frame tungstenite would refuse) is
+//! tungstenite's to read.
 //!
 //! A data message of at least [`DIRECT_WRITE_MIN`] bytes is not copied
 //! into tungstenite's write buffer: its header and its payload go out in
@@ -121,7 +123,7 @@ fn fits_spare(buffer: &mut BytesMut) -> bool {
 /// is kept only if it is whole again now and no larger.
 fn spare(mut buffer: BytesMut) {
     buffer.clear();
-    if buffer.capacity() == 0 && !fits_spare(&mut buffer) || buffer.capacity() > SPARE_MOST {
+    if (buffer.capacity() == 0 && !fits_spare(&mut buffer)) || buffer.capacity() > SPARE_MOST {
         return;
     }
     let _ = SPARE_READ_AHEAD.try_with(|slot| {
