@@ -311,7 +311,7 @@ impl Reads {
         more: usize,
     ) -> Poll<io::Result<usize>> {
         if self.ahead.is_empty() {
-            spare(std::mem::take(&mut self.ahead));
+            self.release();
             self.ahead = read_ahead_buffer();
         }
         if self.ahead.capacity() - self.ahead.len() < more {
@@ -383,7 +383,8 @@ impl<S: AsyncRead + Unpin> Blocking<'_, '_, S> {
         match self.reads.poll_read_ahead(&mut *self.io, self.cx, 0) {
             Poll::Ready(Ok(_)) => Ok(self.reads.take(buf)),
             Poll::Ready(Err(error)) => Err(error),
-            Poll::Pending => Err(self.would_block()),
+            // The read ahead noted nothing waiting and gave its buffer back.
+            Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
         }
     }
 }
